@@ -1,0 +1,16 @@
+"""composer: config-driven PyTorch model composition."""
+
+from composer import blocks as _blocks  # noqa: F401  (registers the tutorial's blocks)
+from composer.compose import build_from_config, init_report
+from composer.errors import CheckpointError, ConfigError
+from composer.initializers import register_init
+from composer.registry import register_module
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "build_from_config",
+    "init_report",
+    "register_init",
+    "register_module",
+]

@@ -1,0 +1,340 @@
+"""Recipe tree -> modules: one walk over a plain tree, building each node once.
+
+Sharing falls out of memoization: ``{ref: name}`` builds ``shared.name`` on first use and returns
+that same instance ever after, while ``${blocks.x}`` (resolved earlier, in ``recipe``) pastes a copy
+that builds into a new module. Problems are collected along the walk, each with its key path, and
+raised together at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from composer.errors import ConfigError, did_you_mean
+from composer.recipe import Recipe, is_node
+from composer.registry import MODULES
+
+DEFAULT_TARGETS = ("torch.nn.", "composer.blocks.")
+_RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
+_PLAIN = (int, float, str, bool, type(None))
+
+# A class built without its input size becomes its Lazy counterpart, which infers it.
+LAZY: dict[type[nn.Module], tuple[type[nn.Module], str]] = {
+    nn.Linear: (nn.LazyLinear, "in_features"),
+    **{getattr(nn, f"Conv{d}d"): (getattr(nn, f"LazyConv{d}d"), "in_channels") for d in (1, 2, 3)},
+    **{getattr(nn, f"ConvTranspose{d}d"): (getattr(nn, f"LazyConvTranspose{d}d"), "in_channels") for d in (1, 2, 3)},
+    **{getattr(nn, f"BatchNorm{d}d"): (getattr(nn, f"LazyBatchNorm{d}d"), "num_features") for d in (1, 2, 3)},
+}
+
+
+@dataclass
+class BuildNotes:
+    """What the walk leaves beside the modules: inline ``init:`` specs and ``frozen`` modules."""
+
+    inline_init: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
+    frozen: list[nn.Module] = field(default_factory=list)
+
+
+class Builder:
+    """Walks one recipe. ``build`` returns a module, or None after recording the problem."""
+
+    def __init__(self, recipe: Recipe, allow_targets: Sequence[str] = DEFAULT_TARGETS) -> None:
+        self.shared_nodes: Mapping[str, Any] = recipe.get("shared") or {}
+        self.allow_targets = tuple(allow_targets)
+        self.notes = BuildNotes()
+        self.problems: list[tuple[str, str]] = []
+        self._shared: dict[str, nn.Module | None] = {}
+        self._resolving: list[str] = []
+
+    def build_model(self, node: Any) -> nn.Module:
+        """Build the model node and every shared module; raise all problems found at once."""
+        model = self.build(node, "model")
+        for name in self.shared_nodes:
+            self._shared_module(name)  # an unreferenced shared module is still checked
+        if self.problems:
+            raise ConfigError(self.problems)
+        return model
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append((path, message))
+
+    def build(self, node: Any, path: str) -> nn.Module | None:
+        if not is_node(node):
+            self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {_describe(node)}")
+            return None
+        if "ref" in node:
+            return self._ref(node, path)
+        if "type" in node and "_target_" in node:
+            self.fail(path, "a node has 'type' or '_target_', not both")
+            return None
+        form = FORMS.get(node.get("type")) if "type" in node else None
+        module = form(self, node, path) if form else self._call(node, path)
+        if module is not None:
+            self._extras(node, module, path)
+        return module
+
+    def _extras(self, node: Mapping, module: nn.Module, path: str) -> None:
+        if "init" in node:
+            if isinstance(node["init"], Mapping):
+                self.notes.inline_init.append((module, f"{path}.init", node["init"]))
+            else:
+                self.fail(f"{path}.init", f"expected a mapping of parameter: initializer, got {_describe(node['init'])}")
+        frozen = node.get("frozen", False)
+        if not isinstance(frozen, bool):
+            self.fail(f"{path}.frozen", f"expected true or false, got {_describe(frozen)}")
+        elif frozen:
+            self.notes.frozen.append(module)
+
+    def _ref(self, node: Mapping, path: str) -> nn.Module | None:
+        for key in node:
+            if key != "ref":
+                self.fail(f"{path}.{key}", "a ref node has no other keys: configure the module in shared")
+        name = node["ref"]
+        if not isinstance(name, str) or name not in self.shared_nodes:
+            shared = ", ".join(self.shared_nodes) or "none"
+            self.fail(f"{path}.ref", f"no shared module {name!r}{did_you_mean(str(name), self.shared_nodes)}; shared: {shared}")
+            return None
+        return self._shared_module(name)
+
+    def _shared_module(self, name: str) -> nn.Module | None:
+        if name in self._shared:
+            return self._shared[name]
+        if name in self._resolving:
+            cycle = " -> ".join([*self._resolving[self._resolving.index(name):], name])
+            self.fail(f"shared.{name}", f"shared module refers to itself: {cycle}")
+            return None
+        self._resolving.append(name)
+        module = self.build(self.shared_nodes[name], f"shared.{name}")
+        self._resolving.pop()
+        self._shared[name] = module
+        return module
+
+    def _call(self, node: Mapping, path: str) -> nn.Module | None:
+        """A registered type or an allowed ``_target_``, called with its (built) arguments."""
+        try:
+            if "type" in node:
+                label = node["type"]
+                cls = MODULES.get(label, f"{path}.type", extra=FORMS)
+            else:
+                label = node["_target_"]
+                cls = resolve_target(label, self.allow_targets, f"{path}._target_")
+        except ConfigError as e:
+            self.problems += e.problems
+            return None
+        raw_args = node.get("_args_", [])
+        if not isinstance(raw_args, list):
+            self.fail(f"{path}._args_", f"expected a list of positional arguments, got {_describe(raw_args)}")
+            return None
+        raw_kwargs = {k: v for k, v in node.items() if k not in _RESERVED}
+        lazy = LAZY.get(cls)
+        if lazy and not raw_args and lazy[1] not in raw_kwargs:
+            cls = lazy[0]
+        before = len(self.problems)
+        args = [self._value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
+        kwargs = {k: self._value(v, f"{path}.{k}") for k, v in raw_kwargs.items()}
+        _check_arguments(self, label, cls, args, kwargs, path)
+        if len(self.problems) > before:
+            return None
+        try:
+            return cls(*args, **kwargs)
+        except Exception as e:  # the constructor's own complaint, given its place in the recipe
+            self.fail(path, f"{label}(...) raised {type(e).__name__}: {e}")
+            return None
+
+    def _value(self, value: Any, path: str) -> Any:
+        """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
+        if isinstance(value, _PLAIN):
+            return value
+        if is_node(value):
+            return self.build(value, path)
+        if isinstance(value, list):
+            return [self._value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            return {k: self._value(v, f"{path}.{k}") for k, v in value.items()}
+        return value
+
+
+def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{type: Sequential, layers: [...]}`` or ``layers: {name: node}``: an ``nn.Sequential``."""
+    _only_keys(builder, node, path, "Sequential", ("layers",))
+    layers = node.get("layers", [])
+    if isinstance(layers, list):
+        children = [builder.build(n, f"{path}.layers[{i}]") for i, n in enumerate(layers)]
+        names = [str(i) for i in range(len(children))]
+    elif isinstance(layers, Mapping):
+        names = [str(k) for k in layers]
+        children = [builder.build(n, f"{path}.layers.{k}") for k, n in layers.items()]
+    else:
+        builder.fail(f"{path}.layers", f"expected a list or a mapping of nodes, got {_describe(layers)}")
+        return None
+    return _named_sequential(builder, names, children, f"{path}.layers")
+
+
+def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{type: Repeat, times: N, names: "block {i}", body: node}``: N independent copies."""
+    _only_keys(builder, node, path, "Repeat", ("times", "names", "body"))
+    times, names = node.get("times"), node.get("names", "{i}")
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+        builder.fail(f"{path}.times", f"expected a positive integer, got {_describe(times)}")
+        return None
+    try:
+        labels = [names.format(i=i) for i in range(times)]
+    except (AttributeError, KeyError, IndexError, ValueError):
+        builder.fail(f"{path}.names", f"expected a format string such as 'block {{i}}', got {_describe(names)}")
+        return None
+    if "body" not in node:
+        builder.fail(f"{path}.body", "missing: the node to repeat")
+        return None
+    first = builder.build(node["body"], f"{path}.body")
+    if first is None:
+        return None  # its problems are recorded once, not once per copy
+    copies = [first] + [builder.build(node["body"], f"{path}.body") for _ in range(times - 1)]
+    return _named_sequential(builder, labels, copies, f"{path}.names")
+
+
+def _named_sequential(builder: Builder, names: list[str], children: list, path: str) -> nn.Module | None:
+    if any(child is None for child in children):
+        return None
+    bad = [n for n in names if not n or "." in n]
+    if bad or len(set(names)) < len(names):
+        why = f"names must be non-empty and without '.': {bad[0]!r}" if bad else "names repeat"
+        builder.fail(path, why)
+        return None
+    return nn.Sequential(OrderedDict(zip(names, children)))
+
+
+FORMS: dict[str, Callable[[Builder, Mapping, str], nn.Module | None]] = {
+    "Sequential": _sequential,
+    "Repeat": _repeat,
+}
+
+
+def _only_keys(builder: Builder, node: Mapping, path: str, form: str, keys: tuple[str, ...]) -> None:
+    valid = ("type", *keys, "init", "frozen")
+    for key in node:
+        if key not in valid:
+            builder.fail(f"{path}.{key}", f"{form} takes no key {key!r}{did_you_mean(str(key), valid)}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class _Signature:
+    keywords: frozenset[str]
+    positional: tuple[str, ...]
+    required: tuple[str, ...]
+    var_positional: bool
+    var_keyword: bool
+    simple_types: dict[str, type]
+
+
+@functools.cache
+def _signature(cls: type) -> _Signature | None:
+    """What ``cls(...)`` accepts, computed once per class; None where it cannot be read."""
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    P = inspect.Parameter
+    named = [p for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+    simple = {"int": int, "float": float, "bool": bool, "str": str}
+    return _Signature(
+        keywords=frozenset(p.name for p in named),
+        positional=tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
+        required=tuple(p.name for p in named if p.default is P.empty),
+        var_positional=any(p.kind is P.VAR_POSITIONAL for p in params),
+        var_keyword=any(p.kind is P.VAR_KEYWORD for p in params),
+        simple_types={
+            p.name: simple.get(p.annotation, p.annotation)
+            for p in named
+            if p.annotation in (int, float, bool, str) or p.annotation in simple
+        },
+    )
+
+
+def _check_arguments(builder: Builder, label: str, cls: type, args: list, kwargs: dict, path: str) -> None:
+    """Unknown, missing and mistyped arguments, against the class's signature."""
+    sig = _signature(cls)
+    if sig is None:
+        return
+    if not sig.var_keyword:
+        for key in kwargs:
+            if key not in sig.keywords:
+                hint = did_you_mean(key, sig.keywords)
+                builder.fail(f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {', '.join(sorted(sig.keywords)) or 'none'}")
+    if len(args) > len(sig.positional) and not sig.var_positional:
+        builder.fail(f"{path}._args_", f"{label} takes at most {len(sig.positional)} positional arguments, got {len(args)}")
+    filled = set(sig.positional[: len(args)])
+    missing = [name for name in sig.required if name not in kwargs and name not in filled]
+    if missing:
+        builder.fail(path, f"{label} is missing required argument{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    for key, value in kwargs.items():
+        expected = sig.simple_types.get(key)
+        if expected is not None and value is not None and not _is_a(value, expected):
+            builder.fail(f"{path}.{key}", f"expected {expected.__name__}, got {_describe(value)}")
+
+
+def _is_a(value: Any, expected: type) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def resolve_target(target: Any, allow: Sequence[str], path: str) -> type[nn.Module]:
+    """An import path to an ``nn.Module`` class, importing nothing outside the allowlist.
+
+    Every module imported or passed through must be named under an allowed prefix, and so must
+    the module defining the class: ``torch.nn.parallel.distributed.os.system`` starts well but
+    reaches ``os`` through an attribute, and is refused.
+    """
+    prefixes = tuple(p if p.endswith(".") else p + "." for p in allow)
+    allowed = ", ".join(prefixes)
+    if not isinstance(target, str) or not target.startswith(prefixes):
+        raise ConfigError(
+            f"{target!r} is not under an allowed prefix ({allowed}); "
+            "widen it with build_from_config(cfg, allow_targets=[...])",
+            path,
+        )
+
+    def inside(module_name: str) -> bool:
+        return (module_name + ".").startswith(prefixes)
+
+    parts = target.split(".")
+    obj: Any = None
+    for cut in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:cut])
+        if not inside(name):
+            break
+        try:
+            obj = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    if obj is None:
+        raise ConfigError(f"cannot import any module of {target!r} under the allowlist ({allowed})", path)
+    for attr in parts[cut:]:
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            raise ConfigError(f"{target!r} does not resolve: no attribute {attr!r}", path)
+        if inspect.ismodule(obj) and not inside(obj.__name__):
+            raise ConfigError(f"{target!r} reaches module {obj.__name__!r}, outside the allowlist ({allowed})", path)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise ConfigError(f"{target!r} is not an nn.Module class", path)
+    if not inside(obj.__module__):
+        raise ConfigError(f"{target!r} is defined in {obj.__module__!r}, outside the allowlist ({allowed})", path)
+    return obj
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"

@@ -1,0 +1,129 @@
+"""``build_from_config``: recipe -> modules -> concrete shapes -> initialized model.
+
+Without init rules the model is built as handwritten PyTorch would build it. With rules it is
+built on the ``meta`` device first, so the rules can be checked against real shapes before a byte
+is allocated, and each parameter is then filled once: by the scheme that wins for it, or by its
+module's default (see ``initializers.reset_defaults``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from composer.build import DEFAULT_TARGETS, Builder, BuildNotes
+from composer.errors import ConfigError
+from composer.initializers import InitConfig, Plan, cannot_reset, parse_init, plan_init, reset_defaults
+from composer.materialize import allocate, dry_forward, has_lazy
+from composer.recipe import Recipe, read_recipe, top_level_problems
+
+RECORD_ATTR = "composer_record"
+
+
+@dataclass
+class BuildRecord:
+    """What a built model carries: its recipe (so a checkpoint can rebuild it) and its init report."""
+
+    recipe: Recipe
+    allow_targets: tuple[str, ...]
+    init_report: dict[str, str]
+
+
+def build_from_config(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    allow_targets: Sequence[str] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Build the model a recipe describes: a YAML path, a dict, a DictConfig or a bare node."""
+    recipe = read_recipe(cfg)
+    allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
+    early = top_level_problems(recipe)
+    if "model" not in recipe:
+        raise ConfigError(early)
+    try:
+        init = parse_init(recipe.get("init"))
+    except ConfigError as e:
+        init, early = InitConfig(), [*early, *e.problems]
+    device = torch.device(device)
+    with seeded(init.seed):
+        try:
+            model, notes = _construct(recipe, allow, device, on_meta=bool(init.rules) and not early)
+        except ConfigError as e:
+            raise ConfigError([*early, *e.problems]) from None
+        if early:
+            raise ConfigError(early)
+        plan = _shape_and_initialize(model, notes, recipe, init, device)
+    for module in notes.frozen:
+        module.requires_grad_(False)
+    setattr(model, RECORD_ATTR, BuildRecord(recipe, allow, plan.report(model)))
+    return model
+
+
+def construct(recipe: Recipe, allow: Sequence[str], device: torch.device | None = None) -> tuple[nn.Module, BuildNotes]:
+    """The module tree alone, on ``device`` (the default device when None): no shapes, no rules."""
+    builder = Builder(recipe, allow)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return builder.build_model(recipe["model"]), builder.notes
+
+
+def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, on_meta: bool) -> tuple[nn.Module, BuildNotes]:
+    """On ``meta`` when every tensor-holding module can reset itself afterwards, else for real."""
+    if on_meta:
+        model, notes = construct(recipe, allow, torch.device("meta"))
+        if not cannot_reset(model) and _shapes_on_meta(model, recipe):
+            return model, notes
+    return construct(recipe, allow, None if device.type == "cpu" else device)
+
+
+def _shapes_on_meta(model: nn.Module, recipe: Recipe) -> bool:
+    """Infer lazy shapes on ``meta``; False where the forward needs real values (``while x.sum() > 1``)."""
+    if not has_lazy(model) or recipe.get("input_shape") is None:
+        return True
+    try:
+        dry_forward(model, recipe["input_shape"], "meta")
+    except Exception:
+        return False
+    return not has_lazy(model)
+
+
+def _shape_and_initialize(model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device) -> Plan:
+    on_meta = any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers())
+    if has_lazy(model) and recipe.get("input_shape") is not None:
+        dry_forward(model, recipe["input_shape"], device)
+    if has_lazy(model):
+        if init.rules or notes.inline_init:
+            raise ConfigError("lazy layers need their shapes before initialization rules apply: set input_shape", "input_shape")
+        return Plan()
+    plan = plan_init(model, init, notes.inline_init)
+    if on_meta:
+        allocate(model, device)
+        reset_defaults(model, plan.covered)
+    plan.apply()
+    return plan
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Draw from ``seed`` inside, and leave the caller's global RNG state as it was."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def init_report(model: nn.Module) -> dict[str, str]:
+    """Parameter path -> the scheme that set it (a rule, an inline spec, or ``default``)."""
+    record = getattr(model, RECORD_ATTR, None)
+    if record is None:
+        raise ValueError("this model was not built by build_from_config: it has no init report")
+    return dict(record.init_report)

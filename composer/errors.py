@@ -1,0 +1,43 @@
+"""The two errors a user sees, and the "did you mean" hint they share.
+
+A recipe error carries every problem found in one pass, each with the key path where it sits
+(``model.layers[2].type``), so a user fixes a recipe in one round instead of one per run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """A problem in a recipe: one or more ``(key path, message)`` pairs."""
+
+    def __init__(self, problems: str | list[tuple[str, str]], path: str = "") -> None:
+        self.problems: list[tuple[str, str]] = (
+            [(path, problems)] if isinstance(problems, str) else list(problems)
+        )
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One ``path: message`` line per problem."""
+        return [f"{path}: {message}" if path else message for path, message in self.problems]
+
+    @property
+    def path(self) -> str:
+        """The key path of the first problem."""
+        return self.problems[0][0]
+
+
+class CheckpointError(ValueError):
+    """A problem with a checkpoint file: not one, corrupted, no recipe, mismatched keys or shapes."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest candidate, or an empty string."""
+    candidates = list(candidates)
+    folded = {c.lower(): c for c in candidates}
+    if name.lower() in folded:
+        return f" (did you mean '{folded[name.lower()]}'?)"
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,290 @@
+"""Initialization: named initializers, the rules that select parameters, and applying them once.
+
+Selection works as the tutorial's ``net[0].apply(fn)``: a rule's ``match`` picks modules by path,
+with everything below them; ``layer`` keeps modules of those classes; every other key names a
+parameter those modules hold and the initializer for it. A later rule wins over an earlier one,
+and a node's inline ``init:`` wins over every rule. Each parameter is filled once, by its winner;
+the rest keep their module's default (``reset_defaults`` runs it, when the model was built on the
+``meta`` device, only for the tensors no scheme covers).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from composer.errors import ConfigError, did_you_mean
+from composer.registry import MODULES, Registry
+
+Initializer = Callable[..., Any]
+INITIALIZERS: Registry[Initializer] = Registry("initializer")
+register_init = INITIALIZERS.register
+
+for _name in (
+    "normal", "uniform", "constant", "zeros", "ones", "xavier_uniform", "xavier_normal",
+    "kaiming_uniform", "kaiming_normal", "trunc_normal", "orthogonal", "eye", "dirac", "sparse",
+):  # fmt: skip
+    INITIALIZERS.add(_name, getattr(nn.init, f"{_name}_"))
+
+
+@register_init("default")
+def default(tensor: torch.Tensor) -> torch.Tensor:
+    """The module's own reset: a marker the planner reads, never called on a tensor."""
+    raise RuntimeError("'default' is run by the module's reset, not on a tensor")
+
+
+@register_init("piecewise")
+def piecewise(tensor: torch.Tensor) -> torch.Tensor:
+    """The tutorial's custom scheme: U(5, 10) w.p. 1/4, 0 w.p. 1/2, U(-10, -5) w.p. 1/4."""
+    with torch.no_grad():
+        tensor.uniform_(-10, 10)
+        return tensor.mul_(tensor.abs() >= 5)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One initializer with its arguments, and the key path of the spec that asked for it."""
+
+    name: str
+    kwargs: Mapping[str, Any]
+    source: str
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == "default"
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.name}({args}) [{self.source}]" if args else f"{self.name} [{self.source}]"
+
+    def apply(self, tensor: torch.Tensor, where: str) -> None:
+        try:
+            with torch.no_grad():
+                INITIALIZERS.get(self.name, self.source)(tensor, **self.kwargs)
+        except Exception as e:
+            raise ConfigError(
+                f"{self.name} cannot initialize {where} of shape {list(tensor.shape)}: {e}", self.source
+            ) from None
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: str
+    layers: tuple[str, ...] | None
+    params: Mapping[str, Scheme]
+    path: str
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    seed: int | None = None
+    rules: tuple[Rule, ...] = ()
+
+
+def parse_scheme(spec: Any, path: str, problems: list[tuple[str, str]]) -> Scheme | None:
+    """A bare name or ``{type: name, **kwargs}``, its kwargs checked against the initializer."""
+    if isinstance(spec, str):
+        name, kwargs = spec, {}
+    elif isinstance(spec, Mapping) and isinstance(spec.get("type"), str):
+        name, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type"}
+    else:
+        problems.append((path, f"expected an initializer name or {{type: name, ...}}, got {spec!r}"))
+        return None
+    if name not in INITIALIZERS:
+        problems.append((f"{path}.type" if isinstance(spec, Mapping) else path,
+                         f"unknown initializer {name!r}{did_you_mean(name, INITIALIZERS)}"))
+        return None
+    accepted = _accepted_kwargs(INITIALIZERS.get(name, path))
+    for key in kwargs:
+        if accepted is not None and key not in accepted:
+            problems.append((f"{path}.{key}", f"{name} takes no argument {key!r}{did_you_mean(key, accepted)}; "
+                             f"valid: {', '.join(accepted) or 'none'}"))
+    return Scheme(name, kwargs, path)
+
+
+def _accepted_kwargs(fn: Initializer) -> list[str] | None:
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name != "generator"]
+
+
+def parse_init(cfg: Any, path: str = "init") -> InitConfig:
+    """The recipe's ``init`` section, every problem reported at once."""
+    if cfg is None:
+        return InitConfig()
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"expected a mapping with 'seed' and 'rules', got {cfg!r}", path)
+    problems: list[tuple[str, str]] = []
+    for key in cfg:
+        if key not in ("seed", "rules"):
+            problems.append((f"{path}.{key}", f"unknown key{did_you_mean(str(key), ('seed', 'rules'))}; valid: seed, rules"))
+    seed = cfg.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        problems.append((f"{path}.seed", f"expected an integer, got {seed!r}"))
+    raw_rules = cfg.get("rules") or []
+    if not isinstance(raw_rules, list):
+        problems.append((f"{path}.rules", f"expected a list of rules, got {raw_rules!r}"))
+        raw_rules = []
+    rules = [_parse_rule(raw, f"{path}.rules[{i}]", problems) for i, raw in enumerate(raw_rules)]
+    if problems:
+        raise ConfigError(problems)
+    return InitConfig(seed, tuple(rules))
+
+
+def _parse_rule(raw: Any, path: str, problems: list[tuple[str, str]]) -> Rule | None:
+    if not isinstance(raw, Mapping):
+        problems.append((path, f"expected a mapping with match, layer and parameter: initializer keys, got {raw!r}"))
+        return None
+    match = raw.get("match", "*")
+    if not isinstance(match, str):
+        problems.append((f"{path}.match", f"expected a glob string, got {match!r}"))
+    layers = raw.get("layer")
+    if isinstance(layers, str):
+        layers = (layers,)
+    elif layers is not None:
+        layers = tuple(layers) if isinstance(layers, list) else None
+        if layers is None or not all(isinstance(x, str) for x in layers):
+            problems.append((f"{path}.layer", f"expected a class name or a list of them, got {raw['layer']!r}"))
+    for name in layers or ():
+        if name not in MODULES:
+            problems.append((f"{path}.layer", f"unknown layer class {name!r}{did_you_mean(name, MODULES)}"))
+    params = {k: parse_scheme(v, f"{path}.{k}", problems) for k, v in raw.items() if k not in ("match", "layer")}
+    if not params:
+        problems.append((path, "rule sets no parameter: add a key such as 'weight: xavier_uniform'"))
+    return Rule(match, layers, params, path)
+
+
+@dataclass
+class Plan:
+    """The winning scheme for each covered parameter.
+
+    Entries name a parameter by its module and attribute, not by the tensor object, because
+    ``allocate`` replaces ``meta`` parameters between planning and applying.
+    """
+
+    entries: dict[int, tuple[nn.Module, str, str, Scheme]] = field(default_factory=dict)
+
+    def _current(self) -> Iterator[tuple[nn.Parameter, str, Scheme]]:
+        for module, name, where, scheme in self.entries.values():
+            yield module._parameters[name], where, scheme
+
+    @property
+    def covered(self) -> set[int]:
+        """Parameters an explicit scheme fills, so their module's default must not run on them."""
+        return {id(p) for p, _, scheme in self._current() if not scheme.is_default}
+
+    def apply(self) -> None:
+        for param, where, scheme in self._current():
+            if not scheme.is_default:
+                scheme.apply(param, where)
+
+    def report(self, model: nn.Module) -> dict[str, str]:
+        """Every parameter path (tied ones under each of their names) -> the scheme that set it."""
+        schemes = {id(p): str(scheme) for p, _, scheme in self._current()}
+        return {path: schemes.get(id(p), "default") for path, p in model.named_parameters(remove_duplicate=False)}
+
+
+def plan_init(model: nn.Module, config: InitConfig, inline: list[tuple[nn.Module, str, Any]]) -> Plan:
+    """Decide each parameter's winner; a rule or key that reaches nothing is an error."""
+    problems: list[tuple[str, str]] = []
+    entries = list(model.named_modules(remove_duplicate=False))
+    paths = {id(p): name for name, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
+    plan = Plan()
+
+    def assign(module: nn.Module, key: str, scheme: Scheme) -> bool:
+        param = module._parameters.get(key)
+        if param is None:
+            return False
+        plan.entries[id(param)] = (module, key, paths[id(param)], scheme)
+        return True
+
+    for rule in config.rules:
+        selected = _select(entries, rule.match)
+        if not selected:
+            problems.append((f"{rule.path}.match", f"{rule.match!r} matches no module{did_you_mean(rule.match, [p for p, _ in entries if p])}"))
+            continue
+        if rule.layers:
+            kinds = sorted({type(m).__name__ for m in selected})
+            selected = [m for m in selected if _is_layer(m, rule.layers)]
+            if not selected:
+                problems.append((f"{rule.path}.layer", f"no module under {rule.match!r} is a {' or '.join(rule.layers)} (there: {', '.join(kinds)})"))
+                continue
+        for key, scheme in rule.params.items():
+            hits = [assign(module, key, scheme) for module in selected]
+            if not any(hits):
+                held = sorted({n for m in selected for n, p in m._parameters.items() if p is not None})
+                problems.append((f"{rule.path}.{key}", f"no selected module has a parameter {key!r}{did_you_mean(key, held)} (they have: {', '.join(held) or 'none'})"))
+    for module, path, spec in inline:
+        for key, raw in spec.items():
+            scheme = parse_scheme(raw, f"{path}.{key}", problems)
+            if scheme is not None and not assign(module, key, scheme):
+                held = [n for n, p in module._parameters.items() if p is not None]
+                problems.append((f"{path}.{key}", f"{type(module).__name__} has no parameter {key!r} of its own{did_you_mean(key, held)} (it has: {', '.join(held) or 'none'})"))
+    if problems:
+        raise ConfigError(problems)
+    return plan
+
+
+def _select(entries: list[tuple[str, nn.Module]], pattern: str) -> list[nn.Module]:
+    """Modules whose path matches, with everything below them; a shared module once."""
+    hit_paths: set[str] = set()
+    chosen: dict[int, nn.Module] = {}
+    for path, module in entries:  # pre-order: a parent comes before its children
+        if fnmatch.fnmatchcase(path, pattern) or (path and path.rpartition(".")[0] in hit_paths):
+            hit_paths.add(path)
+            chosen.setdefault(id(module), module)
+    return list(chosen.values())
+
+
+def _is_layer(module: nn.Module, layers: tuple[str, ...]) -> bool:
+    return type(module).__name__ in layers or any(MODULES.get(name, "") is type(module) for name in layers)
+
+
+def _reset_method(module: nn.Module) -> Callable[[], None] | None:
+    return getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+
+
+def cannot_reset(model: nn.Module) -> list[str]:
+    """Classes that hold tensors of their own but have no reset to fill them after ``allocate``."""
+    return sorted({
+        type(m).__name__ for m in model.modules()
+        if (any(p is not None for p in m._parameters.values()) or m._buffers) and _reset_method(m) is None
+    })  # fmt: skip
+
+
+def reset_defaults(model: nn.Module, covered: set[int]) -> None:
+    """Run each module's own reset once, children before parents as construction does, for the
+    tensors no scheme covers. Covered parameters are swapped for ``meta`` stand-ins meanwhile, so
+    the reset spends nothing on them and draws no random numbers for them."""
+    done = set(covered)
+    for module in _post_order(model, set()):
+        own = module._parameters
+        pending = [n for n, p in own.items() if p is not None and id(p) not in done]
+        if not pending and not module._buffers:
+            continue
+        reset = _reset_method(module)
+        if reset is None:
+            continue
+        standins = {n: p for n, p in own.items() if p is not None and id(p) in done}
+        for name, p in standins.items():
+            own[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        try:
+            reset()
+        finally:
+            own.update(standins)
+        done.update(id(own[n]) for n in pending)
+
+
+def _post_order(module: nn.Module, seen: set[int]) -> Iterator[nn.Module]:
+    seen.add(id(module))
+    for child in module.children():
+        if id(child) not in seen:
+            yield from _post_order(child, seen)
+    yield module

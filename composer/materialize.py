@@ -1,0 +1,75 @@
+"""Turning shapes into tensors: lazy layers through a dry forward, ``meta`` tensors into real ones.
+
+Both steps keep what PyTorch's own tools lose: ``to_empty`` unties shared parameters and a dry run
+under ``inference_mode`` leaves parameters that never get gradients; these functions do neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+
+
+def has_lazy(model: nn.Module) -> bool:
+    """Whether any parameter or buffer still waits for its shape."""
+    return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules())
+
+
+def dry_forward(model: nn.Module, input_shape: Sequence[int], device: torch.device | str) -> None:
+    """Materialize every lazy layer with one forward pass of zeros.
+
+    It runs under ``no_grad`` (not ``inference_mode``: parameters born there never get gradients)
+    and in eval mode, so no batch statistics move; each module's mode is restored afterwards.
+    Lazy layers then turn into their plain classes (``LazyLinear`` -> ``Linear``).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_shape), device=device))
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def allocate(model: nn.Module, device: torch.device | str) -> None:
+    """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``.
+
+    A tensor held by several modules gets one new tensor that all of them hold, so ties survive.
+    """
+    fresh: dict[int, torch.Tensor] = {}
+
+    def real(t: torch.Tensor, make) -> torch.Tensor:
+        if id(t) not in fresh:
+            fresh[id(t)] = make(torch.empty_like(t, device=device))
+        return fresh[id(t)]
+
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None and p.is_meta:
+                module._parameters[name] = real(p, lambda e, p=p: nn.Parameter(e, requires_grad=p.requires_grad))
+        for name, b in module._buffers.items():
+            if b is not None and b.is_meta:
+                module._buffers[name] = real(b, lambda e: e)
+
+
+def materialize_from_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Give lazy layers the shapes a checkpoint recorded, and their plain classes, without a forward.
+
+    This finishes what ``LazyModuleMixin._infer_parameters`` does after a first forward.
+    """
+    for path, module in model.named_modules():
+        if not isinstance(module, LazyModuleMixin):
+            continue
+        prefix = f"{path}." if path else ""
+        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+                tensor.materialize(tuple(shapes[prefix + name]))
+        module._initialize_hook.remove()
+        module._load_hook.remove()
+        del module._initialize_hook, module._load_hook
+        if module.cls_to_become is not None:
+            module.__class__ = module.cls_to_become
