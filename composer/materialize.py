@@ -56,20 +56,33 @@ def allocate(model: nn.Module, device: torch.device | str) -> None:
                 module._buffers[name] = real(b, lambda e: e)
 
 
-def materialize_from_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Give lazy layers the shapes a checkpoint recorded, and their plain classes, without a forward.
+def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Make the tensors of ``state`` the model's parameters and buffers, without copying them.
 
-    This finishes what ``LazyModuleMixin._infer_parameters`` does after a first forward.
+    Keys follow ``state_dict``; a tensor held by several modules is placed once and held by all,
+    so ties survive (``load_state_dict(assign=True)`` breaks them). Lazy layers take the stored
+    shapes and their plain classes, as after a first forward.
     """
+    placed: dict[int, torch.Tensor] = {}
     for path, module in model.named_modules():
-        if not isinstance(module, LazyModuleMixin):
-            continue
         prefix = f"{path}." if path else ""
-        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
-            if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
-                tensor.materialize(tuple(shapes[prefix + name]))
-        module._initialize_hook.remove()
-        module._load_hook.remove()
-        del module._initialize_hook, module._load_hook
-        if module.cls_to_become is not None:
-            module.__class__ = module.cls_to_become
+        for name, old in module._parameters.items():
+            if old is not None:
+                if id(old) not in placed:
+                    placed[id(old)] = nn.Parameter(state[prefix + name], requires_grad=old.requires_grad)
+                module._parameters[name] = placed[id(old)]
+        for name, old in module._buffers.items():
+            if old is not None and name not in module._non_persistent_buffers_set:
+                module._buffers[name] = placed.setdefault(id(old), state[prefix + name])
+        if isinstance(module, LazyModuleMixin):
+            _finish_lazy(module)
+
+
+def _finish_lazy(module: LazyModuleMixin) -> None:
+    """What ``LazyModuleMixin._infer_parameters`` does once shapes are known: drop the hooks, take
+    the plain class (``LazyLinear`` -> ``Linear``)."""
+    module._initialize_hook.remove()
+    module._load_hook.remove()
+    del module._initialize_hook, module._load_hook
+    if module.cls_to_become is not None:
+        module.__class__ = module.cls_to_become

@@ -1,0 +1,274 @@
+"""Checkpoint and tensor files: safetensors with a self-describing header, written atomically.
+
+A checkpoint holds the weights (each tied tensor once), the resolved recipe, versions and a CRC-32
+of the tensor data. Loading reads only JSON and raw tensor bytes, so a crafted file cannot run
+code; it rebuilds the model on the ``meta`` device from the recipe and places the stored tensors
+as its parameters, so no initializer runs and nothing is copied twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import uuid
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from composer.build import DEFAULT_TARGETS
+from composer.compose import RECORD_ATTR, BuildRecord, construct
+from composer.errors import CheckpointError, ConfigError
+from composer.materialize import allocate, assign, has_lazy
+
+FORMAT = "composer-checkpoint"
+TENSORS_FORMAT = "composer-tensors"
+FORMAT_VERSION = "1"
+_MAX_HEADER = 100 * 1024 * 1024
+
+TensorTree = torch.Tensor | list | dict
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write weights and, for a built model, its recipe, to one file; the old file survives a crash."""
+    if has_lazy(model):
+        raise ConfigError("the model has lazy layers whose shapes are unknown: set input_shape or run a forward first", "input_shape")
+    tensors, aliases = _dedupe(model.state_dict())
+    metadata = {"aliases": json.dumps(aliases)}
+    record: BuildRecord | None = getattr(model, RECORD_ATTR, None)
+    if record is not None:
+        metadata["recipe"] = json.dumps(record.recipe)
+        metadata["allow_targets"] = json.dumps(list(record.allow_targets))
+        metadata["init_report"] = json.dumps(record.init_report)
+    _write(path, FORMAT, tensors, metadata)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    verify: bool = True,
+    *,
+    allow_targets: Sequence[str] | None = None,
+) -> nn.Module:
+    """Rebuild the model from the recipe inside the file and load its weights strictly.
+
+    Ties come back, outputs equal the saved model's bit for bit, and no initializer runs.
+    ``_target_`` paths outside the default allowlist need ``allow_targets``: the file's own list
+    is never trusted, since importing a module runs its code.
+    """
+    metadata, state = _read(path, FORMAT, map_location, verify)
+    if "recipe" not in metadata:
+        raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and use load_weights")
+    recipe = json.loads(metadata["recipe"])
+    allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
+    try:
+        model, notes = construct(recipe, allow, torch.device("meta"))
+    except ConfigError as e:
+        raise CheckpointError(
+            f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())} "
+            "(import the module that registers a custom type, or pass allow_targets, before loading)"
+        ) from None
+    if any(m._non_persistent_buffers_set for m in model.modules()):
+        model, notes = construct(recipe, allow, torch.device(map_location))  # buffers the file lacks
+    _check_keys(model, state, path)
+    if any(p.is_meta for p in model.parameters()):
+        assign(model, state)
+        allocate(model, map_location)  # nothing should be left; kept for modules with odd tensors
+    else:
+        model.load_state_dict(state, strict=True)
+    for module in notes.frozen:
+        module.requires_grad_(False)
+    setattr(model, RECORD_ATTR, BuildRecord(recipe, allow, json.loads(metadata.get("init_report", "{}"))))
+    return model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
+    """Copy a checkpoint's weights into an existing model; mismatches are listed by name."""
+    _, state = _read(path, FORMAT, _device_of(model), verify=True)
+    if strict:
+        _check_keys(model, state, path)
+    else:
+        expected = model.state_dict(keep_vars=True)
+        state = {k: v for k, v in state.items() if k in expected and _fits(expected[k], v)}
+    model.load_state_dict(state, strict=strict)
+
+
+def save_tensors(obj: TensorTree, path: str | os.PathLike) -> None:
+    """A tensor, a list of tensors or a dict from strings to tensors (nested too), in one file."""
+    flat: dict[str, torch.Tensor] = {}
+    structure = _flatten(obj, flat)
+    tensors, aliases = _dedupe(flat)
+    _write(path, TENSORS_FORMAT, tensors, {"structure": json.dumps(structure), "aliases": json.dumps(aliases)})
+
+
+def load_tensors(path: str | os.PathLike) -> TensorTree:
+    """What ``save_tensors`` wrote: same structure, dtypes, shapes and values."""
+    metadata, flat = _read(path, TENSORS_FORMAT, "cpu", verify=True)
+    return _unflatten(json.loads(metadata["structure"]), flat)
+
+
+# --- file format ------------------------------------------------------------------------------
+
+
+def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    metadata = {
+        "format": kind,
+        "format_version": FORMAT_VERSION,
+        "composer_version": _version(),
+        "torch_version": torch.__version__,
+        "crc32": str(_crc32(tensors)),
+        **metadata,
+    }
+    write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata))
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file in the same folder, fsync it, then rename over ``path``.
+
+    A crash at any point leaves the old file or the new one, never a truncated one.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read(path: str | os.PathLike, kind: str, device: str | torch.device, verify: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Check the header, load the tensors, verify their CRC, and restore aliased (tied) keys."""
+    metadata = _read_metadata(Path(path), kind)
+    try:
+        tensors = load_file(path, device="cpu" if verify else str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupted or truncated ({e})") from None
+    if verify and str(_crc32(tensors)) != metadata.get("crc32"):
+        raise CheckpointError(f"{path}: tensor data does not match its checksum: the file is corrupted")
+    if verify and torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    for alias, key in json.loads(metadata.get("aliases", "{}")).items():
+        tensors[alias] = tensors[key]
+    return metadata, tensors
+
+
+def _read_metadata(path: Path, kind: str) -> dict[str, str]:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+            (length,) = struct.unpack("<Q", head) if len(head) == 8 else (None,)
+            if length is None or not 0 < length <= min(_MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: not a {kind} file (no safetensors header)")
+            header = json.loads(f.read(length))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not a {kind} file (its header is not valid JSON)") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != kind:
+        raise CheckpointError(f"{path}: not a {kind} file")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {metadata.get('format_version')} is not supported (this composer reads {FORMAT_VERSION})")
+    return metadata
+
+
+def _crc32(tensors: Mapping[str, torch.Tensor]) -> int:
+    """CRC-32 of every tensor's bytes, in key order."""
+    crc = 0
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        crc = zlib.crc32(key.encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    return crc
+
+
+def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Store each tensor once: a later key over the same memory becomes an alias of the first.
+
+    Views that overlap without being identical are copied, as safetensors refuses shared memory.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for key, t in state.items():
+        t = t.detach()
+        identity = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+        if identity in seen:
+            aliases[key] = seen[identity]
+            continue
+        seen[identity] = key
+        pointer = t.untyped_storage().data_ptr()
+        tensors[key] = t.contiguous() if pointer not in storages or t.numel() == 0 else t.clone()
+        storages.add(pointer)
+    return tensors, aliases
+
+
+def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    expected = model.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in expected
+        if k in state and not _fits(expected[k], state[k])
+    ]
+    problems = [
+        f"{label}: {', '.join(keys)}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", mismatched))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
+
+
+def _fits(target: torch.Tensor, stored: torch.Tensor) -> bool:
+    return isinstance(target, nn.parameter.UninitializedTensorMixin) or target.shape == stored.shape
+
+
+def _flatten(obj: Any, flat: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = str(len(flat))
+        flat[key] = obj
+        return {"tensor": key}
+    if isinstance(obj, (list, tuple)):
+        return {"list": [_flatten(item, flat) for item in obj]}
+    if isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj):
+        return {"dict": {k: _flatten(v, flat) for k, v in obj.items()}}
+    raise TypeError(f"save_tensors takes tensors, lists of them and dicts from str to them, not {type(obj).__name__}")
+
+
+def _unflatten(structure: Any, flat: Mapping[str, torch.Tensor]) -> Any:
+    if "tensor" in structure:
+        return flat[structure["tensor"]]
+    if "list" in structure:
+        return [_unflatten(item, flat) for item in structure["list"]]
+    return {k: _unflatten(v, flat) for k, v in structure["dict"].items()}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch-recipe-composer")
+    except PackageNotFoundError:
+        return "unknown"

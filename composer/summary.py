@@ -1,0 +1,111 @@
+"""A model's table: module path, type, output shape, own parameter count, and what is shared."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from composer.compose import RECORD_ATTR
+from composer.errors import ConfigError
+from composer.materialize import has_lazy
+
+
+def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
+    """The table, then totals (a shared parameter counted once) and, for a built model, its init report.
+
+    ``input_shape`` defaults to the recipe's; with one, each row shows its module's output shape
+    from a forward pass of zeros (under ``no_grad``, in eval mode, modes restored afterwards).
+    """
+    record = getattr(model, RECORD_ATTR, None)
+    if input_shape is None and record is not None:
+        input_shape = record.recipe.get("input_shape")
+    if has_lazy(model) and input_shape is None:
+        raise ConfigError("the model has lazy layers whose shapes are unknown: pass input_shape", "input_shape")
+    shapes = _output_shapes(model, input_shape) if input_shape is not None else {}
+
+    names_of: dict[int, list[str]] = defaultdict(list)
+    for path, p in model.named_parameters(remove_duplicate=False):
+        names_of[id(p)].append(path)
+    first_path: dict[int, str] = {}
+    rows = [("module", "type", "output shape", "params", "shared")]
+    for path, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{path}." if path else ""
+        own = [(n, p) for n, p in module._parameters.items() if p is not None]
+        if id(module) in first_path:
+            shared = f"same module as {first_path[id(module)] or '(model)'}"
+        else:
+            first_path[id(module)] = path
+            ties = [
+                f"{n} = {', '.join(q for q in names_of[id(p)] if q != prefix + n)}"
+                for n, p in own
+                if len(names_of[id(p)]) > 1
+            ]
+            shared = "; ".join(ties)
+        rows.append((
+            path or "(model)",
+            type(module).__name__,
+            _format_shape(shapes.get(id(module))) if shapes else "",
+            f"{sum(p.numel() for _, p in own):,}" if own else "",
+            shared,
+        ))  # fmt: skip
+    params = list(model.parameters())  # each parameter once, however many modules hold it
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    n_shared = sum(1 for names in names_of.values() if len(names) > 1)
+    lines = _table(rows)
+    lines.append(f"total parameters: {total:,} (trainable {trainable:,}; {n_shared} shared tensor(s) counted once)")
+    if input_shape is not None:
+        lines.append(f"input shape: {list(input_shape)}")
+    if record is not None:
+        lines.append("initialization:")
+        lines += [f"  {path}: {scheme}" for path, scheme in record.init_report.items()]
+    return "\n".join(lines)
+
+
+def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[int, Any]:
+    """Each module's first output shape, from one forward pass of zeros."""
+    shapes: dict[int, Any] = {}
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        shapes.setdefault(id(module), _shape_of(output))
+
+    handles = [m.register_forward_hook(record) for m in model.modules()]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_shape), device=device))
+    except Exception:
+        if device.type != "meta":
+            raise
+        return {}  # a forward with data-dependent control flow cannot run on meta tensors
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+    return shapes
+
+
+def _shape_of(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
+    if isinstance(output, (tuple, list)):
+        return [_shape_of(o) for o in output]
+    return type(output).__name__
+
+
+def _format_shape(shape: Any) -> str:
+    return "" if shape is None else str(shape)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
