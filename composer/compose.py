@@ -103,6 +103,8 @@ def _shape_and_initialize(model: nn.Module, notes: BuildNotes, recipe: Recipe, i
             raise ConfigError("lazy layers need their shapes before initialization rules apply: set input_shape", "input_shape")
         return Plan()
     plan = plan_init(model, init, notes.inline_init)
+    if device.type == "meta":
+        return plan  # shapes and rules checked; there is nothing to fill
     if on_meta:
         allocate(model, device)
         reset_defaults(model, plan.covered)
