@@ -134,15 +134,16 @@ class Builder:
             self.fail(f"{path}._args_", f"expected a list of positional arguments, got {_describe(raw_args)}")
             return None
         raw_kwargs = {k: v for k, v in node.items() if k not in _RESERVED}
-        lazy = LAZY.get(cls)
-        if lazy and not raw_args and lazy[1] not in raw_kwargs:
-            cls = lazy[0]
         before = len(self.problems)
         args = [self._value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
         kwargs = {k: self._value(v, f"{path}.{k}") for k, v in raw_kwargs.items()}
-        _check_arguments(self, label, cls, args, kwargs, path)
+        lazy = LAZY.get(cls)
+        deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
+        _check_arguments(self, label, cls, args, kwargs, path, deferred)
         if len(self.problems) > before:
             return None
+        if deferred:
+            cls = lazy[0]
         try:
             return cls(*args, **kwargs)
         except Exception as e:  # the constructor's own complaint, given its place in the recipe
@@ -258,8 +259,9 @@ def _signature(cls: type) -> _Signature | None:
     )
 
 
-def _check_arguments(builder: Builder, label: str, cls: type, args: list, kwargs: dict, path: str) -> None:
-    """Unknown, missing and mistyped arguments, against the class's signature."""
+def _check_arguments(builder: Builder, label: str, cls: type, args: list, kwargs: dict, path: str, deferred: str | None) -> None:
+    """Unknown, missing and mistyped arguments, against the class's signature; ``deferred`` is the
+    size a lazy layer infers (``in_features``), so it is not missing."""
     sig = _signature(cls)
     if sig is None:
         return
@@ -271,7 +273,7 @@ def _check_arguments(builder: Builder, label: str, cls: type, args: list, kwargs
     if len(args) > len(sig.positional) and not sig.var_positional:
         builder.fail(f"{path}._args_", f"{label} takes at most {len(sig.positional)} positional arguments, got {len(args)}")
     filled = set(sig.positional[: len(args)])
-    missing = [name for name in sig.required if name not in kwargs and name not in filled]
+    missing = [name for name in sig.required if name not in kwargs and name not in filled and name != deferred]
     if missing:
         builder.fail(path, f"{label} is missing required argument{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
     for key, value in kwargs.items():
