@@ -75,29 +75,25 @@ def construct(recipe: Recipe, allow: Sequence[str], device: torch.device | None 
 
 
 def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, on_meta: bool) -> tuple[nn.Module, BuildNotes]:
-    """On ``meta`` when every tensor-holding module can reset itself afterwards, else for real."""
+    """On ``meta`` when every tensor-holding module can reset itself afterwards, else for real.
+
+    Lazy layers also send the build the real way: inferring their shapes on ``meta`` would need a
+    forward pass there, whose first call in a process costs about 2 s of imports.
+    """
     if on_meta:
         model, notes = construct(recipe, allow, torch.device("meta"))
-        if not cannot_reset(model) and _shapes_on_meta(model, recipe):
+        if not cannot_reset(model) and not has_lazy(model):
             return model, notes
     return construct(recipe, allow, None if device.type == "cpu" else device)
-
-
-def _shapes_on_meta(model: nn.Module, recipe: Recipe) -> bool:
-    """Infer lazy shapes on ``meta``; False where the forward needs real values (``while x.sum() > 1``)."""
-    if not has_lazy(model) or recipe.get("input_shape") is None:
-        return True
-    try:
-        dry_forward(model, recipe["input_shape"], "meta")
-    except Exception:
-        return False
-    return not has_lazy(model)
 
 
 def _shape_and_initialize(model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device) -> Plan:
     on_meta = any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers())
     if has_lazy(model) and recipe.get("input_shape") is not None:
-        dry_forward(model, recipe["input_shape"], device)
+        try:
+            dry_forward(model, recipe["input_shape"], device)
+        except Exception as e:
+            raise ConfigError(f"a forward pass of zeros shaped {recipe['input_shape']} failed: {type(e).__name__}: {e}", "input_shape") from None
     if has_lazy(model):
         if init.rules or notes.inline_init:
             raise ConfigError("lazy layers need their shapes before initialization rules apply: set input_shape", "input_shape")

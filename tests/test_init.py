@@ -1,0 +1,302 @@
+"""Initialization: the tutorial's schemes, rule selection and precedence, seeds, each parameter once."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from composer import ConfigError, build_from_config, init_report, register_init, register_module, summary
+from tests.conftest import ROOT, model_recipe
+
+
+def with_init(model: str, init: str) -> dict:
+    recipe = yaml.safe_load(model_recipe(model).read_text())
+    recipe["init"] = yaml.safe_load((ROOT / "conf" / "init" / f"{init}.yaml").read_text())
+    return recipe
+
+
+def test_normal_weights_and_zero_biases():
+    net = build_from_config(with_init("mlp", "normal"))
+    assert abs(net[0].weight.std().item() - 0.01) < 0.001
+    assert abs(net[0].weight.mean().item()) < 0.001
+    assert net[0].bias.abs().max().item() == 0 and net[2].bias.abs().max().item() == 0
+
+
+def test_constant_scheme():
+    net = build_from_config(with_init("param_mlp", "constant"))
+    assert (net[0].weight == 1).all() and (net[0].bias == 0).all()
+    assert (net[2].weight == 1).all()
+
+
+def test_mixed_xavier_on_0_and_42_on_2():
+    net = build_from_config(with_init("mlp", "mixed"))
+    assert (net[2].weight == 42).all()
+    bound = math.sqrt(6 / (20 + 256))
+    assert net[0].weight.abs().max().item() <= bound and net[0].weight.std().item() > bound / 3
+    report = init_report(net)
+    assert report["0.weight"] == "xavier_uniform [init.rules[0].weight]"
+    assert report["2.weight"] == "constant(val=42) [init.rules[1].weight]"
+    assert report["0.bias"] == "default"
+
+
+def test_custom_piecewise_scheme_value_set_and_proportions():
+    net = build_from_config(with_init("mlp", "custom"))
+    w = net[0].weight.detach()
+    magnitude = w.abs()
+    assert ((magnitude == 0) | ((magnitude >= 5) & (magnitude <= 10))).all()
+    n = w.numel()
+    assert abs((w == 0).sum().item() / n - 0.5) < 0.03
+    assert abs((w > 0).sum().item() / n - 0.25) < 0.03
+    assert abs((w < 0).sum().item() / n - 0.25) < 0.03
+
+
+def test_xavier_on_every_linear_of_the_lazy_network():
+    net = build_from_config(with_init("lazy_mlp", "xavier"))
+    assert type(net[0]) is nn.Linear and net[0].weight.shape == (256, 20)
+    assert net[0].weight.abs().max().item() <= math.sqrt(6 / (20 + 256))
+    assert set(init_report(net).values()) == {"xavier_uniform [init.rules[0].weight]", "default"}
+
+
+def test_writing_weights_directly_works_on_a_built_model():
+    net = build_from_config(with_init("mlp", "constant"))
+    net[0].weight.data[:] += 1
+    net[0].weight.data[0, 0] = 42
+    assert net[0].weight[0, 0].item() == 42 and net[0].weight[0, 1].item() == 2
+
+
+def test_later_rule_wins_and_inline_spec_wins_over_rules():
+    net = build_from_config({
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Linear", "in_features": 3, "out_features": 3, "init": {"weight": {"type": "constant", "val": 7}}},
+            {"type": "Linear", "in_features": 3, "out_features": 3},
+        ]},
+        "init": {"rules": [
+            {"weight": "ones", "bias": "ones"},
+            {"match": "1", "weight": "zeros"},
+        ]},
+    })  # fmt: skip
+    assert (net[0].weight == 7).all() and (net[0].bias == 1).all()
+    assert (net[1].weight == 0).all() and (net[1].bias == 1).all()
+    report = init_report(net)
+    assert report["0.weight"] == "constant(val=7) [model.layers[0].init.weight]"
+    assert report["1.weight"] == "zeros [init.rules[1].weight]"
+
+
+def test_match_selects_the_module_and_everything_below_and_layer_filters():
+    net = build_from_config({
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2}, {"type": "LayerNorm", "normalized_shape": 2}]},
+            {"type": "Linear", "in_features": 2, "out_features": 2},
+        ]},
+        "init": {"rules": [{"match": "0", "layer": "Linear", "weight": "zeros"}]},
+    })  # fmt: skip
+    assert (net[0][0].weight == 0).all()
+    assert (net[0][1].weight == 1).all()  # LayerNorm kept its default
+    assert not (net[1].weight == 0).all()
+
+
+def test_rgnet_blocks_are_matched_by_glob():
+    recipe = yaml.safe_load(model_recipe("rgnet").read_text())
+    recipe["init"] = {"rules": [{"match": "0.block [13]", "layer": "Linear", "weight": "ones"}]}
+    net = build_from_config(recipe)
+    assert (net[0][1][0].weight == 1).all() and (net[0][3][2].weight == 1).all()
+    assert not (net[0][0][0].weight == 1).all()
+
+
+def test_seed_gives_bitwise_identical_parameters_and_keeps_global_rng():
+    recipe = with_init("chimera", "normal")
+    recipe["init"]["seed"] = 3
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = build_from_config(recipe)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(1000)  # disturb the global RNG
+    second = build_from_config(recipe)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    recipe["init"]["seed"] = 4
+    third = build_from_config(recipe)
+    assert not torch.equal(first[1].bias, third[1].bias) or not torch.equal(first[2].rand_weight, third[2].rand_weight)
+    assert not torch.equal(first[2].rand_weight, third[2].rand_weight)
+
+
+@pytest.mark.slow
+def test_seed_reproduces_across_processes():
+    code = (
+        "import torch, composer, hashlib;"
+        "torch.manual_seed(int(__import__('sys').argv[1]));"
+        "m = composer.build_from_config({'model': {'type': 'Sequential', 'layers': ["
+        "{'type': 'Linear', 'out_features': 20}, {'type': 'FixedHiddenMLP'}]}, 'input_shape': [2, 20],"
+        " 'init': {'seed': 0, 'rules': [{'match': '0', 'weight': {'type': 'normal', 'std': 0.02}}]}});"
+        "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in m.state_dict().values())).hexdigest())"
+    )
+    digests = {subprocess.run([sys.executable, "-c", code, s], capture_output=True, text=True, check=True).stdout for s in "12"}
+    assert len(digests) == 1
+
+
+def test_shared_module_is_initialized_once():
+    calls = []
+
+    @register_init("counting_ones")
+    def counting_ones(tensor):
+        calls.append(tuple(tensor.shape))
+        return nn.init.ones_(tensor)
+
+    net = build_from_config(with_init("tied", "default") | {"init": {"rules": [{"layer": "Linear", "weight": "counting_ones"}]}})
+    assert sorted(calls) == [(1, 8), (8, 4), (8, 8)]
+    assert net[2].weight is net[4].weight and (net[4].weight == 1).all()
+
+
+class CountingResets(nn.Module):
+    """A block whose reset counts the times it fills real (non-meta) tensors."""
+
+    real_resets: list[str] = []
+
+    def __init__(self, n: int = 4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, n))
+        self.bias = nn.Parameter(torch.empty(n))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for name in ("weight", "bias"):
+            tensor = getattr(self, name)
+            if not tensor.is_meta:
+                CountingResets.real_resets.append(name)
+            nn.init.ones_(tensor)
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+register_module(CountingResets)
+
+
+def test_covered_parameters_skip_their_default_initializer():
+    CountingResets.real_resets.clear()
+    net = build_from_config({"model": {"type": "CountingResets"}, "init": {"rules": [{"weight": "zeros", "bias": "zeros"}]}})
+    assert CountingResets.real_resets == []
+    assert (net.weight == 0).all() and (net.bias == 0).all()
+    net = build_from_config({"model": {"type": "CountingResets"}, "init": {"rules": [{"weight": "zeros"}]}})
+    assert CountingResets.real_resets == ["bias"]  # only the uncovered one got its default
+    assert (net.weight == 0).all() and (net.bias == 1).all()
+    build_from_config({"type": "CountingResets"})  # no rules: plain construction, as PyTorch
+    assert CountingResets.real_resets == ["bias", "weight", "bias"]
+
+
+def test_partly_covered_linear_bias_keeps_its_default_distribution():
+    net = build_from_config({"model": {"type": "Linear", "in_features": 400, "out_features": 300}, "init": {"rules": [{"weight": "zeros"}]}})
+    bound = 1 / math.sqrt(400)
+    assert net.bias.abs().max().item() <= bound and net.bias.std().item() > bound / 3
+
+
+def test_buffers_and_modules_without_public_reset_under_rules():
+    net = build_from_config({
+        "model": {"type": "Sequential", "layers": [
+            {"type": "BatchNorm1d", "num_features": 4},
+            {"type": "TransformerEncoderLayer", "d_model": 4, "nhead": 2, "dim_feedforward": 8},
+            {"type": "FixedHiddenMLP"},
+        ]},
+        "init": {"rules": [{"layer": "Linear", "weight": "zeros"}]},
+    })  # fmt: skip
+    bn, layer, fixed = net
+    assert bn.num_batches_tracked.item() == 0 and (bn.running_var == 1).all() and (bn.running_mean == 0).all()
+    assert (layer.linear1.weight == 0).all()
+    assert (layer.self_attn.in_proj_bias == 0).all()  # MultiheadAttention's _reset_parameters ran
+    assert layer.self_attn.in_proj_weight.abs().sum() > 0
+    assert ((fixed.rand_weight >= 0) & (fixed.rand_weight < 1)).all() and fixed.rand_weight.std() > 0.2
+
+
+class ConstantBuffer(nn.Module):
+    """Holds a constant made in its constructor and has no reset: it cannot be built on meta."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.arange(6.0))
+        self.linear = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.linear(x + self.table)
+
+
+register_module(ConstantBuffer)
+
+
+def test_module_that_cannot_reset_is_built_for_real():
+    net = build_from_config({"model": {"type": "ConstantBuffer"}, "init": {"rules": [{"weight": "ones"}]}})
+    assert torch.equal(net.table, torch.arange(6.0)) and (net.linear.weight == 1).all()
+
+
+def test_init_report_and_summary_show_every_parameter():
+    net = build_from_config(with_init("tied", "xavier"))
+    report = init_report(net)
+    assert list(report) == [n for n, _ in net.named_parameters(remove_duplicate=False)]
+    assert report["2.weight"] == report["4.weight"] == "xavier_uniform [init.rules[0].weight]"
+    text = summary(net)
+    assert "2.weight: xavier_uniform [init.rules[0].weight]" in text
+    with pytest.raises(ValueError, match="not built by build_from_config"):
+        init_report(nn.Linear(2, 2))
+
+
+def init_problems(init: dict, model: str = "mlp") -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as info:
+        build_from_config(with_init(model, "default") | {"init": init})
+    return info.value.problems
+
+
+def test_unknown_initializer_and_bad_arguments():
+    assert init_problems({"rules": [{"weight": "xavier_unifrom"}]}) == [
+        ("init.rules[0].weight", "unknown initializer 'xavier_unifrom' (did you mean 'xavier_uniform'?)")
+    ]
+    [(path, message)] = init_problems({"rules": [{"weight": {"type": "normal", "sdt": 1}}]})
+    assert path == "init.rules[0].weight.sdt" and "did you mean 'std'" in message and "valid: mean, std" in message
+    assert init_problems({"sed": 1})[0][0] == "init.sed"
+    assert init_problems({"seed": "x"})[0][0] == "init.seed"
+
+
+def test_rules_that_reach_nothing_are_errors():
+    assert init_problems({"rules": [{"match": "0"}]})[0] == ("init.rules[0]", "rule sets no parameter: add a key such as 'weight: xavier_uniform'")
+    path, message = init_problems({"rules": [{"match": "7", "weight": "ones"}]})[0]
+    assert path == "init.rules[0].match" and "matches no module" in message
+    path, message = init_problems({"rules": [{"match": "1", "weight": "ones"}]})[0]
+    assert path == "init.rules[0].weight" and "no selected module has a parameter 'weight'" in message
+    path, message = init_problems({"rules": [{"layer": "Conv2d", "weight": "ones"}]})[0]
+    assert path == "init.rules[0].layer" and "Linear, ReLU, Sequential" in message
+    path, message = init_problems({"rules": [{"layer": "Linaer", "weight": "ones"}]})[0]
+    assert "did you mean 'Linear'" in message
+    path, message = init_problems({"rules": [{"weight": "ones", "biass": "zeros"}]})[0]
+    assert path == "init.rules[0].biass" and "did you mean 'bias'" in message
+
+
+def test_inline_spec_for_a_parameter_the_module_lacks():
+    with pytest.raises(ConfigError) as info:
+        build_from_config({"model": {"type": "ReLU", "init": {"weight": "ones"}}})
+    assert info.value.path == "model.init.weight"
+
+
+@pytest.mark.parametrize(
+    "rule, words",
+    [
+        ({"layer": "Linear", "bias": "orthogonal"}, "orthogonal cannot initialize 0.bias of shape [256]"),
+        ({"layer": "Linear", "weight": "dirac"}, "dirac cannot initialize 0.weight of shape [256, 20]"),
+    ],
+)
+def test_initializer_that_cannot_apply_to_a_shape(rule, words):
+    [(path, message)] = init_problems({"rules": [rule]})
+    assert path.startswith("init.rules[0].") and words in message
+
+
+def test_input_shape_that_does_not_fit_names_input_shape():
+    with pytest.raises(ConfigError, match="forward pass of zeros shaped") as info:
+        build_from_config({"model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 8}, {"type": "FixedHiddenMLP"}]}, "input_shape": [2, 5]})
+    assert info.value.path == "input_shape"
+
+
+def test_lazy_layers_without_input_shape_and_rules_name_input_shape():
+    with pytest.raises(ConfigError, match="input_shape") as info:
+        build_from_config({"model": {"type": "Linear", "out_features": 3}, "init": {"rules": [{"weight": "ones"}]}})
+    assert info.value.path == "input_shape"
