@@ -214,7 +214,7 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
             continue
         seen[identity] = key
         pointer = t.untyped_storage().data_ptr()
-        tensors[key] = t.contiguous() if pointer not in storages or t.numel() == 0 else t.clone()
+        tensors[key] = t.contiguous() if pointer not in storages or t.numel() == 0 else t.clone(memory_format=torch.contiguous_format)
         storages.add(pointer)
     return tensors, aliases
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _LazyNormBase
+from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
 
 
@@ -79,8 +81,15 @@ def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def _finish_lazy(module: LazyModuleMixin) -> None:
-    """What ``LazyModuleMixin._infer_parameters`` does once shapes are known: drop the hooks, take
-    the plain class (``LazyLinear`` -> ``Linear``)."""
+    """What a lazy layer's first forward does once shapes are known: record the inferred size
+    (read back from the weights), drop the hooks, take the plain class (``LazyLinear`` -> ``Linear``)."""
+    if isinstance(module, nn.LazyLinear):
+        module.in_features = module.weight.shape[1]
+    elif isinstance(module, _LazyConvXdMixin):
+        module.in_channels = module.weight.shape[0] if module.transposed else module.weight.shape[1] * module.groups
+    elif isinstance(module, _LazyNormBase):
+        stats = module.weight if module.weight is not None else module.running_mean
+        module.num_features = stats.shape[0]
     module._initialize_hook.remove()
     module._load_hook.remove()
     del module._initialize_hook, module._load_hook

@@ -1,0 +1,304 @@
+"""Checkpoint and tensor files: the tutorial's file I/O, round trips, crashes, corruption, safety."""
+
+import json
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from composer import (
+    CheckpointError,
+    ConfigError,
+    build_from_config,
+    init_report,
+    load_checkpoint,
+    load_tensors,
+    load_weights,
+    save_checkpoint,
+    save_tensors,
+)
+from composer.checkpoint import write_atomic
+from composer.compose import RECORD_ATTR
+from tests.conftest import MODELS, ROOT, model_recipe
+
+
+def test_tutorial_tensor_list_and_dict(tmp_path):
+    x = torch.arange(4)
+    save_tensors(x, tmp_path / "x-file")
+    x2 = load_tensors(tmp_path / "x-file")
+    assert torch.equal(x2, x) and x2.dtype == torch.int64
+    y = torch.zeros(4)
+    save_tensors([x, y], tmp_path / "x-files")
+    x2, y2 = load_tensors(tmp_path / "x-files")
+    assert torch.equal(x2, x) and torch.equal(y2, y)
+    mydict = {"x": x, "y": y}
+    save_tensors(mydict, tmp_path / "mydict")
+    loaded = load_tensors(tmp_path / "mydict")
+    assert loaded.keys() == mydict.keys() and all(torch.equal(loaded[k], mydict[k]) for k in mydict)
+
+
+def test_tensor_files_keep_dtype_shape_nesting_and_views(tmp_path):
+    base = torch.randn(4, 6)
+    obj = {
+        "half": torch.randn(3, 2).to(torch.bfloat16),
+        "flags": torch.tensor([True, False]),
+        "scalar": torch.tensor(3.5, dtype=torch.float64),
+        "empty": torch.empty(0, 3),
+        "nested": [base, base[1:3], base.t(), {"again": base}],
+    }
+    save_tensors(obj, tmp_path / "t.safetensors")
+    back = load_tensors(tmp_path / "t.safetensors")
+    for key in ("half", "flags", "scalar", "empty"):
+        assert back[key].dtype == obj[key].dtype and back[key].shape == obj[key].shape and torch.equal(back[key], obj[key])
+    nested = back["nested"]
+    assert torch.equal(nested[0], base) and torch.equal(nested[1], base[1:3]) and torch.equal(nested[2], base.t())
+    assert torch.equal(nested[3]["again"], base)
+    with pytest.raises(TypeError, match="not int"):
+        save_tensors({"x": 3}, tmp_path / "bad")
+
+
+def test_tutorial_clone_reproduces_outputs(tmp_path):
+    net = build_from_config(model_recipe("mlp_block"))
+    X = torch.randn(2, 20)
+    Y = net(X)
+    save_checkpoint(net, tmp_path / "mlp.params")
+    clone = build_from_config(model_recipe("mlp_block"))
+    load_weights(clone, tmp_path / "mlp.params")
+    clone.eval()
+    assert torch.equal(clone(X), Y)
+    assert torch.equal(load_checkpoint(tmp_path / "mlp.params")(X), Y)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_recipe_round_trips_bit_for_bit(tmp_path, name):
+    model = build_from_config(model_recipe(name))
+    x = torch.rand(*model.composer_record.recipe["input_shape"])
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert str(loaded) == str(model)
+    assert torch.equal(loaded(x), model(x))
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert init_report(loaded) == init_report(model)
+    assert not any(p.is_meta for p in loaded.parameters()) and all(p.requires_grad for p in loaded.parameters())
+
+
+def test_ties_survive_and_are_stored_once(tmp_path):
+    model = build_from_config(model_recipe("tied"))
+    save_checkpoint(model, tmp_path / "tied.safetensors")
+    with open(tmp_path / "tied.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    assert "4.weight" not in header and "2.weight" in header
+    loaded = load_checkpoint(tmp_path / "tied.safetensors")
+    assert loaded[2] is loaded[4]
+    with torch.no_grad():
+        loaded[2].weight[0, 0] = 5
+    assert loaded[4].weight[0, 0].item() == 5
+
+
+def test_tied_parameters_across_modules_by_assignment(tmp_path):
+    emb, head = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    model = nn.ModuleDict({"emb": emb, "head": head})
+    save_checkpoint(model, tmp_path / "lm.safetensors")
+    fresh = nn.ModuleDict({"emb": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
+    fresh["head"].weight = fresh["emb"].weight
+    load_weights(fresh, tmp_path / "lm.safetensors")
+    assert torch.equal(fresh["head"].weight, emb.weight) and fresh["head"].weight is fresh["emb"].weight
+
+
+def test_constant_buffer_and_frozen_flags_survive(tmp_path):
+    model = build_from_config({
+        "model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 20, "frozen": True}, {"type": "FixedHiddenMLP"}]},
+        "input_shape": [2, 20],
+    })  # fmt: skip
+    save_checkpoint(model, tmp_path / "c.safetensors")
+    loaded = load_checkpoint(tmp_path / "c.safetensors")
+    assert torch.equal(loaded[1].rand_weight, model[1].rand_weight)
+    assert type(loaded[0]) is nn.Linear and not loaded[0].weight.requires_grad
+    assert loaded[1].linear.weight.requires_grad
+
+
+def test_loading_runs_no_initializer(tmp_path):
+    calls = []
+    from composer import register_init
+
+    @register_init("counted_zeros")
+    def counted_zeros(tensor):
+        calls.append(1)
+        return nn.init.zeros_(tensor)
+
+    model = build_from_config({"model": {"type": "Linear", "in_features": 3, "out_features": 3}, "init": {"rules": [{"weight": "counted_zeros"}]}})
+    save_checkpoint(model, tmp_path / "z.safetensors")
+    calls.clear()
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    load_checkpoint(tmp_path / "z.safetensors")
+    assert calls == [] and torch.equal(torch.get_rng_state(), state)  # nothing was drawn
+
+
+def test_handwritten_model_is_saved_with_weights_only(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    save_checkpoint(model, tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match="no recipe.*load_weights"):
+        load_checkpoint(tmp_path / "w.safetensors")
+    other = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    load_weights(other, tmp_path / "w.safetensors")
+    assert torch.equal(other[0].weight, model[0].weight)
+
+
+def test_load_weights_lists_every_mismatch(tmp_path):
+    save_checkpoint(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), tmp_path / "w.safetensors")
+    target = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2, bias=False), nn.Linear(2, 2))
+    with pytest.raises(CheckpointError) as info:
+        load_weights(target, tmp_path / "w.safetensors")
+    message = str(info.value)
+    assert "missing keys: 2.weight, 2.bias" in message
+    assert "unexpected keys: 1.bias" in message
+    assert "0.weight: checkpoint [4, 3] vs model [5, 3]" in message
+    before = target[2].weight.clone()
+    load_weights(target, tmp_path / "w.safetensors", strict=False)
+    assert torch.equal(target[2].weight, before)
+
+
+def test_unregistered_type_says_to_import_its_module(tmp_path):
+    model = build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})
+    getattr(model, RECORD_ATTR).recipe["model"]["type"] = "PluginBlock"
+    save_checkpoint(model, tmp_path / "p.safetensors")
+    with pytest.raises(CheckpointError, match="unknown type 'PluginBlock'.*import the module"):
+        load_checkpoint(tmp_path / "p.safetensors")
+
+
+def test_unsaved_lazy_shapes_name_input_shape(tmp_path):
+    lazy = build_from_config({"type": "Linear", "out_features": 3})
+    with pytest.raises(ConfigError, match="input_shape"):
+        save_checkpoint(lazy, tmp_path / "l.safetensors")
+    assert not (tmp_path / "l.safetensors").exists()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_from_config(model_recipe("mlp")), path)
+    return path
+
+
+def test_truncated_file_is_detected(saved):
+    data = saved.read_bytes()
+    for cut in (4, 100, len(data) // 2, len(data) - 1):
+        saved.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError):
+            load_checkpoint(saved)
+
+
+def test_junk_and_foreign_files_are_detected(tmp_path, saved):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint at all, just some text" * 10)
+    with pytest.raises(CheckpointError, match="not a composer-checkpoint file"):
+        load_checkpoint(junk)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match="not a composer-checkpoint file"):
+        load_checkpoint(tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match="not a composer-tensors file"):
+        load_tensors(saved)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_flipped_data_byte_is_detected(saved):
+    data = bytearray(saved.read_bytes())
+    data[-10] ^= 0x01
+    saved.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(saved)
+    load_checkpoint(saved, verify=False)  # verification is what catches it
+
+
+class CreatesFile:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    target = tmp_path / "pwned"
+    for name, write in (("p.pt", lambda p: torch.save({"x": CreatesFile(target)}, p)), ("p.pkl", lambda p: p.write_bytes(pickle.dumps(CreatesFile(target))))):
+        path = tmp_path / name
+        write(path)
+        for load in (load_checkpoint, load_tensors, lambda p: load_weights(nn.Linear(2, 2), p)):
+            with pytest.raises(CheckpointError):
+                load(path)
+    assert not target.exists()
+
+
+def test_failed_save_keeps_the_previous_checkpoint(saved):
+    before = saved.read_bytes()
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(before[:100])
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(saved, half_then_fail)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(nn.Linear(2, 2, device="meta"), saved)
+    assert saved.read_bytes() == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name]  # no temporary left
+
+
+@pytest.mark.slow
+def test_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "big.safetensors"
+    script = textwrap.dedent(f"""
+        import sys, torch, composer
+        sys.path.insert(0, {str(ROOT)!r})
+        model = composer.build_from_config({{"type": "Repeat", "times": 8, "body": {{"type": "Linear", "in_features": 1024, "out_features": 1024}}}})
+        composer.save_checkpoint(model, {str(path)!r})
+        print("saved", flush=True)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1)
+        while True:
+            composer.save_checkpoint(model, {str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "saved"
+        first = load_checkpoint(path)
+        time.sleep(0.3)  # well inside the save loop
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    last = load_checkpoint(path)  # loads, and its checksum verifies
+    assert torch.equal(last[0].weight, first[0].weight) or torch.equal(last[0].weight, first[0].weight + 1)
+
+
+def test_lazy_conv_and_norm_reload_with_their_inferred_sizes(tmp_path):
+    model = build_from_config({
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Conv2d", "out_channels": 4, "kernel_size": 3, "groups": 1},
+            {"type": "BatchNorm2d"},
+            {"type": "ConvTranspose2d", "out_channels": 2, "kernel_size": 2},
+            {"type": "Flatten"},
+            {"type": "Linear", "out_features": 3},
+        ]},
+        "input_shape": [2, 3, 8, 8],
+    })  # fmt: skip
+    save_checkpoint(model, tmp_path / "lazy.safetensors")
+    loaded = load_checkpoint(tmp_path / "lazy.safetensors")
+    assert str(loaded) == str(model)
+    x = torch.rand(2, 3, 8, 8)
+    model.eval(), loaded.eval()
+    assert torch.equal(loaded(x), model(x))
