@@ -24,7 +24,7 @@ from composer.registry import MODULES
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.blocks.")
 _RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
-_PLAIN = (int, float, str, bool, type(None))
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 # A class built without its input size becomes its Lazy counterpart, which infers it.
 LAZY: dict[type[nn.Module], tuple[type[nn.Module], str]] = {
@@ -133,10 +133,13 @@ class Builder:
         if not isinstance(raw_args, list):
             self.fail(f"{path}._args_", f"expected a list of positional arguments, got {_describe(raw_args)}")
             return None
-        raw_kwargs = {k: v for k, v in node.items() if k not in _RESERVED}
         before = len(self.problems)
-        args = [self._value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
-        kwargs = {k: self._value(v, f"{path}.{k}") for k, v in raw_kwargs.items()}
+        args = [v if type(v) in _PLAIN else self._value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
+        kwargs = {
+            k: v if type(v) in _PLAIN else self._value(v, f"{path}.{k}")
+            for k, v in node.items()
+            if k not in _RESERVED
+        }
         lazy = LAZY.get(cls)
         deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
         _check_arguments(self, label, cls, args, kwargs, path, deferred)
@@ -152,7 +155,7 @@ class Builder:
 
     def _value(self, value: Any, path: str) -> Any:
         """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
-        if isinstance(value, _PLAIN):
+        if type(value) in _PLAIN:
             return value
         if is_node(value):
             return self.build(value, path)
@@ -229,7 +232,7 @@ def _only_keys(builder: Builder, node: Mapping, path: str, form: str, keys: tupl
 class _Signature:
     keywords: frozenset[str]
     positional: tuple[str, ...]
-    required: tuple[str, ...]
+    required: frozenset[str]
     var_positional: bool
     var_keyword: bool
     simple_types: dict[str, type]
@@ -248,7 +251,7 @@ def _signature(cls: type) -> _Signature | None:
     return _Signature(
         keywords=frozenset(p.name for p in named),
         positional=tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
-        required=tuple(p.name for p in named if p.default is P.empty),
+        required=frozenset(p.name for p in named if p.default is P.empty),
         var_positional=any(p.kind is P.VAR_POSITIONAL for p in params),
         var_keyword=any(p.kind is P.VAR_KEYWORD for p in params),
         simple_types={
@@ -259,26 +262,27 @@ def _signature(cls: type) -> _Signature | None:
     )
 
 
-def _check_arguments(builder: Builder, label: str, cls: type, args: list, kwargs: dict, path: str, deferred: str | None) -> None:
+def _check_arguments(
+    builder: Builder, label: str, cls: type, args: list, kwargs: dict, path: str, deferred: str | None
+) -> None:
     """Unknown, missing and mistyped arguments, against the class's signature; ``deferred`` is the
     size a lazy layer infers (``in_features``), so it is not missing."""
     sig = _signature(cls)
     if sig is None:
         return
-    if not sig.var_keyword:
-        for key in kwargs:
-            if key not in sig.keywords:
-                hint = did_you_mean(key, sig.keywords)
-                builder.fail(f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {', '.join(sorted(sig.keywords)) or 'none'}")
+    unknown = () if sig.var_keyword else kwargs.keys() - sig.keywords
+    for key in unknown:
+        hint = did_you_mean(key, sig.keywords)
+        builder.fail(f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {', '.join(sorted(sig.keywords)) or 'none'}")
     if len(args) > len(sig.positional) and not sig.var_positional:
         builder.fail(f"{path}._args_", f"{label} takes at most {len(sig.positional)} positional arguments, got {len(args)}")
-    filled = set(sig.positional[: len(args)])
-    missing = [name for name in sig.required if name not in kwargs and name not in filled and name != deferred]
+    missing = sig.required - kwargs.keys() - set(sig.positional[: len(args)]) - {deferred}
     if missing:
-        builder.fail(path, f"{label} is missing required argument{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
-    for key, value in kwargs.items():
-        expected = sig.simple_types.get(key)
-        if expected is not None and value is not None and not _is_a(value, expected):
+        names = ", ".join(repr(n) for n in sig.positional + tuple(sorted(sig.keywords)) if n in missing)
+        builder.fail(path, f"{label} is missing required argument{'s' if len(missing) > 1 else ''} {names}")
+    for key, expected in sig.simple_types.items():
+        value = kwargs.get(key)
+        if value is not None and not _is_a(value, expected):
             builder.fail(f"{path}.{key}", f"expected {expected.__name__}, got {_describe(value)}")
 
 

@@ -45,7 +45,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     if record is not None:
         metadata["recipe"] = json.dumps(record.recipe)
         metadata["allow_targets"] = json.dumps(list(record.allow_targets))
-        metadata["init_report"] = json.dumps(record.init_report)
+        metadata["init_schemes"] = json.dumps(record.schemes)
     _write(path, FORMAT, tensors, metadata)
 
 
@@ -84,7 +84,7 @@ def load_checkpoint(
         model.load_state_dict(state, strict=True)
     for module in notes.frozen:
         module.requires_grad_(False)
-    setattr(model, RECORD_ATTR, BuildRecord(recipe, allow, json.loads(metadata.get("init_report", "{}"))))
+    setattr(model, RECORD_ATTR, BuildRecord(recipe, allow, json.loads(metadata.get("init_schemes", "{}"))))
     return model
 
 

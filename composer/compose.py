@@ -29,11 +29,12 @@ RECORD_ATTR = "composer_record"
 
 @dataclass
 class BuildRecord:
-    """What a built model carries: its recipe (so a checkpoint can rebuild it) and its init report."""
+    """What a built model carries: its recipe (so a checkpoint can rebuild it) and, for each
+    parameter path a scheme set, that scheme (every other parameter kept its default)."""
 
     recipe: Recipe
     allow_targets: tuple[str, ...]
-    init_report: dict[str, str]
+    schemes: dict[str, str]
 
 
 def build_from_config(
@@ -55,12 +56,12 @@ def build_from_config(
     device = torch.device(device)
     with seeded(init.seed):
         try:
-            model, notes = _construct(recipe, allow, device, on_meta=bool(init.rules) and not early)
+            model, notes, deferred = _construct(recipe, allow, device, try_meta=bool(init.rules) and not early)
         except ConfigError as e:
             raise ConfigError([*early, *e.problems]) from None
         if early:
             raise ConfigError(early)
-        plan = _shape_and_initialize(model, notes, recipe, init, device)
+        plan = _shape_and_initialize(model, notes, recipe, init, device, deferred)
     for module in notes.frozen:
         module.requires_grad_(False)
     setattr(model, RECORD_ATTR, BuildRecord(recipe, allow, plan.report(model)))
@@ -74,34 +75,38 @@ def construct(recipe: Recipe, allow: Sequence[str], device: torch.device | None 
         return builder.build_model(recipe["model"]), builder.notes
 
 
-def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, on_meta: bool) -> tuple[nn.Module, BuildNotes]:
-    """On ``meta`` when every tensor-holding module can reset itself afterwards, else for real.
+def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, try_meta: bool) -> tuple[nn.Module, BuildNotes, bool]:
+    """On ``meta`` when every tensor-holding module can reset itself afterwards, else for real;
+    the flag says which.
 
     Lazy layers also send the build the real way: inferring their shapes on ``meta`` would need a
     forward pass there, whose first call in a process costs about 2 s of imports.
     """
-    if on_meta:
+    if try_meta:
         model, notes = construct(recipe, allow, torch.device("meta"))
         if not cannot_reset(model) and not has_lazy(model):
-            return model, notes
-    return construct(recipe, allow, None if device.type == "cpu" else device)
+            return model, notes, True
+    return (*construct(recipe, allow, None if device.type == "cpu" else device), False)
 
 
-def _shape_and_initialize(model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device) -> Plan:
-    on_meta = any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers())
-    if has_lazy(model) and recipe.get("input_shape") is not None:
+def _shape_and_initialize(
+    model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device, deferred: bool
+) -> Plan:
+    lazy = not deferred and has_lazy(model)
+    if lazy and recipe.get("input_shape") is not None:
         try:
             dry_forward(model, recipe["input_shape"], device)
         except Exception as e:
             raise ConfigError(f"a forward pass of zeros shaped {recipe['input_shape']} failed: {type(e).__name__}: {e}", "input_shape") from None
-    if has_lazy(model):
-        if init.rules or notes.inline_init:
-            raise ConfigError("lazy layers need their shapes before initialization rules apply: set input_shape", "input_shape")
+        lazy = has_lazy(model)
+    if not (init.rules or notes.inline_init):
         return Plan()
+    if lazy:
+        raise ConfigError("lazy layers need their shapes before initialization rules apply: set input_shape", "input_shape")
     plan = plan_init(model, init, notes.inline_init)
     if device.type == "meta":
         return plan  # shapes and rules checked; there is nothing to fill
-    if on_meta:
+    if deferred:
         allocate(model, device)
         reset_defaults(model, plan.covered)
     plan.apply()
@@ -124,4 +129,4 @@ def init_report(model: nn.Module) -> dict[str, str]:
     record = getattr(model, RECORD_ATTR, None)
     if record is None:
         raise ValueError("this model was not built by build_from_config: it has no init report")
-    return dict(record.init_report)
+    return {path: record.schemes.get(path, "default") for path, _ in model.named_parameters(remove_duplicate=False)}

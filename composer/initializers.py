@@ -186,9 +186,11 @@ class Plan:
                 scheme.apply(param, where)
 
     def report(self, model: nn.Module) -> dict[str, str]:
-        """Every parameter path (tied ones under each of their names) -> the scheme that set it."""
+        """Each parameter path a scheme covers (tied ones under each of their names) -> that scheme."""
+        if not self.entries:
+            return {}
         schemes = {id(p): str(scheme) for p, _, scheme in self._current()}
-        return {path: schemes.get(id(p), "default") for path, p in model.named_parameters(remove_duplicate=False)}
+        return {path: schemes[id(p)] for path, p in model.named_parameters(remove_duplicate=False) if id(p) in schemes}
 
 
 def plan_init(model: nn.Module, config: InitConfig, inline: list[tuple[nn.Module, str, Any]]) -> Plan:

@@ -27,7 +27,7 @@ Recipe = dict[str, Any]
 
 def is_node(value: Any) -> bool:
     """A node is a mapping with ``type``, ``ref`` or ``_target_``."""
-    return isinstance(value, Mapping) and any(key in value for key in NODE_KEYS)
+    return (type(value) is dict or isinstance(value, Mapping)) and ("type" in value or "ref" in value or "_target_" in value)
 
 
 def load_recipe(cfg: str | os.PathLike | Mapping | DictConfig) -> Recipe:

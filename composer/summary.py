@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.compose import RECORD_ATTR
+from composer.compose import RECORD_ATTR, init_report
 from composer.errors import ConfigError
 from composer.materialize import has_lazy
 
@@ -62,7 +62,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
         lines.append(f"input shape: {list(input_shape)}")
     if record is not None:
         lines.append("initialization:")
-        lines += [f"  {path}: {scheme}" for path, scheme in record.init_report.items()]
+        lines += [f"  {path}: {scheme}" for path, scheme in init_report(model).items()]
     return "\n".join(lines)
 
 
