@@ -25,7 +25,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
         input_shape = record.recipe.get("input_shape")
     if has_lazy(model) and input_shape is None:
         raise ConfigError("the model has lazy layers whose shapes are unknown: pass input_shape", "input_shape")
-    shapes = _output_shapes(model, input_shape) if input_shape is not None else {}
+    shapes, why = _output_shapes(model, input_shape) if input_shape is not None else ({}, "")
 
     names_of: dict[int, list[str]] = defaultdict(list)
     for path, p in model.named_parameters(remove_duplicate=False):
@@ -59,15 +59,16 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
     lines = _table(rows)
     lines.append(f"total parameters: {total:,} (trainable {trainable:,}; {n_shared} shared tensor(s) counted once)")
     if input_shape is not None:
-        lines.append(f"input shape: {list(input_shape)}")
+        lines.append(f"input shape: {list(input_shape)}" + (f" (output shapes unavailable: {why})" if why else ""))
     if record is not None:
         lines.append("initialization:")
         lines += [f"  {path}: {scheme}" for path, scheme in init_report(model).items()]
     return "\n".join(lines)
 
 
-def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[int, Any]:
-    """Each module's first output shape, from one forward pass of zeros."""
+def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[int, Any], str]:
+    """Each module's first output shape, from one forward pass of zeros; or why there are none
+    (a model that takes token ids, or data-dependent control flow on ``meta`` tensors)."""
     shapes: dict[int, Any] = {}
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -80,16 +81,14 @@ def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[int, An
     try:
         with torch.no_grad():
             model(torch.zeros(tuple(input_shape), device=device))
-    except Exception:
-        if device.type != "meta":
-            raise
-        return {}  # a forward with data-dependent control flow cannot run on meta tensors
+    except Exception as e:
+        return {}, f"a forward pass of zeros failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
         for handle in handles:
             handle.remove()
         for module, training in modes:
             module.training = training
-    return shapes
+    return shapes, ""
 
 
 def _shape_of(output: Any) -> Any:

@@ -58,3 +58,9 @@ def test_lazy_model_without_input_shape_names_it():
 def test_frozen_parameters_are_not_trainable():
     model = build_from_config({"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2, "frozen": True}]})
     assert "total parameters: 6 (trainable 0;" in summary(model)
+
+
+def test_model_that_cannot_take_zeros_still_gets_a_table():
+    text = summary(build_from_config({"type": "Embedding", "num_embeddings": 5, "embedding_dim": 2}), input_shape=[2, 3])
+    assert rows(text)["(model)"] == ["Embedding", "", "10", ""]
+    assert "output shapes unavailable: a forward pass of zeros failed: RuntimeError" in text
