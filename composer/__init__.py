@@ -1,24 +1,46 @@
-"""composer: config-driven PyTorch model composition."""
+"""composer: config-driven PyTorch model composition.
 
-from composer import blocks as _blocks  # noqa: F401  (registers the tutorial's blocks)
-from composer.checkpoint import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
-from composer.compose import build_from_config, init_report
-from composer.errors import CheckpointError, ConfigError
-from composer.initializers import register_init
-from composer.registry import register_module
-from composer.summary import summary
+The public API, imported on first use (PEP 562), so that ``python -m composer`` reads its
+configuration and reports a mistyped override before paying for ``import torch``.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "build_from_config",
-    "init_report",
-    "load_checkpoint",
-    "load_tensors",
-    "load_weights",
-    "register_init",
-    "register_module",
-    "save_checkpoint",
-    "save_tensors",
-    "summary",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "build_from_config": "composer.compose",
+    "init_report": "composer.compose",
+    "save_checkpoint": "composer.checkpoint",
+    "load_checkpoint": "composer.checkpoint",
+    "load_weights": "composer.checkpoint",
+    "save_tensors": "composer.checkpoint",
+    "load_tensors": "composer.checkpoint",
+    "summary": "composer.summary",
+    "register_module": "composer.registry",
+    "register_init": "composer.initializers",
+    "ConfigError": "composer.errors",
+    "CheckpointError": "composer.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from composer.checkpoint import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
+    from composer.compose import build_from_config, init_report
+    from composer.errors import CheckpointError, ConfigError
+    from composer.initializers import register_init
+    from composer.registry import register_module
+    from composer.summary import summary
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'composer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*globals(), *__all__]

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from composer import blocks as _blocks  # noqa: F401  (registers the tutorial's blocks)
 from composer.errors import ConfigError, did_you_mean
 from composer.recipe import Recipe, is_node
 from composer.registry import MODULES

@@ -25,7 +25,7 @@ from torch import nn
 from composer.build import DEFAULT_TARGETS
 from composer.compose import RECORD_ATTR, BuildRecord, construct
 from composer.errors import CheckpointError, ConfigError
-from composer.materialize import allocate, assign, has_lazy
+from composer.materialize import allocate, assign, device_of, has_lazy
 
 FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
@@ -90,7 +90,7 @@ def load_checkpoint(
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
     """Copy a checkpoint's weights into an existing model; mismatches are listed by name."""
-    _, state = _read(path, FORMAT, _device_of(model), verify=True)
+    _, state = _read(path, FORMAT, device_of(model), verify=True)
     if strict:
         _check_keys(model, state, path)
     else:
@@ -137,6 +137,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), _mode_for(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -147,6 +148,16 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _mode_for(path: Path) -> int:
+    """The mode the file had, or what a plain ``open`` would give (safetensors writes 0600)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _read(path: str | os.PathLike, kind: str, device: str | torch.device, verify: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -259,10 +270,6 @@ def _unflatten(structure: Any, flat: Mapping[str, torch.Tensor]) -> Any:
     if "list" in structure:
         return [_unflatten(item, flat) for item in structure["list"]]
     return {k: _unflatten(v, flat) for k, v in structure["dict"].items()}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
 
 
 def _version() -> str:

@@ -21,7 +21,7 @@ from torch import nn
 from composer.build import DEFAULT_TARGETS, Builder, BuildNotes
 from composer.errors import ConfigError
 from composer.initializers import InitConfig, Plan, cannot_reset, parse_init, plan_init, reset_defaults
-from composer.materialize import allocate, dry_forward, has_lazy
+from composer.materialize import allocate, forward_zeros, has_lazy
 from composer.recipe import Recipe, read_recipe, top_level_problems
 
 RECORD_ATTR = "composer_record"
@@ -94,10 +94,7 @@ def _shape_and_initialize(
 ) -> Plan:
     lazy = not deferred and has_lazy(model)
     if lazy and recipe.get("input_shape") is not None:
-        try:
-            dry_forward(model, recipe["input_shape"], device)
-        except Exception as e:
-            raise ConfigError(f"a forward pass of zeros shaped {recipe['input_shape']} failed: {type(e).__name__}: {e}", "input_shape") from None
+        forward_zeros(model, recipe["input_shape"], device)
         lazy = has_lazy(model)
     if not (init.rules or notes.inline_init):
         return Plan()

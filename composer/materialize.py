@@ -7,6 +7,7 @@ under ``inference_mode`` leaves parameters that never get gradients; these funct
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,27 +15,52 @@ from torch.nn.modules.batchnorm import _LazyNormBase
 from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from composer.errors import ConfigError
+
 
 def has_lazy(model: nn.Module) -> bool:
     """Whether any parameter or buffer still waits for its shape."""
     return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules())
 
 
-def dry_forward(model: nn.Module, input_shape: Sequence[int], device: torch.device | str) -> None:
-    """Materialize every lazy layer with one forward pass of zeros.
+def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> Any:
+    """One forward pass of zeros: what infers lazy shapes, and a smoke test of ``input_shape``.
 
     It runs under ``no_grad`` (not ``inference_mode``: parameters born there never get gradients)
     and in eval mode, so no batch statistics move; each module's mode is restored afterwards.
-    Lazy layers then turn into their plain classes (``LazyLinear`` -> ``Linear``).
+    Lazy layers come out as their plain classes (``LazyLinear`` -> ``Linear``). A failure is a
+    ``ConfigError`` at ``input_shape`` naming the innermost module that was running, which
+    torch's own message does not.
     """
+    paths = {id(m): p for p, m in model.named_modules()}
+    running: list[str] = []
+
+    def enter(module: nn.Module, _args: Any) -> None:
+        running.append(paths[id(module)])
+
+    def leave(_module: nn.Module, _args: Any, _output: Any) -> None:
+        running.pop()
+
+    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(tuple(input_shape), device=device))
+            return model(torch.zeros(tuple(input_shape), device=device or device_of(model)))
+    except Exception as e:  # torch raises many kinds; each means the input does not fit
+        where = f" in module '{running[-1] or '(model)'}'" if running else ""
+        message = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise ConfigError(f"a forward pass of zeros shaped {list(input_shape)} failed{where}: {type(e).__name__}: {message}", "input_shape") from None
     finally:
+        for handle in handles:
+            handle.remove()
         for module, training in modes:
             module.training = training
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's first tensor lives (CPU for a model without any)."""
+    return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
 
 
 def allocate(model: nn.Module, device: torch.device | str) -> None:

@@ -84,7 +84,8 @@ def _resolve(data: Any) -> Any:
         return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
-        raise ConfigError(f"cannot resolve interpolation: {getattr(e, 'msg', e)}", key) from None
+        message = str(getattr(e, "msg", None) or e).splitlines()[0]  # without OmegaConf's detail lines
+        raise ConfigError(f"cannot resolve interpolation: {message}", key) from None
 
 
 def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from composer.compose import RECORD_ATTR, init_report
 from composer.errors import ConfigError
-from composer.materialize import has_lazy
+from composer.materialize import forward_zeros, has_lazy
 
 
 def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
@@ -72,30 +72,25 @@ def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[i
     shapes: dict[int, Any] = {}
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
-        shapes.setdefault(id(module), _shape_of(output))
+        shapes.setdefault(id(module), shape_of(output))
 
     handles = [m.register_forward_hook(record) for m in model.modules()]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
     try:
-        with torch.no_grad():
-            model(torch.zeros(tuple(input_shape), device=device))
-    except Exception as e:
-        return {}, f"a forward pass of zeros failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        forward_zeros(model, input_shape)
+    except ConfigError as e:
+        return {}, e.problems[0][1]
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes:
-            module.training = training
     return shapes, ""
 
 
-def _shape_of(output: Any) -> Any:
+def shape_of(output: Any) -> Any:
+    """A tensor's shape as a list; tuples and lists of tensors as lists of those."""
     if isinstance(output, torch.Tensor):
         return list(output.shape)
     if isinstance(output, (tuple, list)):
-        return [_shape_of(o) for o in output]
+        return [shape_of(o) for o in output]
     return type(output).__name__
 
 

@@ -63,4 +63,4 @@ def test_frozen_parameters_are_not_trainable():
 def test_model_that_cannot_take_zeros_still_gets_a_table():
     text = summary(build_from_config({"type": "Embedding", "num_embeddings": 5, "embedding_dim": 2}), input_shape=[2, 3])
     assert rows(text)["(model)"] == ["Embedding", "", "10", ""]
-    assert "output shapes unavailable: a forward pass of zeros failed: RuntimeError" in text
+    assert "output shapes unavailable: a forward pass of zeros shaped [2, 3] failed in module '(model)': RuntimeError" in text
