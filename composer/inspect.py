@@ -1,0 +1,44 @@
+"""``python -m composer.inspect CKPT [CKPT ...]``: what a checkpoint holds, without writing code.
+
+Prints the recipe stored in the file (YAML), then the summary of the rebuilt model with its init
+report. The model is rebuilt the way ``load_checkpoint`` does it: no initializer runs and nothing
+in the file is executed. A bad file is one line on standard error and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m composer.inspect",
+        description="Print the recipe, the summary and the init report of a composer checkpoint.",
+    )
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="a checkpoint written by composer (model.safetensors)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the checksum of the tensor data")
+    args = parser.parse_args(argv)
+
+    import yaml  # noqa: PLC0415
+
+    from composer import CheckpointError, ConfigError, load_checkpoint, summary  # noqa: PLC0415
+
+    status = 0
+    for path in args.checkpoints:
+        try:
+            model = load_checkpoint(path, verify=not args.no_verify)
+            table = summary(model)
+        except (CheckpointError, ConfigError) as e:
+            print(f"error: {'; '.join(e.lines()) if isinstance(e, ConfigError) else e}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"# {path}")
+        print("# recipe")
+        print(yaml.safe_dump(model.composer_record.recipe, sort_keys=False, default_flow_style=None).rstrip())
+        print("# summary")
+        print(table)
+    return status
+
+if __name__ == "__main__":
+    sys.exit(main())
