@@ -8,6 +8,7 @@ raised together at the end.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -16,14 +17,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
-from composer import blocks as _blocks  # noqa: F401  (registers the tutorial's blocks)
 from composer.errors import ConfigError, did_you_mean
 from composer.recipe import Recipe, is_node
 from composer.registry import MODULES
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.blocks.")
+# Modules whose reset methods are known to refill every tensor they own, so they can be built on
+# ``meta`` and initialized afterwards. Other classes (a user's block) are checked one by one.
+_KNOWN_RESETS = ("torch.nn.", "composer.")
 _RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 
@@ -47,9 +51,12 @@ class BuildNotes:
 class Builder:
     """Walks one recipe. ``build`` returns a module, or None after recording the problem."""
 
-    def __init__(self, recipe: Recipe, allow_targets: Sequence[str] = DEFAULT_TARGETS) -> None:
+    def __init__(
+        self, recipe: Recipe, allow_targets: Sequence[str] = DEFAULT_TARGETS, real_device: torch.device | None = None
+    ) -> None:
         self.shared_nodes: Mapping[str, Any] = recipe.get("shared") or {}
         self.allow_targets = tuple(allow_targets)
+        self.real_device = real_device
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: dict[str, nn.Module | None] = {}
@@ -143,16 +150,35 @@ class Builder:
         }
         lazy = LAZY.get(cls)
         deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
-        _check_arguments(self, label, cls, args, kwargs, path, deferred)
+        self.problems += _argument_problems(label, cls, args, kwargs, path, deferred)
         if len(self.problems) > before:
             return None
         if deferred:
             cls = lazy[0]
         try:
-            return cls(*args, **kwargs)
+            module = self._instantiate(cls, args, kwargs)
         except Exception as e:  # the constructor's own complaint, given its place in the recipe
             self.fail(path, f"{label}(...) raised {type(e).__name__}: {e}")
             return None
+        if not isinstance(module, nn.Module):
+            self.fail(path, f"{label}(...) returned {type(module).__name__}, not an nn.Module")
+            return None
+        return module
+
+    def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:
+        """``cls(*args, **kwargs)``; on ``meta`` with a ``real_device``, a class outside
+        ``_KNOWN_RESETS`` is built again for real when it must be: its constructor failed on
+        ``meta`` (it reads data), or it made a buffer or a tensor that no reset can refill."""
+        if self.real_device is None or cls.__module__.startswith(_KNOWN_RESETS):
+            return cls(*args, **kwargs)
+        try:
+            module = cls(*args, **kwargs)
+            if not isinstance(module, nn.Module) or not any(_unrefillable(m) for m in module.modules()):
+                return module
+        except Exception:
+            pass  # the real build below says what is wrong, if anything is
+        with torch.device(self.real_device):
+            return cls(*args, **kwargs)
 
     def _value(self, value: Any, path: str) -> Any:
         """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
@@ -165,6 +191,17 @@ class Builder:
         if isinstance(value, Mapping):
             return {k: self._value(v, f"{path}.{k}") for k, v in value.items()}
         return value
+
+
+def _unrefillable(module: nn.Module) -> bool:
+    """A ``meta`` tensor its module may not refill: a buffer of a class outside ``_KNOWN_RESETS``
+    (often a constant its reset leaves alone), or any tensor of a module without a reset."""
+    if module.__module__.startswith(_KNOWN_RESETS):
+        return False
+    meta_buffers = any(b is not None and b.is_meta for b in module._buffers.values())
+    meta_params = any(p is not None and p.is_meta for p in module._parameters.values())
+    has_reset = hasattr(module, "reset_parameters") or hasattr(module, "_reset_parameters")
+    return meta_buffers or (meta_params and not has_reset)
 
 
 def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
@@ -263,28 +300,30 @@ def _signature(cls: type) -> _Signature | None:
     )
 
 
-def _check_arguments(
-    builder: Builder, label: str, cls: type, args: list, kwargs: dict, path: str, deferred: str | None
-) -> None:
+def _argument_problems(
+    label: str, cls: type, args: list, kwargs: dict, path: str, deferred: str | None
+) -> list[tuple[str, str]]:
     """Unknown, missing and mistyped arguments, against the class's signature; ``deferred`` is the
     size a lazy layer infers (``in_features``), so it is not missing."""
     sig = _signature(cls)
     if sig is None:
-        return
+        return []
+    problems = []
     unknown = () if sig.var_keyword else kwargs.keys() - sig.keywords
     for key in unknown:
         hint = did_you_mean(key, sig.keywords)
-        builder.fail(f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {', '.join(sorted(sig.keywords)) or 'none'}")
+        problems.append((f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {', '.join(sorted(sig.keywords)) or 'none'}"))
     if len(args) > len(sig.positional) and not sig.var_positional:
-        builder.fail(f"{path}._args_", f"{label} takes at most {len(sig.positional)} positional arguments, got {len(args)}")
+        problems.append((f"{path}._args_", f"{label} takes at most {len(sig.positional)} positional arguments, got {len(args)}"))
     missing = sig.required - kwargs.keys() - set(sig.positional[: len(args)]) - {deferred}
     if missing:
-        names = ", ".join(repr(n) for n in sig.positional + tuple(sorted(sig.keywords)) if n in missing)
-        builder.fail(path, f"{label} is missing required argument{'s' if len(missing) > 1 else ''} {names}")
+        names = ", ".join(repr(n) for n in dict.fromkeys(sig.positional + tuple(sorted(sig.keywords))) if n in missing)
+        problems.append((path, f"{label} is missing required argument{'s' if len(missing) > 1 else ''} {names}"))
     for key, expected in sig.simple_types.items():
         value = kwargs.get(key)
         if value is not None and not _is_a(value, expected):
-            builder.fail(f"{path}.{key}", f"expected {expected.__name__}, got {_describe(value)}")
+            problems.append((f"{path}.{key}", f"expected {expected.__name__}, got {_describe(value)}"))
+    return problems
 
 
 def _is_a(value: Any, expected: type) -> bool:
@@ -345,3 +384,16 @@ def resolve_target(target: Any, allow: Sequence[str], path: str) -> type[nn.Modu
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def construct(
+    recipe: Recipe, allow: Sequence[str], device: torch.device | None = None, real_device: torch.device | None = None
+) -> tuple[nn.Module, BuildNotes]:
+    """The module tree alone, on ``device`` (the default device when None): no shapes, no rules.
+
+    With ``device`` meta and a ``real_device``, classes outside ``_KNOWN_RESETS`` are built for
+    real there.
+    """
+    builder = Builder(recipe, allow, real_device=real_device if real_device != device else None)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return builder.build_model(recipe["model"]), builder.notes

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from composer.build import DEFAULT_TARGETS, Builder, BuildNotes
+from composer.build import DEFAULT_TARGETS, BuildNotes, construct
 from composer.errors import ConfigError
 from composer.initializers import InitConfig, Plan, cannot_reset, parse_init, plan_init, reset_defaults
 from composer.materialize import allocate, forward_zeros, has_lazy
@@ -68,13 +68,6 @@ def build_from_config(
     return model
 
 
-def construct(recipe: Recipe, allow: Sequence[str], device: torch.device | None = None) -> tuple[nn.Module, BuildNotes]:
-    """The module tree alone, on ``device`` (the default device when None): no shapes, no rules."""
-    builder = Builder(recipe, allow)
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        return builder.build_model(recipe["model"]), builder.notes
-
-
 def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, try_meta: bool) -> tuple[nn.Module, BuildNotes, bool]:
     """On ``meta`` when every tensor-holding module can reset itself afterwards, else for real;
     the flag says which.
@@ -83,7 +76,7 @@ def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, try_m
     forward pass there, whose first call in a process costs about 2 s of imports.
     """
     if try_meta:
-        model, notes = construct(recipe, allow, torch.device("meta"))
+        model, notes = construct(recipe, allow, torch.device("meta"), real_device=device)
         if not cannot_reset(model) and not has_lazy(model):
             return model, notes, True
     return (*construct(recipe, allow, None if device.type == "cpu" else device), False)
@@ -104,8 +97,8 @@ def _shape_and_initialize(
     if device.type == "meta":
         return plan  # shapes and rules checked; there is nothing to fill
     if deferred:
-        allocate(model, device)
-        reset_defaults(model, plan.covered)
+        fresh = allocate(model, device)
+        reset_defaults(model, plan.covered, fresh)  # covered: the ids of the allocated parameters
     plan.apply()
     return plan
 

@@ -200,7 +200,7 @@ def plan_init(model: nn.Module, config: InitConfig, inline: list[tuple[nn.Module
     paths = {id(p): name for name, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
     plan = Plan()
 
-    def assign(module: nn.Module, key: str, scheme: Scheme) -> bool:
+    def cover(module: nn.Module, key: str, scheme: Scheme) -> bool:
         param = module._parameters.get(key)
         if param is None:
             return False
@@ -219,14 +219,14 @@ def plan_init(model: nn.Module, config: InitConfig, inline: list[tuple[nn.Module
                 problems.append((f"{rule.path}.layer", f"no module under {rule.match!r} is a {' or '.join(rule.layers)} (there: {', '.join(kinds)})"))
                 continue
         for key, scheme in rule.params.items():
-            hits = [assign(module, key, scheme) for module in selected]
+            hits = [cover(module, key, scheme) for module in selected]
             if not any(hits):
                 held = sorted({n for m in selected for n, p in m._parameters.items() if p is not None})
                 problems.append((f"{rule.path}.{key}", f"no selected module has a parameter {key!r}{did_you_mean(key, held)} (they have: {', '.join(held) or 'none'})"))
     for module, path, spec in inline:
         for key, raw in spec.items():
             scheme = parse_scheme(raw, f"{path}.{key}", problems)
-            if scheme is not None and not assign(module, key, scheme):
+            if scheme is not None and not cover(module, key, scheme):
                 held = [n for n, p in module._parameters.items() if p is not None]
                 problems.append((f"{path}.{key}", f"{type(module).__name__} has no parameter {key!r} of its own{did_you_mean(key, held)} (it has: {', '.join(held) or 'none'})"))
     if problems:
@@ -254,27 +254,28 @@ def _reset_method(module: nn.Module) -> Callable[[], None] | None:
 
 
 def cannot_reset(model: nn.Module) -> list[str]:
-    """Classes that hold tensors of their own but have no reset to fill them after ``allocate``."""
+    """Classes that hold ``meta`` tensors of their own but have no reset to fill them after ``allocate``."""
     return sorted({
         type(m).__name__ for m in model.modules()
-        if (any(p is not None for p in m._parameters.values()) or m._buffers) and _reset_method(m) is None
+        if any(t is not None and t.is_meta for t in [*m._parameters.values(), *m._buffers.values()]) and _reset_method(m) is None
     })  # fmt: skip
 
 
-def reset_defaults(model: nn.Module, covered: set[int]) -> None:
+def reset_defaults(model: nn.Module, covered: set[int], fresh: set[int]) -> None:
     """Run each module's own reset once, children before parents as construction does, for the
-    tensors no scheme covers. Covered parameters are swapped for ``meta`` stand-ins meanwhile, so
-    the reset spends nothing on them and draws no random numbers for them."""
+    ``fresh`` (just allocated) tensors that no scheme covers. Its other parameters are swapped
+    for ``meta`` stand-ins meanwhile, so the reset spends nothing on them and draws no random
+    numbers for them."""
     done = set(covered)
     for module in _post_order(model, set()):
         own = module._parameters
-        pending = [n for n, p in own.items() if p is not None and id(p) not in done]
-        if not pending and not module._buffers:
+        pending = [n for n, p in own.items() if p is not None and id(p) in fresh and id(p) not in done]
+        if not pending and not any(id(b) in fresh for b in module._buffers.values()):
             continue
         reset = _reset_method(module)
         if reset is None:
             continue
-        standins = {n: p for n, p in own.items() if p is not None and id(p) in done}
+        standins = {n: p for n, p in own.items() if p is not None and n not in pending}
         for name, p in standins.items():
             own[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
         try:

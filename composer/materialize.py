@@ -63,8 +63,9 @@ def device_of(model: nn.Module) -> torch.device:
     return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
 
 
-def allocate(model: nn.Module, device: torch.device | str) -> None:
-    """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``.
+def allocate(model: nn.Module, device: torch.device | str) -> set[int]:
+    """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``; return
+    the ids of the new tensors.
 
     A tensor held by several modules gets one new tensor that all of them hold, so ties survive.
     """
@@ -82,6 +83,7 @@ def allocate(model: nn.Module, device: torch.device | str) -> None:
         for name, b in module._buffers.items():
             if b is not None and b.is_meta:
                 module._buffers[name] = real(b, lambda e: e)
+    return {id(t) for t in fresh.values()}
 
 
 def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

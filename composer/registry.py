@@ -15,12 +15,15 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Names to objects. A name is taken once: registering it again is an error, never an overwrite."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, reserved: Iterable[str] = ()) -> None:
         self.kind = kind
+        self.reserved = frozenset(reserved)
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, obj: T) -> T:
         """Register ``obj`` under ``name``; the same object again is a no-op."""
+        if name in self.reserved:
+            raise ValueError(f"{self.kind} name {name!r} is reserved by the recipe language")
         taken = self._entries.get(name)
         if taken is not None and taken is not obj:
             raise ValueError(
@@ -56,9 +59,14 @@ class Registry(Generic[T]):
         return iter(self._entries)
 
 
-MODULES: Registry[type[nn.Module]] = Registry("type")
+# "Repeat" is a form of the builder (build.FORMS), not a class; "Sequential" is both.
+MODULES: Registry[type[nn.Module]] = Registry("type", reserved=("Repeat",))
 for _name, _obj in vars(nn).items():
     if isinstance(_obj, type) and issubclass(_obj, nn.Module):
         MODULES.add(_name, _obj)
 
 register_module = MODULES.register
+
+# The tutorial's blocks take their names before any user code can: whoever has the registry
+# has them. (blocks imports register_module, defined above.)
+from composer import blocks as _blocks  # noqa: E402, F401

@@ -300,3 +300,54 @@ def test_lazy_layers_without_input_shape_and_rules_name_input_shape():
     with pytest.raises(ConfigError, match="input_shape") as info:
         build_from_config({"model": {"type": "Linear", "out_features": 3}, "init": {"rules": [{"weight": "ones"}]}})
     assert info.value.path == "input_shape"
+
+
+class MaskedLinear(nn.Module):
+    """A user block with a constant buffer that its reset leaves alone."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, n))
+        self.register_buffer("mask", torch.tril(torch.ones(n, n)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x):
+        return x @ (self.weight * self.mask).T
+
+
+class Buckets(nn.Module):
+    """A user block whose constructor reads tensor data, which meta tensors do not have."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.edges = torch.linspace(0, 1, n).tolist()
+        self.scale = nn.Parameter(torch.ones(n))
+
+    def reset_parameters(self):
+        nn.init.ones_(self.scale)
+
+    def forward(self, x):
+        return x * self.scale
+
+
+register_module(MaskedLinear)
+register_module(Buckets)
+
+
+def test_user_blocks_that_cannot_be_built_on_meta_are_built_for_real(tmp_path):
+    from composer import load_checkpoint, save_checkpoint
+
+    recipe = {
+        "model": {"type": "Sequential", "layers": [{"type": "MaskedLinear", "n": 4}, {"type": "Buckets", "n": 4}, {"type": "Linear", "in_features": 4, "out_features": 2}]},
+        "init": {"rules": [{"layer": "Linear", "weight": "xavier_uniform"}]},
+    }  # fmt: skip
+    net = build_from_config(recipe)
+    assert torch.equal(net[0].mask, torch.tril(torch.ones(4, 4)))
+    assert net[1].edges == torch.linspace(0, 1, 4).tolist() and (net[1].scale == 1).all()
+    save_checkpoint(net, tmp_path / "u.safetensors")
+    loaded = load_checkpoint(tmp_path / "u.safetensors")
+    x = torch.rand(3, 4)
+    assert torch.equal(loaded(x), net(x)) and torch.equal(loaded[0].mask, net[0].mask)
