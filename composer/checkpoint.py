@@ -22,10 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from composer.build import DEFAULT_TARGETS
-from composer.compose import RECORD_ATTR, BuildRecord, construct
+from composer.build import DEFAULT_TARGETS, construct
+from composer.compose import RECORD_ATTR, BuildRecord, finish
 from composer.errors import CheckpointError, ConfigError
-from composer.materialize import allocate, assign, device_of, has_lazy
+from composer.materialize import assign, device_of, require_shapes
+from composer.recipe import top_level_problems
 
 FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
@@ -37,8 +38,9 @@ TensorTree = torch.Tensor | list | dict
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Write weights and, for a built model, its recipe, to one file; the old file survives a crash."""
-    if has_lazy(model):
-        raise ConfigError("the model has lazy layers whose shapes are unknown: set input_shape or run a forward first", "input_shape")
+    require_shapes(model, "a checkpoint")
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        raise CheckpointError("the model is on the meta device (built to check its recipe): it holds no weights to save")
     tensors, aliases = _dedupe(model.state_dict())
     metadata = {"aliases": json.dumps(aliases)}
     record: BuildRecord | None = getattr(model, RECORD_ATTR, None)
@@ -65,37 +67,33 @@ def load_checkpoint(
     metadata, state = _read(path, FORMAT, map_location, verify)
     if "recipe" not in metadata:
         raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and use load_weights")
-    recipe = json.loads(metadata["recipe"])
+    recipe = _json_field(metadata, "recipe", dict, path)
+    problems = top_level_problems(recipe)
     allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
+    device = torch.device(map_location)
     try:
-        model, notes = construct(recipe, allow, torch.device("meta"))
+        if problems:
+            raise ConfigError(problems)
+        model, notes = construct(recipe, allow, torch.device("meta"), real_device=device)
     except ConfigError as e:
-        raise CheckpointError(
-            f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())} "
-            "(import the module that registers a custom type, or pass allow_targets, before loading)"
-        ) from None
-    if any(m._non_persistent_buffers_set for m in model.modules()):
-        model, notes = construct(recipe, allow, torch.device(map_location))  # buffers the file lacks
+        unknown = any(message.startswith("unknown type") for _, message in e.problems)
+        hint = " (import the module that registers it before loading)" if unknown else ""
+        raise CheckpointError(f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())}{hint}") from None
+    if any(b.is_meta for m in model.modules() for n, b in m._buffers.items() if n in m._non_persistent_buffers_set):
+        model, notes = construct(recipe, allow, device)  # buffers the file does not hold: built for real
     _check_keys(model, state, path)
     if any(p.is_meta for p in model.parameters()):
         assign(model, state)
-        allocate(model, map_location)  # nothing should be left; kept for modules with odd tensors
     else:
         model.load_state_dict(state, strict=True)
-    for module in notes.frozen:
-        module.requires_grad_(False)
-    setattr(model, RECORD_ATTR, BuildRecord(recipe, allow, json.loads(metadata.get("init_schemes", "{}"))))
+    finish(model, notes, BuildRecord(recipe, allow, _json_field(metadata, "init_schemes", dict, path, default="{}")))
     return model
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
     """Copy a checkpoint's weights into an existing model; mismatches are listed by name."""
     _, state = _read(path, FORMAT, device_of(model), verify=True)
-    if strict:
-        _check_keys(model, state, path)
-    else:
-        expected = model.state_dict(keep_vars=True)
-        state = {k: v for k, v in state.items() if k in expected and _fits(expected[k], v)}
+    _check_keys(model, state, path, names_only=not strict)
     model.load_state_dict(state, strict=strict)
 
 
@@ -110,7 +108,10 @@ def save_tensors(obj: TensorTree, path: str | os.PathLike) -> None:
 def load_tensors(path: str | os.PathLike) -> TensorTree:
     """What ``save_tensors`` wrote: same structure, dtypes, shapes and values."""
     metadata, flat = _read(path, TENSORS_FORMAT, "cpu", verify=True)
-    return _unflatten(json.loads(metadata["structure"]), flat)
+    try:
+        return _unflatten(_json_field(metadata, "structure", dict, path), flat)
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path}: its structure does not match its tensors: the file is corrupted") from None
 
 
 # --- file format ------------------------------------------------------------------------------
@@ -122,9 +123,9 @@ def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor],
         "format_version": FORMAT_VERSION,
         "composer_version": _version(),
         "torch_version": torch.__version__,
-        "crc32": str(_crc32(tensors)),
         **metadata,
     }
+    metadata["crc32"] = str(_crc32(tensors, metadata))
     write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata))
 
 
@@ -167,13 +168,26 @@ def _read(path: str | os.PathLike, kind: str, device: str | torch.device, verify
         tensors = load_file(path, device="cpu" if verify else str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupted or truncated ({e})") from None
-    if verify and str(_crc32(tensors)) != metadata.get("crc32"):
-        raise CheckpointError(f"{path}: tensor data does not match its checksum: the file is corrupted")
+    if verify and str(_crc32(tensors, metadata)) != metadata.get("crc32"):
+        raise CheckpointError(f"{path}: its data does not match its checksum: the file is corrupted")
     if verify and torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
-    for alias, key in json.loads(metadata.get("aliases", "{}")).items():
+    for alias, key in _json_field(metadata, "aliases", dict, path, default="{}").items():
+        if key not in tensors:
+            raise CheckpointError(f"{path}: alias {alias!r} names a missing tensor {key!r}: the file is corrupted")
         tensors[alias] = tensors[key]
     return metadata, tensors
+
+
+def _json_field(metadata: Mapping[str, str], key: str, kind: type, path: str | os.PathLike, default: str | None = None) -> Any:
+    """A JSON-encoded metadata field, checked to be a ``kind``."""
+    try:
+        value = json.loads(metadata[key] if default is None else metadata.get(key, default))
+    except (KeyError, TypeError, json.JSONDecodeError):
+        value = None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: its {key!r} field is missing or malformed: the file is corrupted")
+    return value
 
 
 def _read_metadata(path: Path, kind: str) -> dict[str, str]:
@@ -197,9 +211,10 @@ def _read_metadata(path: Path, kind: str) -> dict[str, str]:
     return metadata
 
 
-def _crc32(tensors: Mapping[str, torch.Tensor]) -> int:
-    """CRC-32 of every tensor's bytes, in key order."""
-    crc = 0
+def _crc32(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> int:
+    """CRC-32 of the metadata (but the CRC itself) and of every tensor's bytes, in key order."""
+    fields = {k: v for k, v in metadata.items() if k != "crc32"}
+    crc = zlib.crc32(json.dumps(fields, sort_keys=True).encode())
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
         crc = zlib.crc32(key.encode(), crc)
@@ -230,10 +245,12 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return tensors, aliases
 
 
-def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, names_only: bool = False) -> None:
+    """Missing, unexpected and mis-shaped keys, all listed; ``names_only`` lists only mis-shaped
+    ones, which even a non-strict ``load_state_dict`` refuses."""
     expected = model.state_dict(keep_vars=True)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [] if names_only else [k for k in expected if k not in state]
+    unexpected = [] if names_only else [k for k in state if k not in expected]
     mismatched = [
         f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
         for k in expected

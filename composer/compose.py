@@ -21,7 +21,7 @@ from torch import nn
 from composer.build import DEFAULT_TARGETS, BuildNotes, construct
 from composer.errors import ConfigError
 from composer.initializers import InitConfig, Plan, cannot_reset, parse_init, plan_init, reset_defaults
-from composer.materialize import allocate, forward_zeros, has_lazy
+from composer.materialize import allocate, forward_zeros, has_lazy, require_shapes
 from composer.recipe import Recipe, read_recipe, top_level_problems
 
 RECORD_ATTR = "composer_record"
@@ -62,10 +62,15 @@ def build_from_config(
         if early:
             raise ConfigError(early)
         plan = _shape_and_initialize(model, notes, recipe, init, device, deferred)
+    finish(model, notes, BuildRecord(recipe, allow, plan.report(model)))
+    return model
+
+
+def finish(model: nn.Module, notes: BuildNotes, record: BuildRecord) -> None:
+    """The last step of a build or a load: freeze what the recipe freezes, attach the record."""
     for module in notes.frozen:
         module.requires_grad_(False)
-    setattr(model, RECORD_ATTR, BuildRecord(recipe, allow, plan.report(model)))
-    return model
+    setattr(model, RECORD_ATTR, record)
 
 
 def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, try_meta: bool) -> tuple[nn.Module, BuildNotes, bool]:
@@ -92,7 +97,7 @@ def _shape_and_initialize(
     if not (init.rules or notes.inline_init):
         return Plan()
     if lazy:
-        raise ConfigError("lazy layers need their shapes before initialization rules apply: set input_shape", "input_shape")
+        require_shapes(model, "initialization")
     plan = plan_init(model, init, notes.inline_init)
     if device.type == "meta":
         return plan  # shapes and rules checked; there is nothing to fill

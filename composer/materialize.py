@@ -23,6 +23,12 @@ def has_lazy(model: nn.Module) -> bool:
     return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules())
 
 
+def require_shapes(model: nn.Module, need: str) -> None:
+    """A ``ConfigError`` naming ``input_shape`` where lazy layers still wait for their shapes."""
+    if has_lazy(model):
+        raise ConfigError(f"lazy layers have no shapes yet, and {need} needs them: set input_shape", "input_shape")
+
+
 def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> Any:
     """One forward pass of zeros: what infers lazy shapes, and a smoke test of ``input_shape``.
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from composer.compose import RECORD_ATTR, init_report
 from composer.errors import ConfigError
-from composer.materialize import forward_zeros, has_lazy
+from composer.materialize import forward_zeros, require_shapes
 
 
 def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
@@ -23,8 +23,8 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
     record = getattr(model, RECORD_ATTR, None)
     if input_shape is None and record is not None:
         input_shape = record.recipe.get("input_shape")
-    if has_lazy(model) and input_shape is None:
-        raise ConfigError("the model has lazy layers whose shapes are unknown: pass input_shape", "input_shape")
+    if input_shape is None:
+        require_shapes(model, "the summary")
     shapes, why = _output_shapes(model, input_shape) if input_shape is not None else ({}, "")
 
     names_of: dict[int, list[str]] = defaultdict(list)

@@ -163,9 +163,13 @@ def test_load_weights_lists_every_mismatch(tmp_path):
     assert "missing keys: 2.weight, 2.bias" in message
     assert "unexpected keys: 1.bias" in message
     assert "0.weight: checkpoint [4, 3] vs model [5, 3]" in message
-    before = target[2].weight.clone()
-    load_weights(target, tmp_path / "w.safetensors", strict=False)
-    assert torch.equal(target[2].weight, before)
+    with pytest.raises(CheckpointError, match="mis-shaped: 0.weight") as info:
+        load_weights(target, tmp_path / "w.safetensors", strict=False)  # as torch: shapes must fit
+    assert "missing" not in str(info.value)
+    partial = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2, bias=False), nn.Linear(2, 2))
+    before = partial[2].weight.clone()
+    load_weights(partial, tmp_path / "w.safetensors", strict=False)
+    assert torch.equal(partial[2].weight, before)
 
 
 def test_unregistered_type_says_to_import_its_module(tmp_path):
@@ -251,7 +255,7 @@ def test_failed_save_keeps_the_previous_checkpoint(saved):
 
     with pytest.raises(OSError, match="disk full"):
         write_atomic(saved, half_then_fail)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError):
         save_checkpoint(nn.Linear(2, 2, device="meta"), saved)
     assert saved.read_bytes() == before
     assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name]  # no temporary left
@@ -302,3 +306,24 @@ def test_lazy_conv_and_norm_reload_with_their_inferred_sizes(tmp_path):
     x = torch.rand(2, 3, 8, 8)
     model.eval(), loaded.eval()
     assert torch.equal(loaded(x), model(x))
+
+
+def test_tampered_metadata_is_a_checkpoint_error(saved):
+    data = saved.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    for key, value in (("recipe", "{not json"), ("recipe", "[1]"), ("aliases", '{"x": "nokey"}'), ("init_schemes", "3"), ("recipe", '{"model": {"type": "Linear"}, "shared": 3}')):
+        tampered = dict(header, __metadata__=dict(header["__metadata__"], **{key: value}))
+        body = json.dumps(tampered).encode()
+        body += b" " * (-len(body) % 8)
+        saved.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
+        with pytest.raises(CheckpointError, match="checksum"):
+            load_checkpoint(saved)  # the CRC covers the metadata too
+        with pytest.raises(CheckpointError):
+            load_checkpoint(saved, verify=False)
+
+
+def test_meta_model_cannot_be_saved(tmp_path):
+    model = build_from_config(model_recipe("mlp"), device="meta")
+    with pytest.raises(CheckpointError, match="meta device"):
+        save_checkpoint(model, tmp_path / "m.safetensors")
