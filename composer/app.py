@@ -70,16 +70,21 @@ def task(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, out: Path) -> None:
     """Build, summarize and save one recipe (or only check it, on ``meta``)."""
-    reset_job_state(cfg.get("seed"))
+    seed, check = cfg.get("seed"), cfg.get("check")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError(f"expected an integer or null, got {seed!r}", "seed")
+    if not isinstance(check, bool):
+        raise ConfigError(f"expected true or false, got {check!r}", "check")
+    reset_job_state(seed)
     recipe = recipe_of(cfg)
-    check = bool(cfg.get("check"))
 
     from composer import build_from_config, save_checkpoint, summary  # noqa: PLC0415  (torch)
+    from composer.compose import RECORD_ATTR  # noqa: PLC0415
     from composer.materialize import forward_zeros  # noqa: PLC0415
     from composer.summary import shape_of  # noqa: PLC0415
 
     model = build_from_config(recipe, device="meta" if check else "cpu")
-    resolved = model.composer_record.recipe
+    resolved = getattr(model, RECORD_ATTR).recipe
     shape = resolved.get("input_shape")
     output_shape = shape_of(forward_zeros(model, shape)) if shape is not None and not check else None
     table = summary(model)

@@ -45,6 +45,8 @@ def build_from_config(
 ) -> nn.Module:
     """Build the model a recipe describes: a YAML path, a dict, a DictConfig or a bare node."""
     recipe = read_recipe(cfg)
+    if isinstance(allow_targets, str):
+        allow_targets = (allow_targets,)
     allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
     early = top_level_problems(recipe)
     if "model" not in recipe:
@@ -99,9 +101,7 @@ def _shape_and_initialize(
     if lazy:
         require_shapes(model, "initialization")
     plan = plan_init(model, init, notes.inline_init)
-    if device.type == "meta":
-        return plan  # shapes and rules checked; there is nothing to fill
-    if deferred:
+    if deferred and device.type != "meta":
         fresh = allocate(model, device)
         reset_defaults(model, plan.covered, fresh)  # covered: the ids of the allocated parameters
     plan.apply()
@@ -114,7 +114,8 @@ def seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    # devices=None also saves and restores every CUDA generator, which manual_seed reseeds
+    with torch.random.fork_rng(devices=None if torch.cuda.is_available() else []):
         torch.manual_seed(seed)
         yield
 

@@ -41,3 +41,8 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
         return f" (did you mean '{folded[name.lower()]}'?)"
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of a message (torch and OmegaConf add detail lines)."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")

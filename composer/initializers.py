@@ -100,19 +100,23 @@ def parse_scheme(spec: Any, path: str, problems: list[tuple[str, str]]) -> Schem
         problems.append((f"{path}.type" if isinstance(spec, Mapping) else path,
                          f"unknown initializer {name!r}{did_you_mean(name, INITIALIZERS)}"))
         return None
-    accepted = _accepted_kwargs(INITIALIZERS.get(name, path))
+    accepted, required = _arguments(INITIALIZERS.get(name, path))
     for key in kwargs:
         if accepted is not None and key not in accepted:
             problems.append((f"{path}.{key}", f"{name} takes no argument {key!r}{did_you_mean(key, accepted)}; "
                              f"valid: {', '.join(accepted) or 'none'}"))
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        problems.append((path, f"{name} needs {', '.join(map(repr, missing))}: write {{type: {name}, {missing[0]}: ...}}"))
     return Scheme(name, kwargs, path)
 
 
-def _accepted_kwargs(fn: Initializer) -> list[str] | None:
-    params = list(inspect.signature(fn).parameters.values())[1:]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.name != "generator"]
+def _arguments(fn: Initializer) -> tuple[list[str] | None, list[str]]:
+    """The keyword arguments an initializer accepts (None: any) and those it requires."""
+    params = [p for p in list(inspect.signature(fn).parameters.values())[1:] if p.name != "generator"]
+    named = [p for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    accepted = None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params) else [p.name for p in named]
+    return accepted, [p.name for p in named if p.default is inspect.Parameter.empty]
 
 
 def parse_init(cfg: Any, path: str = "init") -> InitConfig:
@@ -143,6 +147,8 @@ def _parse_rule(raw: Any, path: str, problems: list[tuple[str, str]]) -> Rule | 
         problems.append((path, f"expected a mapping with match, layer and parameter: initializer keys, got {raw!r}"))
         return None
     match = raw.get("match", "*")
+    if isinstance(match, int) and not isinstance(match, bool):
+        match = str(match)  # `match: 0` in YAML is the module named "0"
     if not isinstance(match, str):
         problems.append((f"{path}.match", f"expected a glob string, got {match!r}"))
     layers = raw.get("layer")
@@ -155,7 +161,15 @@ def _parse_rule(raw: Any, path: str, problems: list[tuple[str, str]]) -> Rule | 
     for name in layers or ():
         if name not in MODULES:
             problems.append((f"{path}.layer", f"unknown layer class {name!r}{did_you_mean(name, MODULES)}"))
-    params = {k: parse_scheme(v, f"{path}.{k}", problems) for k, v in raw.items() if k not in ("match", "layer")}
+    params = {}
+    for key, spec in raw.items():
+        if key in ("match", "layer"):
+            continue
+        hint = did_you_mean(str(key), ("match", "layer"))
+        if hint and not (isinstance(spec, str) and spec in INITIALIZERS):
+            problems.append((f"{path}.{key}", f"unknown rule key {key!r}{hint}; a rule has match, layer and parameter: initializer keys"))
+            continue
+        params[key] = parse_scheme(spec, f"{path}.{key}", problems)
     if not params:
         problems.append((path, "rule sets no parameter: add a key such as 'weight: xavier_uniform'"))
     return Rule(match, layers, params, path)
@@ -181,6 +195,8 @@ class Plan:
         return {id(p) for p, _, scheme in self._current() if not scheme.is_default}
 
     def apply(self) -> None:
+        """Fill each covered parameter; on ``meta`` tensors this only checks that each scheme
+        fits its tensor's shape (``nn.init`` runs there and draws nothing)."""
         for param, where, scheme in self._current():
             if not scheme.is_default:
                 scheme.apply(param, where)
@@ -223,7 +239,10 @@ def plan_init(model: nn.Module, config: InitConfig, inline: list[tuple[nn.Module
             if not any(hits):
                 held = sorted({n for m in selected for n, p in m._parameters.items() if p is not None})
                 problems.append((f"{rule.path}.{key}", f"no selected module has a parameter {key!r}{did_you_mean(key, held)} (they have: {', '.join(held) or 'none'})"))
+    in_model = {id(m) for _, m in entries}
     for module, path, spec in inline:
+        if id(module) not in in_model:
+            continue  # a shared module that nothing references: not part of the model
         for key, raw in spec.items():
             scheme = parse_scheme(raw, f"{path}.{key}", problems)
             if scheme is not None and not cover(module, key, scheme):

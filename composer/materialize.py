@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _LazyNormBase
 from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from composer.errors import ConfigError
+from composer.errors import ConfigError, first_line
 
 
 def has_lazy(model: nn.Module) -> bool:
@@ -55,8 +55,7 @@ def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.de
             return model(torch.zeros(tuple(input_shape), device=device or device_of(model)))
     except Exception as e:  # torch raises many kinds; each means the input does not fit
         where = f" in module '{running[-1] or '(model)'}'" if running else ""
-        message = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-        raise ConfigError(f"a forward pass of zeros shaped {list(input_shape)} failed{where}: {type(e).__name__}: {message}", "input_shape") from None
+        raise ConfigError(f"a forward pass of zeros shaped {list(input_shape)} failed{where}: {type(e).__name__}: {first_line(e)}", "input_shape") from None
     finally:
         for handle in handles:
             handle.remove()

@@ -25,8 +25,10 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from composer.errors import first_line
+from composer.recipe import YAML_LOADER
+
 log = logging.getLogger(__name__)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 CHECKPOINT, ERROR = "model.safetensors", "error.txt"
 COLUMNS = (
@@ -121,12 +123,12 @@ def read_job(folder: Path) -> Job:
         choices={k: str(v) for k, v in (hydra_cfg.get("runtime", {}).get("choices") or {}).items() if not k.startswith("hydra/")},
     )
     if (folder / ERROR).exists():
-        job.status, job.error = "failed", _first_line((folder / ERROR).read_text()) or "failed"
+        job.status, job.error = "failed", first_line((folder / ERROR).read_text()) or "failed"
     elif (folder / CHECKPOINT).exists():
         try:
             job.params = checkpoint_stats(folder / CHECKPOINT)
         except Exception as e:  # noqa: BLE001  (a corrupt or unreadable checkpoint fails its job only)
-            job.status, job.error = "failed", f"cannot read {CHECKPOINT}: {_first_line(str(e))}"
+            job.status, job.error = "failed", f"cannot read {CHECKPOINT}: {first_line(str(e))}"
     elif job_cfg.get("check"):
         job.status = "checked"
     else:
@@ -163,7 +165,7 @@ def checkpoint_stats(path: Path) -> list[ParamStats]:
 
 def _read_yaml(path: Path, default: Any = None) -> Any:
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        data = yaml.load(path.read_text(), Loader=YAML_LOADER)
     except (OSError, yaml.YAMLError):
         return {} if default is None else default
     return data if data is not None else ({} if default is None else default)
@@ -174,10 +176,6 @@ def _int_or(text: str, default: int) -> int:
         return int(text)
     except ValueError:
         return default
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 # --- writing ----------------------------------------------------------------------------------

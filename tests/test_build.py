@@ -259,3 +259,32 @@ def test_bad_interpolation_names_the_key():
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_the_model_keeps_its_own_copy_of_a_dict_recipe():
+    recipe = {"model": {"type": "Linear", "in_features": 2, "out_features": 3}}
+    model = build_from_config(recipe)
+    recipe["model"]["out_features"] = 5
+    assert model.composer_record.recipe["model"]["out_features"] == 3
+
+
+def test_allow_targets_given_as_one_string(tmp_path, monkeypatch):
+    (tmp_path / "userblocks2.py").write_text("from torch import nn\nclass Half(nn.Module):\n    def forward(self, x):\n        return x / 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert build_from_config({"_target_": "userblocks2.Half"}, allow_targets="userblocks2.")(torch.ones(1)).item() == 0.5
+
+
+def test_missing_arguments_are_named_once():
+    [(_, message)] = problems({"type": "Conv2d", "in_channels": 1})
+    assert message == "Conv2d is missing required arguments 'out_channels', 'kernel_size'"
+
+
+def test_registered_factory_that_returns_no_module():
+    register_module("NotAModule")(lambda: 3)
+    [(path, message)] = problems({"type": "Sequential", "layers": [{"type": "NotAModule"}]})
+    assert path == "model.layers[0]" and "returned int, not an nn.Module" in message
+
+
+def test_repeat_is_reserved():
+    with pytest.raises(ValueError, match="reserved"):
+        register_module("Repeat")(nn.Identity)

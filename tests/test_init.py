@@ -351,3 +351,28 @@ def test_user_blocks_that_cannot_be_built_on_meta_are_built_for_real(tmp_path):
     loaded = load_checkpoint(tmp_path / "u.safetensors")
     x = torch.rand(3, 4)
     assert torch.equal(loaded(x), net(x)) and torch.equal(loaded[0].mask, net[0].mask)
+
+
+def test_check_on_meta_validates_schemes_against_shapes():
+    with pytest.raises(ConfigError, match="eye cannot initialize 0.bias of shape"):
+        build_from_config(with_init("mlp", "default") | {"init": {"rules": [{"bias": "eye"}]}}, device="meta")
+    model = build_from_config(with_init("mlp", "xavier"), device="meta")
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_required_initializer_arguments():
+    [(path, message)] = init_problems({"rules": [{"weight": "constant"}]})
+    assert path == "init.rules[0].weight" and "constant needs 'val'" in message
+
+
+def test_rule_key_typos_and_numeric_match():
+    [(path, message)] = init_problems({"rules": [{"layers": "Linear", "weight": "ones"}]})
+    assert path == "init.rules[0].layers" and "did you mean 'layer'" in message
+    net = build_from_config(with_init("mlp", "default") | {"init": {"rules": [{"match": 2, "weight": "ones"}]}})
+    assert (net[2].weight == 1).all()
+
+
+def test_inline_init_of_an_unreferenced_shared_module_is_ignored():
+    lin = {"type": "Linear", "in_features": 2, "out_features": 2}
+    net = build_from_config({"model": lin, "shared": {"spare": dict(lin, init={"weight": "zeros"})}})
+    assert set(init_report(net).values()) == {"default"}
