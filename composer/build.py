@@ -61,6 +61,9 @@ class Builder:
         self.problems: list[tuple[str, str]] = []
         self._shared: dict[str, nn.Module | None] = {}
         self._resolving: list[str] = []
+        # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
+        # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
+        self._checked: dict[tuple, type] = {}
 
     def build_model(self, node: Any) -> nn.Module:
         """Build the model node and every shared module; raise all problems found at once."""
@@ -75,6 +78,13 @@ class Builder:
         self.problems.append((path, message))
 
     def build(self, node: Any, path: str) -> nn.Module | None:
+        if type(node) is dict and "type" in node:
+            cls = self._checked.get((node["type"], tuple(node), tuple(map(type, node.values()))))
+            if cls is not None:
+                try:
+                    return self._instantiate(cls, [], {k: v for k, v in node.items() if k != "type"})
+                except Exception:
+                    pass  # the full path below reports it, with its key path
         if not is_node(node):
             self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {_describe(node)}")
             return None
@@ -163,6 +173,8 @@ class Builder:
         if not isinstance(module, nn.Module):
             self.fail(path, f"{label}(...) returned {type(module).__name__}, not an nn.Module")
             return None
+        if "type" in node and not args and not (node.keys() & _RESERVED - {"type"}) and all(type(v) in _PLAIN for v in node.values()):
+            self._checked[(node["type"], tuple(node), tuple(map(type, node.values())))] = cls
         return module
 
     def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:

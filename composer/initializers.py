@@ -64,13 +64,24 @@ class Scheme:
         return f"{self.name}({args}) [{self.source}]" if args else f"{self.name} [{self.source}]"
 
     def apply(self, tensor: torch.Tensor, where: str) -> None:
+        """Fill ``tensor``. On ``meta`` only check that the scheme fits: it runs on a small CPU
+        tensor of the same rank, under a forked RNG (an ``nn.init`` call on ``meta`` would
+        import torch._dynamo on first use, 1-3 s)."""
         try:
             with torch.no_grad():
-                INITIALIZERS.get(self.name, self.source)(tensor, **self.kwargs)
+                if tensor.is_meta:
+                    with torch.random.fork_rng(devices=[]):
+                        self._fn(torch.empty([min(d, 4) for d in tensor.shape]), **self.kwargs)
+                else:
+                    self._fn(tensor, **self.kwargs)
         except Exception as e:
             raise ConfigError(
                 f"{self.name} cannot initialize {where} of shape {list(tensor.shape)}: {e}", self.source
             ) from None
+
+    @property
+    def _fn(self) -> Initializer:
+        return INITIALIZERS.get(self.name, self.source)
 
 
 @dataclass(frozen=True)
@@ -195,8 +206,7 @@ class Plan:
         return {id(p) for p, _, scheme in self._current() if not scheme.is_default}
 
     def apply(self) -> None:
-        """Fill each covered parameter; on ``meta`` tensors this only checks that each scheme
-        fits its tensor's shape (``nn.init`` runs there and draws nothing)."""
+        """Fill each covered parameter; on ``meta`` tensors, check that its scheme fits."""
         for param, where, scheme in self._current():
             if not scheme.is_default:
                 scheme.apply(param, where)

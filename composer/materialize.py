@@ -78,7 +78,9 @@ def allocate(model: nn.Module, device: torch.device | str) -> set[int]:
 
     def real(t: torch.Tensor, make) -> torch.Tensor:
         if id(t) not in fresh:
-            fresh[id(t)] = make(torch.empty_like(t, device=device))
+            # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
+            # references whose first call imports sympy (0.5-0.8 s)
+            fresh[id(t)] = make(torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=device))
         return fresh[id(t)]
 
     for module in model.modules():
