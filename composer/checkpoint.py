@@ -13,6 +13,7 @@ import os
 import struct
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
 FORMAT_VERSION = "1"
 _MAX_HEADER = 100 * 1024 * 1024
+_CRC_PENDING = "?" * 10  # as wide as the decimal CRC-32 that replaces it
 
 TensorTree = torch.Tensor | list | dict
 
@@ -125,8 +127,34 @@ def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor],
         "torch_version": torch.__version__,
         **metadata,
     }
-    metadata["crc32"] = str(_crc32(tensors, metadata))
-    write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata))
+    metadata["crc32"] = _CRC_PENDING
+
+    def write(tmp: Path) -> None:
+        # The CRC pass (zlib releases the GIL) runs while safetensors writes; its result then
+        # replaces the fixed-width placeholder in the header, before the fsync.
+        with ThreadPoolExecutor(1) as pool:
+            crc = pool.submit(_crc32, tensors, metadata)
+            save_file(tensors, tmp, metadata)
+            _patch_header(tmp, _CRC_PENDING, _format_crc(crc.result()))
+
+    write_atomic(Path(path), write)
+
+
+def _format_crc(crc: int) -> str:
+    return f"{crc:010d}"
+
+
+def _patch_header(path: Path, placeholder: str, value: str) -> None:
+    """Overwrite ``"crc32":"<placeholder>"`` in a safetensors header with a value of equal width."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = f.read(length)
+        field = f'"crc32":"{placeholder}"'.encode()
+        at = header.find(field)
+        if at < 0 or len(value) != len(placeholder):
+            raise RuntimeError(f"{path}: no crc32 placeholder in the header")
+        f.seek(8 + at + len(field) - len(placeholder) - 1)
+        f.write(value.encode())
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -168,7 +196,7 @@ def _read(path: str | os.PathLike, kind: str, device: str | torch.device, verify
         tensors = load_file(path, device="cpu" if verify else str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupted or truncated ({e})") from None
-    if verify and str(_crc32(tensors, metadata)) != metadata.get("crc32"):
+    if verify and _format_crc(_crc32(tensors, metadata)) != metadata.get("crc32"):
         raise CheckpointError(f"{path}: its data does not match its checksum: the file is corrupted")
     if verify and torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}

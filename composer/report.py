@@ -9,7 +9,7 @@ and writes at the root:
 - ``report.md``: the jobs, the same statistics as a table per layer across jobs, the failed jobs;
 - ``report.png``: histograms of each weight (one row per layer, one column per job).
 
-matplotlib (the ``report`` extra) is imported only to draw the plot, with the headless Agg backend.
+matplotlib (the ``report`` extra) is imported only to draw the plot, without pyplot (Agg, headless).
 """
 
 from __future__ import annotations
@@ -253,15 +253,13 @@ def draw(path: Path, jobs: list[Job], max_rows: int, max_columns: int) -> bool:
     if not rows:
         return False
     try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: 1.2 s less, no GUI backend)
     except ImportError:
         log.warning("matplotlib is not installed (pip install 'torch-recipe-composer[report]'): no report.png")
         return False
     n_columns = min(max_columns, max(len(groups[model]) for model, _ in rows))
-    fig, axes = plt.subplots(len(rows), n_columns, figsize=(max(2.3 * n_columns + 0.7, 5.5), 1.6 * len(rows) + 0.7), squeeze=False)
+    fig = Figure(figsize=(max(2.3 * n_columns + 0.7, 5.5), 1.6 * len(rows) + 0.7))
+    axes = fig.subplots(len(rows), n_columns, squeeze=False)
     for r, (model, name) in enumerate(rows):
         first_of_model = r == 0 or rows[r - 1][0] != model
         for c in range(n_columns):
@@ -279,9 +277,8 @@ def draw(path: Path, jobs: list[Job], max_rows: int, max_columns: int) -> bool:
             if c == 0:
                 ax.set_ylabel(f"{model}: {name}" if len(groups) > 1 else name, fontsize=7)
     fig.suptitle("weight distributions: one row per layer, one column per job", fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.06, top=0.88, wspace=0.15, hspace=0.6)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return True
 
 
