@@ -1,0 +1,85 @@
+"""Goal 5: checkpoints of a 403 MB model (6 x Linear(4096, 4096)) against safetensors and torch.
+
+Interleaved in one run, files in a temporary folder, page cache warm (the files were just written):
+- save: ``composer.save_checkpoint`` vs safetensors ``save_file`` followed by ``fsync`` (and, for
+  context, ``torch.save`` + ``fsync``);
+- load with verification (the CRC reads every byte) vs ``torch.load(weights_only=True)``;
+- load with ``verify=False`` vs safetensors ``load_file``, both followed by reading every byte
+  (a sum over each tensor): safetensors maps the file lazily, so a load that reads nothing
+  measures nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from bench.common import Result, interleave
+
+LAYERS, WIDTH = 6, 4096
+
+
+def read_all(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> float:
+    """Touch every byte: a sum over each tensor."""
+    if isinstance(tensors, torch.nn.Module):
+        tensors = tensors.state_dict()
+    return float(sum(t.sum() for t in tensors.values()))
+
+
+def fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def run(quick: bool = False) -> list[Result]:
+    import composer
+    from safetensors.torch import load_file, save_file
+
+    rounds = 3 if quick else 7
+    model = composer.build_from_config(
+        {"model": {"type": "Repeat", "times": LAYERS, "body": {"type": "Linear", "in_features": WIDTH, "out_features": WIDTH}}}
+    )
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    size_mb = sum(t.numel() * t.element_size() for t in state.values()) / 1e6
+    with tempfile.TemporaryDirectory(prefix="composer-bench-", dir=os.environ.get("BENCH_TMP")) as tmp:
+        ours, st, pt = Path(tmp) / "model.safetensors", Path(tmp) / "plain.safetensors", Path(tmp) / "model.pt"
+
+        def save_st() -> None:
+            save_file(state, st)
+            fsync(st)
+
+        def save_pt() -> None:
+            torch.save(state, pt)
+            fsync(pt)
+
+        saves = interleave({
+            "composer save_checkpoint": lambda: composer.save_checkpoint(model, ours),
+            "safetensors save_file + fsync": save_st,
+            "torch.save + fsync": save_pt,
+        }, rounds=rounds)  # fmt: skip
+
+        for check in (composer.load_checkpoint(ours).state_dict(), load_file(st), torch.load(pt, weights_only=True)):
+            if check.keys() != state.keys() or not all(torch.equal(check[k], state[k]) for k in state):
+                raise AssertionError("a loaded checkpoint differs from the saved model")
+
+        loads = interleave({
+            "composer load (verify)": lambda: composer.load_checkpoint(ours),
+            "torch.load(weights_only=True)": lambda: torch.load(pt, weights_only=True),
+            "composer load (verify=False) + read": lambda: read_all(composer.load_checkpoint(ours, verify=False)),
+            "safetensors load_file + read": lambda: read_all(load_file(st)),
+        }, rounds=rounds)  # fmt: skip
+
+    return [
+        Result("5", f"save_checkpoint ({size_mb:.0f} MB) / safetensors save_file + fsync", "<=", 1.2,
+               saves.ratio("composer save_checkpoint", "safetensors save_file + fsync"), detail=saves.describe()),
+        Result("5", "save_checkpoint / torch.save + fsync (peer)", "info", None,
+               saves.ratio("composer save_checkpoint", "torch.save + fsync")),
+        Result("5", "load_checkpoint (verify) / torch.load(weights_only=True)", "<=", 1.0,
+               loads.ratio("composer load (verify)", "torch.load(weights_only=True)"), detail=loads.describe()),
+        Result("5", "load_checkpoint(verify=False) + read / load_file + read", "<=", 1.3,
+               loads.ratio("composer load (verify=False) + read", "safetensors load_file + read")),
+    ]  # fmt: skip
