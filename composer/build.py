@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer.errors import ConfigError, did_you_mean
 from composer.recipe import Recipe, is_node
@@ -46,6 +47,8 @@ class BuildNotes:
 
     inline_init: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
     frozen: list[nn.Module] = field(default_factory=list)
+    # False when every class built is known to make no lazy layer: no walk needed to look for one
+    may_be_lazy: bool = False
 
 
 class Builder:
@@ -77,14 +80,30 @@ class Builder:
     def fail(self, path: str, message: str) -> None:
         self.problems.append((path, message))
 
+    def build_item(self, node: Any, parent: str, index: int | str) -> nn.Module | None:
+        """A child of a container: its key path is only formatted where the fast path misses."""
+        module = self._from_checked(node)
+        if module is None:
+            module = self.build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
+        return module
+
+    def _from_checked(self, node: Any) -> nn.Module | None:
+        """A leaf node of a shape already checked, built directly; None to take the full path."""
+        if type(node) is not dict or "type" not in node:
+            return None
+        cls = self._checked.get((node["type"], tuple(node), tuple(map(type, node.values()))))
+        if cls is None:
+            return None
+        kwargs = {k: v for k, v in node.items() if k != "type"}
+        try:
+            return cls(**kwargs) if self.real_device is None else self._instantiate(cls, [], kwargs)
+        except Exception:
+            return None  # the full path reports it, with its key path
+
     def build(self, node: Any, path: str) -> nn.Module | None:
-        if type(node) is dict and "type" in node:
-            cls = self._checked.get((node["type"], tuple(node), tuple(map(type, node.values()))))
-            if cls is not None:
-                try:
-                    return self._instantiate(cls, [], {k: v for k, v in node.items() if k != "type"})
-                except Exception:
-                    pass  # the full path below reports it, with its key path
+        module = self._from_checked(node)
+        if module is not None:
+            return module
         if not is_node(node):
             self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {_describe(node)}")
             return None
@@ -165,6 +184,8 @@ class Builder:
             return None
         if deferred:
             cls = lazy[0]
+        if not cls.__module__.startswith(_KNOWN_RESETS) or issubclass(cls, LazyModuleMixin):
+            self.notes.may_be_lazy = True
         try:
             module = self._instantiate(cls, args, kwargs)
         except Exception as e:  # the constructor's own complaint, given its place in the recipe
@@ -221,11 +242,11 @@ def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     _only_keys(builder, node, path, "Sequential", ("layers",))
     layers = node.get("layers", [])
     if isinstance(layers, list):
-        children = [builder.build(n, f"{path}.layers[{i}]") for i, n in enumerate(layers)]
+        children = [builder.build_item(n, f"{path}.layers", i) for i, n in enumerate(layers)]
         names = [str(i) for i in range(len(children))]
     elif isinstance(layers, Mapping):
         names = [str(k) for k in layers]
-        children = [builder.build(n, f"{path}.layers.{k}") for k, n in layers.items()]
+        children = [builder.build_item(n, f"{path}.layers", str(k)) for k, n in layers.items()]
     else:
         builder.fail(f"{path}.layers", f"expected a list or a mapping of nodes, got {_describe(layers)}")
         return None

@@ -84,7 +84,7 @@ def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, try_m
     """
     if try_meta:
         model, notes = construct(recipe, allow, torch.device("meta"), real_device=device)
-        if not cannot_reset(model) and not has_lazy(model):
+        if not cannot_reset(model) and not (notes.may_be_lazy and has_lazy(model)):
             return model, notes, True
     return (*construct(recipe, allow, None if device.type == "cpu" else device), False)
 
@@ -92,7 +92,7 @@ def _construct(recipe: Recipe, allow: Sequence[str], device: torch.device, try_m
 def _shape_and_initialize(
     model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device, deferred: bool
 ) -> Plan:
-    lazy = not deferred and has_lazy(model)
+    lazy = not deferred and notes.may_be_lazy and has_lazy(model)
     if lazy and recipe.get("input_shape") is not None:
         forward_zeros(model, recipe["input_shape"], device)
         lazy = has_lazy(model)

@@ -50,9 +50,11 @@ def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.de
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    device = torch.device(device or device_of(model))
+    shortcuts = _meta_shortcuts(model) if device.type == "meta" else []
     try:
         with torch.no_grad():
-            return model(torch.zeros(tuple(input_shape), device=device or device_of(model)))
+            return model(torch.zeros(tuple(input_shape), device=device))
     except Exception as e:  # torch raises many kinds; each means the input does not fit
         where = f" in module '{running[-1] or '(model)'}'" if running else ""
         raise ConfigError(f"a forward pass of zeros shaped {list(input_shape)} failed{where}: {type(e).__name__}: {first_line(e)}", "input_shape") from None
@@ -61,6 +63,19 @@ def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.de
             handle.remove()
         for module, training in modes:
             module.training = training
+        for module in shortcuts:
+            del module.__dict__["forward"]
+
+
+def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
+    """Give each ``Linear`` a shape rule for a forward on ``meta``: its meta kernel is a Python
+    decomposition whose first call imports torch._dynamo (1-3 s), for an answer known up front."""
+    patched = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and "forward" not in module.__dict__:
+            module.__dict__["forward"] = lambda x, m=module: x.new_empty((*x.shape[:-1], m.out_features))
+            patched.append(module)
+    return patched
 
 
 def device_of(model: nn.Module) -> torch.device:
