@@ -67,14 +67,30 @@ def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.de
             del module.__dict__["forward"]
 
 
+# Modules whose output has their input's shape: on ``meta`` they pass it through unchanged.
+_SHAPE_PRESERVING = (
+    nn.Identity, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax,
+)  # fmt: skip
+
+
 def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
-    """Give each ``Linear`` a shape rule for a forward on ``meta``: its meta kernel is a Python
-    decomposition whose first call imports torch._dynamo (1-3 s), for an answer known up front."""
+    """Shape rules for a forward on ``meta``, for modules whose meta kernels are Python
+    decompositions (``Linear``'s addmm, the norms, GELU) that import torch._dynamo on first call
+    (1-3 s) to compute a shape known up front."""
     patched = []
     for module in model.modules():
-        if isinstance(module, nn.Linear) and "forward" not in module.__dict__:
+        if "forward" in module.__dict__:
+            continue
+        if isinstance(module, nn.Linear):
             module.__dict__["forward"] = lambda x, m=module: x.new_empty((*x.shape[:-1], m.out_features))
-            patched.append(module)
+        elif isinstance(module, _SHAPE_PRESERVING):
+            module.__dict__["forward"] = lambda x: x
+        else:
+            continue
+        patched.append(module)
     return patched
 
 
