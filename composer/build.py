@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer.errors import ConfigError, did_you_mean
+from composer.materialize import reset_method
 from composer.recipe import Recipe, is_node
 from composer.registry import MODULES
 
@@ -84,7 +85,7 @@ class Builder:
         """A child of a container: its key path is only formatted where the fast path misses."""
         module = self._from_checked(node)
         if module is None:
-            module = self.build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
+            module = self._build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
         return module
 
     def _from_checked(self, node: Any) -> nn.Module | None:
@@ -101,9 +102,11 @@ class Builder:
             return None  # the full path reports it, with its key path
 
     def build(self, node: Any, path: str) -> nn.Module | None:
+        """The module for ``node`` at key ``path``, or None after recording what is wrong."""
         module = self._from_checked(node)
-        if module is not None:
-            return module
+        return module if module is not None else self._build(node, path)
+
+    def _build(self, node: Any, path: str) -> nn.Module | None:
         if not is_node(node):
             self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {_describe(node)}")
             return None
@@ -233,8 +236,7 @@ def _unrefillable(module: nn.Module) -> bool:
         return False
     meta_buffers = any(b is not None and b.is_meta for b in module._buffers.values())
     meta_params = any(p is not None and p.is_meta for p in module._parameters.values())
-    has_reset = hasattr(module, "reset_parameters") or hasattr(module, "_reset_parameters")
-    return meta_buffers or (meta_params and not has_reset)
+    return meta_buffers or (meta_params and reset_method(module) is None)
 
 
 def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:

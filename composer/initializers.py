@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError, did_you_mean
+from composer.materialize import reset_method
 from composer.registry import MODULES, Registry
 
 Initializer = Callable[..., Any]
@@ -278,15 +279,11 @@ def _is_layer(module: nn.Module, layers: tuple[str, ...]) -> bool:
     return type(module).__name__ in layers or any(MODULES.get(name, "") is type(module) for name in layers)
 
 
-def _reset_method(module: nn.Module) -> Callable[[], None] | None:
-    return getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-
-
 def cannot_reset(model: nn.Module) -> list[str]:
     """Classes that hold ``meta`` tensors of their own but have no reset to fill them after ``allocate``."""
     return sorted({
         type(m).__name__ for m in model.modules()
-        if any(t is not None and t.is_meta for t in [*m._parameters.values(), *m._buffers.values()]) and _reset_method(m) is None
+        if any(t is not None and t.is_meta for t in [*m._parameters.values(), *m._buffers.values()]) and reset_method(m) is None
     })  # fmt: skip
 
 
@@ -301,7 +298,7 @@ def reset_defaults(model: nn.Module, covered: set[int], fresh: set[int]) -> None
         pending = [n for n, p in own.items() if p is not None and id(p) in fresh and id(p) not in done]
         if not pending and not any(id(b) in fresh for b in module._buffers.values()):
             continue
-        reset = _reset_method(module)
+        reset = reset_method(module)
         if reset is None:
             continue
         standins = {n: p for n, p in own.items() if p is not None and n not in pending}

@@ -6,7 +6,7 @@ under ``inference_mode`` leaves parameters that never get gradients; these funct
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -92,6 +92,11 @@ def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
             continue
         patched.append(module)
     return patched
+
+
+def reset_method(module: nn.Module) -> Callable[[], None] | None:
+    """The module's own reset of its tensors (``MultiheadAttention`` names it ``_reset_parameters``)."""
+    return getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
 
 
 def device_of(model: nn.Module) -> torch.device:
