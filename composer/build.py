@@ -90,16 +90,17 @@ class Builder:
 
     def _from_checked(self, node: Any) -> nn.Module | None:
         """A leaf node of a shape already checked, built directly; None to take the full path."""
-        if type(node) is not dict or "type" not in node:
+        if type(node) is not dict or type(node.get("type")) is not str:
             return None
         cls = self._checked.get((node["type"], tuple(node), tuple(map(type, node.values()))))
         if cls is None:
             return None
         kwargs = {k: v for k, v in node.items() if k != "type"}
         try:
-            return cls(**kwargs) if self.real_device is None else self._instantiate(cls, [], kwargs)
+            module = cls(**kwargs) if self.real_device is None else self._instantiate(cls, [], kwargs)
         except Exception:
             return None  # the full path reports it, with its key path
+        return module if isinstance(module, nn.Module) else None
 
     def build(self, node: Any, path: str) -> nn.Module | None:
         """The module for ``node`` at key ``path``, or None after recording what is wrong."""
@@ -115,7 +116,7 @@ class Builder:
         if "type" in node and "_target_" in node:
             self.fail(path, "a node has 'type' or '_target_', not both")
             return None
-        form = FORMS.get(node.get("type")) if "type" in node else None
+        form = FORMS.get(node["type"]) if isinstance(node.get("type"), str) else None
         module = form(self, node, path) if form else self._call(node, path)
         if module is not None:
             self._extras(node, module, path)

@@ -31,7 +31,7 @@ from composer.recipe import top_level_problems
 
 FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the CRC covers the metadata too
 _MAX_HEADER = 100 * 1024 * 1024
 _CRC_PENDING = "?" * 10  # as wide as the decimal CRC-32 that replaces it
 
@@ -81,7 +81,7 @@ def load_checkpoint(
         unknown = any(message.startswith("unknown type") for _, message in e.problems)
         hint = " (import the module that registers it before loading)" if unknown else ""
         raise CheckpointError(f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())}{hint}") from None
-    if any(b.is_meta for m in model.modules() for n, b in m._buffers.items() if n in m._non_persistent_buffers_set):
+    if any(b is not None and b.is_meta for m in model.modules() for n, b in m._buffers.items() if n in m._non_persistent_buffers_set):
         model, notes = construct(recipe, allow, device)  # buffers the file does not hold: built for real
     _check_keys(model, state, path)
     if any(p.is_meta for p in model.parameters()):

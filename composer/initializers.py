@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,8 +72,9 @@ class Scheme:
         try:
             with torch.no_grad():
                 if tensor.is_meta:
+                    probe = _probe_shape(list(tensor.shape))
                     with torch.random.fork_rng(devices=[]):
-                        self._fn(torch.empty([min(d, 4) for d in tensor.shape]), **self.kwargs)
+                        self._fn(torch.empty(probe) if probe is not None else tensor, **self.kwargs)
                 else:
                     self._fn(tensor, **self.kwargs)
         except Exception as e:
@@ -83,6 +85,19 @@ class Scheme:
     @property
     def _fn(self) -> Initializer:
         return INITIALIZERS.get(self.name, self.source)
+
+
+_PROBE_LIMIT = 1 << 22  # elements (16 MB of float32) a check may really allocate
+
+
+def _probe_shape(shape: list[int]) -> list[int] | None:
+    """A CPU stand-in for a ``meta`` tensor's shape on which a scheme fails exactly when it would
+    on the real one: the real shape where it is small; else dim 0 kept (``dirac``'s groups divide
+    it) and the others cut to 4; None where even that is too large (then ``meta`` it is)."""
+    if math.prod(shape) <= _PROBE_LIMIT:
+        return shape
+    small = shape[:1] + [min(d, 4) for d in shape[1:]]
+    return small if math.prod(small) <= _PROBE_LIMIT else None
 
 
 @dataclass(frozen=True)

@@ -67,30 +67,45 @@ def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.de
             del module.__dict__["forward"]
 
 
-# Modules whose output has their input's shape: on ``meta`` they pass it through unchanged.
-_SHAPE_PRESERVING = (
-    nn.Identity, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax,
-)  # fmt: skip
+def _linear_shape(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] != m.in_features:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied: input {list(x.shape)}, in_features={m.in_features}")
+    return x.new_empty((*x.shape[:-1], m.out_features))
+
+
+def _layer_norm_shape(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    if tuple(x.shape[-len(m.normalized_shape) :]) != tuple(m.normalized_shape):
+        raise RuntimeError(f"Given normalized_shape={list(m.normalized_shape)}, expected input with shape [*, {', '.join(map(str, m.normalized_shape))}], but got input of size {list(x.shape)}")
+    return x
+
+
+def _pass_through(_m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# Shape rules for a forward on ``meta``, keyed by the ``forward`` they stand in for: a subclass
+# that overrides ``forward`` keeps its own. Each checks what the real kernel would check.
+_META_RULES: dict[Callable, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    nn.Linear.forward: _linear_shape,
+    nn.LayerNorm.forward: _layer_norm_shape,
+    **{cls.forward: _pass_through for cls in (
+        nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+        nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    )},
+}  # fmt: skip
 
 
 def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
     """Shape rules for a forward on ``meta``, for modules whose meta kernels are Python
-    decompositions (``Linear``'s addmm, the norms, GELU) that import torch._dynamo on first call
+    decompositions (``Linear``'s addmm, LayerNorm, GELU) that import torch._dynamo on first call
     (1-3 s) to compute a shape known up front."""
     patched = []
     for module in model.modules():
-        if "forward" in module.__dict__:
-            continue
-        if isinstance(module, nn.Linear):
-            module.__dict__["forward"] = lambda x, m=module: x.new_empty((*x.shape[:-1], m.out_features))
-        elif isinstance(module, _SHAPE_PRESERVING):
-            module.__dict__["forward"] = lambda x: x
-        else:
-            continue
-        patched.append(module)
+        rule = _META_RULES.get(type(module).forward)
+        if rule is not None and "forward" not in module.__dict__:
+            module.__dict__["forward"] = lambda x, m=module, rule=rule: rule(m, x)
+            patched.append(module)
     return patched
 
 

@@ -288,3 +288,13 @@ def test_registered_factory_that_returns_no_module():
 def test_repeat_is_reserved():
     with pytest.raises(ValueError, match="reserved"):
         register_module("Repeat")(nn.Identity)
+
+
+def test_checked_leaf_path_still_refuses_a_non_module():
+    register_module("SometimesModule")(lambda n: nn.Linear(n, n) if n > 0 else "x")
+    [(path, message)] = problems({"type": "Sequential", "layers": [{"type": "SometimesModule", "n": 2}, {"type": "SometimesModule", "n": 0}]})
+    assert path == "model.layers[1]" and "returned str" in message
+
+
+def test_unhashable_type_is_a_config_error():
+    assert problems({"type": ["Linear"]})[0][0] == "model.type"

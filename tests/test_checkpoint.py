@@ -327,3 +327,25 @@ def test_meta_model_cannot_be_saved(tmp_path):
     model = build_from_config(model_recipe("mlp"), device="meta")
     with pytest.raises(CheckpointError, match="meta device"):
         save_checkpoint(model, tmp_path / "m.safetensors")
+
+
+class WithCache(nn.Module):
+    """A block with a non-persistent buffer left unset."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.register_buffer("cache", None, persistent=False)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_unset_non_persistent_buffer_reloads(tmp_path):
+    from composer import register_module
+
+    register_module(WithCache)
+    model = build_from_config({"type": "WithCache"})
+    save_checkpoint(model, tmp_path / "c.safetensors")
+    loaded = load_checkpoint(tmp_path / "c.safetensors")
+    assert torch.equal(loaded.lin.weight, model.lin.weight) and loaded.cache is None

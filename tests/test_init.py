@@ -376,3 +376,14 @@ def test_inline_init_of_an_unreferenced_shared_module_is_ignored():
     lin = {"type": "Linear", "in_features": 2, "out_features": 2}
     net = build_from_config({"model": lin, "shared": {"spare": dict(lin, init={"weight": "zeros"})}})
     assert set(init_report(net).values()) == {"default"}
+
+
+@pytest.mark.parametrize("groups, fits", [(3, True), (4, False)])
+def test_check_mode_tests_schemes_on_the_real_sizes(groups, fits):
+    recipe = {"model": {"type": "Conv2d", "in_channels": 6, "out_channels": 6, "kernel_size": 3}, "init": {"rules": [{"weight": {"type": "dirac", "groups": groups}}]}}
+    for device in ("meta", "cpu"):
+        if fits:
+            build_from_config(recipe, device=device)
+        else:
+            with pytest.raises(ConfigError, match="dirac cannot initialize weight"):
+                build_from_config(recipe, device=device)

@@ -64,3 +64,26 @@ def test_model_that_cannot_take_zeros_still_gets_a_table():
     text = summary(build_from_config({"type": "Embedding", "num_embeddings": 5, "embedding_dim": 2}), input_shape=[2, 3])
     assert rows(text)["(model)"] == ["Embedding", "", "10", ""]
     assert "output shapes unavailable: a forward pass of zeros shaped [2, 3] failed in module '(model)': RuntimeError" in text
+
+
+def test_meta_forward_checks_shapes_as_the_real_one_does():
+    recipe = {"model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 8}, {"type": "LayerNorm", "normalized_shape": 5}]}, "input_shape": [2, 30]}
+    with pytest.raises(ConfigError, match="in module '1'.*normalized_shape"):
+        build_from_config(recipe, device="meta")
+    wrong = build_from_config({"model": {"type": "Linear", "in_features": 20, "out_features": 8}, "input_shape": [2, 30]}, device="meta")
+    assert "output shapes unavailable" in summary(wrong)
+
+
+class Unsqueezed(nn.Linear):
+    """A Linear subclass with a forward of its own: the meta shape rule must not replace it."""
+
+    def forward(self, x):
+        return super().forward(x).unsqueeze(1)
+
+
+def test_meta_forward_keeps_a_subclass_forward():
+    from composer import register_module
+
+    register_module(Unsqueezed)
+    model = build_from_config({"model": {"type": "Unsqueezed", "in_features": 4, "out_features": 3}, "input_shape": [2, 4]}, device="meta")
+    assert rows(summary(model))["(model)"][:2] == ["Unsqueezed", "[2, 1, 3]"]
