@@ -248,6 +248,9 @@ def main() -> None:
 def fail(e: BaseException) -> int:
     """Print ``error: <one line>`` (after the traceback when the user set HYDRA_FULL_ERROR=1);
     return the exit status."""
+    if isinstance(e, BrokenPipeError):  # the reader left (`| head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
     if _full_error:
         traceback.print_exception(e)
     print(f"error: {one_line(e)}", file=sys.stderr)
