@@ -121,49 +121,50 @@ def device_of(model: nn.Module) -> torch.device:
 
 def allocate(model: nn.Module, device: torch.device | str) -> set[int]:
     """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``; return
-    the ids of the new tensors.
+    the ids of the new tensors. Ties survive (``to_empty`` breaks them)."""
 
-    A tensor held by several modules gets one new tensor that all of them hold, so ties survive.
-    """
-    fresh: dict[int, torch.Tensor] = {}
+    def empty(_key: str, old: torch.Tensor, _persistent: bool) -> torch.Tensor | None:
+        # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
+        # references whose first call imports sympy (0.5-0.8 s)
+        return torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device) if old.is_meta else None
 
-    def real(t: torch.Tensor, make) -> torch.Tensor:
-        if id(t) not in fresh:
-            # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
-            # references whose first call imports sympy (0.5-0.8 s)
-            fresh[id(t)] = make(torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=device))
-        return fresh[id(t)]
-
-    for module in model.modules():
-        for name, p in module._parameters.items():
-            if p is not None and p.is_meta:
-                module._parameters[name] = real(p, lambda e, p=p: nn.Parameter(e, requires_grad=p.requires_grad))
-        for name, b in module._buffers.items():
-            if b is not None and b.is_meta:
-                module._buffers[name] = real(b, lambda e: e)
-    return {id(t) for t in fresh.values()}
+    return {id(t) for t in _replace_tensors(model, empty).values()}
 
 
 def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Make the tensors of ``state`` the model's parameters and buffers, without copying them.
 
-    Keys follow ``state_dict``; a tensor held by several modules is placed once and held by all,
-    so ties survive (``load_state_dict(assign=True)`` breaks them). Lazy layers take the stored
-    shapes and their plain classes, as after a first forward.
+    Keys follow ``state_dict``. Ties survive (``load_state_dict(assign=True)`` breaks them), and
+    lazy layers take the stored shapes and their plain classes, as after a first forward.
     """
+    _replace_tensors(model, lambda key, _old, persistent: state[key] if persistent else None)
+    for module in model.modules():
+        if isinstance(module, LazyModuleMixin):
+            _finish_lazy(module)
+
+
+def _replace_tensors(
+    model: nn.Module, new: Callable[[str, torch.Tensor, bool], torch.Tensor | None]
+) -> dict[int, torch.Tensor]:
+    """Swap each parameter and buffer for ``new(state_dict key, old tensor, persistent)`` (None:
+    keep it). A tensor held by several modules is swapped once and the new one held by all, so
+    ties survive; a parameter stays a ``Parameter`` with its ``requires_grad``. Returns the new
+    tensors by the id of the old ones."""
     placed: dict[int, torch.Tensor] = {}
     for path, module in model.named_modules():
         prefix = f"{path}." if path else ""
-        for name, old in module._parameters.items():
-            if old is not None:
+        for slots, is_parameter in ((module._parameters, True), (module._buffers, False)):
+            for name, old in slots.items():
+                if old is None:
+                    continue
                 if id(old) not in placed:
-                    placed[id(old)] = nn.Parameter(state[prefix + name], requires_grad=old.requires_grad)
-                module._parameters[name] = placed[id(old)]
-        for name, old in module._buffers.items():
-            if old is not None and name not in module._non_persistent_buffers_set:
-                module._buffers[name] = placed.setdefault(id(old), state[prefix + name])
-        if isinstance(module, LazyModuleMixin):
-            _finish_lazy(module)
+                    persistent = is_parameter or name not in module._non_persistent_buffers_set
+                    tensor = new(prefix + name, old, persistent)
+                    if tensor is None:
+                        continue
+                    placed[id(old)] = nn.Parameter(tensor, requires_grad=old.requires_grad) if is_parameter else tensor
+                slots[name] = placed[id(old)]
+    return placed
 
 
 def _finish_lazy(module: LazyModuleMixin) -> None:
