@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "build_from_config": "composer.compose",
-    "init_report": "composer.compose",
+    "init_report": "composer.record",
     "save_checkpoint": "composer.checkpoint",
     "load_checkpoint": "composer.checkpoint",
     "load_weights": "composer.checkpoint",
     "save_tensors": "composer.checkpoint",
     "load_tensors": "composer.checkpoint",
-    "summary": "composer.summary",
+    "summary": "composer.summarize",
+    "registry_scope": "composer.registry",
     "register_module": "composer.registry",
     "register_init": "composer.initializers",
     "ConfigError": "composer.errors",
@@ -27,11 +28,12 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from composer.checkpoint import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
-    from composer.compose import build_from_config, init_report
+    from composer.compose import build_from_config
     from composer.errors import CheckpointError, ConfigError
     from composer.initializers import register_init
-    from composer.registry import register_module
-    from composer.summary import summary
+    from composer.record import init_report
+    from composer.registry import register_module, registry_scope
+    from composer.summarize import summary
 
 
 def __getattr__(name: str) -> Any:

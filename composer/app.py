@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from composer.errors import CheckpointError, ConfigError, did_you_mean
 from composer.recipe import TOP_LEVEL_KEYS as RECIPE_KEYS
+from composer.signatures import is_int
 from composer.report import CHECKPOINT, ERROR
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -71,7 +72,7 @@ def task(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, out: Path) -> None:
     """Build, summarize and save one recipe (or only check it, on ``meta``)."""
     seed, check = cfg.get("seed"), cfg.get("check")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+    if seed is not None and not is_int(seed):
         raise ConfigError(f"expected an integer or null, got {seed!r}", "seed")
     if not isinstance(check, bool):
         raise ConfigError(f"expected true or false, got {check!r}", "check")
@@ -79,12 +80,12 @@ def run(cfg: DictConfig, out: Path) -> None:
     recipe = recipe_of(cfg)
 
     from composer import build_from_config, save_checkpoint, summary  # noqa: PLC0415  (torch)
-    from composer.compose import RECORD_ATTR  # noqa: PLC0415
     from composer.materialize import forward_zeros  # noqa: PLC0415
-    from composer.summary import shape_of  # noqa: PLC0415
+    from composer.record import record_of  # noqa: PLC0415
+    from composer.summarize import shape_of  # noqa: PLC0415
 
     model = build_from_config(recipe, device="meta" if check else "cpu")
-    resolved = getattr(model, RECORD_ATTR).recipe
+    resolved = record_of(model).recipe
     shape = resolved.get("input_shape")
     output_shape = shape_of(forward_zeros(model, shape)) if shape is not None and not check else None
     table = summary(model)
@@ -152,27 +153,63 @@ def is_input_error(e: BaseException) -> bool:
 
 def one_line(e: BaseException) -> str:
     """``<key path>: <what is wrong>`` for every error a user can cause, on a single line."""
-    if isinstance(e, ConfigError):
-        return "; ".join(_joined(line) for line in e.lines())
-    if isinstance(e, MissingConfigException) and e.options is not None and "/" in (e.missing_cfg_file or ""):
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        return f"{group}: no config named '{name}'{did_you_mean(name, e.options)}; available: {', '.join(e.options)}"
-    if isinstance(e, OverrideParseException):
-        return f"cannot parse override '{e.override}': {_joined(e.message)}"
-    if isinstance(e, OSError) and e.filename is not None:
-        return f"{e.filename}: cannot write: {e.strerror}"
-    if isinstance(e, OmegaConfBaseException):
-        key = getattr(e, "full_key", None)
-        return f"{key}: {_joined(getattr(e, 'msg', None) or str(e))}" if key else _joined(str(e))
+    for kind, formatter in _ONE_LINE:
+        if isinstance(e, kind):
+            line = formatter(e)
+            if line is not None:
+                return line
+    return _joined(str(e)) if isinstance(e, ValueError) else f"{type(e).__name__}: {_joined(str(e))}"
+
+
+def _config_error(e: ConfigError) -> str:
+    return "; ".join(_joined(line) for line in e.lines())
+
+
+def _missing_config(e: MissingConfigException) -> str | None:
+    """An unknown name in a config group: ``init: no config named 'xaveir' (did you mean ...)``."""
+    if e.options is None or "/" not in (e.missing_cfg_file or ""):
+        return None
+    group, _, name = e.missing_cfg_file.rpartition("/")
+    return f"{group}: no config named '{name}'{did_you_mean(name, e.options)}; available: {', '.join(e.options)}"
+
+
+def _override_parse(e: OverrideParseException) -> str:
+    return f"cannot parse override '{e.override}': {_joined(e.message)}"
+
+
+def _os_error(e: OSError) -> str | None:
+    return f"{e.filename}: cannot write: {e.strerror}" if e.filename is not None else None
+
+
+def _omegaconf(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    return f"{key}: {_joined(getattr(e, 'msg', None) or str(e))}" if key else _joined(str(e))
+
+
+def _hydra(e: HydraException) -> str:
+    """Hydra's own message without its search-path listing; an override of a key that does not
+    exist names the closest key of the config."""
     text = _joined(str(e).split("\nConfig search path:")[0])
-    unknown = re.match(r"Could not override '([^']+)'.*?(use \+\S+)", text)
-    if unknown:
-        key, hint = unknown.group(1), did_you_mean(unknown.group(1), CONFIG_KEYS) if "." not in unknown.group(1) else ""
-        return f"{key}: no such key in the config{hint}; to add it, {unknown.group(2)}"
+    unknown_key = re.match(r"Could not override '([^']+)'.*?(use \+\S+)", text)
+    if unknown_key:
+        key, plus = unknown_key.groups()
+        hint = did_you_mean(key, CONFIG_KEYS) if "." not in key else ""
+        return f"{key}: no such key in the config{hint}; to add it, {plus}"
     cause = e.__cause__
     if isinstance(e, CompactHydraException) and isinstance(cause, OmegaConfBaseException):
         text += f" ({_joined(getattr(cause, 'msg', None) or str(cause))})"
-    return text if isinstance(e, (HydraException, ValueError)) else f"{type(e).__name__}: {text}"
+    return text
+
+
+# Tried in order; a formatter that returns None passes the error on to the next.
+_ONE_LINE: tuple[tuple[type[BaseException], Any], ...] = (
+    (ConfigError, _config_error),
+    (MissingConfigException, _missing_config),
+    (OverrideParseException, _override_parse),
+    (OSError, _os_error),
+    (OmegaConfBaseException, _omegaconf),
+    (HydraException, _hydra),
+)
 
 
 def _joined(text: str) -> str:

@@ -1,6 +1,7 @@
 """The tutorial's blocks, as real trainable modules registered under their class names.
 
-Argument names and defaults are the tutorial's. Each block that holds tensors of its own also
+Argument names and defaults are the tutorial's. ``composer.registry`` registers ``TUTORIAL``
+before any user code can take these names. Each block that holds tensors of its own also
 has ``reset_parameters``, so it can be built on the ``meta`` device and initialized once.
 """
 
@@ -10,10 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from composer.registry import register_module
 
 
-@register_module
 class MLP(nn.Module):
     """``hidden`` Linear 20-256, ReLU, ``out`` Linear 256-10."""
 
@@ -26,7 +25,6 @@ class MLP(nn.Module):
         return self.out(F.relu(self.hidden(X)))
 
 
-@register_module
 class MySequential(nn.Module):
     """Children ``0, 1, ...`` applied in order; given positionally, as in the tutorial, or as ``layers``."""
 
@@ -41,7 +39,6 @@ class MySequential(nn.Module):
         return X
 
 
-@register_module
 class FixedHiddenMLP(nn.Module):
     """A constant random weight (a persistent buffer, so checkpoints reproduce outputs), one Linear
     used twice, and Python control flow; returns a scalar."""
@@ -65,7 +62,6 @@ class FixedHiddenMLP(nn.Module):
         return X.sum()
 
 
-@register_module
 class NestMLP(nn.Module):
     """``net`` (Linear 20-64, ReLU, Linear 64-32, ReLU), then ``linear`` Linear 32-16."""
 
@@ -78,7 +74,6 @@ class NestMLP(nn.Module):
         return self.linear(self.net(X))
 
 
-@register_module
 class CenteredLayer(nn.Module):
     """Subtracts the mean: a layer without parameters."""
 
@@ -86,7 +81,6 @@ class CenteredLayer(nn.Module):
         return X - X.mean()
 
 
-@register_module
 class MyLinear(nn.Module):
     """A fully connected layer with ReLU, written out: ``relu(X @ weight + bias)``."""
 
@@ -103,3 +97,6 @@ class MyLinear(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return F.relu(X @ self.weight + self.bias)
+
+
+TUTORIAL = (MLP, MySequential, FixedHiddenMLP, NestMLP, CenteredLayer, MyLinear)

@@ -1,15 +1,15 @@
 """Recipe tree -> modules: one walk over a plain tree, building each node once.
 
-Sharing falls out of memoization: ``{ref: name}`` builds ``shared.name`` on first use and returns
-that same instance ever after, while ``${blocks.x}`` (resolved earlier, in ``recipe``) pastes a copy
-that builds into a new module. Problems are collected along the walk, each with its key path, and
-raised together at the end.
+Each node form is a small handler in a table (``FORMS`` by ``type``, plus the ``ref`` and call
+forms), so a new form is a new entry. Sharing falls out of memoization: ``{ref: name}`` builds
+``shared.name`` on first use and returns that same instance ever after, while ``${blocks.x}``
+(resolved earlier, in ``recipe``) pastes a copy that builds into a new module. Problems are
+collected along the walk, each with its key path, and raised together at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import inspect
 from collections import OrderedDict
@@ -22,14 +22,12 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer.errors import ConfigError, did_you_mean
-from composer.materialize import reset_method
+from composer.placement import Purpose, can_defer, needs_real_build, resets_itself
 from composer.recipe import Recipe, is_node
 from composer.registry import MODULES
+from composer.signatures import describe, is_int, signature_of
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.blocks.")
-# Modules whose reset methods are known to refill every tensor they own, so they can be built on
-# ``meta`` and initialized afterwards. Other classes (a user's block) are checked one by one.
-_KNOWN_RESETS = ("torch.nn.", "composer.")
 _RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 
@@ -81,6 +79,11 @@ class Builder:
     def fail(self, path: str, message: str) -> None:
         self.problems.append((path, message))
 
+    def build(self, node: Any, path: str) -> nn.Module | None:
+        """The module for ``node`` at key ``path``, or None after recording what is wrong."""
+        module = self._from_checked(node)
+        return module if module is not None else self._build(node, path)
+
     def build_item(self, node: Any, parent: str, index: int | str) -> nn.Module | None:
         """A child of a container: its key path is only formatted where the fast path misses."""
         module = self._from_checked(node)
@@ -92,7 +95,7 @@ class Builder:
         """A leaf node of a shape already checked, built directly; None to take the full path."""
         if type(node) is not dict or type(node.get("type")) is not str:
             return None
-        cls = self._checked.get((node["type"], tuple(node), tuple(map(type, node.values()))))
+        cls = self._checked.get(_leaf_key(node))
         if cls is None:
             return None
         kwargs = {k: v for k, v in node.items() if k != "type"}
@@ -102,54 +105,43 @@ class Builder:
             return None  # the full path reports it, with its key path
         return module if isinstance(module, nn.Module) else None
 
-    def build(self, node: Any, path: str) -> nn.Module | None:
-        """The module for ``node`` at key ``path``, or None after recording what is wrong."""
-        module = self._from_checked(node)
-        return module if module is not None else self._build(node, path)
-
     def _build(self, node: Any, path: str) -> nn.Module | None:
         if not is_node(node):
-            self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {_describe(node)}")
+            self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {describe(node)}")
             return None
-        if "ref" in node:
-            return self._ref(node, path)
-        if "type" in node and "_target_" in node:
-            self.fail(path, "a node has 'type' or '_target_', not both")
-            return None
-        form = FORMS.get(node["type"]) if isinstance(node.get("type"), str) else None
-        module = form(self, node, path) if form else self._call(node, path)
-        if module is not None:
+        module = self._handler(node, path)(self, node, path)
+        if module is not None and "ref" not in node:
             self._extras(node, module, path)
         return module
 
+    def _handler(self, node: Mapping, path: str) -> Callable[[Builder, Mapping, str], nn.Module | None]:
+        """The handler of the node's form: ``ref``, a form of ``FORMS``, or a call of a class."""
+        if "ref" in node:
+            return _ref
+        if "type" in node and "_target_" in node:
+            return _conflict
+        kind = node.get("type")
+        return FORMS.get(kind, _call) if isinstance(kind, str) else _call
+
     def _extras(self, node: Mapping, module: nn.Module, path: str) -> None:
+        """The keys any node may carry: inline ``init:`` and ``frozen``."""
         if "init" in node:
             if isinstance(node["init"], Mapping):
                 self.notes.inline_init.append((module, f"{path}.init", node["init"]))
             else:
-                self.fail(f"{path}.init", f"expected a mapping of parameter: initializer, got {_describe(node['init'])}")
+                self.fail(f"{path}.init", f"expected a mapping of parameter: initializer, got {describe(node['init'])}")
         frozen = node.get("frozen", False)
         if not isinstance(frozen, bool):
-            self.fail(f"{path}.frozen", f"expected true or false, got {_describe(frozen)}")
+            self.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
         elif frozen:
             self.notes.frozen.append(module)
 
-    def _ref(self, node: Mapping, path: str) -> nn.Module | None:
-        for key in node:
-            if key != "ref":
-                self.fail(f"{path}.{key}", "a ref node has no other keys: configure the module in shared")
-        name = node["ref"]
-        if not isinstance(name, str) or name not in self.shared_nodes:
-            shared = ", ".join(self.shared_nodes) or "none"
-            self.fail(f"{path}.ref", f"no shared module {name!r}{did_you_mean(str(name), self.shared_nodes)}; shared: {shared}")
-            return None
-        return self._shared_module(name)
-
     def _shared_module(self, name: str) -> nn.Module | None:
+        """The one instance of ``shared.name``, built on first use; a cycle of refs is reported."""
         if name in self._shared:
             return self._shared[name]
         if name in self._resolving:
-            cycle = " -> ".join([*self._resolving[self._resolving.index(name):], name])
+            cycle = " -> ".join([*self._resolving[self._resolving.index(name) :], name])
             self.fail(f"shared.{name}", f"shared module refers to itself: {cycle}")
             return None
         self._resolving.append(name)
@@ -158,37 +150,26 @@ class Builder:
         self._shared[name] = module
         return module
 
-    def _call(self, node: Mapping, path: str) -> nn.Module | None:
-        """A registered type or an allowed ``_target_``, called with its (built) arguments."""
-        try:
-            if "type" in node:
-                label = node["type"]
-                cls = MODULES.get(label, f"{path}.type", extra=FORMS)
-            else:
-                label = node["_target_"]
-                cls = resolve_target(label, self.allow_targets, f"{path}._target_")
-        except ConfigError as e:
-            self.problems += e.problems
-            return None
-        raw_args = node.get("_args_", [])
-        if not isinstance(raw_args, list):
-            self.fail(f"{path}._args_", f"expected a list of positional arguments, got {_describe(raw_args)}")
-            return None
-        before = len(self.problems)
-        args = [v if type(v) in _PLAIN else self._value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
-        kwargs = {
-            k: v if type(v) in _PLAIN else self._value(v, f"{path}.{k}")
-            for k, v in node.items()
-            if k not in _RESERVED
-        }
-        lazy = LAZY.get(cls)
-        deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
-        self.problems += _argument_problems(label, cls, args, kwargs, path, deferred)
-        if len(self.problems) > before:
-            return None
-        if deferred:
-            cls = lazy[0]
-        if not cls.__module__.startswith(_KNOWN_RESETS) or issubclass(cls, LazyModuleMixin):
+    def value(self, value: Any, path: str) -> Any:
+        """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
+        if type(value) in _PLAIN:
+            return value
+        if is_node(value):
+            return self.build(value, path)
+        if isinstance(value, list):
+            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            return {k: self.value(v, f"{path}.{k}") for k, v in value.items()}
+        return value
+
+    def remember_checked(self, node: Mapping, cls: type) -> None:
+        """Note a plain leaf node's shape as checked, so its twins skip the checks."""
+        if "type" in node and not (node.keys() & _RESERVED - {"type"}) and all(type(v) in _PLAIN for v in node.values()):
+            self._checked[_leaf_key(node)] = cls
+
+    def instantiate(self, label: str, cls: type, args: list, kwargs: dict, path: str) -> nn.Module | None:
+        """``cls(*args, **kwargs)``, its failure or a non-module result recorded at ``path``."""
+        if not resets_itself(cls) or issubclass(cls, LazyModuleMixin):
             self.notes.may_be_lazy = True
         try:
             module = self._instantiate(cls, args, kwargs)
@@ -198,46 +179,90 @@ class Builder:
         if not isinstance(module, nn.Module):
             self.fail(path, f"{label}(...) returned {type(module).__name__}, not an nn.Module")
             return None
-        if "type" in node and not args and not (node.keys() & _RESERVED - {"type"}) and all(type(v) in _PLAIN for v in node.values()):
-            self._checked[(node["type"], tuple(node), tuple(map(type, node.values())))] = cls
         return module
 
     def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:
-        """``cls(*args, **kwargs)``; on ``meta`` with a ``real_device``, a class outside
-        ``_KNOWN_RESETS`` is built again for real when it must be: its constructor failed on
-        ``meta`` (it reads data), or it made a buffer or a tensor that no reset can refill."""
-        if self.real_device is None or cls.__module__.startswith(_KNOWN_RESETS):
+        """``cls(*args, **kwargs)``; on ``meta`` with a ``real_device``, a class not known to reset
+        itself is built again for real when it must be (see ``placement.needs_real_build``), or
+        when its constructor failed on ``meta`` (it reads data)."""
+        if self.real_device is None or resets_itself(cls):
             return cls(*args, **kwargs)
         try:
             module = cls(*args, **kwargs)
-            if not isinstance(module, nn.Module) or not any(_unrefillable(m) for m in module.modules()):
+            if not isinstance(module, nn.Module) or not needs_real_build(module):
                 return module
         except Exception:
             pass  # the real build below says what is wrong, if anything is
         with torch.device(self.real_device):
             return cls(*args, **kwargs)
 
-    def _value(self, value: Any, path: str) -> Any:
-        """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
-        if type(value) in _PLAIN:
-            return value
-        if is_node(value):
-            return self.build(value, path)
-        if isinstance(value, list):
-            return [self._value(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, Mapping):
-            return {k: self._value(v, f"{path}.{k}") for k, v in value.items()}
-        return value
+
+def _leaf_key(node: Mapping) -> tuple:
+    return node["type"], tuple(node), tuple(map(type, node.values()))
 
 
-def _unrefillable(module: nn.Module) -> bool:
-    """A ``meta`` tensor its module may not refill: a buffer of a class outside ``_KNOWN_RESETS``
-    (often a constant its reset leaves alone), or any tensor of a module without a reset."""
-    if module.__module__.startswith(_KNOWN_RESETS):
-        return False
-    meta_buffers = any(b is not None and b.is_meta for b in module._buffers.values())
-    meta_params = any(p is not None and p.is_meta for p in module._parameters.values())
-    return meta_buffers or (meta_params and reset_method(module) is None)
+# --- node forms -------------------------------------------------------------------------------
+
+
+def _conflict(builder: Builder, node: Mapping, path: str) -> None:
+    builder.fail(path, "a node has 'type' or '_target_', not both")
+
+
+def _ref(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{ref: name}``: the one instance built from ``shared.name``."""
+    for key in node:
+        if key != "ref":
+            builder.fail(f"{path}.{key}", "a ref node has no other keys: configure the module in shared")
+    name = node["ref"]
+    if not isinstance(name, str) or name not in builder.shared_nodes:
+        shared = ", ".join(builder.shared_nodes) or "none"
+        hint = did_you_mean(str(name), builder.shared_nodes)
+        builder.fail(f"{path}.ref", f"no shared module {name!r}{hint}; shared: {shared}")
+        return None
+    return builder._shared_module(name)
+
+
+def _call(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """A registered ``type`` or an allowed ``_target_``, called with its (built) arguments."""
+    found = _class_of(builder, node, path)
+    if found is None:
+        return None
+    label, cls = found
+    before = len(builder.problems)
+    args, kwargs = _arguments(builder, node, path)
+    lazy = LAZY.get(cls)
+    deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
+    sig = signature_of(cls)
+    if sig is not None:
+        builder.problems += sig.problems(label, args, kwargs, path, optional=(deferred,) if deferred else ())
+    if len(builder.problems) > before:
+        return None
+    module = builder.instantiate(label, lazy[0] if deferred else cls, args, kwargs, path)
+    if module is not None and not args:
+        builder.remember_checked(node, lazy[0] if deferred else cls)
+    return module
+
+
+def _class_of(builder: Builder, node: Mapping, path: str) -> tuple[str, type] | None:
+    """The node's label and class: a registered ``type`` or an allowed ``_target_``."""
+    try:
+        if "type" in node:
+            return node["type"], MODULES.lookup(node["type"], f"{path}.type", also_valid=FORMS)
+        return node["_target_"], resolve_target(node["_target_"], builder.allow_targets, f"{path}._target_")
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+
+
+def _arguments(builder: Builder, node: Mapping, path: str) -> tuple[list, dict]:
+    """``_args_`` and the kwargs, nodes among them built first."""
+    raw_args = node.get("_args_", [])
+    if not isinstance(raw_args, list):
+        builder.fail(f"{path}._args_", f"expected a list of positional arguments, got {describe(raw_args)}")
+        raw_args = []
+    args = [v if type(v) in _PLAIN else builder.value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
+    kwargs = {k: v if type(v) in _PLAIN else builder.value(v, f"{path}.{k}") for k, v in node.items() if k not in _RESERVED}
+    return args, kwargs
 
 
 def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
@@ -251,7 +276,7 @@ def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         names = [str(k) for k in layers]
         children = [builder.build_item(n, f"{path}.layers", str(k)) for k, n in layers.items()]
     else:
-        builder.fail(f"{path}.layers", f"expected a list or a mapping of nodes, got {_describe(layers)}")
+        builder.fail(f"{path}.layers", f"expected a list or a mapping of nodes, got {describe(layers)}")
         return None
     return _named_sequential(builder, names, children, f"{path}.layers")
 
@@ -260,13 +285,13 @@ def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{type: Repeat, times: N, names: "block {i}", body: node}``: N independent copies."""
     _only_keys(builder, node, path, "Repeat", ("times", "names", "body"))
     times, names = node.get("times"), node.get("names", "{i}")
-    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-        builder.fail(f"{path}.times", f"expected a positive integer, got {_describe(times)}")
+    if not is_int(times) or times < 1:
+        builder.fail(f"{path}.times", f"expected a positive integer, got {describe(times)}")
         return None
     try:
         labels = [names.format(i=i) for i in range(times)]
     except (AttributeError, KeyError, IndexError, ValueError):
-        builder.fail(f"{path}.names", f"expected a format string such as 'block {{i}}', got {_describe(names)}")
+        builder.fail(f"{path}.names", f"expected a format string such as 'block {{i}}', got {describe(names)}")
         return None
     if "body" not in node:
         builder.fail(f"{path}.body", "missing: the node to repeat")
@@ -283,8 +308,7 @@ def _named_sequential(builder: Builder, names: list[str], children: list, path: 
         return None
     bad = [n for n in names if not n or "." in n]
     if bad or len(set(names)) < len(names):
-        why = f"names must be non-empty and without '.': {bad[0]!r}" if bad else "names repeat"
-        builder.fail(path, why)
+        builder.fail(path, f"names must be non-empty and without '.': {bad[0]!r}" if bad else "names repeat")
         return None
     return nn.Sequential(OrderedDict(zip(names, children)))
 
@@ -299,77 +323,8 @@ def _only_keys(builder: Builder, node: Mapping, path: str, form: str, keys: tupl
     valid = ("type", *keys, "init", "frozen")
     for key in node:
         if key not in valid:
-            builder.fail(f"{path}.{key}", f"{form} takes no key {key!r}{did_you_mean(str(key), valid)}; valid: {', '.join(valid)}")
-
-
-@dataclass(frozen=True)
-class _Signature:
-    keywords: frozenset[str]
-    positional: tuple[str, ...]
-    required: frozenset[str]
-    var_positional: bool
-    var_keyword: bool
-    simple_types: dict[str, type]
-
-
-@functools.cache
-def _signature(cls: type) -> _Signature | None:
-    """What ``cls(...)`` accepts, computed once per class; None where it cannot be read."""
-    try:
-        params = list(inspect.signature(cls).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    P = inspect.Parameter
-    named = [p for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
-    simple = {"int": int, "float": float, "bool": bool, "str": str}
-    return _Signature(
-        keywords=frozenset(p.name for p in named),
-        positional=tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
-        required=frozenset(p.name for p in named if p.default is P.empty),
-        var_positional=any(p.kind is P.VAR_POSITIONAL for p in params),
-        var_keyword=any(p.kind is P.VAR_KEYWORD for p in params),
-        simple_types={
-            p.name: simple.get(p.annotation, p.annotation)
-            for p in named
-            if p.annotation in (int, float, bool, str) or p.annotation in simple
-        },
-    )
-
-
-def _argument_problems(
-    label: str, cls: type, args: list, kwargs: dict, path: str, deferred: str | None
-) -> list[tuple[str, str]]:
-    """Unknown, missing and mistyped arguments, against the class's signature; ``deferred`` is the
-    size a lazy layer infers (``in_features``), so it is not missing."""
-    sig = _signature(cls)
-    if sig is None:
-        return []
-    problems = []
-    unknown = () if sig.var_keyword else kwargs.keys() - sig.keywords
-    for key in unknown:
-        hint = did_you_mean(key, sig.keywords)
-        problems.append((f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {', '.join(sorted(sig.keywords)) or 'none'}"))
-    if len(args) > len(sig.positional) and not sig.var_positional:
-        problems.append((f"{path}._args_", f"{label} takes at most {len(sig.positional)} positional arguments, got {len(args)}"))
-    missing = sig.required - kwargs.keys() - set(sig.positional[: len(args)]) - {deferred}
-    if missing:
-        names = ", ".join(repr(n) for n in dict.fromkeys(sig.positional + tuple(sorted(sig.keywords))) if n in missing)
-        problems.append((path, f"{label} is missing required argument{'s' if len(missing) > 1 else ''} {names}"))
-    for key, expected in sig.simple_types.items():
-        value = kwargs.get(key)
-        if value is not None and not _is_a(value, expected):
-            problems.append((f"{path}.{key}", f"expected {expected.__name__}, got {_describe(value)}"))
-    return problems
-
-
-def _is_a(value: Any, expected: type) -> bool:
-    if expected is bool:
-        return isinstance(value, bool)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
+            hint = did_you_mean(str(key), valid)
+            builder.fail(f"{path}.{key}", f"{form} takes no key {key!r}{hint}; valid: {', '.join(valid)}")
 
 
 def resolve_target(target: Any, allow: Sequence[str], path: str) -> type[nn.Module]:
@@ -417,19 +372,21 @@ def resolve_target(target: Any, allow: Sequence[str], path: str) -> type[nn.Modu
     return obj
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
-
-
 def construct(
-    recipe: Recipe, allow: Sequence[str], device: torch.device | None = None, real_device: torch.device | None = None
-) -> tuple[nn.Module, BuildNotes]:
-    """The module tree alone, on ``device`` (the default device when None): no shapes, no rules.
+    recipe: Recipe, allow: Sequence[str], device: torch.device, defer: Purpose | None = None
+) -> tuple[nn.Module, BuildNotes, bool]:
+    """The module tree alone, on ``device``: no shapes, no rules.
 
-    With ``device`` meta and a ``real_device``, classes outside ``_KNOWN_RESETS`` are built for
-    real there.
+    With ``defer``, the tree is built on ``meta`` when ``placement.can_defer`` says it can be
+    completed for that purpose (user blocks that need it are built for real on ``device``), and
+    for real otherwise. The flag says whether it was deferred.
     """
-    builder = Builder(recipe, allow, real_device=real_device if real_device != device else None)
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        return builder.build_model(recipe["model"]), builder.notes
+    if defer is not None:
+        builder = Builder(recipe, allow, real_device=device)
+        with torch.device("meta"):
+            model = builder.build_model(recipe["model"])
+        if can_defer(model, defer, builder.notes.may_be_lazy):
+            return model, builder.notes, True
+    builder = Builder(recipe, allow)
+    with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
+        return builder.build_model(recipe["model"]), builder.notes, False

@@ -24,10 +24,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from composer.build import DEFAULT_TARGETS, construct
-from composer.compose import RECORD_ATTR, BuildRecord, finish
 from composer.errors import CheckpointError, ConfigError
-from composer.materialize import assign, device_of, require_shapes
-from composer.recipe import top_level_problems
+from composer.materialize import assign, require_shapes
+from composer.placement import device_of, holds_meta
+from composer.recipe import Recipe, top_level_problems
+from composer.record import BuildRecord, finish, record_of
 
 FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
@@ -39,13 +40,24 @@ TensorTree = torch.Tensor | list | dict
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write weights and, for a built model, its recipe, to one file; the old file survives a crash."""
+    """Write weights and, for a built model, its recipe, to one file.
+
+    Args:
+        model: a model built by ``build_from_config`` (saved with its recipe, so
+            ``load_checkpoint`` rebuilds it) or any other module (saved with its weights only).
+        path: the file to write. It is written atomically: a crash at any point leaves the
+            previous file or the new one, never a truncated one.
+
+    Raises:
+        ConfigError: lazy layers have no shapes yet.
+        CheckpointError: the model is on the ``meta`` device.
+    """
     require_shapes(model, "a checkpoint")
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+    if holds_meta([*model.parameters(), *model.buffers()]):
         raise CheckpointError("the model is on the meta device (built to check its recipe): it holds no weights to save")
     tensors, aliases = _dedupe(model.state_dict())
     metadata = {"aliases": json.dumps(aliases)}
-    record: BuildRecord | None = getattr(model, RECORD_ATTR, None)
+    record = record_of(model)
     if record is not None:
         metadata["recipe"] = json.dumps(record.recipe)
         metadata["allow_targets"] = json.dumps(list(record.allow_targets))
@@ -63,37 +75,57 @@ def load_checkpoint(
     """Rebuild the model from the recipe inside the file and load its weights strictly.
 
     Ties come back, outputs equal the saved model's bit for bit, and no initializer runs.
-    ``_target_`` paths outside the default allowlist need ``allow_targets``: the file's own list
-    is never trusted, since importing a module runs its code.
+
+    Args:
+        path: a checkpoint written by ``save_checkpoint``.
+        map_location: the device the weights are placed on.
+        verify: check the stored CRC-32 of the data and metadata first.
+        allow_targets: ``_target_`` prefixes beyond the default allowlist; the file's own list is
+            never trusted, since importing a module runs its code.
+
+    Returns:
+        The model, as ``build_from_config`` returned it when it was saved.
+
+    Raises:
+        CheckpointError: not a checkpoint, corrupted, weights only, or a recipe that cannot be
+            rebuilt (an unregistered type: import the module that registers it first).
     """
     metadata, state = _read(path, FORMAT, map_location, verify)
     if "recipe" not in metadata:
         raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and use load_weights")
     recipe = _json_field(metadata, "recipe", dict, path)
-    problems = top_level_problems(recipe)
     allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
-    device = torch.device(map_location)
-    try:
-        if problems:
-            raise ConfigError(problems)
-        model, notes = construct(recipe, allow, torch.device("meta"), real_device=device)
-    except ConfigError as e:
-        unknown = any(message.startswith("unknown type") for _, message in e.problems)
-        hint = " (import the module that registers it before loading)" if unknown else ""
-        raise CheckpointError(f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())}{hint}") from None
-    if any(b is not None and b.is_meta for m in model.modules() for n, b in m._buffers.items() if n in m._non_persistent_buffers_set):
-        model, notes = construct(recipe, allow, device)  # buffers the file does not hold: built for real
+    model, frozen = _rebuild(recipe, allow, torch.device(map_location), path)
     _check_keys(model, state, path)
     if any(p.is_meta for p in model.parameters()):
         assign(model, state)
     else:
         model.load_state_dict(state, strict=True)
-    finish(model, notes, BuildRecord(recipe, allow, _json_field(metadata, "init_schemes", dict, path, default="{}")))
+    finish(model, frozen, BuildRecord(recipe, allow, _json_field(metadata, "init_schemes", dict, path, default="{}")))
     return model
 
 
+def _rebuild(recipe: Recipe, allow: Sequence[str], device: torch.device, path: str | os.PathLike) -> tuple[nn.Module, list]:
+    """The stored recipe's module tree, on ``meta`` where the file can fill every tensor."""
+    try:
+        problems = top_level_problems(recipe)
+        if problems:
+            raise ConfigError(problems)
+        model, notes, _ = construct(recipe, allow, device, defer="load")
+    except ConfigError as e:
+        unknown_type = any(message.startswith("unknown type") for _, message in e.problems)
+        hint = " (import the module that registers it before loading)" if unknown_type else ""
+        raise CheckpointError(f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())}{hint}") from None
+    return model, notes.frozen
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
-    """Copy a checkpoint's weights into an existing model; mismatches are listed by name."""
+    """Copy a checkpoint's weights into an existing model.
+
+    Raises:
+        CheckpointError: not a checkpoint, corrupted, or keys that do not fit: missing,
+            unexpected (both only when ``strict``) and mis-shaped ones, all listed by name.
+    """
     _, state = _read(path, FORMAT, device_of(model), verify=True)
     _check_keys(model, state, path, names_only=not strict)
     model.load_state_dict(state, strict=strict)

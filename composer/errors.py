@@ -1,4 +1,4 @@
-"""The two errors a user sees, and the "did you mean" hint they share.
+"""The two errors a user sees, and the wording they share.
 
 A recipe error carries every problem found in one pass, each with the key path where it sits
 (``model.layers[2].type``), so a user fixes a recipe in one round instead of one per run.
@@ -14,9 +14,7 @@ class ConfigError(ValueError):
     """A problem in a recipe: one or more ``(key path, message)`` pairs."""
 
     def __init__(self, problems: str | list[tuple[str, str]], path: str = "") -> None:
-        self.problems: list[tuple[str, str]] = (
-            [(path, problems)] if isinstance(problems, str) else list(problems)
-        )
+        self.problems: list[tuple[str, str]] = [(path, problems)] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
@@ -43,6 +41,13 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def first_line(text: str) -> str:
+def unknown(kind: str, name: object, valid: Iterable[str], listed: bool = True) -> str:
+    """``unknown <kind> 'name' (did you mean 'z'?); valid: a, b, c``: the one wording of a bad name."""
+    valid = list(valid)
+    text = f"unknown {kind} {name!r}{did_you_mean(str(name), valid)}"
+    return f"{text}; valid: {', '.join(valid) or 'none'}" if listed else text
+
+
+def first_line(text: object) -> str:
     """The first non-empty line of a message (torch and OmegaConf add detail lines)."""
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")

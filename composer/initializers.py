@@ -11,7 +11,6 @@ the rest keep their module's default (``reset_defaults`` runs it, when the model
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.errors import ConfigError, did_you_mean
-from composer.materialize import reset_method
+from composer.errors import ConfigError, did_you_mean, unknown
+from composer.placement import reset_method
 from composer.registry import MODULES, Registry
+from composer.signatures import is_int, signature_of
 
 Initializer = Callable[..., Any]
 INITIALIZERS: Registry[Initializer] = Registry("initializer")
@@ -84,7 +84,7 @@ class Scheme:
 
     @property
     def _fn(self) -> Initializer:
-        return INITIALIZERS.get(self.name, self.source)
+        return INITIALIZERS.lookup(self.name, self.source)
 
 
 _PROBE_LIMIT = 1 << 22  # elements (16 MB of float32) a check may really allocate
@@ -124,26 +124,17 @@ def parse_scheme(spec: Any, path: str, problems: list[tuple[str, str]]) -> Schem
         problems.append((path, f"expected an initializer name or {{type: name, ...}}, got {spec!r}"))
         return None
     if name not in INITIALIZERS:
-        problems.append((f"{path}.type" if isinstance(spec, Mapping) else path,
-                         f"unknown initializer {name!r}{did_you_mean(name, INITIALIZERS)}"))
+        where = f"{path}.type" if isinstance(spec, Mapping) else path
+        problems.append((where, unknown("initializer", name, INITIALIZERS, listed=False)))
         return None
-    accepted, required = _arguments(INITIALIZERS.get(name, path))
-    for key in kwargs:
-        if accepted is not None and key not in accepted:
-            problems.append((f"{path}.{key}", f"{name} takes no argument {key!r}{did_you_mean(key, accepted)}; "
-                             f"valid: {', '.join(accepted) or 'none'}"))
-    missing = [key for key in required if key not in kwargs]
-    if missing:
-        problems.append((path, f"{name} needs {', '.join(map(repr, missing))}: write {{type: {name}, {missing[0]}: ...}}"))
+    sig = signature_of(INITIALIZERS.lookup(name, path), skip=1, hidden=frozenset({"generator"}))
+    if sig is not None:
+        problems += sig.problems(name, (), kwargs, path, optional=sig.required)
+        missing = [key for key in sig.keywords if key in sig.required and key not in kwargs]
+        if missing:
+            write = f"write {{type: {name}, {missing[0]}: ...}}"
+            problems.append((path, f"{name} needs {', '.join(map(repr, missing))}: {write}"))
     return Scheme(name, kwargs, path)
-
-
-def _arguments(fn: Initializer) -> tuple[list[str] | None, list[str]]:
-    """The keyword arguments an initializer accepts (None: any) and those it requires."""
-    params = [p for p in list(inspect.signature(fn).parameters.values())[1:] if p.name != "generator"]
-    named = [p for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
-    accepted = None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params) else [p.name for p in named]
-    return accepted, [p.name for p in named if p.default is inspect.Parameter.empty]
 
 
 def parse_init(cfg: Any, path: str = "init") -> InitConfig:
@@ -155,9 +146,9 @@ def parse_init(cfg: Any, path: str = "init") -> InitConfig:
     problems: list[tuple[str, str]] = []
     for key in cfg:
         if key not in ("seed", "rules"):
-            problems.append((f"{path}.{key}", f"unknown key{did_you_mean(str(key), ('seed', 'rules'))}; valid: seed, rules"))
+            problems.append((f"{path}.{key}", unknown("key", key, ("seed", "rules"))))
     seed = cfg.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+    if seed is not None and not is_int(seed):
         problems.append((f"{path}.seed", f"expected an integer, got {seed!r}"))
     raw_rules = cfg.get("rules") or []
     if not isinstance(raw_rules, list):
@@ -174,7 +165,7 @@ def _parse_rule(raw: Any, path: str, problems: list[tuple[str, str]]) -> Rule | 
         problems.append((path, f"expected a mapping with match, layer and parameter: initializer keys, got {raw!r}"))
         return None
     match = raw.get("match", "*")
-    if isinstance(match, int) and not isinstance(match, bool):
+    if is_int(match):
         match = str(match)  # `match: 0` in YAML is the module named "0"
     if not isinstance(match, str):
         problems.append((f"{path}.match", f"expected a glob string, got {match!r}"))
@@ -187,7 +178,7 @@ def _parse_rule(raw: Any, path: str, problems: list[tuple[str, str]]) -> Rule | 
             problems.append((f"{path}.layer", f"expected a class name or a list of them, got {raw['layer']!r}"))
     for name in layers or ():
         if name not in MODULES:
-            problems.append((f"{path}.layer", f"unknown layer class {name!r}{did_you_mean(name, MODULES)}"))
+            problems.append((f"{path}.layer", unknown("layer class", name, MODULES, listed=False)))
     params = {}
     for key, spec in raw.items():
         if key in ("match", "layer"):
@@ -291,15 +282,7 @@ def _select(entries: list[tuple[str, nn.Module]], pattern: str) -> list[nn.Modul
 
 
 def _is_layer(module: nn.Module, layers: tuple[str, ...]) -> bool:
-    return type(module).__name__ in layers or any(MODULES.get(name, "") is type(module) for name in layers)
-
-
-def cannot_reset(model: nn.Module) -> list[str]:
-    """Classes that hold ``meta`` tensors of their own but have no reset to fill them after ``allocate``."""
-    return sorted({
-        type(m).__name__ for m in model.modules()
-        if any(t is not None and t.is_meta for t in [*m._parameters.values(), *m._buffers.values()]) and reset_method(m) is None
-    })  # fmt: skip
+    return type(module).__name__ in layers or any(MODULES._entries.get(name) is type(module) for name in layers)
 
 
 def reset_defaults(model: nn.Module, covered: set[int], fresh: set[int]) -> None:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml  # noqa: PLC0415
 
     from composer import CheckpointError, ConfigError, load_checkpoint, summary  # noqa: PLC0415
-    from composer.compose import RECORD_ATTR  # noqa: PLC0415
+    from composer.record import record_of  # noqa: PLC0415
 
     status = 0
     for path in args.checkpoints:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"# {path}")
         print("# recipe")
-        print(yaml.safe_dump(getattr(model, RECORD_ATTR).recipe, sort_keys=False, default_flow_style=None).rstrip())
+        print(yaml.safe_dump(record_of(model).recipe, sort_keys=False, default_flow_style=None).rstrip())
         print("# summary")
         print(table)
     return status

@@ -1,7 +1,8 @@
 """Turning shapes into tensors: lazy layers through a dry forward, ``meta`` tensors into real ones.
 
-Both steps keep what PyTorch's own tools lose: ``to_empty`` unties shared parameters and a dry run
-under ``inference_mode`` leaves parameters that never get gradients; these functions do neither.
+Both steps keep what PyTorch's own tools lose: ``to_empty`` unties parameters shared across
+modules (a module used twice stays tied: it is one module) and a dry run under
+``inference_mode`` leaves parameters that never get gradients; these functions do neither.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer.errors import ConfigError, first_line
+from composer.placement import device_of
 
 
 def has_lazy(model: nn.Module) -> bool:
@@ -107,16 +109,6 @@ def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
             module.__dict__["forward"] = lambda x, m=module, rule=rule: rule(m, x)
             patched.append(module)
     return patched
-
-
-def reset_method(module: nn.Module) -> Callable[[], None] | None:
-    """The module's own reset of its tensors (``MultiheadAttention`` names it ``_reset_parameters``)."""
-    return getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """Where the model's first tensor lives (CPU for a model without any)."""
-    return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
 
 
 def allocate(model: nn.Module, device: torch.device | str) -> set[int]:

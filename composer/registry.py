@@ -1,15 +1,24 @@
-"""One ``Registry`` type, and the two registries built from it: modules and initializers."""
+"""One ``Registry`` type, the module registry built from it, and scopes that undo registrations.
+
+Every ``torch.nn`` class is registered under its class name, then the tutorial's blocks, before any
+user code can take those names. Other registries (initializers, ops) are made where their objects
+live, from the same type.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar, overload
 
 from torch import nn
 
-from composer.errors import ConfigError, did_you_mean
+from composer import blocks
+from composer.errors import ConfigError, unknown
 
 T = TypeVar("T")
+
+_REGISTRIES: list[Registry] = []
 
 
 class Registry(Generic[T]):
@@ -19,9 +28,14 @@ class Registry(Generic[T]):
         self.kind = kind
         self.reserved = frozenset(reserved)
         self._entries: dict[str, T] = {}
+        _REGISTRIES.append(self)
 
     def add(self, name: str, obj: T) -> T:
-        """Register ``obj`` under ``name``; the same object again is a no-op."""
+        """Register ``obj`` under ``name``; the same object again is a no-op.
+
+        Raises:
+            ValueError: the name is reserved by the recipe language or taken by another object.
+        """
         if name in self.reserved:
             raise ValueError(f"{self.kind} name {name!r} is reserved by the recipe language")
         taken = self._entries.get(name)
@@ -44,13 +58,28 @@ class Registry(Generic[T]):
             return self.add(name.__name__, name)
         return lambda obj: self.add(name or obj.__name__, obj)
 
-    def get(self, name: str, path: str, extra: Iterable[str] = ()) -> T:
-        """The object registered as ``name``; a ``ConfigError`` at ``path`` with the closest name if none."""
+    def lookup(self, name: str, key_path: str, also_valid: Iterable[str] = ()) -> T:
+        """The object registered as ``name``.
+
+        Raises:
+            ConfigError: at ``key_path``, with the closest registered name (or one of ``also_valid``).
+        """
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            hint = did_you_mean(str(name), [*self._entries, *extra])
-            raise ConfigError(f"unknown {self.kind} {name!r}{hint}", path) from None
+            raise ConfigError(unknown(self.kind, name, [*self._entries, *also_valid], listed=False), key_path) from None
+
+    @contextlib.contextmanager
+    def scope(self, entries: Mapping[str, T] | None = None) -> Iterator[Registry[T]]:
+        """Names registered inside (and ``entries``) are removed on exit, as Keras'
+        ``CustomObjectScope`` does: a test or a notebook cell can register and run again."""
+        before = dict(self._entries)
+        try:
+            for name, obj in (entries or {}).items():
+                self.add(name, obj)
+            yield self
+        finally:
+            self._entries = before
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -59,14 +88,21 @@ class Registry(Generic[T]):
         return iter(self._entries)
 
 
-# "Repeat" is a form of the builder (build.FORMS), not a class; "Sequential" is both.
+@contextlib.contextmanager
+def registry_scope() -> Iterator[None]:
+    """Every registry (types, initializers, ops) forgets on exit what was registered inside."""
+    with contextlib.ExitStack() as stack:
+        for registry in list(_REGISTRIES):
+            stack.enter_context(registry.scope())
+        yield
+
+
+# "Repeat" is a form of the builder, not a class; "Sequential" is both.
 MODULES: Registry[type[nn.Module]] = Registry("type", reserved=("Repeat",))
 for _name, _obj in vars(nn).items():
     if isinstance(_obj, type) and issubclass(_obj, nn.Module):
         MODULES.add(_name, _obj)
+for _block in blocks.TUTORIAL:
+    MODULES.add(_block.__name__, _block)
 
 register_module = MODULES.register
-
-# The tutorial's blocks take their names before any user code can: whoever has the registry
-# has them. (blocks imports register_module, defined above.)
-from composer import blocks as _blocks  # noqa: E402, F401

@@ -25,7 +25,7 @@ from composer import (
     save_tensors,
 )
 from composer.checkpoint import write_atomic
-from composer.compose import RECORD_ATTR
+from composer.record import record_of
 from tests.conftest import MODELS, ROOT, model_recipe
 
 
@@ -174,7 +174,7 @@ def test_load_weights_lists_every_mismatch(tmp_path):
 
 def test_unregistered_type_says_to_import_its_module(tmp_path):
     model = build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})
-    getattr(model, RECORD_ATTR).recipe["model"]["type"] = "PluginBlock"
+    record_of(model).recipe["model"]["type"] = "PluginBlock"
     save_checkpoint(model, tmp_path / "p.safetensors")
     with pytest.raises(CheckpointError, match="unknown type 'PluginBlock'.*import the module"):
         load_checkpoint(tmp_path / "p.safetensors")

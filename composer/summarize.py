@@ -9,61 +9,84 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.compose import RECORD_ATTR, init_report
 from composer.errors import ConfigError
 from composer.materialize import forward_zeros, require_shapes
+from composer.record import init_report, record_of
+
+_HEADER = ("module", "type", "output shape", "params", "shared")
 
 
 def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
     """The table, then totals (a shared parameter counted once) and, for a built model, its init report.
 
-    ``input_shape`` defaults to the recipe's; with one, each row shows its module's output shape
-    from a forward pass of zeros (under ``no_grad``, in eval mode, modes restored afterwards).
+    Args:
+        model: any module; one built by composer also gets its recipe's input shape and init report.
+        input_shape: the full shape of one input batch; defaults to the recipe's. With one, each
+            row shows its module's output shape from a forward pass of zeros (under ``no_grad``, in
+            eval mode, modes restored afterwards).
+
+    Returns:
+        The table as text, one row per module path (a shared module on each of its paths).
+
+    Raises:
+        ConfigError: lazy layers still wait for their shapes and no input shape is known.
     """
-    record = getattr(model, RECORD_ATTR, None)
+    record = record_of(model)
     if input_shape is None and record is not None:
         input_shape = record.recipe.get("input_shape")
     if input_shape is None:
         require_shapes(model, "the summary")
     shapes, why = _output_shapes(model, input_shape) if input_shape is not None else ({}, "")
-
-    names_of: dict[int, list[str]] = defaultdict(list)
-    for path, p in model.named_parameters(remove_duplicate=False):
-        names_of[id(p)].append(path)
-    first_path: dict[int, str] = {}
-    rows = [("module", "type", "output shape", "params", "shared")]
-    for path, module in model.named_modules(remove_duplicate=False):
-        prefix = f"{path}." if path else ""
-        own = [(n, p) for n, p in module._parameters.items() if p is not None]
-        if id(module) in first_path:
-            shared = f"same module as {first_path[id(module)] or '(model)'}"
-        else:
-            first_path[id(module)] = path
-            ties = [
-                f"{n} = {', '.join(q for q in names_of[id(p)] if q != prefix + n)}"
-                for n, p in own
-                if len(names_of[id(p)]) > 1
-            ]
-            shared = "; ".join(ties)
-        rows.append((
-            path or "(model)",
-            type(module).__name__,
-            _format_shape(shapes.get(id(module))) if shapes else "",
-            f"{sum(p.numel() for _, p in own):,}" if own else "",
-            shared,
-        ))  # fmt: skip
-    params = list(model.parameters())  # each parameter once, however many modules hold it
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    n_shared = sum(1 for names in names_of.values() if len(names) > 1)
-    lines = _table(rows)
-    lines.append(f"total parameters: {total:,} (trainable {trainable:,}; {n_shared} shared tensor(s) counted once)")
+    lines = _table([_HEADER, *_rows(model, shapes)])
+    lines.append(_totals(model))
     if input_shape is not None:
         lines.append(f"input shape: {list(input_shape)}" + (f" (output shapes unavailable: {why})" if why else ""))
     if record is not None:
         lines.append("initialization:")
         lines += [f"  {path}: {scheme}" for path, scheme in init_report(model).items()]
     return "\n".join(lines)
+
+
+def _rows(model: nn.Module, shapes: dict[int, Any]) -> list[tuple[str, ...]]:
+    """One row per module path: a module met again says where it was first; a tied parameter
+    names its other paths."""
+    names_of = _parameter_paths(model)
+    first_path: dict[int, str] = {}
+    rows = []
+    for path, module in model.named_modules(remove_duplicate=False):
+        own = [(n, p) for n, p in module._parameters.items() if p is not None]
+        if id(module) in first_path:
+            shared = f"same module as {first_path[id(module)] or '(model)'}"
+        else:
+            first_path[id(module)] = path
+            shared = _ties(own, names_of, f"{path}." if path else "")
+        shape = shapes.get(id(module))
+        count = f"{sum(p.numel() for _, p in own):,}" if own else ""
+        rows.append((path or "(model)", type(module).__name__, "" if shape is None else str(shape), count, shared))
+    return rows
+
+
+def _parameter_paths(model: nn.Module) -> dict[int, list[str]]:
+    names_of: dict[int, list[str]] = defaultdict(list)
+    for path, p in model.named_parameters(remove_duplicate=False):
+        names_of[id(p)].append(path)
+    return names_of
+
+
+def _ties(own: list[tuple[str, nn.Parameter]], names_of: dict[int, list[str]], prefix: str) -> str:
+    """``weight = other.path`` for each parameter of a module that other paths hold too."""
+    ties = [
+        f"{n} = {', '.join(q for q in names_of[id(p)] if q != prefix + n)}" for n, p in own if len(names_of[id(p)]) > 1
+    ]
+    return "; ".join(ties)
+
+
+def _totals(model: nn.Module) -> str:
+    params = list(model.parameters())  # each parameter once, however many modules hold it
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    n_shared = sum(1 for names in _parameter_paths(model).values() if len(names) > 1)
+    return f"total parameters: {total:,} (trainable {trainable:,}; {n_shared} shared tensor(s) counted once)"
 
 
 def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[int, Any], str]:
@@ -92,10 +115,6 @@ def shape_of(output: Any) -> Any:
     if isinstance(output, (tuple, list)):
         return [shape_of(o) for o in output]
     return type(output).__name__
-
-
-def _format_shape(shape: Any) -> str:
-    return "" if shape is None else str(shape)
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -1,0 +1,50 @@
+"""What a built model carries beside its modules: the recipe that rebuilds it and its init report.
+
+Kept apart from the pipeline so that checkpoint I/O, the summary and the app can read it without
+importing the builder or initialization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+_ATTR = "composer_record"
+
+
+@dataclass
+class BuildRecord:
+    """The resolved recipe, the import allowlist it was built under, and for each parameter path
+    a scheme set, that scheme (every other parameter kept its default)."""
+
+    recipe: dict[str, Any]
+    allow_targets: tuple[str, ...]
+    schemes: dict[str, str]
+
+
+def record_of(model: nn.Module) -> BuildRecord | None:
+    """The record of a model built (or loaded) by composer; None for any other module."""
+    return getattr(model, _ATTR, None)
+
+
+def finish(model: nn.Module, frozen: Iterable[nn.Module], record: BuildRecord) -> None:
+    """The last step of a build or a load: freeze what the recipe freezes, attach the record."""
+    for module in frozen:
+        module.requires_grad_(False)
+    setattr(model, _ATTR, record)
+
+
+def init_report(model: nn.Module) -> dict[str, str]:
+    """Parameter path -> the scheme that set it (a rule, an inline spec, or ``default``).
+
+    Raises:
+        ValueError: the model was not built by ``build_from_config`` or ``load_checkpoint``.
+    """
+    record = record_of(model)
+    if record is None:
+        raise ValueError("this model was not built by build_from_config: it has no init report")
+    params = model.named_parameters(remove_duplicate=False)
+    return {path: record.schemes.get(path, "default") for path, _ in params}
