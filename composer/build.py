@@ -15,14 +15,15 @@ import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer.errors import ConfigError, did_you_mean
-from composer.placement import Purpose, can_defer, needs_real_build, resets_itself
+from composer.materialize import allocate
+from composer.placement import can_load_on_meta, needs_real_build, own_fills, resets_itself, skipping_fills
 from composer.recipe import Recipe, is_node
 from composer.registry import MODULES
 from composer.signatures import describe, is_int, signature_of
@@ -54,11 +55,16 @@ class Builder:
     """Walks one recipe. ``build`` returns a module, or None after recording the problem."""
 
     def __init__(
-        self, recipe: Recipe, allow_targets: Sequence[str] = DEFAULT_TARGETS, real_device: torch.device | None = None
+        self,
+        recipe: Recipe,
+        allow_targets: Sequence[str] = DEFAULT_TARGETS,
+        real_device: torch.device | None = None,
+        allocate_blocks: bool = False,
     ) -> None:
         self.shared_nodes: Mapping[str, Any] = recipe.get("shared") or {}
         self.allow_targets = tuple(allow_targets)
         self.real_device = real_device
+        self.allocate_blocks = allocate_blocks
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: dict[str, nn.Module | None] = {}
@@ -182,18 +188,23 @@ class Builder:
         return module
 
     def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:
-        """``cls(*args, **kwargs)``; on ``meta`` with a ``real_device``, a class not known to reset
-        itself is built again for real when it must be (see ``placement.needs_real_build``), or
-        when its constructor failed on ``meta`` (it reads data)."""
+        """``cls(*args, **kwargs)`` where the walk builds. A class not known to reset itself
+        (a user's block) is built on ``meta`` first when there is a ``real_device``: kept there for
+        a load, given empty tensors there for a build (its reset fills them later); built again
+        for real, with its own fills, where ``placement.needs_real_build`` says it must be or its
+        constructor failed on ``meta`` (it reads data)."""
         if self.real_device is None or resets_itself(cls):
             return cls(*args, **kwargs)
         try:
-            module = cls(*args, **kwargs)
-            if not isinstance(module, nn.Module) or not needs_real_build(module):
+            with torch.device("meta"):
+                module = cls(*args, **kwargs)
+            if isinstance(module, nn.Module) and not needs_real_build(module):
+                if self.allocate_blocks:
+                    allocate(module, self.real_device)
                 return module
         except Exception:
             pass  # the real build below says what is wrong, if anything is
-        with torch.device(self.real_device):
+        with torch.device(self.real_device), own_fills():
             return cls(*args, **kwargs)
 
 
@@ -373,20 +384,25 @@ def resolve_target(target: Any, allow: Sequence[str], path: str) -> type[nn.Modu
 
 
 def construct(
-    recipe: Recipe, allow: Sequence[str], device: torch.device, defer: Purpose | None = None
+    recipe: Recipe, allow: Sequence[str], device: torch.device, purpose: Literal["init", "load"]
 ) -> tuple[nn.Module, BuildNotes, bool]:
     """The module tree alone, on ``device``: no shapes, no rules.
 
-    With ``defer``, the tree is built on ``meta`` when ``placement.can_defer`` says it can be
-    completed for that purpose (user blocks that need it are built for real on ``device``), and
-    for real otherwise. The flag says whether it was deferred.
+    ``init``: known classes skip their default fills (their tensors are allocated empty, to be
+    filled once by initialization); user blocks too where they can be built on ``meta``. ``load``: on ``meta`` where the file can fill every tensor
+    (user blocks that need it are built for real on ``device``), else for real with the fills
+    constructors make. The flag says whether the tree was built on ``meta`` for a load.
     """
-    if defer is not None:
-        builder = Builder(recipe, allow, real_device=device)
-        with torch.device("meta"):
-            model = builder.build_model(recipe["model"])
-        if can_defer(model, defer, builder.notes.may_be_lazy):
-            return model, builder.notes, True
+    if purpose == "init":
+        real = None if device.type == "meta" else device
+        builder = Builder(recipe, allow, real_device=real, allocate_blocks=True)
+        with skipping_fills(device):
+            return builder.build_model(recipe["model"]), builder.notes, False
+    builder = Builder(recipe, allow, real_device=device)
+    with skipping_fills(torch.device("meta")):
+        model = builder.build_model(recipe["model"])
+    if can_load_on_meta(model):
+        return model, builder.notes, True
     builder = Builder(recipe, allow)
     with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
         return builder.build_model(recipe["model"]), builder.notes, False

@@ -1,9 +1,9 @@
 """``build_from_config``: recipe -> modules -> concrete shapes -> initialized model.
 
-Without init rules the model is built as handwritten PyTorch would build it. With rules it is
-built on the ``meta`` device first (where ``placement`` says it can be), so the rules can be
-checked against real shapes before a byte is allocated, and each parameter is then filled once:
-by the scheme that wins for it, or by its module's default (see ``initializers.reset_defaults``).
+Layers are constructed with their default fills skipped (``placement.skipping_fills``): their
+tensors are allocated, not written. The init rules are then checked against the real shapes, and
+each tensor is filled once, from its own random stream: by the scheme that wins for it, or by its
+module's default (see ``initialization``). On ``meta`` nothing is allocated or filled.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from torch import nn
 
 from composer.build import DEFAULT_TARGETS, BuildNotes, construct
 from composer.errors import ConfigError
-from composer.initializers import InitConfig, Plan, parse_init, plan_init, reset_defaults
-from composer.materialize import allocate, forward_zeros, has_lazy, require_shapes
+from composer.initialization import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
+from composer.initializers import SEED_LIMIT
+from composer.materialize import forward_zeros, has_lazy, require_shapes
 from composer.recipe import Recipe, read_recipe, top_level_problems
 from composer.record import BuildRecord, finish
 
@@ -59,33 +60,42 @@ def build_from_config(
     device = torch.device(device)
     with seeded(init.seed):
         try:
-            defer = "init" if init.rules and not early else None
-            model, notes, deferred = construct(recipe, allow, device, defer=defer)
+            model, notes, _ = construct(recipe, allow, device, "init")
         except ConfigError as e:
             raise ConfigError([*early, *e.problems]) from None
         if early:
             raise ConfigError(early)
-        plan = _shape_and_initialize(model, notes, recipe, init, device, deferred)
+        plan = _shape_and_initialize(model, notes, recipe, init, device)
     finish(model, notes.frozen, BuildRecord(recipe, allow, plan.report(model)))
     return model
 
 
 def _shape_and_initialize(
-    model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device, deferred: bool
+    model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device
 ) -> Plan:
-    lazy = not deferred and notes.may_be_lazy and has_lazy(model)
+    """Lazy shapes, the plan of rules and inline specs, then filling every tensor (on ``meta``:
+    only the check that each scheme fits its shape).
+
+    Lazy layers learn their shapes from a forward pass, which must not read empty memory: the
+    tensors that exist are filled first (each again later, from its same stream, if a rule wins).
+    Without ``input_shape`` the lazy layers stay lazy, as in PyTorch: they materialize (with
+    their own reset) on the first forward.
+    """
+    base = init.seed if init.seed is not None else int(torch.randint(SEED_LIMIT - 1, ()))
+    real = device.type != "meta"
+    lazy = notes.may_be_lazy and has_lazy(model)
+    if lazy and real:
+        initialize(model, Plan(), base)
     if lazy and recipe.get("input_shape") is not None:
         forward_zeros(model, recipe["input_shape"], device)
         lazy = has_lazy(model)
-    if not (init.rules or notes.inline_init):
-        return Plan()
-    if lazy:
+    if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")
-    plan = plan_init(model, init, notes.inline_init)
-    if deferred and device.type != "meta":
-        fresh = allocate(model, device)
-        reset_defaults(model, plan.covered, fresh)  # covered: the ids of the allocated parameters
-    plan.apply()
+    plan = plan_init(model, init.rules, notes.inline_init)
+    if real:
+        initialize(model, plan, base)
+    else:
+        check_plan(plan)
     return plan
 
 

@@ -1,8 +1,8 @@
 """Turning shapes into tensors: lazy layers through a dry forward, ``meta`` tensors into real ones.
 
-Both steps keep what PyTorch's own tools lose: ``to_empty`` unties parameters shared across
-modules (a module used twice stays tied: it is one module) and a dry run under
-``inference_mode`` leaves parameters that never get gradients; these functions do neither.
+Both keep what PyTorch's own tools lose: ``to_empty`` and ``load_state_dict(assign=True)`` untie
+parameters shared across modules (a module used twice stays tied: it is one module) and a dry run
+under ``inference_mode`` leaves parameters that never get gradients; these functions do neither.
 """
 
 from __future__ import annotations
@@ -111,16 +111,16 @@ def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
     return patched
 
 
-def allocate(model: nn.Module, device: torch.device | str) -> set[int]:
-    """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``; return
-    the ids of the new tensors. Ties survive (``to_empty`` breaks them)."""
+def allocate(model: nn.Module, device: torch.device | str) -> None:
+    """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``. Ties
+    survive (``to_empty`` breaks them)."""
 
     def empty(_key: str, old: torch.Tensor, _persistent: bool) -> torch.Tensor | None:
         # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
-        # references whose first call imports sympy (0.5-0.8 s)
+        # references whose first call imports sympy
         return torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device) if old.is_meta else None
 
-    return {id(t) for t in _replace_tensors(model, empty).values()}
+    _replace_tensors(model, empty)
 
 
 def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -58,13 +58,20 @@ def test_mlp_structure_matches_handwritten():
     assert type(model) is nn.Sequential  # a plain module, no wrapper in the forward path
 
 
-def test_same_seed_as_handwritten_gives_same_weights():
+def test_defaults_have_torchs_distributions_and_the_same_seed_the_same_weights():
+    """Each tensor draws from its own stream, so the values differ from a handwritten model's
+    under the same global seed, but the distributions are torch's: U(+-1/sqrt(fan_in))."""
     torch.manual_seed(0)
     model = build_from_config(model_recipe("mlp"))
     torch.manual_seed(0)
+    again = build_from_config(model_recipe("mlp"))
     hand = nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, 10))
-    for (n1, p1), (n2, p2) in zip(model.named_parameters(), hand.named_parameters(), strict=True):
-        assert n1 == n2 and torch.equal(p1, p2)
+    for (n1, p1), (n2, p2), (n3, _) in zip(model.named_parameters(), again.named_parameters(), hand.named_parameters(), strict=True):
+        assert n1 == n2 == n3 and torch.equal(p1, p2)
+    for layer in (model[0], model[2]):
+        bound = 1 / layer.in_features**0.5
+        for p in (layer.weight, layer.bias):
+            assert p.abs().max() <= bound and p.std() > bound / 3  # filled, not left empty
 
 
 def test_blocks_have_tutorial_structure():

@@ -1,0 +1,307 @@
+"""Initialization: the rules that select parameters, the plan of who fills what, and filling.
+
+Selection works as the tutorial's ``net[0].apply(fn)``: a rule's ``match`` picks modules by path,
+with everything below them; ``layer`` keeps modules of those classes (subclasses too); every other
+key names a parameter those modules hold and the initializer for it. A later rule wins over an
+earlier one, and a node's inline ``init:`` wins over every rule.
+
+Each tensor is filled once, from its own random stream (``initializers.stream_seed`` of the build's
+seed and the tensor's first path): by the scheme that wins for it, or else by its module's default
+(``init_defaults``, written per tensor for torch.nn's layers). A module whose reset is not
+written per tensor (a user's block) runs its own reset once, from the stream of its path, with
+the tensors a scheme covers swapped out. So a tensor's values depend only on the seed, its path,
+the scheme that sets it and its shape: not on other rules, build order, or a ``meta`` build.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parameter import UninitializedTensorMixin
+
+from composer.errors import ConfigError, did_you_mean, unknown
+from composer.init_defaults import Fill, default_table
+from composer.initializers import INITIALIZERS, SEED_LIMIT, Scheme, Streams, parse_scheme
+from composer.placement import reset_method
+from composer.registry import MODULES
+from composer.signatures import describe, is_int
+
+_RULE_KEYS = ("match", "layer")
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: str
+    layers: tuple[type[nn.Module], ...]
+    params: Mapping[str, Scheme]
+    path: str
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    seed: int | None = None
+    rules: tuple[Rule, ...] = ()
+
+
+def parse_init(cfg: Any, path: str = "init") -> InitConfig:
+    """The recipe's ``init`` section, every problem reported at once."""
+    if cfg is None:
+        return InitConfig()
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"expected a mapping with 'seed' and 'rules', got {describe(cfg)}", path)
+    problems: list[tuple[str, str]] = []
+    for key in cfg:
+        if key not in ("seed", "rules"):
+            problems.append((f"{path}.{key}", unknown("key", key, ("seed", "rules"))))
+    seed = cfg.get("seed")
+    if seed is not None and not (is_int(seed) and 0 <= seed < SEED_LIMIT):
+        problems.append((f"{path}.seed", f"expected an integer in [0, 2**63), got {describe(seed)}"))
+    raw_rules = cfg.get("rules") or []
+    if not isinstance(raw_rules, list):
+        problems.append((f"{path}.rules", f"expected a list of rules, got {describe(raw_rules)}"))
+        raw_rules = []
+    rules = [_parse_rule(raw, f"{path}.rules[{i}]", problems) for i, raw in enumerate(raw_rules)]
+    if problems:
+        raise ConfigError(problems)
+    return InitConfig(seed, tuple(rules))
+
+
+def _parse_rule(raw: Any, path: str, problems: list[tuple[str, str]]) -> Rule | None:
+    if not isinstance(raw, Mapping):
+        problems.append((path, f"expected a mapping with match, layer and parameter: initializer keys, got {raw!r}"))
+        return None
+    match = raw.get("match", "*")
+    if is_int(match):
+        match = str(match)  # `match: 0` in YAML is the module named "0"
+    if not isinstance(match, str):
+        problems.append((f"{path}.match", f"expected a glob string, got {match!r}"))
+    params = {}
+    for key, spec in raw.items():
+        if key in _RULE_KEYS:
+            continue
+        hint = did_you_mean(str(key), _RULE_KEYS)
+        if hint and not (isinstance(spec, str) and spec in INITIALIZERS):
+            problems.append(
+                (f"{path}.{key}", f"unknown rule key {key!r}{hint}; a rule has match, layer and parameter: initializer keys")
+            )
+            continue
+        params[key] = parse_scheme(spec, f"{path}.{key}", problems)
+    if not params:
+        problems.append((path, "rule sets no parameter: add a key such as 'weight: xavier_uniform'"))
+    return Rule(match, _layer_classes(raw.get("layer"), f"{path}.layer", problems), params, path)
+
+
+def _layer_classes(layers: Any, path: str, problems: list[tuple[str, str]]) -> tuple[type[nn.Module], ...]:
+    """``layer: Linear`` or a list of names, as registered classes (any registered or torch.nn name)."""
+    if layers is None:
+        return ()
+    names = [layers] if isinstance(layers, str) else layers
+    if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+        problems.append((path, f"expected a class name or a list of them, got {layers!r}"))
+        return ()
+    classes = []
+    for name in names:
+        if name in MODULES:
+            classes.append(MODULES.lookup(name, path))
+        else:
+            problems.append((path, unknown("layer class", name, MODULES, listed=False)))
+    return tuple(classes)
+
+
+# --- the plan: which scheme wins for which parameter --------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The winning scheme for each parameter a rule or inline spec covers.
+
+    Entries name a parameter by its module and attribute, not by the tensor object, because
+    ``allocate`` replaces ``meta`` parameters between planning and filling.
+    """
+
+    entries: dict[int, tuple[nn.Module, str, str, Scheme]] = field(default_factory=dict)
+
+    def current(self) -> Iterator[tuple[nn.Parameter, str, Scheme]]:
+        """(parameter as it is now, its path, its scheme) for each covered parameter."""
+        for module, name, where, scheme in self.entries.values():
+            yield module._parameters[name], where, scheme
+
+    def report(self, model: nn.Module) -> dict[str, str]:
+        """Each parameter path a scheme covers (tied ones under each of their names) -> that scheme."""
+        if not self.entries:
+            return {}
+        schemes = {id(p): str(scheme) for p, _, scheme in self.current()}
+        return {path: schemes[id(p)] for path, p in model.named_parameters(remove_duplicate=False) if id(p) in schemes}
+
+
+def plan_init(model: nn.Module, rules: tuple[Rule, ...], inline: list[tuple[nn.Module, str, Any]]) -> Plan:
+    """Decide each parameter's winner: rules in order, then inline specs. A rule or key that
+    reaches nothing is an error, never a silent no-op."""
+    problems: list[tuple[str, str]] = []
+    plan = Plan()
+    entries = list(model.named_modules(remove_duplicate=False))
+    paths = first_paths(entries)
+
+    def cover(module: nn.Module, key: str, scheme: Scheme) -> bool:
+        param = module._parameters.get(key)
+        if param is None:
+            return False
+        plan.entries[id(param)] = (module, key, paths[id(param)], scheme)
+        return True
+
+    for rule in rules:
+        selected = _selected(rule, entries, problems)
+        for key, scheme in rule.params.items():
+            if selected and scheme is not None and not any([cover(m, key, scheme) for m in selected]):
+                held = sorted({n for m in selected for n, p in m._parameters.items() if p is not None})
+                problems.append((
+                    f"{rule.path}.{key}",
+                    f"no selected module has a parameter {key!r}{did_you_mean(key, held)} "
+                    f"(they have: {', '.join(held) or 'none'})",
+                ))  # fmt: skip
+    in_model = {id(m) for _, m in entries}
+    for module, path, spec in inline:
+        if id(module) in in_model:  # else a shared module nothing references: not part of the model
+            _cover_inline(module, path, spec, cover, problems)
+    if problems:
+        raise ConfigError(problems)
+    return plan
+
+
+def _selected(rule: Rule, entries: list[tuple[str, nn.Module]], problems: list[tuple[str, str]]) -> list[nn.Module]:
+    """The modules a rule reaches: matched by path with everything below, then kept by class."""
+    selected = _select(entries, rule.match)
+    if not selected:
+        hint = did_you_mean(rule.match, [p for p, _ in entries if p])
+        problems.append((f"{rule.path}.match", f"{rule.match!r} matches no module{hint}"))
+        return []
+    if rule.layers:
+        kinds = sorted({type(m).__name__ for m in selected})
+        selected = [m for m in selected if isinstance(m, rule.layers)]
+        if not selected:
+            names = " or ".join(c.__name__ for c in rule.layers)
+            problems.append((f"{rule.path}.layer", f"no module under {rule.match!r} is a {names} (there: {', '.join(kinds)})"))
+    return selected
+
+
+def _cover_inline(module: nn.Module, path: str, spec: Mapping, cover: Any, problems: list[tuple[str, str]]) -> None:
+    for key, raw in spec.items():
+        scheme = parse_scheme(raw, f"{path}.{key}", problems)
+        if scheme is not None and not cover(module, key, scheme):
+            held = [n for n, p in module._parameters.items() if p is not None]
+            problems.append((
+                f"{path}.{key}",
+                f"{type(module).__name__} has no parameter {key!r} of its own{did_you_mean(key, held)} "
+                f"(it has: {', '.join(held) or 'none'})",
+            ))  # fmt: skip
+
+
+def _select(entries: list[tuple[str, nn.Module]], pattern: str) -> list[nn.Module]:
+    """Modules whose path matches, with everything below them; a shared module once."""
+    hit_paths: set[str] = set()
+    chosen: dict[int, nn.Module] = {}
+    for path, module in entries:  # pre-order: a parent comes before its children
+        if fnmatch.fnmatchcase(path, pattern) or (path and path.rpartition(".")[0] in hit_paths):
+            hit_paths.add(path)
+            chosen.setdefault(id(module), module)
+    return list(chosen.values())
+
+
+# --- filling --------------------------------------------------------------------------------------
+
+
+def first_paths(modules: list[tuple[str, nn.Module]]) -> dict[int, str]:
+    """Each parameter's and buffer's first path (a tied or shared tensor has several), from
+    ``named_modules(remove_duplicate=False)``: the order ``named_parameters`` follows. Lazy
+    tensors that wait for their shapes are left out: nothing can fill them yet."""
+    paths: dict[int, str] = {}
+    for slots in ("_parameters", "_buffers"):
+        for path, module in modules:
+            prefix = f"{path}." if path else ""
+            for name, t in getattr(module, slots).items():
+                if t is not None and id(t) not in paths and not isinstance(t, UninitializedTensorMixin):
+                    paths[id(t)] = prefix + name
+    return paths
+
+
+def check_plan(plan: Plan) -> None:
+    """On a ``meta`` model: that each covered parameter's scheme can fill its shape."""
+    streams = Streams(0)
+    for param, where, scheme in plan.current():
+        if not scheme.is_default:
+            scheme.fill(param, streams.at(where, torch.device("cpu")), where)
+
+
+def initialize(model: nn.Module, plan: Plan, base_seed: int) -> None:
+    """Fill every tensor of ``model`` once, each from its own stream under ``base_seed``: the
+    planned scheme where one covers it, else its module's default."""
+    streams = Streams(base_seed)
+    modules = list(model.named_modules(remove_duplicate=False))
+    paths = first_paths(modules)
+    covered = {id(p) for p, _, scheme in plan.current() if not scheme.is_default}
+    defaults, whole = _defaults(modules, paths)
+    with torch.no_grad():
+        for path, module in whole:
+            _reset_whole(module, covered, streams.at(path, torch.device("cpu")).initial_seed())
+        for key, (tensor, fill) in defaults.items():
+            if key not in covered:
+                fill(tensor, streams.at(paths[key], tensor.device))
+    for param, where, scheme in plan.current():
+        if not scheme.is_default:
+            scheme.fill(param, streams.at(paths[id(param)], param.device), where)
+
+
+def _defaults(
+    modules: list[tuple[str, nn.Module]], paths: dict[int, str]
+) -> tuple[dict[int, tuple[torch.Tensor, Fill]], list[tuple[str, nn.Module]]]:
+    """Each tensor's default fill, from the module at its first path or an ancestor's override
+    (descendants first, so a parent's reset wins, as it does in torch); and the modules that
+    reset as a whole, with their first paths."""
+    fills: dict[int, tuple[torch.Tensor, Fill]] = {}
+    whole: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    first = [(p, m) for p, m in modules if id(m) not in seen and not seen.add(id(m))]
+    for path, module in reversed(first):  # pre-order reversed: every module after all below it
+        table = default_table(module)
+        if table is None:
+            if any(id(t) in paths for t in [*module._parameters.values(), *module._buffers.values()]):
+                whole.append((path, module))
+            continue
+        prefix = f"{path}." if path else ""
+        for relative, fill in table.items():
+            tensor = _tensor_at(module, relative)
+            # a tensor held at several paths takes the default of the path it is known by
+            if id(tensor) in paths and ("." in relative or paths[id(tensor)] == prefix + relative):
+                fills[id(tensor)] = (tensor, fill)
+    return fills, whole
+
+
+def _reset_whole(module: nn.Module, covered: set[int], seed: int) -> None:
+    """A module's own reset from the stream ``seed``; the parameters a scheme covers are swapped
+    for ``meta`` stand-ins meanwhile, so the reset writes nothing and spends nothing on them."""
+    reset = reset_method(module)
+    if reset is None:
+        return  # a user's block without a reset keeps what its constructor made
+    own = module._parameters
+    standins = {n: p for n, p in own.items() if p is not None and id(p) in covered}
+    for name, p in standins.items():
+        own[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    devices = [t.device for t in module.parameters() if t.device.type == "cuda"][:1]
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            reset()
+    finally:
+        own.update(standins)
+
+
+def _tensor_at(module: nn.Module, relative: str) -> torch.Tensor | None:
+    owner_path, _, name = relative.rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    tensor = owner._parameters.get(name)
+    return tensor if tensor is not None else owner._buffers.get(name)
