@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from composer import build_from_config, load_checkpoint
-from tests.conftest import MODELS, ROOT
+from tests.recipes import MODELS, ROOT
 
 TIMEOUT = 300
 

@@ -26,7 +26,7 @@ from composer import (
 )
 from composer.checkpoint import write_atomic
 from composer.compose import RECORD_ATTR
-from tests.conftest import MODELS, ROOT, model_recipe
+from tests.recipes import MODELS, ROOT, model_recipe
 
 
 def test_tutorial_tensor_list_and_dict(tmp_path):

@@ -10,7 +10,7 @@ import yaml
 from torch import nn
 
 from composer import ConfigError, build_from_config, init_report, register_init, register_module, summary
-from tests.conftest import ROOT, model_recipe
+from tests.recipes import ROOT, model_recipe
 
 
 def with_init(model: str, init: str) -> dict:

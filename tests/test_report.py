@@ -10,7 +10,7 @@ import yaml
 
 from composer import build_from_config, save_checkpoint
 from composer.report import SweepReport, last_failures, read_jobs, write_report
-from tests.conftest import model_recipe
+from tests.recipes import model_recipe
 
 
 def job_folder(sweep: Path, num: int, overrides: list[str], choices: dict[str, str], config: dict | None = None) -> Path:

@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from composer import ConfigError, build_from_config, summary
-from tests.conftest import model_recipe
+from tests.recipes import model_recipe
 
 
 def rows(text: str) -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from composer import build_from_config
-from tests.conftest import MODELS, model_recipe
+from tests.recipes import MODELS, model_recipe
 
 RGNET_PRINT = """Sequential(
   (0): Sequential(
