@@ -2,7 +2,8 @@
 
 Every run writes under pytest's tmp_path (``hydra.run.dir`` / ``hydra.sweep.dir``, and the
 processes start there), so nothing lands in the repository. Runs that do not depend on each other
-start together (two cores here: start-up, mostly ``import torch``, dominates each run).
+start together (two cores here: start-up, mostly ``import torch``, dominates each run). Every test
+here waits on such processes, so the whole module is ``slow``: ``pytest -m "not slow"`` skips it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import yaml
 
 from composer import build_from_config, load_checkpoint
 from tests.recipes import MODELS, ROOT
+
+pytestmark = pytest.mark.slow
 
 TIMEOUT = 300
 
@@ -169,7 +172,6 @@ def every_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "sweep"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("num,name", list(enumerate(MODELS)))
 def test_every_recipe_runs_and_its_checkpoint_reloads(every_recipe, num, name):
     out = every_recipe / str(num)
@@ -240,7 +242,6 @@ def check_report_matches_checkpoints(sweep: Path, n_jobs: int) -> dict[str, dict
     return by_init
 
 
-@pytest.mark.slow
 def test_sweep_report_with_the_basic_launcher_and_a_failing_job(basic_sweep):
     result, sweep = basic_sweep
     assert result.returncode != 0  # a job failed
@@ -262,7 +263,6 @@ def test_sweep_report_with_the_basic_launcher_and_a_failing_job(basic_sweep):
     assert "## Failed jobs" in markdown and "`init=broken`" in markdown and "nosuch" in markdown
 
 
-@pytest.mark.slow
 def test_sweep_report_with_joblib_matches_the_basic_launcher(joblib_sweep, basic_sweep):
     result, sweep = ok(joblib_sweep[0]), joblib_sweep[1]
     assert "Joblib.Parallel" in result.stdout + result.stderr
@@ -357,7 +357,6 @@ def test_check_mode_validates_on_meta_without_writing_weights(quick):
     assert not (quick["tmp"] / "check" / "model.safetensors").exists()
 
 
-@pytest.mark.slow
 def test_check_mode_handles_ten_billion_parameters_in_little_memory(quick):
     result = ok(quick["huge"])
     assert "check: the recipe is valid; 10,738,073,600 parameters (43.0 GB)" in result.stdout
