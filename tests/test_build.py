@@ -55,7 +55,8 @@ shared:
 
 def test_shared_module_referenced_inside_shared_and_repeat():
     model = build_from_config({
-        "model": {"type": "Repeat", "times": 2, "body": {"type": "Sequential", "layers": [{"ref": "inner"}, {"type": "ReLU"}]}},
+        "model": {"type": "Repeat", "times": 2,
+                  "body": {"type": "Sequential", "layers": [{"ref": "inner"}, {"type": "ReLU"}]}},
         "shared": {"inner": {"type": "Sequential", "layers": [{"ref": "lin"}]}, "lin": LINEAR},
     })  # fmt: skip
     assert model[0][0] is model[1][0] and model[0][0][0] is model[1][0][0]
@@ -64,7 +65,8 @@ def test_shared_module_referenced_inside_shared_and_repeat():
 def test_kwarg_nodes_and_lists_of_nodes_are_built_first():
     encoder = build_from_config({
         "type": "TransformerEncoder", "num_layers": 2, "enable_nested_tensor": False,
-        "encoder_layer": {"type": "TransformerEncoderLayer", "d_model": 8, "nhead": 2, "dim_feedforward": 16, "batch_first": True},
+        "encoder_layer": {"type": "TransformerEncoderLayer", "d_model": 8, "nhead": 2, "dim_feedforward": 16,
+                          "batch_first": True},
     })  # fmt: skip
     assert isinstance(encoder, nn.TransformerEncoder) and len(encoder.layers) == 2
     assert encoder(torch.rand(2, 3, 8)).shape == (2, 3, 8)
@@ -77,7 +79,9 @@ def test_kwarg_nodes_and_lists_of_nodes_are_built_first():
 def test_positional_args_and_target():
     model = build_from_config({"_target_": "torch.nn.Linear", "_args_": [3, 5], "bias": False})
     assert model.weight.shape == (5, 3) and model.bias is None
-    seq = build_from_config({"_target_": "torch.nn.Sequential", "_args_": [LINEAR, {"_target_": "composer.blocks.CenteredLayer"}]})
+    seq = build_from_config(
+        {"_target_": "torch.nn.Sequential", "_args_": [LINEAR, {"_target_": "composer.blocks.CenteredLayer"}]}
+    )
     assert type(seq[1]).__name__ == "CenteredLayer"
 
 
@@ -112,7 +116,9 @@ def test_target_refusal_imports_nothing():
 
 
 def test_allow_targets_widens_the_allowlist(tmp_path, monkeypatch):
-    (tmp_path / "userblocks.py").write_text("from torch import nn\nclass Twice(nn.Module):\n    def forward(self, x):\n        return 2 * x\n")
+    (tmp_path / "userblocks.py").write_text(
+        "from torch import nn\nclass Twice(nn.Module):\n    def forward(self, x):\n        return 2 * x\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match="allow_targets"):
         build_from_config({"_target_": "userblocks.Twice"})
@@ -151,7 +157,9 @@ def problems(cfg) -> list[tuple[str, str]]:
 
 
 def test_unknown_type_names_the_path_and_closest_name():
-    [(path, message)] = problems({"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}, {"type": "Linaer", "out_features": 2}]})
+    [(path, message)] = problems(
+        {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}, {"type": "Linaer", "out_features": 2}]}
+    )
     assert path == "model.layers[2].type"
     assert message == "unknown type 'Linaer' (did you mean 'Linear'?)"
 
@@ -159,7 +167,9 @@ def test_unknown_type_names_the_path_and_closest_name():
 def test_bad_arguments_list_valid_names():
     [(path, message)] = problems({"type": "Linear", "in_feature": 4, "out_features": 2})
     assert path == "model.in_feature"
-    assert "did you mean 'in_features'" in message and "valid: bias, device, dtype, in_features, out_features" in message
+    assert (
+        "did you mean 'in_features'" in message and "valid: bias, device, dtype, in_features, out_features" in message
+    )
     [(path, message)] = problems({"type": "Linear", "in_features": 4})
     assert path == "model" and "missing required argument 'out_features'" in message
 
@@ -184,11 +194,19 @@ def test_wrong_value_types():
 
 def test_every_independent_problem_is_reported_at_once():
     found = problems({
-        "model": {"type": "Sequential", "layers": [{"type": "Linaer"}, {"ref": "missing"}, {"type": "Repeat", "times": 0, "body": LINEAR}]},
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Linaer"}, {"ref": "missing"}, {"type": "Repeat", "times": 0, "body": LINEAR},
+        ]},
         "sahred": {},
         "init": {"rules": [{"weight": "normall"}]},
     })  # fmt: skip
-    assert [p for p, _ in found] == ["sahred", "init.rules[0].weight", "model.layers[0].type", "model.layers[1].ref", "model.layers[2].times"]
+    assert [p for p, _ in found] == [
+        "sahred",
+        "init.rules[0].weight",
+        "model.layers[0].type",
+        "model.layers[1].ref",
+        "model.layers[2].times",
+    ]
     messages = dict(found)
     assert "did you mean 'shared'" in messages["sahred"]
     assert "did you mean 'normal'" in messages["init.rules[0].weight"]
@@ -209,7 +227,10 @@ def test_shared_cycles_are_refused():
     assert path == "shared.a" and "a -> a" in message
     [(path, message)] = problems({
         "model": {"ref": "a"},
-        "shared": {"a": {"type": "Sequential", "layers": [{"ref": "b"}]}, "b": {"type": "Sequential", "layers": [{"ref": "a"}]}},
+        "shared": {
+            "a": {"type": "Sequential", "layers": [{"ref": "b"}]},
+            "b": {"type": "Sequential", "layers": [{"ref": "a"}]},
+        },
     })  # fmt: skip
     assert "a -> b -> a" in message
 
@@ -269,9 +290,13 @@ def test_the_model_keeps_its_own_copy_of_a_dict_recipe():
 
 
 def test_allow_targets_given_as_one_string(tmp_path, monkeypatch):
-    (tmp_path / "userblocks2.py").write_text("from torch import nn\nclass Half(nn.Module):\n    def forward(self, x):\n        return x / 2\n")
+    (tmp_path / "userblocks2.py").write_text(
+        "from torch import nn\nclass Half(nn.Module):\n    def forward(self, x):\n        return x / 2\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert build_from_config({"_target_": "userblocks2.Half"}, allow_targets="userblocks2.")(torch.ones(1)).item() == 0.5
+    assert (
+        build_from_config({"_target_": "userblocks2.Half"}, allow_targets="userblocks2.")(torch.ones(1)).item() == 0.5
+    )
 
 
 def test_missing_arguments_are_named_once():
@@ -292,7 +317,9 @@ def test_repeat_is_reserved():
 
 def test_checked_leaf_path_still_refuses_a_non_module():
     register_module("SometimesModule")(lambda n: nn.Linear(n, n) if n > 0 else "x")
-    [(path, message)] = problems({"type": "Sequential", "layers": [{"type": "SometimesModule", "n": 2}, {"type": "SometimesModule", "n": 0}]})
+    [(path, message)] = problems(
+        {"type": "Sequential", "layers": [{"type": "SometimesModule", "n": 2}, {"type": "SometimesModule", "n": 0}]}
+    )
     assert path == "model.layers[1]" and "returned str" in message
 
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from composer import (
@@ -21,6 +22,8 @@ from composer import (
     load_checkpoint,
     load_tensors,
     load_weights,
+    register_init,
+    register_module,
     save_checkpoint,
     save_tensors,
 )
@@ -56,7 +59,9 @@ def test_tensor_files_keep_dtype_shape_nesting_and_views(tmp_path):
     save_tensors(obj, tmp_path / "t.safetensors")
     back = load_tensors(tmp_path / "t.safetensors")
     for key in ("half", "flags", "scalar", "empty"):
-        assert back[key].dtype == obj[key].dtype and back[key].shape == obj[key].shape and torch.equal(back[key], obj[key])
+        assert (
+            back[key].dtype == obj[key].dtype and back[key].shape == obj[key].shape and torch.equal(back[key], obj[key])
+        )
     nested = back["nested"]
     assert torch.equal(nested[0], base) and torch.equal(nested[1], base[1:3]) and torch.equal(nested[2], base.t())
     assert torch.equal(nested[3]["again"], base)
@@ -85,7 +90,9 @@ def test_every_recipe_round_trips_bit_for_bit(tmp_path, name):
     assert str(loaded) == str(model)
     assert torch.equal(loaded(x), model(x))
     assert loaded.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+    )
     assert init_report(loaded) == init_report(model)
     assert not any(p.is_meta for p in loaded.parameters()) and all(p.requires_grad for p in loaded.parameters())
 
@@ -116,7 +123,10 @@ def test_tied_parameters_across_modules_by_assignment(tmp_path):
 
 def test_constant_buffer_and_frozen_flags_survive(tmp_path):
     model = build_from_config({
-        "model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 20, "frozen": True}, {"type": "FixedHiddenMLP"}]},
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Linear", "out_features": 20, "frozen": True},
+            {"type": "FixedHiddenMLP"},
+        ]},
         "input_shape": [2, 20],
     })  # fmt: skip
     save_checkpoint(model, tmp_path / "c.safetensors")
@@ -128,14 +138,18 @@ def test_constant_buffer_and_frozen_flags_survive(tmp_path):
 
 def test_loading_runs_no_initializer(tmp_path):
     calls = []
-    from composer import register_init
 
     @register_init("counted_zeros")
     def counted_zeros(tensor):
         calls.append(1)
         return nn.init.zeros_(tensor)
 
-    model = build_from_config({"model": {"type": "Linear", "in_features": 3, "out_features": 3}, "init": {"rules": [{"weight": "counted_zeros"}]}})
+    model = build_from_config(
+        {
+            "model": {"type": "Linear", "in_features": 3, "out_features": 3},
+            "init": {"rules": [{"weight": "counted_zeros"}]},
+        }
+    )
     save_checkpoint(model, tmp_path / "z.safetensors")
     calls.clear()
     torch.manual_seed(0)
@@ -207,8 +221,6 @@ def test_junk_and_foreign_files_are_detected(tmp_path, saved):
     junk.write_bytes(b"not a checkpoint at all, just some text" * 10)
     with pytest.raises(CheckpointError, match="not a composer-checkpoint file"):
         load_checkpoint(junk)
-    from safetensors.torch import save_file
-
     save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
     with pytest.raises(CheckpointError, match="not a composer-checkpoint file"):
         load_checkpoint(tmp_path / "plain.safetensors")
@@ -237,7 +249,10 @@ class CreatesFile:
 
 def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     target = tmp_path / "pwned"
-    for name, write in (("p.pt", lambda p: torch.save({"x": CreatesFile(target)}, p)), ("p.pkl", lambda p: p.write_bytes(pickle.dumps(CreatesFile(target))))):
+    for name, write in (
+        ("p.pt", lambda p: torch.save({"x": CreatesFile(target)}, p)),
+        ("p.pkl", lambda p: p.write_bytes(pickle.dumps(CreatesFile(target)))),
+    ):
         path = tmp_path / name
         write(path)
         for load in (load_checkpoint, load_tensors, lambda p: load_weights(nn.Linear(2, 2), p)):
@@ -264,10 +279,11 @@ def test_failed_save_keeps_the_previous_checkpoint(saved):
 @pytest.mark.slow
 def test_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "big.safetensors"
+    recipe = {"type": "Repeat", "times": 8, "body": {"type": "Linear", "in_features": 1024, "out_features": 1024}}
     script = textwrap.dedent(f"""
         import sys, torch, composer
         sys.path.insert(0, {str(ROOT)!r})
-        model = composer.build_from_config({{"type": "Repeat", "times": 8, "body": {{"type": "Linear", "in_features": 1024, "out_features": 1024}}}})
+        model = composer.build_from_config({recipe!r})
         composer.save_checkpoint(model, {str(path)!r})
         print("saved", flush=True)
         with torch.no_grad():
@@ -312,7 +328,13 @@ def test_tampered_metadata_is_a_checkpoint_error(saved):
     data = saved.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + length])
-    for key, value in (("recipe", "{not json"), ("recipe", "[1]"), ("aliases", '{"x": "nokey"}'), ("init_schemes", "3"), ("recipe", '{"model": {"type": "Linear"}, "shared": 3}')):
+    for key, value in (
+        ("recipe", "{not json"),
+        ("recipe", "[1]"),
+        ("aliases", '{"x": "nokey"}'),
+        ("init_schemes", "3"),
+        ("recipe", '{"model": {"type": "Linear"}, "shared": 3}'),
+    ):
         tampered = dict(header, __metadata__=dict(header["__metadata__"], **{key: value}))
         body = json.dumps(tampered).encode()
         body += b" " * (-len(body) % 8)
@@ -342,8 +364,6 @@ class WithCache(nn.Module):
 
 
 def test_unset_non_persistent_buffer_reloads(tmp_path):
-    from composer import register_module
-
     register_module(WithCache)
     model = build_from_config({"type": "WithCache"})
     save_checkpoint(model, tmp_path / "c.safetensors")

@@ -9,7 +9,16 @@ import torch
 import yaml
 from torch import nn
 
-from composer import ConfigError, build_from_config, init_report, register_init, register_module, summary
+from composer import (
+    ConfigError,
+    build_from_config,
+    init_report,
+    load_checkpoint,
+    register_init,
+    register_module,
+    save_checkpoint,
+    summary,
+)
 from tests.recipes import ROOT, model_recipe
 
 
@@ -89,7 +98,10 @@ def test_later_rule_wins_and_inline_spec_wins_over_rules():
 def test_match_selects_the_module_and_everything_below_and_layer_filters():
     net = build_from_config({
         "model": {"type": "Sequential", "layers": [
-            {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2}, {"type": "LayerNorm", "normalized_shape": 2}]},
+            {"type": "Sequential", "layers": [
+                {"type": "Linear", "in_features": 2, "out_features": 2},
+                {"type": "LayerNorm", "normalized_shape": 2},
+            ]},
             {"type": "Linear", "in_features": 2, "out_features": 2},
         ]},
         "init": {"rules": [{"match": "0", "layer": "Linear", "weight": "zeros"}]},
@@ -134,7 +146,9 @@ def test_seed_reproduces_across_processes():
         " 'init': {'seed': 0, 'rules': [{'match': '0', 'weight': {'type': 'normal', 'std': 0.02}}]}});"
         "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in m.state_dict().values())).hexdigest())"
     )
-    digests = {subprocess.run([sys.executable, "-c", code, s], capture_output=True, text=True, check=True).stdout for s in "12"}
+    digests = {
+        subprocess.run([sys.executable, "-c", code, s], capture_output=True, text=True, check=True).stdout for s in "12"
+    }
     assert len(digests) == 1
 
 
@@ -146,7 +160,9 @@ def test_shared_module_is_initialized_once():
         calls.append(tuple(tensor.shape))
         return nn.init.ones_(tensor)
 
-    net = build_from_config(with_init("tied", "default") | {"init": {"rules": [{"layer": "Linear", "weight": "counting_ones"}]}})
+    net = build_from_config(
+        with_init("tied", "default") | {"init": {"rules": [{"layer": "Linear", "weight": "counting_ones"}]}}
+    )
     assert sorted(calls) == [(1, 8), (8, 4), (8, 8)]
     assert net[2].weight is net[4].weight and (net[4].weight == 1).all()
 
@@ -178,7 +194,9 @@ register_module(CountingResets)
 
 def test_covered_parameters_skip_their_default_initializer():
     CountingResets.real_resets.clear()
-    net = build_from_config({"model": {"type": "CountingResets"}, "init": {"rules": [{"weight": "zeros", "bias": "zeros"}]}})
+    net = build_from_config(
+        {"model": {"type": "CountingResets"}, "init": {"rules": [{"weight": "zeros", "bias": "zeros"}]}}
+    )
     assert CountingResets.real_resets == []
     assert (net.weight == 0).all() and (net.bias == 0).all()
     net = build_from_config({"model": {"type": "CountingResets"}, "init": {"rules": [{"weight": "zeros"}]}})
@@ -189,7 +207,9 @@ def test_covered_parameters_skip_their_default_initializer():
 
 
 def test_partly_covered_linear_bias_keeps_its_default_distribution():
-    net = build_from_config({"model": {"type": "Linear", "in_features": 400, "out_features": 300}, "init": {"rules": [{"weight": "zeros"}]}})
+    net = build_from_config(
+        {"model": {"type": "Linear", "in_features": 400, "out_features": 300}, "init": {"rules": [{"weight": "zeros"}]}}
+    )
     bound = 1 / math.sqrt(400)
     assert net.bias.abs().max().item() <= bound and net.bias.std().item() > bound / 3
 
@@ -259,7 +279,10 @@ def test_unknown_initializer_and_bad_arguments():
 
 
 def test_rules_that_reach_nothing_are_errors():
-    assert init_problems({"rules": [{"match": "0"}]})[0] == ("init.rules[0]", "rule sets no parameter: add a key such as 'weight: xavier_uniform'")
+    assert init_problems({"rules": [{"match": "0"}]})[0] == (
+        "init.rules[0]",
+        "rule sets no parameter: add a key such as 'weight: xavier_uniform'",
+    )
     path, message = init_problems({"rules": [{"match": "7", "weight": "ones"}]})[0]
     assert path == "init.rules[0].match" and "matches no module" in message
     path, message = init_problems({"rules": [{"match": "1", "weight": "ones"}]})[0]
@@ -292,7 +315,15 @@ def test_initializer_that_cannot_apply_to_a_shape(rule, words):
 
 def test_input_shape_that_does_not_fit_names_input_shape():
     with pytest.raises(ConfigError, match="forward pass of zeros shaped") as info:
-        build_from_config({"model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 8}, {"type": "FixedHiddenMLP"}]}, "input_shape": [2, 5]})
+        build_from_config(
+            {
+                "model": {
+                    "type": "Sequential",
+                    "layers": [{"type": "Linear", "out_features": 8}, {"type": "FixedHiddenMLP"}],
+                },
+                "input_shape": [2, 5],
+            }
+        )
     assert info.value.path == "input_shape"
 
 
@@ -338,10 +369,12 @@ register_module(Buckets)
 
 
 def test_user_blocks_that_cannot_be_built_on_meta_are_built_for_real(tmp_path):
-    from composer import load_checkpoint, save_checkpoint
-
     recipe = {
-        "model": {"type": "Sequential", "layers": [{"type": "MaskedLinear", "n": 4}, {"type": "Buckets", "n": 4}, {"type": "Linear", "in_features": 4, "out_features": 2}]},
+        "model": {"type": "Sequential", "layers": [
+            {"type": "MaskedLinear", "n": 4},
+            {"type": "Buckets", "n": 4},
+            {"type": "Linear", "in_features": 4, "out_features": 2},
+        ]},
         "init": {"rules": [{"layer": "Linear", "weight": "xavier_uniform"}]},
     }  # fmt: skip
     net = build_from_config(recipe)
@@ -380,7 +413,10 @@ def test_inline_init_of_an_unreferenced_shared_module_is_ignored():
 
 @pytest.mark.parametrize("groups, fits", [(3, True), (4, False)])
 def test_check_mode_tests_schemes_on_the_real_sizes(groups, fits):
-    recipe = {"model": {"type": "Conv2d", "in_channels": 6, "out_channels": 6, "kernel_size": 3}, "init": {"rules": [{"weight": {"type": "dirac", "groups": groups}}]}}
+    recipe = {
+        "model": {"type": "Conv2d", "in_channels": 6, "out_channels": 6, "kernel_size": 3},
+        "init": {"rules": [{"weight": {"type": "dirac", "groups": groups}}]},
+    }
     for device in ("meta", "cpu"):
         if fits:
             build_from_config(recipe, device=device)
