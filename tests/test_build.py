@@ -13,13 +13,24 @@ from composer import ConfigError, build_from_config, register_module
 LINEAR = {"type": "Linear", "in_features": 4, "out_features": 4}
 
 
-def test_inputs_path_dict_dictconfig_and_bare_node(tmp_path):
-    recipe = {"model": {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}]}}
+RECIPE = {"model": {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}]}}
+
+# Each input form of the same recipe, made from the path of its YAML file.
+INPUT_FORMS = {
+    "dict": lambda path: RECIPE,
+    "str path": str,
+    "Path": lambda path: path,
+    "DictConfig": lambda path: OmegaConf.create(RECIPE),
+    "bare node": lambda path: RECIPE["model"],
+}
+
+
+@pytest.mark.parametrize("form", INPUT_FORMS)
+def test_inputs_path_dict_dictconfig_and_bare_node(tmp_path, form):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    for cfg in (recipe, str(path), path, OmegaConf.create(recipe), recipe["model"]):
-        model = build_from_config(cfg)
-        assert [type(m).__name__ for m in model] == ["Linear", "ReLU"]
+    path.write_text(yaml.safe_dump(RECIPE))
+    model = build_from_config(INPUT_FORMS[form](path))
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU"]
 
 
 def test_sequential_with_named_children_keeps_order():
@@ -35,8 +46,7 @@ def test_repeat_builds_independent_named_copies():
     assert [n for n, _ in default_names.named_children()] == ["0", "1"]
 
 
-def test_blocks_interpolation_pastes_copies_and_ref_shares(tmp_path):
-    text = """
+BLOCKS_AND_SHARED = """
 model:
   type: Sequential
   layers: [{ref: tied}, "${blocks.lin}", "${blocks.lin}", {ref: tied}]
@@ -45,12 +55,16 @@ blocks:
 shared:
   tied: {type: Linear, in_features: 4, out_features: 4}
 """
+
+
+@pytest.mark.parametrize("form", ["file", "dict", "DictConfig"])
+def test_blocks_interpolation_pastes_copies_and_ref_shares(tmp_path, form):
     path = tmp_path / "r.yaml"
-    path.write_text(text)
-    for cfg in (path, yaml.safe_load(text), OmegaConf.create(text)):
-        model = build_from_config(cfg)
-        assert model[0] is model[3]
-        assert model[1] is not model[2] and model[1].weight is not model[2].weight
+    path.write_text(BLOCKS_AND_SHARED)
+    cfg = {"file": path, "dict": yaml.safe_load(BLOCKS_AND_SHARED), "DictConfig": OmegaConf.create(BLOCKS_AND_SHARED)}
+    model = build_from_config(cfg[form])
+    assert model[0] is model[3]
+    assert model[1] is not model[2] and model[1].weight is not model[2].weight
 
 
 def test_shared_module_referenced_inside_shared_and_repeat():
@@ -222,17 +236,22 @@ def test_ref_node_takes_no_other_keys():
     assert path == "model.in_features"
 
 
-def test_shared_cycles_are_refused():
-    [(path, message)] = problems({"model": {"ref": "a"}, "shared": {"a": {"ref": "a"}}})
-    assert path == "shared.a" and "a -> a" in message
-    [(path, message)] = problems({
-        "model": {"ref": "a"},
-        "shared": {
-            "a": {"type": "Sequential", "layers": [{"ref": "b"}]},
-            "b": {"type": "Sequential", "layers": [{"ref": "a"}]},
-        },
-    })  # fmt: skip
-    assert "a -> b -> a" in message
+@pytest.mark.parametrize(
+    "shared, cycle",
+    [
+        ({"a": {"ref": "a"}}, "a -> a"),
+        (
+            {
+                "a": {"type": "Sequential", "layers": [{"ref": "b"}]},
+                "b": {"type": "Sequential", "layers": [{"ref": "a"}]},
+            },
+            "a -> b -> a",
+        ),
+    ],
+)
+def test_shared_cycles_are_refused(shared, cycle):
+    [(path, message)] = problems({"model": {"ref": "a"}, "shared": shared})
+    assert path == "shared.a" and cycle in message
 
 
 def test_unreferenced_shared_module_is_still_checked():
@@ -240,23 +259,38 @@ def test_unreferenced_shared_module_is_still_checked():
     assert path == "shared.spare.type"
 
 
-def test_repeat_problems():
-    assert problems({"type": "Repeat", "times": -1, "body": LINEAR})[0][0] == "model.times"
-    assert problems({"type": "Repeat", "times": 2, "names": "x", "body": LINEAR})[0] == ("model.names", "names repeat")
-    assert problems({"type": "Repeat", "times": 2})[0][0] == "model.body"
-    # a broken body is reported once, not once per copy
-    assert len(problems({"type": "Repeat", "times": 5, "body": {"type": "Nope"}})) == 1
+@pytest.mark.parametrize(
+    "cfg, path, message",
+    [
+        pytest.param({"type": "Repeat", "times": -1, "body": LINEAR}, "model.times", (), id="Repeat times"),
+        pytest.param(
+            {"type": "Repeat", "times": 2, "names": "x", "body": LINEAR},
+            "model.names",
+            "names repeat",
+            id="Repeat names",
+        ),
+        pytest.param({"type": "Repeat", "times": 2}, "model.body", (), id="Repeat body"),
+        pytest.param({"type": "Sequential", "layers": 3}, "model.layers", (), id="Sequential layers"),
+        pytest.param({"type": "Sequential", "layer": []}, "model.layer", (), id="Sequential key"),
+        pytest.param({"type": "Sequential", "layers": {"a.b": LINEAR}}, "model.layers", ("without '.'",), id="name"),
+        pytest.param({"shared": {}}, "model", "missing: a recipe needs a model node", id="no model"),
+        pytest.param({"model": LINEAR, "input_shape": [2, "x"]}, "input_shape", (), id="input_shape"),
+    ],
+)
+def test_form_problems(cfg, path, message):
+    """One problem at ``path``; ``message`` is its exact text, or a tuple of parts of it."""
+    [(got_path, got)] = problems(cfg)
+    assert got_path == path, got
+    assert got == message if isinstance(message, str) else all(part in got for part in message), got
 
 
-def test_sequential_problems():
-    assert problems({"type": "Sequential", "layers": 3})[0][0] == "model.layers"
-    assert problems({"type": "Sequential", "layer": []})[0][0] == "model.layer"
-    assert "without '.'" in problems({"type": "Sequential", "layers": {"a.b": LINEAR}})[0][1]
+def test_broken_repeat_body_is_reported_once_not_once_per_copy():
+    assert problems({"type": "Repeat", "times": 5, "body": {"type": "Nope"}}) == [
+        ("model.body.type", "unknown type 'Nope'")
+    ]
 
 
-def test_top_level_problems():
-    assert problems({"shared": {}})[0] == ("model", "missing: a recipe needs a model node")
-    assert problems({"model": LINEAR, "input_shape": [2, "x"]})[0][0] == "input_shape"
+def test_recipe_that_is_no_mapping():
     with pytest.raises(ConfigError, match="not int"):
         build_from_config(5)
 
