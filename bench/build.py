@@ -45,9 +45,10 @@ def mmengine_builder(n: int, width: int = 64) -> Callable[[], Any] | None:
 
 
 def run(quick: bool = False) -> list[Result]:
-    import composer
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    import composer
 
     rounds, peer_rounds = (7, 2) if quick else (21, 4)
     recipe = blocks_recipe(BLOCKS)
@@ -83,20 +84,26 @@ def run(quick: bool = False) -> list[Result]:
     p = {name: peer_times.median(name) for name in peer_times.wall}
     detail = times.describe() + f"; CPU-time ratio {times.cpu_ratio('composer dict', 'handwritten'):.2f}x"
     rows = [
-        Result("1", "build 1,000 blocks from a dict / handwritten", "<=", 1.15, t["composer dict"] / t["handwritten"], detail=detail),
-        Result("1", "hydra.utils.instantiate / composer (speed-up)", ">=", 8.0, p["hydra instantiate"] / p["composer dict"],
-               detail=peer_times.describe()),
-    ]
+        Result("1", "build 1,000 blocks from a dict / handwritten", "<=", 1.15,
+               t["composer dict"] / t["handwritten"], detail=detail),
+        Result("1", "hydra.utils.instantiate / composer (speed-up)", ">=", 8.0,
+               p["hydra instantiate"] / p["composer dict"], detail=peer_times.describe()),
+    ]  # fmt: skip
     if mm is not None:
-        rows.append(Result("1", "mmengine registry / handwritten (peer)", "info", None, p["mmengine"] / p["handwritten"]))
-        rows.append(Result("1", "mmengine registry / composer (speed-up)", "info", None, p["mmengine"] / p["composer dict"]))
+        rows += [
+            Result("1", "mmengine registry / handwritten (peer)", "info", None, p["mmengine"] / p["handwritten"]),
+            Result("1", "mmengine registry / composer (speed-up)", "info", None, p["mmengine"] / p["composer dict"]),
+        ]
     else:
-        rows.append(Result("1", "mmengine registry / handwritten (peer)", "info", None, None, detail="mmengine not installed"))
+        rows.append(
+            Result("1", "mmengine registry / handwritten (peer)", "info", None, None, detail="mmengine not installed")
+        )
     rows += [
         Result("2", f"build from a {size} YAML file / handwritten", "<=", 2.0, t["composer yaml"] / t["handwritten"],
                detail=f"CPU-time ratio {times.cpu_ratio('composer yaml', 'handwritten'):.2f}x"),
-        Result("2", "hydra: OmegaConf.load + instantiate / handwritten (peer)", "info", None, p["hydra yaml"] / p["handwritten"]),
-    ]
+        Result("2", "hydra: OmegaConf.load + instantiate / handwritten (peer)", "info", None,
+               p["hydra yaml"] / p["handwritten"]),
+    ]  # fmt: skip
     return rows
 
 
@@ -107,7 +114,11 @@ def check(variants: dict[str, Callable[[], Any]]) -> None:
     shapes = None
     for name, build in variants.items():
         model = build()
-        got = [(type(m).__name__, tuple(p.shape for p in m.parameters(recurse=False))) for m in model.modules() if not isinstance(m, nn.Sequential)]
+        got = [
+            (type(m).__name__, tuple(p.shape for p in m.parameters(recurse=False)))
+            for m in model.modules()
+            if not isinstance(m, nn.Sequential)
+        ]
         if shapes is None:
             shapes = got
         elif got != shapes:

@@ -36,12 +36,19 @@ def fsync(path: Path) -> None:
 
 
 def run(quick: bool = False) -> list[Result]:
-    import composer
     from safetensors.torch import load_file, save_file
+
+    import composer
 
     rounds = 3 if quick else 7
     model = composer.build_from_config(
-        {"model": {"type": "Repeat", "times": LAYERS, "body": {"type": "Linear", "in_features": WIDTH, "out_features": WIDTH}}}
+        {
+            "model": {
+                "type": "Repeat",
+                "times": LAYERS,
+                "body": {"type": "Linear", "in_features": WIDTH, "out_features": WIDTH},
+            }
+        }
     )
     state = {k: v.detach() for k, v in model.state_dict().items()}
     size_mb = sum(t.numel() * t.element_size() for t in state.values()) / 1e6

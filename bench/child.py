@@ -38,7 +38,15 @@ def _measure(fn) -> dict[str, Any]:
     out = fn()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = peak_rss_mb()
-    return {"seconds": seconds, "cpu_s": cpu, "baseline_mb": baseline, "peak_mb": peak, "delta_mb": peak - baseline, "hwm_reset": reset, "out": out}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "baseline_mb": baseline,
+        "peak_mb": peak,
+        "delta_mb": peak - baseline,
+        "hwm_reset": reset,
+        "out": out,
+    }
 
 
 # --- goal 3: the large model ----------------------------------------------------------------------

@@ -45,7 +45,9 @@ def cases(blocks: int) -> dict[str, tuple[object, Callable[[], nn.Module], list[
     }
 
 
-def pair(recipe: object, handwritten: Callable[[], nn.Module], shape: list[int]) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+def pair(
+    recipe: object, handwritten: Callable[[], nn.Module], shape: list[int]
+) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """The built model and a handwritten one holding the same weights; outputs checked equal."""
     import composer
 
@@ -59,7 +61,9 @@ def pair(recipe: object, handwritten: Callable[[], nn.Module], shape: list[int])
     return built.eval(), hand.eval(), x
 
 
-def forward_ratio(built: nn.Module, hand: nn.Module, x: torch.Tensor, rounds: int, calls: int) -> tuple[float, float, str]:
+def forward_ratio(
+    built: nn.Module, hand: nn.Module, x: torch.Tensor, rounds: int, calls: int
+) -> tuple[float, float, str]:
     """(built / handwritten, A/A control, detail): medians of interleaved batches of ``calls`` calls.
 
     The handwritten reference pools the samples of both handwritten copies; the A/A control is
@@ -107,7 +111,8 @@ def graph_breaks(model: nn.Module, x: torch.Tensor) -> tuple[int, str]:
         out = compiled(x)
         ok = torch.allclose(out, model(x))
     torch._dynamo.reset()
-    return breaks, f"{explained.graph_count} graph(s), {breaks} break(s); fullgraph compile {'ran, output matches' if ok else 'OUTPUT DIFFERS'}"
+    compile_result = "ran, output matches" if ok else "OUTPUT DIFFERS"
+    return breaks, f"{explained.graph_count} graph(s), {breaks} break(s); fullgraph compile {compile_result}"
 
 
 def run(quick: bool = False, blocks: int = 1000) -> list[Result]:
@@ -135,5 +140,7 @@ def _run(quick: bool, blocks: int) -> list[Result]:
 
         model = composer.build_from_config(recipe).eval()
         breaks, detail = graph_breaks(model, torch.randn(*shape))
-        rows.append(Result("4", f"torch.compile(fullgraph=True) {name}: graph breaks", "<=", 0, breaks, "breaks", detail=detail))
+        rows.append(
+            Result("4", f"torch.compile(fullgraph=True) {name}: graph breaks", "<=", 0, breaks, "breaks", detail=detail)
+        )
     return rows

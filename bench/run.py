@@ -65,7 +65,8 @@ def machine() -> dict[str, str]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": ", ".join(
-            f"{n} {version(n)}" for n in ("torch", "hydra-core", "omegaconf", "safetensors", "PyYAML", "numpy", "mmengine")
+            f"{n} {version(n)}"
+            for n in ("torch", "hydra-core", "omegaconf", "safetensors", "PyYAML", "numpy", "mmengine")
         ),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
     }
@@ -82,14 +83,15 @@ def table(results: list[Result]) -> list[str]:
     rows = [("fig", "what", "goal", "measured", "result")]
     rows += [(r.figure, r.what, r.goal, r.measured, r.verdict) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
 
 
 def markdown(results: list[Result], info: dict[str, str], seconds: float, command: str) -> str:
     out = [
-        f"Command: `{command}`, {seconds:.0f} s. Load average before/after: {info['load_before']} / {info['load_after']}.",
+        f"Command: `{command}`, {seconds:.0f} s. "
+        f"Load average before/after: {info['load_before']} / {info['load_after']}.",
         "",
         "| fig | what | goal | measured | result | detail |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -25,12 +25,23 @@ def commands(tmp: Path, r: int) -> dict[str, list[str]]:
     return {
         "import torch, hydra": [py, "-c", "import torch, hydra"],
         "single run": [py, "-m", "composer", "model=mlp", f"hydra.run.dir={tmp}/run{r}"],
-        "multirun (6 jobs)": [py, "-m", "composer", "-m", "model=mlp", f"init={SCHEMES}", f"hydra.sweep.dir={tmp}/sweep{r}"],
+        "multirun (6 jobs)": [
+            py,
+            "-m",
+            "composer",
+            "-m",
+            "model=mlp",
+            f"init={SCHEMES}",
+            f"hydra.sweep.dir={tmp}/sweep{r}",
+        ],
     }
 
 
 def run(quick: bool = False) -> list[Result]:
-    startup, sweep = "python -m composer model=mlp / python -c 'import torch, hydra'", "six-scheme multirun (basic launcher) / one run"
+    startup, sweep = (
+        "python -m composer model=mlp / python -c 'import torch, hydra'",
+        "six-scheme multirun (basic launcher) / one run",
+    )
     if not composer_app_available():
         why = "composer/__main__.py does not exist yet"
         return [not_available("6", startup, why, "<=", 1.3), not_available("6", sweep, why, "<=", 1.5)]
@@ -41,7 +52,7 @@ def run(quick: bool = False) -> list[Result]:
         for r in range(-1, rounds):  # round -1 warms the page cache and .pyc files, untimed
             cmds = commands(Path(tmp), r + 1)
             names = list(cmds)
-            order = names[r % 3:] + names[: r % 3] if r >= 0 else names
+            order = names[r % 3 :] + names[: r % 3] if r >= 0 else names
             for name in order:
                 if name.startswith("multirun") and r >= sweep_rounds:
                     continue
@@ -55,7 +66,9 @@ def run(quick: bool = False) -> list[Result]:
                     cpu.setdefault(name, []).append(cpu_seconds)
     t = {name: median(values) for name, values in times.items()}
     c = {name: median(values) for name, values in cpu.items()}
-    detail = "; ".join(f"{name} {ms(t[name])}" for name in t) + f" (medians of {sweep_rounds}-{rounds} alternating runs)"
+    detail = (
+        "; ".join(f"{name} {ms(t[name])}" for name in t) + f" (medians of {sweep_rounds}-{rounds} alternating runs)"
+    )
     base, one, many = "import torch, hydra", "single run", "multirun (6 jobs)"
     return [
         Result("6", startup, "<=", 1.3, t[one] / t[base], detail=f"{detail}; CPU-time ratio {c[one] / c[base]:.2f}x"),

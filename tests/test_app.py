@@ -2,7 +2,8 @@
 
 Every run writes under pytest's tmp_path (``hydra.run.dir`` / ``hydra.sweep.dir``, and the
 processes start there), so nothing lands in the repository. Runs that do not depend on each other
-start together (two cores here: start-up, mostly ``import torch``, dominates each run).
+start together (two cores here: start-up, mostly ``import torch``, dominates each run). Every test
+here waits on such processes, so the whole module is ``slow``: ``pytest -m "not slow"`` skips it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 import yaml
 
 from composer import build_from_config, load_checkpoint
-from tests.conftest import MODELS, ROOT
+from tests.recipes import MODELS, ROOT
+
+pytestmark = pytest.mark.slow
 
 TIMEOUT = 300
 
@@ -59,7 +62,9 @@ def command(*args: str) -> list[str]:
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # installed or not
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+    )  # installed or not
     full_env.update(env or {})
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=TIMEOUT)
 
@@ -155,7 +160,9 @@ def test_inspect_prints_recipe_summary_and_init_report(single, tmp_path):
     assert "in_features: 20" in text and "xavier_uniform" in text  # the recipe
     assert "total parameters: 7,946" in text and "0.weight: xavier_uniform" in text  # summary, init report
     assert results["bad"].returncode != 0
-    assert error_lines(results["bad"]) == [f"error: {out / 'recipe.yaml'}: not a composer-checkpoint file (no safetensors header)"]
+    assert error_lines(results["bad"]) == [
+        f"error: {out / 'recipe.yaml'}: not a composer-checkpoint file (no safetensors header)"
+    ]
 
 
 # --- every packaged recipe --------------------------------------------------------------------
@@ -169,7 +176,6 @@ def every_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "sweep"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("num,name", list(enumerate(MODELS)))
 def test_every_recipe_runs_and_its_checkpoint_reloads(every_recipe, num, name):
     out = every_recipe / str(num)
@@ -196,7 +202,13 @@ def test_every_recipe_sweep_has_a_report(every_recipe):
 def basic_sweep(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) -> tuple[subprocess.CompletedProcess, Path]:
     """Three schemes and a broken one, with the basic launcher (every job in this one process)."""
     tmp = tmp_path_factory.mktemp("basic")
-    args = ["-m", "--config-dir", str(user_conf), "init=constant,custom,normal,broken", f"hydra.sweep.dir={tmp / 'sweep'}"]
+    args = [
+        "-m",
+        "--config-dir",
+        str(user_conf),
+        "init=constant,custom,normal,broken",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+    ]
     return run(command(*args), tmp), tmp / "sweep"
 
 
@@ -217,7 +229,9 @@ def check_report_matches_checkpoints(sweep: Path, n_jobs: int) -> dict[str, dict
 
     Returns {init: {param: row}} for the jobs that succeeded.
     """
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == [str(i) for i in range(n_jobs)]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        str(i) for i in range(n_jobs)
+    ]
     rows = read_csv(sweep / "report.csv")
     assert is_png(sweep / "report.png")
     markdown = (sweep / "report.md").read_text()
@@ -240,7 +254,6 @@ def check_report_matches_checkpoints(sweep: Path, n_jobs: int) -> dict[str, dict
     return by_init
 
 
-@pytest.mark.slow
 def test_sweep_report_with_the_basic_launcher_and_a_failing_job(basic_sweep):
     result, sweep = basic_sweep
     assert result.returncode != 0  # a job failed
@@ -248,7 +261,9 @@ def test_sweep_report_with_the_basic_launcher_and_a_failing_job(basic_sweep):
     # the failing job, named with its overrides, on one line
     lines = error_lines(result)
     assert len(lines) == 1, lines
-    assert lines[0].startswith("error: 1 job(s) of the sweep failed: #3 (init=broken): init.rules[0].weight: unknown initializer 'nosuch'")
+    assert lines[0].startswith(
+        "error: 1 job(s) of the sweep failed: #3 (init=broken): init.rules[0].weight: unknown initializer 'nosuch'"
+    )
     stats = check_report_matches_checkpoints(sweep, n_jobs=4)
     assert set(stats) == {"constant", "custom", "normal"}  # the others still ran and are reported
     assert float(stats["constant"]["0.weight"]["std"]) == 0 and float(stats["constant"]["0.weight"]["mean"]) == 1
@@ -262,7 +277,6 @@ def test_sweep_report_with_the_basic_launcher_and_a_failing_job(basic_sweep):
     assert "## Failed jobs" in markdown and "`init=broken`" in markdown and "nosuch" in markdown
 
 
-@pytest.mark.slow
 def test_sweep_report_with_joblib_matches_the_basic_launcher(joblib_sweep, basic_sweep):
     result, sweep = ok(joblib_sweep[0]), joblib_sweep[1]
     assert "Joblib.Parallel" in result.stdout + result.stderr
@@ -272,7 +286,9 @@ def test_sweep_report_with_joblib_matches_the_basic_launcher(joblib_sweep, basic
     basic = check_report_matches_checkpoints(basic_sweep[1], n_jobs=4)
     for init in ("constant", "custom"):
         for name, row in stats[init].items():
-            assert {s: row[s] for s in ("mean", "std", "min", "max")} == {s: basic[init][name][s] for s in ("mean", "std", "min", "max")}
+            assert {s: row[s] for s in ("mean", "std", "min", "max")} == {
+                s: basic[init][name][s] for s in ("mean", "std", "min", "max")
+            }
 
 
 # --- independent single runs: errors, --config-dir, check mode ---------------------------------
@@ -283,9 +299,13 @@ def quick(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) -> dict[str
     tmp = tmp_path_factory.mktemp("quick")
     (tmp / "a_file").write_text("")
     full = {"HYDRA_FULL_ERROR": "1"}
+    huge = command("--config-dir", str(user_conf), "model=huge", "check=true", f"hydra.run.dir={tmp}/huge")
+    imports = (
+        "import sys, composer.app, composer.report; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    )
     peak_rss = textwrap.dedent(f"""\
         import resource, subprocess, sys
-        r = subprocess.run({command('--config-dir', str(user_conf), 'model=huge', 'check=true', f'hydra.run.dir={tmp}/huge')!r})
+        r = subprocess.run({huge!r})
         print("peak_rss_kb", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
         sys.exit(r.returncode)
         """)  # fmt: skip
@@ -300,7 +320,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) -> dict[str
         "shadow": (command("--config-dir", str(user_conf), "model=mlp", f"hydra.run.dir={tmp}/shadow"), None),
         "check": (command("model=lazy_mlp", "init=xavier", "check=true", f"hydra.run.dir={tmp}/check"), None),
         "huge": ([sys.executable, "-c", peak_rss], None),
-        "imports": ([sys.executable, "-c", "import sys, composer.app, composer.report; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"], None),
+        "imports": ([sys.executable, "-c", imports], None),
     }, tmp) | {"tmp": tmp}  # fmt: skip
 
 
@@ -323,7 +343,9 @@ def test_bad_overrides_are_one_line(quick):
     [line] = error_lines(option)
     assert line.startswith("error: init: no config named 'xaveir' (did you mean 'xavier'?); available: ")
     assert "constant, custom, default" in line
-    assert error_lines(key) == ["error: modle: no such key in the config (did you mean 'model'?); to add it, use +modle=mlp"]
+    assert error_lines(key) == [
+        "error: modle: no such key in the config (did you mean 'model'?); to add it, use +modle=mlp"
+    ]
 
 
 def test_unwritable_run_folder_is_a_clear_error(quick):
@@ -357,7 +379,6 @@ def test_check_mode_validates_on_meta_without_writing_weights(quick):
     assert not (quick["tmp"] / "check" / "model.safetensors").exists()
 
 
-@pytest.mark.slow
 def test_check_mode_handles_ten_billion_parameters_in_little_memory(quick):
     result = ok(quick["huge"])
     assert "check: the recipe is valid; 10,738,073,600 parameters (43.0 GB)" in result.stdout

@@ -13,13 +13,24 @@ from composer import ConfigError, build_from_config, register_module
 LINEAR = {"type": "Linear", "in_features": 4, "out_features": 4}
 
 
-def test_inputs_path_dict_dictconfig_and_bare_node(tmp_path):
-    recipe = {"model": {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}]}}
+RECIPE = {"model": {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}]}}
+
+# Each input form of the same recipe, made from the path of its YAML file.
+INPUT_FORMS = {
+    "dict": lambda path: RECIPE,
+    "str path": str,
+    "Path": lambda path: path,
+    "DictConfig": lambda path: OmegaConf.create(RECIPE),
+    "bare node": lambda path: RECIPE["model"],
+}
+
+
+@pytest.mark.parametrize("form", INPUT_FORMS)
+def test_inputs_path_dict_dictconfig_and_bare_node(tmp_path, form):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    for cfg in (recipe, str(path), path, OmegaConf.create(recipe), recipe["model"]):
-        model = build_from_config(cfg)
-        assert [type(m).__name__ for m in model] == ["Linear", "ReLU"]
+    path.write_text(yaml.safe_dump(RECIPE))
+    model = build_from_config(INPUT_FORMS[form](path))
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU"]
 
 
 def test_sequential_with_named_children_keeps_order():
@@ -35,8 +46,7 @@ def test_repeat_builds_independent_named_copies():
     assert [n for n, _ in default_names.named_children()] == ["0", "1"]
 
 
-def test_blocks_interpolation_pastes_copies_and_ref_shares(tmp_path):
-    text = """
+BLOCKS_AND_SHARED = """
 model:
   type: Sequential
   layers: [{ref: tied}, "${blocks.lin}", "${blocks.lin}", {ref: tied}]
@@ -45,17 +55,22 @@ blocks:
 shared:
   tied: {type: Linear, in_features: 4, out_features: 4}
 """
+
+
+@pytest.mark.parametrize("form", ["file", "dict", "DictConfig"])
+def test_blocks_interpolation_pastes_copies_and_ref_shares(tmp_path, form):
     path = tmp_path / "r.yaml"
-    path.write_text(text)
-    for cfg in (path, yaml.safe_load(text), OmegaConf.create(text)):
-        model = build_from_config(cfg)
-        assert model[0] is model[3]
-        assert model[1] is not model[2] and model[1].weight is not model[2].weight
+    path.write_text(BLOCKS_AND_SHARED)
+    cfg = {"file": path, "dict": yaml.safe_load(BLOCKS_AND_SHARED), "DictConfig": OmegaConf.create(BLOCKS_AND_SHARED)}
+    model = build_from_config(cfg[form])
+    assert model[0] is model[3]
+    assert model[1] is not model[2] and model[1].weight is not model[2].weight
 
 
 def test_shared_module_referenced_inside_shared_and_repeat():
     model = build_from_config({
-        "model": {"type": "Repeat", "times": 2, "body": {"type": "Sequential", "layers": [{"ref": "inner"}, {"type": "ReLU"}]}},
+        "model": {"type": "Repeat", "times": 2,
+                  "body": {"type": "Sequential", "layers": [{"ref": "inner"}, {"type": "ReLU"}]}},
         "shared": {"inner": {"type": "Sequential", "layers": [{"ref": "lin"}]}, "lin": LINEAR},
     })  # fmt: skip
     assert model[0][0] is model[1][0] and model[0][0][0] is model[1][0][0]
@@ -64,7 +79,8 @@ def test_shared_module_referenced_inside_shared_and_repeat():
 def test_kwarg_nodes_and_lists_of_nodes_are_built_first():
     encoder = build_from_config({
         "type": "TransformerEncoder", "num_layers": 2, "enable_nested_tensor": False,
-        "encoder_layer": {"type": "TransformerEncoderLayer", "d_model": 8, "nhead": 2, "dim_feedforward": 16, "batch_first": True},
+        "encoder_layer": {"type": "TransformerEncoderLayer", "d_model": 8, "nhead": 2, "dim_feedforward": 16,
+                          "batch_first": True},
     })  # fmt: skip
     assert isinstance(encoder, nn.TransformerEncoder) and len(encoder.layers) == 2
     assert encoder(torch.rand(2, 3, 8)).shape == (2, 3, 8)
@@ -77,7 +93,9 @@ def test_kwarg_nodes_and_lists_of_nodes_are_built_first():
 def test_positional_args_and_target():
     model = build_from_config({"_target_": "torch.nn.Linear", "_args_": [3, 5], "bias": False})
     assert model.weight.shape == (5, 3) and model.bias is None
-    seq = build_from_config({"_target_": "torch.nn.Sequential", "_args_": [LINEAR, {"_target_": "composer.blocks.CenteredLayer"}]})
+    seq = build_from_config(
+        {"_target_": "torch.nn.Sequential", "_args_": [LINEAR, {"_target_": "composer.blocks.CenteredLayer"}]}
+    )
     assert type(seq[1]).__name__ == "CenteredLayer"
 
 
@@ -112,7 +130,9 @@ def test_target_refusal_imports_nothing():
 
 
 def test_allow_targets_widens_the_allowlist(tmp_path, monkeypatch):
-    (tmp_path / "userblocks.py").write_text("from torch import nn\nclass Twice(nn.Module):\n    def forward(self, x):\n        return 2 * x\n")
+    (tmp_path / "userblocks.py").write_text(
+        "from torch import nn\nclass Twice(nn.Module):\n    def forward(self, x):\n        return 2 * x\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match="allow_targets"):
         build_from_config({"_target_": "userblocks.Twice"})
@@ -151,7 +171,9 @@ def problems(cfg) -> list[tuple[str, str]]:
 
 
 def test_unknown_type_names_the_path_and_closest_name():
-    [(path, message)] = problems({"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}, {"type": "Linaer", "out_features": 2}]})
+    [(path, message)] = problems(
+        {"type": "Sequential", "layers": [LINEAR, {"type": "ReLU"}, {"type": "Linaer", "out_features": 2}]}
+    )
     assert path == "model.layers[2].type"
     assert message == "unknown type 'Linaer' (did you mean 'Linear'?)"
 
@@ -159,7 +181,9 @@ def test_unknown_type_names_the_path_and_closest_name():
 def test_bad_arguments_list_valid_names():
     [(path, message)] = problems({"type": "Linear", "in_feature": 4, "out_features": 2})
     assert path == "model.in_feature"
-    assert "did you mean 'in_features'" in message and "valid: bias, device, dtype, in_features, out_features" in message
+    assert (
+        "did you mean 'in_features'" in message and "valid: bias, device, dtype, in_features, out_features" in message
+    )
     [(path, message)] = problems({"type": "Linear", "in_features": 4})
     assert path == "model" and "missing required argument 'out_features'" in message
 
@@ -184,11 +208,19 @@ def test_wrong_value_types():
 
 def test_every_independent_problem_is_reported_at_once():
     found = problems({
-        "model": {"type": "Sequential", "layers": [{"type": "Linaer"}, {"ref": "missing"}, {"type": "Repeat", "times": 0, "body": LINEAR}]},
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Linaer"}, {"ref": "missing"}, {"type": "Repeat", "times": 0, "body": LINEAR},
+        ]},
         "sahred": {},
         "init": {"rules": [{"weight": "normall"}]},
     })  # fmt: skip
-    assert [p for p, _ in found] == ["sahred", "init.rules[0].weight", "model.layers[0].type", "model.layers[1].ref", "model.layers[2].times"]
+    assert [p for p, _ in found] == [
+        "sahred",
+        "init.rules[0].weight",
+        "model.layers[0].type",
+        "model.layers[1].ref",
+        "model.layers[2].times",
+    ]
     messages = dict(found)
     assert "did you mean 'shared'" in messages["sahred"]
     assert "did you mean 'normal'" in messages["init.rules[0].weight"]
@@ -204,14 +236,22 @@ def test_ref_node_takes_no_other_keys():
     assert path == "model.in_features"
 
 
-def test_shared_cycles_are_refused():
-    [(path, message)] = problems({"model": {"ref": "a"}, "shared": {"a": {"ref": "a"}}})
-    assert path == "shared.a" and "a -> a" in message
-    [(path, message)] = problems({
-        "model": {"ref": "a"},
-        "shared": {"a": {"type": "Sequential", "layers": [{"ref": "b"}]}, "b": {"type": "Sequential", "layers": [{"ref": "a"}]}},
-    })  # fmt: skip
-    assert "a -> b -> a" in message
+@pytest.mark.parametrize(
+    "shared, cycle",
+    [
+        ({"a": {"ref": "a"}}, "a -> a"),
+        (
+            {
+                "a": {"type": "Sequential", "layers": [{"ref": "b"}]},
+                "b": {"type": "Sequential", "layers": [{"ref": "a"}]},
+            },
+            "a -> b -> a",
+        ),
+    ],
+)
+def test_shared_cycles_are_refused(shared, cycle):
+    [(path, message)] = problems({"model": {"ref": "a"}, "shared": shared})
+    assert path == "shared.a" and cycle in message
 
 
 def test_unreferenced_shared_module_is_still_checked():
@@ -219,23 +259,38 @@ def test_unreferenced_shared_module_is_still_checked():
     assert path == "shared.spare.type"
 
 
-def test_repeat_problems():
-    assert problems({"type": "Repeat", "times": -1, "body": LINEAR})[0][0] == "model.times"
-    assert problems({"type": "Repeat", "times": 2, "names": "x", "body": LINEAR})[0] == ("model.names", "names repeat")
-    assert problems({"type": "Repeat", "times": 2})[0][0] == "model.body"
-    # a broken body is reported once, not once per copy
-    assert len(problems({"type": "Repeat", "times": 5, "body": {"type": "Nope"}})) == 1
+@pytest.mark.parametrize(
+    "cfg, path, message",
+    [
+        pytest.param({"type": "Repeat", "times": -1, "body": LINEAR}, "model.times", (), id="Repeat times"),
+        pytest.param(
+            {"type": "Repeat", "times": 2, "names": "x", "body": LINEAR},
+            "model.names",
+            "names repeat",
+            id="Repeat names",
+        ),
+        pytest.param({"type": "Repeat", "times": 2}, "model.body", (), id="Repeat body"),
+        pytest.param({"type": "Sequential", "layers": 3}, "model.layers", (), id="Sequential layers"),
+        pytest.param({"type": "Sequential", "layer": []}, "model.layer", (), id="Sequential key"),
+        pytest.param({"type": "Sequential", "layers": {"a.b": LINEAR}}, "model.layers", ("without '.'",), id="name"),
+        pytest.param({"shared": {}}, "model", "missing: a recipe needs a model node", id="no model"),
+        pytest.param({"model": LINEAR, "input_shape": [2, "x"]}, "input_shape", (), id="input_shape"),
+    ],
+)
+def test_form_problems(cfg, path, message):
+    """One problem at ``path``; ``message`` is its exact text, or a tuple of parts of it."""
+    [(got_path, got)] = problems(cfg)
+    assert got_path == path, got
+    assert got == message if isinstance(message, str) else all(part in got for part in message), got
 
 
-def test_sequential_problems():
-    assert problems({"type": "Sequential", "layers": 3})[0][0] == "model.layers"
-    assert problems({"type": "Sequential", "layer": []})[0][0] == "model.layer"
-    assert "without '.'" in problems({"type": "Sequential", "layers": {"a.b": LINEAR}})[0][1]
+def test_broken_repeat_body_is_reported_once_not_once_per_copy():
+    assert problems({"type": "Repeat", "times": 5, "body": {"type": "Nope"}}) == [
+        ("model.body.type", "unknown type 'Nope'")
+    ]
 
 
-def test_top_level_problems():
-    assert problems({"shared": {}})[0] == ("model", "missing: a recipe needs a model node")
-    assert problems({"model": LINEAR, "input_shape": [2, "x"]})[0][0] == "input_shape"
+def test_recipe_that_is_no_mapping():
     with pytest.raises(ConfigError, match="not int"):
         build_from_config(5)
 
@@ -269,9 +324,13 @@ def test_the_model_keeps_its_own_copy_of_a_dict_recipe():
 
 
 def test_allow_targets_given_as_one_string(tmp_path, monkeypatch):
-    (tmp_path / "userblocks2.py").write_text("from torch import nn\nclass Half(nn.Module):\n    def forward(self, x):\n        return x / 2\n")
+    (tmp_path / "userblocks2.py").write_text(
+        "from torch import nn\nclass Half(nn.Module):\n    def forward(self, x):\n        return x / 2\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert build_from_config({"_target_": "userblocks2.Half"}, allow_targets="userblocks2.")(torch.ones(1)).item() == 0.5
+    assert (
+        build_from_config({"_target_": "userblocks2.Half"}, allow_targets="userblocks2.")(torch.ones(1)).item() == 0.5
+    )
 
 
 def test_missing_arguments_are_named_once():
@@ -292,7 +351,9 @@ def test_repeat_is_reserved():
 
 def test_checked_leaf_path_still_refuses_a_non_module():
     register_module("SometimesModule")(lambda n: nn.Linear(n, n) if n > 0 else "x")
-    [(path, message)] = problems({"type": "Sequential", "layers": [{"type": "SometimesModule", "n": 2}, {"type": "SometimesModule", "n": 0}]})
+    [(path, message)] = problems(
+        {"type": "Sequential", "layers": [{"type": "SometimesModule", "n": 2}, {"type": "SometimesModule", "n": 0}]}
+    )
     assert path == "model.layers[1]" and "returned str" in message
 
 

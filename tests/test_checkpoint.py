@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from composer import (
@@ -21,27 +22,38 @@ from composer import (
     load_checkpoint,
     load_tensors,
     load_weights,
+    register_init,
+    register_module,
     save_checkpoint,
     save_tensors,
 )
 from composer.checkpoint import write_atomic
 from composer.record import record_of
-from tests.conftest import MODELS, ROOT, model_recipe
+from tests.recipes import MODELS, ROOT, model_recipe
 
 
-def test_tutorial_tensor_list_and_dict(tmp_path):
-    x = torch.arange(4)
-    save_tensors(x, tmp_path / "x-file")
-    x2 = load_tensors(tmp_path / "x-file")
-    assert torch.equal(x2, x) and x2.dtype == torch.int64
-    y = torch.zeros(4)
-    save_tensors([x, y], tmp_path / "x-files")
-    x2, y2 = load_tensors(tmp_path / "x-files")
-    assert torch.equal(x2, x) and torch.equal(y2, y)
-    mydict = {"x": x, "y": y}
-    save_tensors(mydict, tmp_path / "mydict")
-    loaded = load_tensors(tmp_path / "mydict")
-    assert loaded.keys() == mydict.keys() and all(torch.equal(loaded[k], mydict[k]) for k in mydict)
+def assert_same_tensors(got, expected) -> None:
+    """Same structure (list or dict, keys in order), and each tensor of the same dtype, shape and values."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and got.dtype == expected.dtype and got.shape == expected.shape
+        assert torch.equal(got, expected)
+    elif isinstance(expected, dict):
+        assert list(got) == list(expected)
+        for key in expected:
+            assert_same_tensors(got[key], expected[key])
+    else:
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert_same_tensors(a, b)
+
+
+X, Y = torch.arange(4), torch.zeros(4)
+
+
+@pytest.mark.parametrize("obj", [X, [X, Y], {"x": X, "y": Y}], ids=["tensor", "list", "dict"])
+def test_tutorial_tensor_list_and_dict(tmp_path, obj):
+    save_tensors(obj, tmp_path / "x-file")
+    assert_same_tensors(load_tensors(tmp_path / "x-file"), obj)
 
 
 def test_tensor_files_keep_dtype_shape_nesting_and_views(tmp_path):
@@ -54,12 +66,7 @@ def test_tensor_files_keep_dtype_shape_nesting_and_views(tmp_path):
         "nested": [base, base[1:3], base.t(), {"again": base}],
     }
     save_tensors(obj, tmp_path / "t.safetensors")
-    back = load_tensors(tmp_path / "t.safetensors")
-    for key in ("half", "flags", "scalar", "empty"):
-        assert back[key].dtype == obj[key].dtype and back[key].shape == obj[key].shape and torch.equal(back[key], obj[key])
-    nested = back["nested"]
-    assert torch.equal(nested[0], base) and torch.equal(nested[1], base[1:3]) and torch.equal(nested[2], base.t())
-    assert torch.equal(nested[3]["again"], base)
+    assert_same_tensors(load_tensors(tmp_path / "t.safetensors"), obj)
     with pytest.raises(TypeError, match="not int"):
         save_tensors({"x": 3}, tmp_path / "bad")
 
@@ -85,7 +92,9 @@ def test_every_recipe_round_trips_bit_for_bit(tmp_path, name):
     assert str(loaded) == str(model)
     assert torch.equal(loaded(x), model(x))
     assert loaded.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+    )
     assert init_report(loaded) == init_report(model)
     assert not any(p.is_meta for p in loaded.parameters()) and all(p.requires_grad for p in loaded.parameters())
 
@@ -116,7 +125,10 @@ def test_tied_parameters_across_modules_by_assignment(tmp_path):
 
 def test_constant_buffer_and_frozen_flags_survive(tmp_path):
     model = build_from_config({
-        "model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 20, "frozen": True}, {"type": "FixedHiddenMLP"}]},
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Linear", "out_features": 20, "frozen": True},
+            {"type": "FixedHiddenMLP"},
+        ]},
         "input_shape": [2, 20],
     })  # fmt: skip
     save_checkpoint(model, tmp_path / "c.safetensors")
@@ -128,14 +140,18 @@ def test_constant_buffer_and_frozen_flags_survive(tmp_path):
 
 def test_loading_runs_no_initializer(tmp_path):
     calls = []
-    from composer import register_init
 
     @register_init("counted_zeros")
     def counted_zeros(tensor):
         calls.append(1)
         return nn.init.zeros_(tensor)
 
-    model = build_from_config({"model": {"type": "Linear", "in_features": 3, "out_features": 3}, "init": {"rules": [{"weight": "counted_zeros"}]}})
+    model = build_from_config(
+        {
+            "model": {"type": "Linear", "in_features": 3, "out_features": 3},
+            "init": {"rules": [{"weight": "counted_zeros"}]},
+        }
+    )
     save_checkpoint(model, tmp_path / "z.safetensors")
     calls.clear()
     torch.manual_seed(0)
@@ -194,28 +210,34 @@ def saved(tmp_path):
     return path
 
 
-def test_truncated_file_is_detected(saved):
+@pytest.mark.parametrize("keep", [4, 100, "half", -1], ids=["length", "header", "half", "all but the last byte"])
+def test_truncated_file_is_detected(saved, keep):
     data = saved.read_bytes()
-    for cut in (4, 100, len(data) // 2, len(data) - 1):
-        saved.write_bytes(data[:cut])
-        with pytest.raises(CheckpointError):
-            load_checkpoint(saved)
+    saved.write_bytes(data[: len(data) // 2 if keep == "half" else keep])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(saved)
 
 
-def test_junk_and_foreign_files_are_detected(tmp_path, saved):
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"not a checkpoint at all, just some text" * 10)
-    with pytest.raises(CheckpointError, match="not a composer-checkpoint file"):
-        load_checkpoint(junk)
-    from safetensors.torch import save_file
+# A file that is not what the loader reads: how to write it (None: no file), the loader, the error.
+FOREIGN = {
+    "junk": (lambda path: path.write_bytes(b"not a checkpoint at all, just some text" * 10), load_checkpoint,
+             "not a composer-checkpoint file"),
+    "plain safetensors": (lambda path: save_file({"w": torch.zeros(2)}, path), load_checkpoint,
+                          "not a composer-checkpoint file"),
+    "checkpoint read as tensors": (lambda path: save_checkpoint(build_from_config(model_recipe("mlp")), path),
+                                   load_tensors, "not a composer-tensors file"),
+    "missing": (None, load_checkpoint, "cannot read"),
+}  # fmt: skip
 
-    save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
-    with pytest.raises(CheckpointError, match="not a composer-checkpoint file"):
-        load_checkpoint(tmp_path / "plain.safetensors")
-    with pytest.raises(CheckpointError, match="not a composer-tensors file"):
-        load_tensors(saved)
-    with pytest.raises(CheckpointError, match="cannot read"):
-        load_checkpoint(tmp_path / "missing.safetensors")
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_junk_and_foreign_files_are_detected(tmp_path, kind):
+    write, load, error = FOREIGN[kind]
+    path = tmp_path / "f.safetensors"
+    if write is not None:
+        write(path)
+    with pytest.raises(CheckpointError, match=error):
+        load(path)
 
 
 def test_flipped_data_byte_is_detected(saved):
@@ -235,14 +257,25 @@ class CreatesFile:
         return (open, (self.path, "w"))
 
 
-def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+PICKLES = {  # file name: how to write a payload there
+    "p.pt": lambda path, payload: torch.save({"x": payload}, path),
+    "p.pkl": lambda path, payload: path.write_bytes(pickle.dumps(payload)),
+}
+LOADERS = {
+    "load_checkpoint": load_checkpoint,
+    "load_tensors": load_tensors,
+    "load_weights": lambda path: load_weights(nn.Linear(2, 2), path),
+}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("writer", PICKLES)
+def test_pickle_payload_is_refused_and_never_runs(tmp_path, writer, loader):
     target = tmp_path / "pwned"
-    for name, write in (("p.pt", lambda p: torch.save({"x": CreatesFile(target)}, p)), ("p.pkl", lambda p: p.write_bytes(pickle.dumps(CreatesFile(target))))):
-        path = tmp_path / name
-        write(path)
-        for load in (load_checkpoint, load_tensors, lambda p: load_weights(nn.Linear(2, 2), p)):
-            with pytest.raises(CheckpointError):
-                load(path)
+    path = tmp_path / writer
+    PICKLES[writer](path, CreatesFile(target))
+    with pytest.raises(CheckpointError):
+        LOADERS[loader](path)
     assert not target.exists()
 
 
@@ -264,10 +297,11 @@ def test_failed_save_keeps_the_previous_checkpoint(saved):
 @pytest.mark.slow
 def test_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "big.safetensors"
+    recipe = {"type": "Repeat", "times": 8, "body": {"type": "Linear", "in_features": 1024, "out_features": 1024}}
     script = textwrap.dedent(f"""
         import sys, torch, composer
         sys.path.insert(0, {str(ROOT)!r})
-        model = composer.build_from_config({{"type": "Repeat", "times": 8, "body": {{"type": "Linear", "in_features": 1024, "out_features": 1024}}}})
+        model = composer.build_from_config({recipe!r})
         composer.save_checkpoint(model, {str(path)!r})
         print("saved", flush=True)
         with torch.no_grad():
@@ -308,19 +342,28 @@ def test_lazy_conv_and_norm_reload_with_their_inferred_sizes(tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
-def test_tampered_metadata_is_a_checkpoint_error(saved):
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("recipe", "{not json"),
+        ("recipe", "[1]"),
+        ("aliases", '{"x": "nokey"}'),
+        ("init_schemes", "3"),
+        ("recipe", '{"model": {"type": "Linear"}, "shared": 3}'),
+    ],
+)
+def test_tampered_metadata_is_a_checkpoint_error(saved, key, value):
     data = saved.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + length])
-    for key, value in (("recipe", "{not json"), ("recipe", "[1]"), ("aliases", '{"x": "nokey"}'), ("init_schemes", "3"), ("recipe", '{"model": {"type": "Linear"}, "shared": 3}')):
-        tampered = dict(header, __metadata__=dict(header["__metadata__"], **{key: value}))
-        body = json.dumps(tampered).encode()
-        body += b" " * (-len(body) % 8)
-        saved.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
-        with pytest.raises(CheckpointError, match="checksum"):
-            load_checkpoint(saved)  # the CRC covers the metadata too
-        with pytest.raises(CheckpointError):
-            load_checkpoint(saved, verify=False)
+    tampered = dict(header, __metadata__=dict(header["__metadata__"], **{key: value}))
+    body = json.dumps(tampered).encode()
+    body += b" " * (-len(body) % 8)
+    saved.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(saved)  # the CRC covers the metadata too
+    with pytest.raises(CheckpointError):
+        load_checkpoint(saved, verify=False)
 
 
 def test_meta_model_cannot_be_saved(tmp_path):
@@ -342,8 +385,6 @@ class WithCache(nn.Module):
 
 
 def test_unset_non_persistent_buffer_reloads(tmp_path):
-    from composer import register_module
-
     register_module(WithCache)
     model = build_from_config({"type": "WithCache"})
     save_checkpoint(model, tmp_path / "c.safetensors")

@@ -3,8 +3,8 @@
 import pytest
 from torch import nn
 
-from composer import ConfigError, build_from_config, summary
-from tests.conftest import model_recipe
+from composer import ConfigError, build_from_config, register_module, summary
+from tests.recipes import model_recipe
 
 
 def rows(text: str) -> dict[str, list[str]]:
@@ -15,7 +15,7 @@ def rows(text: str) -> dict[str, list[str]]:
     for line in lines[2:]:
         if line.startswith("total parameters"):
             break
-        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
         table[cells[0]] = cells[1:]
     return table
 
@@ -56,21 +56,36 @@ def test_lazy_model_without_input_shape_names_it():
 
 
 def test_frozen_parameters_are_not_trainable():
-    model = build_from_config({"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2, "frozen": True}]})
+    model = build_from_config(
+        {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2, "frozen": True}]}
+    )
     assert "total parameters: 6 (trainable 0;" in summary(model)
 
 
 def test_model_that_cannot_take_zeros_still_gets_a_table():
-    text = summary(build_from_config({"type": "Embedding", "num_embeddings": 5, "embedding_dim": 2}), input_shape=[2, 3])
+    text = summary(
+        build_from_config({"type": "Embedding", "num_embeddings": 5, "embedding_dim": 2}), input_shape=[2, 3]
+    )
     assert rows(text)["(model)"] == ["Embedding", "", "10", ""]
-    assert "output shapes unavailable: a forward pass of zeros shaped [2, 3] failed in module '(model)': RuntimeError" in text
+    assert (
+        "output shapes unavailable: a forward pass of zeros shaped [2, 3] failed in module '(model)': RuntimeError"
+        in text
+    )
 
 
 def test_meta_forward_checks_shapes_as_the_real_one_does():
-    recipe = {"model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 8}, {"type": "LayerNorm", "normalized_shape": 5}]}, "input_shape": [2, 30]}
+    recipe = {
+        "model": {
+            "type": "Sequential",
+            "layers": [{"type": "Linear", "out_features": 8}, {"type": "LayerNorm", "normalized_shape": 5}],
+        },
+        "input_shape": [2, 30],
+    }
     with pytest.raises(ConfigError, match="in module '1'.*normalized_shape"):
         build_from_config(recipe, device="meta")
-    wrong = build_from_config({"model": {"type": "Linear", "in_features": 20, "out_features": 8}, "input_shape": [2, 30]}, device="meta")
+    wrong = build_from_config(
+        {"model": {"type": "Linear", "in_features": 20, "out_features": 8}, "input_shape": [2, 30]}, device="meta"
+    )
     assert "output shapes unavailable" in summary(wrong)
 
 
@@ -82,8 +97,8 @@ class Unsqueezed(nn.Linear):
 
 
 def test_meta_forward_keeps_a_subclass_forward():
-    from composer import register_module
-
     register_module(Unsqueezed)
-    model = build_from_config({"model": {"type": "Unsqueezed", "in_features": 4, "out_features": 3}, "input_shape": [2, 4]}, device="meta")
+    model = build_from_config(
+        {"model": {"type": "Unsqueezed", "in_features": 4, "out_features": 3}, "input_shape": [2, 4]}, device="meta"
+    )
     assert rows(summary(model))["(model)"][:2] == ["Unsqueezed", "[2, 1, 3]"]

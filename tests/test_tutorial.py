@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from composer import build_from_config
-from tests.conftest import MODELS, model_recipe
+from tests.recipes import MODELS, model_recipe
 
 RGNET_PRINT = """Sequential(
   (0): Sequential(
@@ -38,17 +38,23 @@ RGNET_PRINT = """Sequential(
 )"""
 
 
-def test_every_conf_model_builds_and_forwards():
-    expected = {
-        "mlp": [2, 10], "mlp_block": [2, 10], "my_sequential": [2, 10], "fixed_hidden_mlp": [],
-        "chimera": [], "param_mlp": [2, 1], "rgnet": [2, 1], "tied": [2, 1], "centered": [4, 128],
-        "my_linear": [2, 1], "lazy_mlp": [2, 10],
-    }  # fmt: skip
-    assert sorted(expected) == MODELS
-    for name in MODELS:
-        model = build_from_config(model_recipe(name))
-        x = torch.rand(*model.composer_record.recipe["input_shape"])
-        assert list(model(x).shape) == expected[name], name
+# The output shape of each conf/model recipe on its input_shape.
+OUTPUT_SHAPES = {
+    "mlp": [2, 10], "mlp_block": [2, 10], "my_sequential": [2, 10], "fixed_hidden_mlp": [],
+    "chimera": [], "param_mlp": [2, 1], "rgnet": [2, 1], "tied": [2, 1], "centered": [4, 128],
+    "my_linear": [2, 1], "lazy_mlp": [2, 10],
+}  # fmt: skip
+
+
+def test_every_conf_model_has_an_expected_output_shape():
+    assert sorted(OUTPUT_SHAPES) == MODELS
+
+
+@pytest.mark.parametrize("name", OUTPUT_SHAPES)
+def test_every_conf_model_builds_and_forwards(name):
+    model = build_from_config(model_recipe(name))
+    x = torch.rand(*model.composer_record.recipe["input_shape"])
+    assert list(model(x).shape) == OUTPUT_SHAPES[name]
 
 
 def test_mlp_structure_matches_handwritten():

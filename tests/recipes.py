@@ -1,15 +1,9 @@
-from pathlib import Path
+"""The packaged recipes the tests build: ``conf/model/<name>.yaml`` by name, and the repository root."""
 
-import pytest
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
-
-
-@pytest.fixture
-def conf() -> Path:
-    """The packaged conf/ directory."""
-    return ROOT / "conf"
 
 
 def model_recipe(name: str) -> Path:
