@@ -1,0 +1,179 @@
+"""``recipe_schema``: the recipe language as a JSON Schema that accepts the packaged recipes and
+flags what an editor should (a misspelled argument, an unknown type or key)."""
+
+import json
+
+import pytest
+import yaml
+from torch import nn
+
+from composer.schema import recipe_schema
+from tests.conftest import MODELS, ROOT, model_recipe
+
+jsonschema = pytest.importorskip("jsonschema")
+
+INITS = sorted(p.stem for p in (ROOT / "conf" / "init").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = recipe_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def errors(validator, recipe) -> list:
+    return list(validator.iter_errors(recipe))
+
+
+def problem(validator, recipe) -> tuple[list, str]:
+    """Where the most relevant error sits and what it says."""
+    best = jsonschema.exceptions.best_match(validator.iter_errors(recipe))
+    assert best is not None, f"{recipe} was accepted"
+    return list(best.absolute_path), best.message
+
+
+def linear(**kwargs) -> dict:
+    return {"type": "Linear", "in_features": 4, "out_features": 8, **kwargs}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_packaged_recipe_validates(validator, name):
+    assert errors(validator, yaml.safe_load(model_recipe(name).read_text())) == []
+
+
+@pytest.mark.parametrize("name", INITS)
+def test_every_packaged_init_scheme_validates(validator, name):
+    scheme = yaml.safe_load((ROOT / "conf" / "init" / f"{name}.yaml").read_text())
+    assert errors(validator, {"model": {"type": "ReLU"}, "init": scheme}) == []
+
+
+def test_misspelled_argument_is_flagged_where_it_is(validator):
+    recipe = {"model": {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 4, "out_feature": 8}]}}
+    path, message = problem(validator, recipe)
+    assert path == ["model", "layers", 0]
+    assert "'out_feature' was unexpected" in message
+
+
+def test_unknown_type_wrong_kind_and_missing_argument(validator):
+    assert problem(validator, {"model": {"type": "Linaer"}})[0] == ["model", "type"]
+    path, message = problem(validator, {"model": linear(in_features="four")})
+    assert path == ["model", "in_features"] and "four" in message
+    path, message = problem(validator, {"model": {"type": "Linear", "in_features": 4}})
+    assert "'out_features' is a required property" in message
+    assert problem(validator, {"model": linear(bias="yes")})[0] == ["model", "bias"]
+
+
+def test_what_the_builder_accepts_passes(validator):
+    assert errors(validator, {"model": {"type": "Linear", "out_features": 8}}) == []  # lazy: in_features inferred
+    assert errors(validator, {"model": {"type": "Linear", "_args_": [4, 8]}}) == []  # positional
+    assert errors(validator, {"model": linear(init={"weight": "zeros"}, frozen=True)}) == []
+    assert (
+        errors(validator, {"model": {"type": "Conv2d", "in_channels": 3, "out_channels": 8, "kernel_size": [3, 3]}})
+        == []
+    )
+    assert errors(validator, {"model": {"type": "MLP"}}) == []
+    assert errors(validator, {"type": "ReLU"}) == []  # a bare node is a recipe
+    interpolated = {"model": linear(out_features="${vars.width}"), "vars": {"width": 8}}
+    assert errors(validator, interpolated) == []
+
+
+def test_top_level_keys(validator):
+    full = {
+        "model": {"ref": "enc"},
+        "shared": {"enc": linear()},
+        "blocks": {"lin": linear(), "unit": {"args": {"c": "???", "stride": 1}, "body": linear(in_features="$c")}},
+        "init": {"seed": 0, "rules": [{"match": "*", "layer": ["Linear", "Conv2d"], "weight": "xavier_uniform"}]},
+        "input_shape": [2, 4],
+        "inputs": [{"shape": [2, 64], "dtype": "long"}],
+        "tie": {"lm_head.weight": "transformer.wte.weight"},
+        "dtype": "bfloat16",
+        "vars": {"width": 256},
+        "shard": {"units": [{"layer": "Linear"}, {"match": "blocks.*"}]},
+    }
+    assert errors(validator, full) == []
+    assert problem(validator, {"model": linear(), "sahred": {}}) == (
+        [],
+        "Additional properties are not allowed ('sahred' was unexpected)",
+    )
+    assert problem(validator, {"model": linear(), "dtype": "float33"})[0] == ["dtype"]
+    assert problem(validator, {"model": linear(), "input_shape": [2, 0]})[0][:1] == ["input_shape"]
+
+
+def test_node_forms(validator):
+    forms = [
+        {"type": "Sequential", "layers": {"enc": linear(), "act": {"type": "ReLU"}}},
+        {"type": "Repeat", "times": 4, "names": "block {i}", "body": linear()},
+        {"type": "Repeat", "times": 2, "body": "${blocks.block}"},
+        {"_target_": "torch.nn.Linear", "in_features": 4, "out_features": 8},
+        {"use": "unit", "c": 64, "in": "x"},
+        {"type": "ModuleList", "modules": [linear(), {"type": "ReLU"}]},
+        {"type": "TransformerEncoder", "encoder_layer": {"type": "TransformerEncoderLayer", "d_model": 8, "nhead": 2},
+         "num_layers": 2},
+        {"type": "Sequential", "layers": [linear(), {"op": "flatten", "start_dim": 1}]},
+    ]  # fmt: skip
+    for node in forms:
+        assert errors(validator, {"model": node}) == [], node
+    assert problem(validator, {"model": {"ref": "enc", "frozen": True}})[1].endswith("'frozen' was unexpected)")
+    assert "'time' was unexpected" in problem(validator, {"model": {"type": "Repeat", "time": 2, "body": linear()}})[1]
+    assert problem(validator, {"model": {"type": "Repeat", "times": 0, "body": linear()}})[0] == ["model", "times"]
+    assert problem(validator, {"model": {"layers": []}})  # no type, ref, _target_, use or op
+
+
+def test_graph_with_ops_calls_and_params(validator):
+    graph = {
+        "type": "Graph",
+        "inputs": ["x"],
+        "params": {"cls_token": {"shape": [1, 1, 8], "init": {"type": "trunc_normal", "std": 0.02}}},
+        "nodes": {
+            "conv1": {"type": "Conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
+            "relu": {"type": "ReLU"},
+            "sum": {"op": "add", "in": ["relu", "x"]},
+            "out": {"call": "relu"},
+        },
+        "output": "out",
+    }
+    assert errors(validator, {"model": graph}) == []
+    graph["nodes"]["out"] = {"call": "relu", "init": {}}
+    assert problem(validator, {"model": graph})[0] == ["model", "nodes", "out"]
+
+
+def test_initializer_specs(validator):
+    def with_rule(**rule):
+        return {"model": linear(), "init": {"rules": [rule]}}
+
+    assert errors(validator, with_rule(weight={"type": "normal", "mean": 0.0, "std": 0.01}, bias="zeros")) == []
+    assert errors(validator, with_rule(weight={"type": "sparse", "sparsity": 0.5})) == []
+    assert "'stdd' was unexpected" in problem(validator, with_rule(weight={"type": "normal", "stdd": 1}))[1]
+    assert problem(validator, with_rule(weight="xavier"))[0][-1] == "weight"
+    assert "'sparsity' is a required property" in problem(validator, with_rule(weight={"type": "sparse"}))[1]
+    assert problem(validator, {"model": linear(init={"weight": "gaussian"})})[0][:3] == ["model", "init", "weight"]
+
+
+def test_ops_from_a_registry():
+    def add(x, y=None, other: float | None = None): ...
+
+    def flatten(x, start_dim: int = 0, end_dim: int = -1): ...
+
+    validator = jsonschema.Draft202012Validator(recipe_schema(ops={"add": add, "flatten": flatten}))
+    node = {"type": "Sequential", "layers": [{"op": "flatten", "start_dim": 1}, {"op": "add", "other": 0.5}]}
+    assert errors(validator, {"model": node}) == []
+    assert "'start_dims' was unexpected" in problem(validator, {"model": {"op": "flatten", "start_dims": 1}})[1]
+    assert problem(validator, {"model": {"op": "flaten"}})[0] == ["model", "op"]
+    assert problem(validator, {"model": {"op": "flatten", "start_dim": "one"}})[0] == ["model", "start_dim"]
+
+
+def test_registries_are_arguments():
+    schema = recipe_schema(modules={"Lin": nn.Linear}, initializers={})
+    validator = jsonschema.Draft202012Validator(schema)
+    assert errors(validator, {"model": {"type": "Lin", "in_features": 2, "out_features": 2}}) == []
+    assert problem(validator, {"model": {"type": "Linear", "in_features": 2, "out_features": 2}})[0] == [
+        "model",
+        "type",
+    ]
+
+
+def test_schema_is_json_and_its_size():
+    text = json.dumps(recipe_schema())
+    assert json.loads(text)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert len(text.encode()) < 512_000, len(text.encode())  # an editor loads it on every keystroke's check
