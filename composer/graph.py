@@ -183,7 +183,7 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
     if not spec.entries:
         problems.append((_join(key_path, "nodes"), "a Graph needs at least one node"))
 
-    available = [n for n in (*inputs, *spec.params) if isinstance(n, str)]
+    available = [n for n, what in seen.items() if what != "entry"]
     modules: dict[str, nn.Module | None] = {}
     used: set[str] = set()
     for entry, names in zip(spec.entries, _resolved_inputs(GraphSpec(spec.entries, inputs))):
@@ -230,7 +230,7 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
         where = out_path if isinstance(spec.output, str) or spec.output is None else f"{out_path}[{j}]"
         if name in available:
             used.add(name)
-        elif spec.entries or spec.output is not None:
+        elif name not in {e.name for e in spec.entries} or isinstance(spec.output, (str, list, tuple)):
             hint = did_you_mean(str(name), available)
             problems.append((where, f"unknown output {name!r}{hint}; known: {', '.join(available) or 'none'}"))
     for entry in spec.entries:
@@ -293,7 +293,8 @@ def _source(wiring: _Wiring) -> tuple[str, dict[str, Any]]:
     for i, name in enumerate(params):
         var[name] = f"p{i}"
         lines.append(f"    p{i} = _p[{name!r}]")
-    env: dict[str, Any] = {"__builtins__": builtins, "__name__": __name__ + "._generated"}
+    # No __name__: dynamo would import it as a module to reach the globals below.
+    env: dict[str, Any] = {"__builtins__": builtins}
     for i, wire in enumerate(wiring.wires):
         call_args = ", ".join(var[name] for name in wire.inputs)
         if wire.kind == "op":
