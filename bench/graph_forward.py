@@ -57,7 +57,11 @@ def vit_block_graph(block: R.ViTBlock) -> Graph:
         OpEntry("flat", op("flatten"), {"start_dim": 2}),
         ModuleEntry("proj", a.proj),
     ]))  # fmt: skip
-    mlp = Graph(GraphSpec([ModuleEntry("fc1", block.mlp.fc1), ModuleEntry("act", block.mlp.act), ModuleEntry("fc2", block.mlp.fc2)]))
+    mlp = Graph(
+        GraphSpec(
+            [ModuleEntry("fc1", block.mlp.fc1), ModuleEntry("act", block.mlp.act), ModuleEntry("fc2", block.mlp.fc2)]
+        )
+    )
     return Graph(GraphSpec([
         ModuleEntry("norm1", block.norm1), ModuleEntry("attn", attn), OpEntry("res1", op("add"), inputs=["x", "attn"]),
         ModuleEntry("norm2", block.norm2), ModuleEntry("mlp", mlp), OpEntry("res2", op("add"), inputs=["res1", "mlp"]),
@@ -85,7 +89,11 @@ def cases() -> dict[str, tuple[nn.Module, Callable[[nn.Module], Graph], torch.Te
     return {
         "tiny residual Linear(4, 4) x2": (TinyResidual(), tiny_graph, torch.randn(1, 4)),
         "resnet basic block 8ch 8x8": (R.BasicBlock(8, 16, stride=2), basic_block_graph, torch.randn(1, 8, 8, 8)),
-        "resnet basic block 64ch 56x56": (R.BasicBlock(64, 128, stride=2), basic_block_graph, torch.randn(1, 64, 56, 56)),
+        "resnet basic block 64ch 56x56": (
+            R.BasicBlock(64, 128, stride=2),
+            basic_block_graph,
+            torch.randn(1, 64, 56, 56),
+        ),
         "transformer block d32 t8": (R.ViTBlock(32, 4), vit_block_graph, torch.randn(1, 8, 32)),
         "transformer block d192 t197": (R.ViTBlock(192, 3), vit_block_graph, torch.randn(1, 197, 192)),
     }
@@ -109,7 +117,7 @@ def ratios(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, target: f
     gc.collect()
     with torch.no_grad():
         for r in range(rounds + 1):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 model = models[name]
                 t0 = time.perf_counter()
                 for _ in range(calls):
@@ -134,7 +142,12 @@ def main() -> None:
         with torch.no_grad():
             assert torch.equal(graph(x), hand(x)), name
         t = ratios({"handwritten": hand, "graph": graph, "control": copy.deepcopy(hand)}, x, args.rounds)
-        print(f"{name:32} {t['handwritten'] * 1e6:9.1f} {t['graph'] / t['handwritten']:10.3f}x {t['control'] / t['handwritten']:5.3f}x")
+        hand_us, graph_ratio, control = (
+            t["handwritten"] * 1e6,
+            t["graph"] / t["handwritten"],
+            t["control"] / t["handwritten"],
+        )
+        print(f"{name:32} {hand_us:9.1f} {graph_ratio:10.3f}x {control:5.3f}x")
         built[name] = (hand, graph, x)
     if not args.compile:
         return
@@ -153,8 +166,11 @@ def main() -> None:
         same = torch.equal(out_graph, out_hand)
         close = torch.allclose(out_graph, hand(x), atol=1e-5, rtol=1e-4)
         t = ratios({"handwritten": compiled_hand, "graph": compiled_graph}, x, max(11, args.rounds // 4))
-        print(f"{name:32} {explained.graph_count} graph, {explained.graph_break_count} breaks; compiled both in {seconds:.0f} s; "
-              f"compiled graph == compiled hand: {same}, close to eager: {close}; compiled graph/hand {t['graph'] / t['handwritten']:.3f}x")
+        print(
+            f"{name:32} {explained.graph_count} graph, {explained.graph_break_count} breaks; "
+            f"compiled both in {seconds:.0f} s; compiled graph == compiled hand: {same}, close to eager: {close}; "
+            f"compiled graph/hand {t['graph'] / t['handwritten']:.3f}x"
+        )
 
 
 if __name__ == "__main__":

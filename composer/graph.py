@@ -25,7 +25,7 @@ import linecache
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,7 +67,7 @@ class CallEntry:
     inputs: Sequence[str] | None = None
 
 
-Entry = Union[ModuleEntry, OpEntry, CallEntry]
+Entry = ModuleEntry | OpEntry | CallEntry
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,11 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
     if not spec.entries:
         problems.append((_join(key_path, "nodes"), "a Graph needs at least one node"))
 
-    available = [n for n, what in seen.items() if what != "entry"]
+    available = {n: None for n, what in seen.items() if what != "entry"}  # ordered, for the hints
+    entry_names = {e.name for e in spec.entries if isinstance(e.name, str)}
     modules: dict[str, nn.Module | None] = {}
     used: set[str] = set()
-    for entry, names in zip(spec.entries, _resolved_inputs(GraphSpec(spec.entries, inputs))):
+    for entry, names in zip(spec.entries, _resolved_inputs(GraphSpec(spec.entries, inputs)), strict=True):
         path = _entry_path(key_path, str(entry.name))
         if entry.inputs is not None and (isinstance(entry.inputs, str) or not entry.inputs):
             problems.append((f"{path}.in", f"expected a non-empty list of names, got {entry.inputs!r}"))
@@ -196,15 +197,16 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
             if name in available:
                 used.add(name)
                 continue
-            later = " is defined later or is this entry" if name in {e.name for e in spec.entries} else ""
+            later = " is defined later or is this entry" if name in entry_names else ""
             hint = did_you_mean(str(name), available)
             known = ", ".join(available) or "none"
             problems.append((where, f"unknown input {name!r}{later}{hint}; known here: {known}"))
         if isinstance(entry, CallEntry):
             if entry.target not in modules:
                 hint = did_you_mean(str(entry.target), modules)
-                problems.append((f"{path}.call", f"no earlier module entry {entry.target!r}{hint}; "
-                                                 f"module entries before it: {', '.join(modules) or 'none'}"))
+                before = ", ".join(modules) or "none"
+                message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"
+                problems.append((f"{path}.call", message))
             elif names and (why := _arity_problem(f"call of {entry.target!r}", modules[entry.target], len(names))):
                 problems.append((f"{path}.in", why))
         elif isinstance(entry, ModuleEntry):
@@ -218,7 +220,7 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
         else:
             problems.append((path, f"expected a ModuleEntry, OpEntry or CallEntry, got {type(entry).__name__}"))
         if claim(entry.name, "entry", path):
-            available.append(entry.name)
+            available[entry.name] = None
             if isinstance(entry, ModuleEntry):
                 modules[entry.name] = entry.module
 
@@ -230,13 +232,17 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
         where = out_path if isinstance(spec.output, str) or spec.output is None else f"{out_path}[{j}]"
         if name in available:
             used.add(name)
-        elif name not in {e.name for e in spec.entries} or isinstance(spec.output, (str, list, tuple)):
+        elif spec.output is not None:  # the default output names the last entry, whose problem is reported
             hint = did_you_mean(str(name), available)
             problems.append((where, f"unknown output {name!r}{hint}; known: {', '.join(available) or 'none'}"))
     for entry in spec.entries:
         if isinstance(entry.name, str) and entry.name not in used and seen.get(entry.name) == "entry":
-            problems.append((_entry_path(key_path, entry.name),
-                             f"the result of {entry.name!r} is used by no entry and is not the output"))
+            problems.append(
+                (
+                    _entry_path(key_path, entry.name),
+                    f"the result of {entry.name!r} is used by no entry and is not the output",
+                )
+            )
     return problems
 
 
@@ -352,7 +358,7 @@ class Graph(nn.Module):
         for name, tensor in spec.params.items():
             self.register_parameter(name, tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor))
         wires = []
-        for entry, names in zip(spec.entries, _resolved_inputs(spec)):
+        for entry, names in zip(spec.entries, _resolved_inputs(spec), strict=True):
             if isinstance(entry, ModuleEntry):
                 self.add_module(entry.name, entry.module)
                 wires.append(_Wire("module", entry.name, names))

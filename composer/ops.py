@@ -217,7 +217,13 @@ def attention(
 ) -> torch.Tensor:
     """``scaled_dot_product_attention``; ``dropout_p`` applies in training only, as in nanoGPT and timm."""
     return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p if training else 0.0, is_causal=is_causal, scale=scale
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p if training else 0.0,
+        is_causal=is_causal,
+        scale=scale,
     )
 
 
@@ -267,7 +273,9 @@ def op_problems(
         problems.append((f"{key_path}.in", f"op {label!r} takes {takes}, got {n_inputs}"))
     for p in slots[:n_inputs]:
         if p.name in kwargs:
-            problems.append((f"{key_path}.{p.name}", f"op {label!r} gets {p.name!r} both as an input and as an argument"))
+            problems.append(
+                (f"{key_path}.{p.name}", f"op {label!r} gets {p.name!r} both as an input and as an argument")
+            )
     filled = {p.name for p in slots[:n_inputs]} | set(kwargs)
     required = [p for p in params if p.default is P.empty and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
     needed_inputs = sum(p.kind is P.POSITIONAL_ONLY for p in required)
@@ -283,7 +291,9 @@ def op_problems(
     return problems
 
 
-def check_op(label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], n_inputs: int | None, key_path: str) -> None:
+def check_op(
+    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], n_inputs: int | None, key_path: str
+) -> None:
     """``op_problems``, raised as one ``ConfigError`` when there are any."""
     problems = op_problems(label, fn, kwargs, n_inputs, key_path)
     if problems:

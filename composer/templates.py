@@ -105,10 +105,9 @@ class _Ref:
 
 @functools.lru_cache(maxsize=4096)
 def _parse_ref(value: str) -> _Ref | None:
-    """The reference a value makes, None for any other value; ``ConfigError`` (no path) when it is a
-    malformed or forbidden expression."""
-    if not value.startswith("$"):
-        return None
+    """The reference a string starting with ``$`` makes, None for a plain string; ``ConfigError`` (no
+    path) when it is a malformed or forbidden expression. Cached: a template used 100 times parses
+    its expressions once."""
     if m := _NAME.fullmatch(value):
         return _Ref(value, frozenset([m.group(1)]))
     if m := _EXPR.fullmatch(value):
@@ -237,6 +236,8 @@ def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], 
     the string stays as it was.
     """
     if type(value) is str:
+        if not value.startswith("$"):
+            return value
         try:
             ref = _parse_ref(value)
         except ConfigError as e:
@@ -299,10 +300,13 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
             problems.append((f"{key_path}.args", "an argument is listed twice"))
     elif raw is not None:
         problems.append((f"{key_path}.args", f"expected a mapping of name: default or a list of names, got {raw!r}"))
+    declared = [arg for arg in args if isinstance(arg, str)]  # for the hints
+    invalid: set[Any] = set()
     for arg in args:
         if not isinstance(arg, str) or not arg.isidentifier() or keyword.iskeyword(arg) or arg in USE_KEYS:
-            problems.append((f"{key_path}.args", f"argument name {arg!r} must be an identifier, not a keyword nor one "
-                                                 f"of {', '.join(USE_KEYS)}"))
+            why = f"argument name {arg!r} must be an identifier, not a keyword nor one of {', '.join(USE_KEYS)}"
+            problems.append((f"{key_path}.args", why))
+            invalid.add(arg)
     if "body" not in entry:
         problems.append((f"{key_path}.body", "missing: the node the template stands for"))
     used: set[str] = set()
@@ -310,10 +314,10 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
     def visit(ref: _Ref, path: str, indexed: bool) -> Any:
         names = ref.names - {INDEX} if indexed else ref.names
         for arg in names:
-            if arg not in args:
-                hint = did_you_mean(arg, args)
-                problems.append((path, f"template {name!r} has no argument {arg!r}{hint}; "
-                                       f"arguments: {', '.join(args) or 'none'}"))
+            if arg not in declared:
+                hint = did_you_mean(arg, declared)
+                known = ", ".join(declared) or "none"
+                problems.append((path, f"template {name!r} has no argument {arg!r}{hint}; arguments: {known}"))
         used.update(names)
         return ref.text
 
@@ -321,11 +325,15 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
     _walk(entry.get("body"), f"{key_path}.body", visit, malformed)
     problems += malformed
     for arg in args:
-        if arg not in used and "body" in entry and not malformed:  # a malformed reference may use it
-            problems.append((f"{key_path}.args.{arg}", f"argument {arg!r} of template {name!r} is used nowhere in its body"))
+        if (
+            arg not in used and arg not in invalid and "body" in entry and not malformed
+        ):  # a malformed reference may use it
+            problems.append(
+                (f"{key_path}.args.{arg}", f"argument {arg!r} of template {name!r} is used nowhere in its body")
+            )
     if problems:
         raise ConfigError(problems)
-    return Template(name, args, entry["body"], key_path)
+    return Template(name, args, _copy(entry["body"]), key_path)
 
 
 def parse_templates(blocks: Mapping[str, Any] | None, key_path: str = "blocks") -> dict[str, Template]:
@@ -363,17 +371,29 @@ def expand(template: Template, given_args: Mapping[str, Any], key_path: str) -> 
     for arg in given_args:
         if arg not in template.args:
             hint = did_you_mean(str(arg), template.args)
-            problems.append((f"{key_path}.{arg}", f"template {template.name!r} has no argument {arg!r}{hint}; "
-                                                  f"arguments: {', '.join(template.args) or 'none'}"))
+            problems.append(
+                (
+                    f"{key_path}.{arg}",
+                    f"template {template.name!r} has no argument {arg!r}{hint}; "
+                    f"arguments: {', '.join(template.args) or 'none'}",
+                )
+            )
     missing = [a for a in template.required if given_args.get(a, REQUIRED) == REQUIRED]
     if missing:
         names = ", ".join(repr(a) for a in missing)
-        problems.append((key_path, f"template {template.name!r} needs argument{'s' if len(missing) > 1 else ''} {names}"))
+        problems.append(
+            (key_path, f"template {template.name!r} needs argument{'s' if len(missing) > 1 else ''} {names}")
+        )
 
     def stray(ref: _Ref, path: str, indexed: bool) -> Any:
         if not (indexed and ref.names <= {INDEX}):
-            problems.append((path, f"{ref.text!r} refers to an argument outside any template body "
-                                   f"(only $i, the copy's index, may stay: in a Repeat body's use: arguments)"))
+            problems.append(
+                (
+                    path,
+                    f"{ref.text!r} refers to an argument outside any template body "
+                    f"(only $i, the copy's index, may stay: in a Repeat body's use: arguments)",
+                )
+            )
         return ref.text
 
     for arg, value in given_args.items():
@@ -434,8 +454,9 @@ def substitute_index(use_node: Mapping[str, Any], i: int, key_path: str) -> dict
     def visit(ref: _Ref, path: str, indexed: bool) -> Any:
         others = ref.names - {INDEX}
         if others:
-            problems.append((path, f"{ref.text!r}: only i, the copy's index, is available here, not "
-                                   f"{', '.join(sorted(others))}"))
+            problems.append(
+                (path, f"{ref.text!r}: only i, the copy's index, is available here, not {', '.join(sorted(others))}")
+            )
             return ref.text
         try:
             return i if ref.tree is None else evaluate(ref.tree, {INDEX: i})

@@ -32,7 +32,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = None
         if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
@@ -298,7 +300,9 @@ class UNet(nn.Module):
 class LSTMClassifier(nn.Module):
     """Embedding -> 2-layer LSTM (batch first) -> the last layer's final hidden state -> Linear."""
 
-    def __init__(self, vocab_size: int = 1000, embed_dim: int = 64, hidden_size: int = 128, num_classes: int = 5) -> None:
+    def __init__(
+        self, vocab_size: int = 1000, embed_dim: int = 64, hidden_size: int = 128, num_classes: int = 5
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=2, batch_first=True)

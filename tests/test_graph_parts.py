@@ -55,7 +55,11 @@ def vit_block_graph(block: R.ViTBlock) -> Graph:
         OpEntry("flat", op("flatten"), {"start_dim": 2}),
         ModuleEntry("proj", a.proj),
     ]))  # fmt: skip
-    mlp = Graph(GraphSpec([ModuleEntry("fc1", block.mlp.fc1), ModuleEntry("act", block.mlp.act), ModuleEntry("fc2", block.mlp.fc2)]))
+    mlp = Graph(
+        GraphSpec(
+            [ModuleEntry("fc1", block.mlp.fc1), ModuleEntry("act", block.mlp.act), ModuleEntry("fc2", block.mlp.fc2)]
+        )
+    )
     return Graph(GraphSpec([
         ModuleEntry("norm1", block.norm1), ModuleEntry("attn", attn), OpEntry("res1", op("add"), inputs=["x", "attn"]),
         ModuleEntry("norm2", block.norm2), ModuleEntry("mlp", mlp), OpEntry("res2", op("add"), inputs=["res1", "mlp"]),
@@ -71,7 +75,9 @@ def test_basic_block_graph_equals_handwritten_bit_for_bit(downsample):
     assert list(graph.state_dict()) == list(reference.state_dict())
     x = torch.randn(2, 8, 10, 10)
     assert torch.equal(graph(x), reference(x))  # train mode: batch statistics, running stats updated
-    assert all(torch.equal(a, b) for a, b in zip(graph.state_dict().values(), reference.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(graph.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
     graph.eval(), reference.eval()
     with torch.no_grad():
         assert torch.equal(graph(x), reference(x))
@@ -109,14 +115,20 @@ def test_hostile_names_stay_string_literals():
     graph = Graph(spec)
     x = torch.randn(3)
     assert torch.equal(graph(x), -torch.relu(x))
-    strings = {n.value for n in ast.walk(ast.parse(graph.code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    strings = {
+        n.value for n in ast.walk(ast.parse(graph.code)) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
     assert strings == {hostile}  # the op's label and the entry name appear only in comments
     assert "__import__" not in {n.id for n in ast.walk(ast.parse(graph.code)) if isinstance(n, ast.Name)}
 
 
 def test_state_dict_keys_follow_entry_order_and_params_come_first():
     spec = GraphSpec(
-        [ModuleEntry("b", nn.Linear(2, 2)), ModuleEntry("a", nn.Linear(2, 2)), OpEntry("s", op("add"), inputs=["a", "scale"])],
+        [
+            ModuleEntry("b", nn.Linear(2, 2)),
+            ModuleEntry("a", nn.Linear(2, 2)),
+            OpEntry("s", op("add"), inputs=["a", "scale"]),
+        ],
         params={"scale": torch.ones(2)},
     )
     assert list(Graph(spec).state_dict()) == ["scale", "b.weight", "b.bias", "a.weight", "a.bias"]
@@ -144,7 +156,10 @@ def test_call_entries_share_weights_and_add_no_keys():
 def test_tuple_outputs_and_params_as_inputs():
     token = nn.Parameter(torch.randn(1, 1, 4))
     graph = Graph(GraphSpec(
-        [OpEntry("cls", op("expand_batch"), inputs=["token", "x"]), OpEntry("tokens", op("cat"), {"dim": 1}, ["cls", "x"])],
+        [
+            OpEntry("cls", op("expand_batch"), inputs=["token", "x"]),
+            OpEntry("tokens", op("cat"), {"dim": 1}, ["cls", "x"]),
+        ],
         params={"token": token, "bias": torch.zeros(4)},
         output=["tokens", "cls", "bias"],
     ))  # fmt: skip
@@ -214,7 +229,9 @@ def test_repr_shows_the_wiring():
     assert text.startswith("Graph(\n  x -> conv1 -> bn1 -> relu -> conv2 -> bn2\n  x -> downsample\n")
     assert "(bn2, downsample) -> sum=add -> out=call:relu" in text
     assert "(downsample): Sequential(" in text
-    flat = Graph(GraphSpec([OpEntry("f", op("flatten"), {"start_dim": 1})], params={"w": torch.zeros(2, 3)}, output=["f", "w"]))
+    flat = Graph(
+        GraphSpec([OpEntry("f", op("flatten"), {"start_dim": 1})], params={"w": torch.zeros(2, 3)}, output=["f", "w"])
+    )
     assert str(flat) == "Graph(\n  params: w(2, 3)\n  x -> f=flatten(start_dim=1)\n  output: (f, w)\n)"
 
 
@@ -267,7 +284,9 @@ def test_fsdp2_fully_shard_swaps_parameters_under_the_graph(tmp_path):
 def problems_of(spec: GraphSpec, key_path: str = "model") -> list[tuple[str, str]]:
     with pytest.raises(ConfigError) as info:
         Graph(spec, key_path)
-    assert info.value.problems == graph_problems(spec, key_path) or any("needs its module" in m for _, m in info.value.problems)
+    assert info.value.problems == graph_problems(spec, key_path) or any(
+        "needs its module" in m for _, m in info.value.problems
+    )
     return info.value.problems
 
 
@@ -280,20 +299,29 @@ def test_unknown_input_names_the_closest_on_the_same_line():
 
 def test_an_input_defined_later_is_unknown_here():
     spec = GraphSpec([OpEntry("a", op("add"), inputs=["x", "b"]), OpEntry("b", op("neg"))])
-    assert ("model.nodes.a.in[1]", "unknown input 'b' is defined later or is this entry; known here: x") in problems_of(spec)
+    assert ("model.nodes.a.in[1]", "unknown input 'b' is defined later or is this entry; known here: x") in problems_of(
+        spec
+    )
 
 
 def test_an_unused_entry_is_an_error_unless_it_is_the_output():
-    spec = GraphSpec([ModuleEntry("a", nn.ReLU()), ModuleEntry("b", nn.ReLU(), ["x"]), OpEntry("s", op("neg"), inputs=["b"])])
+    spec = GraphSpec(
+        [ModuleEntry("a", nn.ReLU()), ModuleEntry("b", nn.ReLU(), ["x"]), OpEntry("s", op("neg"), inputs=["b"])]
+    )
     assert problems_of(spec) == [("model.nodes.a", "the result of 'a' is used by no entry and is not the output")]
     Graph(GraphSpec(spec.entries, output=["s", "a"]))  # returned: fine
 
 
-@pytest.mark.parametrize("name", ["forward", "training", "type", "train", "eval", "state_dict", "_modules", "code", "cuda"])
+@pytest.mark.parametrize(
+    "name", ["forward", "training", "type", "train", "eval", "state_dict", "_modules", "code", "cuda"]
+)
 def test_names_nn_module_uses_are_refused(name):
     assert name in RESERVED_NAMES
     (problem,) = problems_of(GraphSpec([ModuleEntry(name, nn.ReLU())]))
-    assert problem == (f"model.nodes.{name}", f"entry name {name!r} is an attribute nn.Module uses; choose another name")
+    assert problem == (
+        f"model.nodes.{name}",
+        f"entry name {name!r} is an attribute nn.Module uses; choose another name",
+    )
 
 
 def test_clashing_names_bad_calls_and_outputs_are_all_reported_together():
@@ -328,7 +356,9 @@ def test_clashing_names_bad_calls_and_outputs_are_all_reported_together():
 
 def test_empty_graph_and_missing_module_are_reported():
     assert ("g.nodes", "a Graph needs at least one node") in problems_of(GraphSpec([]), "g")
-    assert problems_of(GraphSpec([ModuleEntry("fc", None)]), "") == [("nodes.fc", "a module entry needs its module to build a Graph")]
+    assert problems_of(GraphSpec([ModuleEntry("fc", None)]), "") == [
+        ("nodes.fc", "a module entry needs its module to build a Graph")
+    ]
     assert graph_problems(GraphSpec([ModuleEntry("fc", None)]), "") == []  # wiring alone: sound
 
 
@@ -354,7 +384,9 @@ def test_elementwise_and_shape_ops_match_torch():
     assert torch.equal(op("reshape")(x, shape=[6, -1]), x.reshape(6, -1))
     assert torch.equal(op("transpose")(x, dim0=0, dim1=2), x.transpose(0, 2))
     assert torch.equal(op("permute")(x, dims=[2, 0, 1]), x.permute(2, 0, 1))
-    assert torch.equal(op("mean")(x), x.mean()) and torch.equal(op("mean")(x, dim=[1, 2], keepdim=True), x.mean((1, 2), True))
+    assert torch.equal(op("mean")(x), x.mean()) and torch.equal(
+        op("mean")(x, dim=[1, 2], keepdim=True), x.mean((1, 2), True)
+    )
     assert torch.equal(op("softmax")(x, dim=-1), x.softmax(-1))
     assert torch.equal(op("select")(x, dim=1, index=0), x[:, 0])
 
@@ -379,7 +411,9 @@ def test_positions_expand_batch_and_attention():
     expanded = op("expand_batch")(token, x)
     assert expanded.shape == (2, 1, 8) and expanded.data_ptr() == token.data_ptr()  # a view
     q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)
-    assert torch.equal(op("attention")(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert torch.equal(
+        op("attention")(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    )
     mask = torch.rand(5, 5) > 0.3
     assert torch.equal(op("attention")(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     # dropout applies in training only, as nanoGPT and timm do
@@ -442,7 +476,9 @@ def test_register_op_adds_a_user_op_once():
         return input * factor
 
     assert lookup_op("test_graph_parts_twice", "p") is twice
-    assert op_problems("twice", twice, {"factr": 3}, 1, "p")[0][1].startswith("op 'twice' takes no argument 'factr' (did you mean 'factor'?)")
+    assert op_problems("twice", twice, {"factr": 3}, 1, "p")[0][1].startswith(
+        "op 'twice' takes no argument 'factr' (did you mean 'factor'?)"
+    )
     with pytest.raises(ValueError, match="already registered"):
         register_op("test_graph_parts_twice")(lambda x: x)
 
@@ -455,7 +491,13 @@ BASIC = {
     "body": {
         "type": "Graph",
         "nodes": {
-            "conv1": {"type": "Conv2d", "in_channels": "$c", "out_channels": "$c", "kernel_size": 3, "stride": "$stride"},
+            "conv1": {
+                "type": "Conv2d",
+                "in_channels": "$c",
+                "out_channels": "$c",
+                "kernel_size": 3,
+                "stride": "$stride",
+            },
             "fc": {"type": "Linear", "in_features": "$c", "out_features": "$(4 * c)"},
             "act": "$act",
         },
@@ -468,7 +510,9 @@ def test_templates_are_blocks_entries_with_args():
     template = parse_template("basic", BASIC)
     assert template.args == {"c": REQUIRED, "stride": 1, "act": None} and template.required == ("c",)
     assert template.key_path == "blocks.basic"
-    listed = parse_template("pair", {"args": ["a", "b"], "body": {"type": "Linear", "in_features": "$a", "out_features": "$b"}})
+    listed = parse_template(
+        "pair", {"args": ["a", "b"], "body": {"type": "Linear", "in_features": "$a", "out_features": "$b"}}
+    )
     assert listed.required == ("a", "b")
 
 
@@ -476,13 +520,23 @@ def test_expand_substitutes_any_value_and_returns_independent_copies():
     template = parse_template("basic", BASIC)
     act = {"type": "Sequential", "layers": [{"type": "ReLU"}]}
     one = expand(template, {"c": 64, "act": act}, "model.layers[0]")
-    assert one["nodes"]["conv1"] == {"type": "Conv2d", "in_channels": 64, "out_channels": 64, "kernel_size": 3, "stride": 1}
+    assert one["nodes"]["conv1"] == {
+        "type": "Conv2d",
+        "in_channels": 64,
+        "out_channels": 64,
+        "kernel_size": 3,
+        "stride": 1,
+    }
     assert one["nodes"]["fc"]["out_features"] == 256 and one["nodes"]["act"] == act
     one["nodes"]["act"]["layers"].append("changed")
     one["nodes"]["conv1"]["kernel_size"] = 5
     assert act == {"type": "Sequential", "layers": [{"type": "ReLU"}]}
     two = expand(template, {"c": 8, "stride": 2}, "model.layers[1]")
-    assert two["nodes"]["conv1"]["kernel_size"] == 3 and two["nodes"]["conv1"]["stride"] == 2 and two["nodes"]["act"] is None
+    assert (
+        two["nodes"]["conv1"]["kernel_size"] == 3
+        and two["nodes"]["conv1"]["stride"] == 2
+        and two["nodes"]["act"] is None
+    )
     assert BASIC["body"]["nodes"]["conv1"]["in_channels"] == "$c"  # the template is untouched
 
 
@@ -509,7 +563,10 @@ def test_expand_errors_name_the_argument_and_the_closest_name():
     with pytest.raises(ConfigError) as info:
         expand(template, {"strid": 2, "act": "$x"}, "model.layers[0]")
     assert info.value.problems == [
-        ("model.layers[0].strid", "template 'basic' has no argument 'strid' (did you mean 'stride'?); arguments: c, stride, act"),
+        (
+            "model.layers[0].strid",
+            "template 'basic' has no argument 'strid' (did you mean 'stride'?); arguments: c, stride, act",
+        ),
         ("model.layers[0]", "template 'basic' needs argument 'c'"),
         ("model.layers[0].act", "'$x' refers to an argument outside any template body "
                                 "(only $i, the copy's index, may stay: in a Repeat body's use: arguments)"),
@@ -527,15 +584,18 @@ def test_template_definition_errors_are_reported_together():
     assert info.value.problems == [
         ("blocks.lin.bdoy", "a template takes no key 'bdoy' (did you mean 'body'?); valid: args, body"),
         ("blocks.lin.args", "argument name 'in' must be an identifier, not a keyword nor one of use, in, init, frozen"),
-        ("blocks.lin.body.in_features", "template 'lin' has no argument 'cc' (did you mean 'c'?); arguments: c, unused, in"),
+        (
+            "blocks.lin.body.in_features",
+            "template 'lin' has no argument 'cc' (did you mean 'c'?); arguments: c, unused, in",
+        ),
         ("blocks.lin.body.out_features", "template 'lin' has no argument 'widht'; arguments: c, unused, in"),
         ("blocks.lin.args.unused", "argument 'unused' of template 'lin' is used nowhere in its body"),
-        ("blocks.lin.args.in", "argument 'in' of template 'lin' is used nowhere in its body"),
     ]
 
 
 def test_parse_templates_skips_plain_blocks_and_gathers_every_problem():
-    blocks = {"plain": {"type": "ReLU"}, "ok": {"args": ["c"], "body": {"x": "$c"}}, "bad1": {"args": ["c"], "body": {}},
+    blocks = {"plain": {"type": "ReLU"}, "ok": {"args": ["c"], "body": {"x": "$c"}},
+              "bad1": {"args": ["c"], "body": {}},
               "bad2": {"args": 3, "body": {}}}  # fmt: skip
     with pytest.raises(ConfigError) as info:
         parse_templates(blocks)
@@ -566,7 +626,7 @@ def test_evaluator_refuses_absurd_and_failing_arithmetic():
         template = parse_template("t", {"args": ["c"], "body": {"v": f"$({expression})"}})
         with pytest.raises(ConfigError) as info:
             expand(template, {"c": c}, "model.layers[3]")
-        (path, message), = info.value.problems
+        ((path, message),) = info.value.problems
         assert path == "model.layers[3]" and message.endswith("(in template 't' at blocks.t.body.v)"), message
     template = parse_template("t", {"args": ["c"], "body": {"v": "$(c + 1)"}})
     with pytest.raises(ConfigError, match="c is 'x', not a number"):
@@ -588,10 +648,17 @@ def test_repeat_index_in_use_arguments():
 def test_template_body_repeat_mixes_arguments_with_the_index():
     template = parse_template("stack", {
         "args": ["c", "n"],
-        "body": {"type": "Repeat", "times": "$n", "body": {"use": "unit", "w": "$(c * 2 ** i + max(c, i))", "k": "$i", "c": "$c"}},
+        "body": {
+            "type": "Repeat", "times": "$n",
+            "body": {"use": "unit", "w": "$(c * 2 ** i + max(c, i))", "k": "$i", "c": "$c"},
+        },
     })  # fmt: skip
     body = expand(template, {"c": 16, "n": 3}, "model")
-    assert body == {"type": "Repeat", "times": 3, "body": {"use": "unit", "w": "$(16 * 2 ** i + max(16, i))", "k": "$i", "c": 16}}
+    assert body == {
+        "type": "Repeat",
+        "times": 3,
+        "body": {"use": "unit", "w": "$(16 * 2 ** i + max(16, i))", "k": "$i", "c": 16},
+    }
     assert [substitute_index(body["body"], i, "model.body")["w"] for i in range(3)] == [32, 48, 80]
     with pytest.raises(ConfigError, match="has no argument 'i'"):  # outside a Repeat body's use: node, i is nobody's
         parse_template("t", {"args": ["c"], "body": {"type": "Linear", "in_features": "$(c * i)"}})

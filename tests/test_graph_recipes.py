@@ -51,7 +51,9 @@ def test_gpt2_small_full_size_counts_and_ties():
         reference = R.gpt2()
     assert R.count_parameters(model) == 124_439_808
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
     logits = model(torch.zeros(2, 64, dtype=torch.long, device="meta"))
     assert list(logits.shape) == [2, 64, 50257]
 
