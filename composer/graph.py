@@ -1,0 +1,434 @@
+"""``Graph``: children wired by name (residuals, skips, several inputs), with a generated forward.
+
+A recipe's ``{type: Graph, inputs, nodes, output, params}`` becomes a ``GraphSpec``: ordered entries,
+each a module (a child under the entry's name), an op (a parameter-free function) or a call (an
+earlier module run again). ``Graph(spec, key_path)`` checks the wiring, reporting every problem at
+once with its key path, and then writes its ``forward`` as Python source, as ``torch.fx``'s
+``GraphModule`` does: straight-line code compiled once, so a forward pays no per-entry interpreter
+loop and ``torch.compile(fullgraph=True)`` sees plain calls.
+
+The generated source holds no user text except as ``repr``'d string literals: variables are
+generated names (``a0`` for inputs, ``p0`` for params, ``v0`` for entries), children are reached as
+``self._modules['name']`` and params as ``self._parameters['name']`` at each call, so ``.to()``,
+``copy.deepcopy``, ``load_state_dict`` and FSDP2's ``fully_shard`` (which swaps the parameter
+objects) keep working. The source is registered in ``linecache``, so a traceback through a graph
+shows the generated line, and ``graph.code`` returns it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import hashlib
+import inspect
+import linecache
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from composer.errors import ConfigError, did_you_mean
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleEntry:
+    """A child module registered under ``name``; ``inputs`` None means the previous entry (the
+    first entry: the first graph input). ``module`` may be None to check the wiring alone."""
+
+    name: str
+    module: nn.Module | None
+    inputs: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    """``fn(*inputs, **kwargs)``: a parameter-free function. ``label`` names it in the repr (the
+    op's registered name; default ``fn.__name__``). An ``fn`` with ``takes_training = True`` also
+    gets ``training=self.training`` (attention's dropout, which applies in training only)."""
+
+    name: str
+    fn: Callable[..., Any]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Sequence[str] | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class CallEntry:
+    """Runs the earlier module entry ``target`` again: the same weights, no new keys."""
+
+    name: str
+    target: str
+    inputs: Sequence[str] | None = None
+
+
+Entry = ModuleEntry | OpEntry | CallEntry
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What a Graph is made of.
+
+    Args:
+        entries: in order; their names become the wiring's names (module entries: child names).
+        inputs: the forward's positional arguments, in order.
+        params: name -> tensor, registered as ``nn.Parameter`` on the graph (an ``nn.Parameter``
+            is registered as it is, so a tie or a shared tensor stays one object).
+        output: an entry, input or param name, or a list of them (the forward returns a tuple);
+            None: the last entry.
+    """
+
+    entries: Sequence[Entry]
+    inputs: Sequence[str] = ("x",)
+    params: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    output: str | Sequence[str] | None = None
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def _join(base: str, suffix: str) -> str:
+    return f"{base}.{suffix}" if base else suffix
+
+
+def _entry_path(key_path: str, name: str) -> str:
+    return _join(key_path, f"nodes.{name}")
+
+
+def _resolved_inputs(spec: GraphSpec) -> list[tuple[str, ...]]:
+    """Each entry's input names, the default (previous entry, or the first input) filled in."""
+    resolved = []
+    previous: tuple[str, ...] = tuple(spec.inputs[:1])
+    for entry in spec.entries:
+        names = previous if entry.inputs is None else tuple(entry.inputs)
+        resolved.append(names)
+        previous = (entry.name,)
+    return resolved
+
+
+def _arity(module: nn.Module) -> tuple[int, int | None] | None:
+    """How many positional inputs ``module.forward`` takes (min, max or None), where readable."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    P = inspect.Parameter
+    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is P.VAR_POSITIONAL for p in params):
+        return (sum(p.default is P.empty for p in positional), None)
+    return (sum(p.default is P.empty for p in positional), len(positional))
+
+
+def _arity_problem(label: str, module: nn.Module | None, count: int) -> str | None:
+    arity = None if module is None else _arity(module)
+    if arity is None:
+        return None
+    low, high = arity
+    if count >= low and (high is None or count <= high):
+        return None
+    if high == low:
+        takes = f"{low} input{'s' if low != 1 else ''}"
+    elif high is None:
+        takes = f"at least {low} input{'s' if low != 1 else ''}"
+    else:
+        takes = f"{low} to {high} inputs"
+    return f"{label} takes {takes}, got {count}"
+
+
+def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]:
+    """Every problem of a spec's wiring, as ``(key path, message)`` pairs; empty when it is sound.
+
+    ``key_path`` is the graph node's path (``model.layer1[0]``): entries are reported under
+    ``<key_path>.nodes.<name>``, inputs under ``.inputs[i]``, params under ``.params.<name>``, the
+    output under ``.output``. Checked: names (strings, non-empty, no '.', distinct, not an attribute
+    ``nn.Module`` or ``Graph`` uses), every input defined earlier, calls naming an earlier module
+    entry, inputs per module where its forward's signature says, every entry's result used or
+    returned, and the output defined.
+    """
+    problems: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}  # name -> what defines it ("input", "param", "entry")
+
+    def claim(name: Any, what: str, path: str) -> bool:
+        if not isinstance(name, str) or not name:
+            problems.append((path, f"a {what} name must be a non-empty string, got {name!r}"))
+            return False
+        if "." in name:
+            problems.append((path, f"{what} name {name!r} contains '.', which module paths reserve"))
+            return False
+        if name in RESERVED_NAMES:
+            problems.append((path, f"{what} name {name!r} is an attribute nn.Module uses; choose another name"))
+            return False
+        if name in seen:
+            problems.append((path, f"{what} name {name!r} is already used by a graph {seen[name]}"))
+            return False
+        seen[name] = what
+        return True
+
+    if isinstance(spec.inputs, str) or not isinstance(spec.inputs, Sequence):
+        problems.append((_join(key_path, "inputs"), f"expected a list of input names, got {spec.inputs!r}"))
+        inputs: Sequence[str] = ()
+    else:
+        inputs = spec.inputs
+    if not inputs:
+        problems.append((_join(key_path, "inputs"), "a Graph needs at least one input"))
+    for i, name in enumerate(inputs):
+        claim(name, "input", _join(key_path, f"inputs[{i}]"))
+    for name in spec.params:
+        claim(name, "param", _join(key_path, f"params.{name}"))
+    if not spec.entries:
+        problems.append((_join(key_path, "nodes"), "a Graph needs at least one node"))
+
+    available = {n: None for n, what in seen.items() if what != "entry"}  # ordered, for the hints
+    entry_names = {e.name for e in spec.entries if isinstance(e.name, str)}
+    modules: dict[str, nn.Module | None] = {}
+    used: set[str] = set()
+    for entry, names in zip(spec.entries, _resolved_inputs(GraphSpec(spec.entries, inputs)), strict=True):
+        path = _entry_path(key_path, str(entry.name))
+        if entry.inputs is not None and (isinstance(entry.inputs, str) or not entry.inputs):
+            problems.append((f"{path}.in", f"expected a non-empty list of names, got {entry.inputs!r}"))
+            names = ()
+        for j, name in enumerate(names):
+            where = f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{j}]"
+            if name in available:
+                used.add(name)
+                continue
+            later = " is defined later or is this entry" if name in entry_names else ""
+            hint = did_you_mean(str(name), available)
+            known = ", ".join(available) or "none"
+            problems.append((where, f"unknown input {name!r}{later}{hint}; known here: {known}"))
+        if isinstance(entry, CallEntry):
+            if entry.target not in modules:
+                hint = did_you_mean(str(entry.target), modules)
+                before = ", ".join(modules) or "none"
+                message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"
+                problems.append((f"{path}.call", message))
+            elif names and (why := _arity_problem(f"call of {entry.target!r}", modules[entry.target], len(names))):
+                problems.append((f"{path}.in", why))
+        elif isinstance(entry, ModuleEntry):
+            if entry.module is not None and not isinstance(entry.module, nn.Module):
+                problems.append((path, f"expected an nn.Module, got {type(entry.module).__name__}"))
+            elif names and (why := _arity_problem(type(entry.module).__name__, entry.module, len(names))):
+                problems.append((f"{path}.in", why))
+        elif isinstance(entry, OpEntry):
+            if not callable(entry.fn):
+                problems.append((f"{path}.op", f"expected a callable, got {type(entry.fn).__name__}"))
+        else:
+            problems.append((path, f"expected a ModuleEntry, OpEntry or CallEntry, got {type(entry).__name__}"))
+        if claim(entry.name, "entry", path):
+            available[entry.name] = None
+            if isinstance(entry, ModuleEntry):
+                modules[entry.name] = entry.module
+
+    outputs = _output_names(spec)
+    out_path = _join(key_path, "output")
+    if isinstance(outputs, list) and not outputs:
+        problems.append((out_path, "an empty output list; name at least one entry"))
+    for j, name in enumerate(outputs or ()):
+        where = out_path if isinstance(spec.output, str) or spec.output is None else f"{out_path}[{j}]"
+        if name in available:
+            used.add(name)
+        elif spec.output is not None:  # the default output names the last entry, whose problem is reported
+            hint = did_you_mean(str(name), available)
+            problems.append((where, f"unknown output {name!r}{hint}; known: {', '.join(available) or 'none'}"))
+    for entry in spec.entries:
+        if isinstance(entry.name, str) and entry.name not in used and seen.get(entry.name) == "entry":
+            problems.append(
+                (
+                    _entry_path(key_path, entry.name),
+                    f"the result of {entry.name!r} is used by no entry and is not the output",
+                )
+            )
+    return problems
+
+
+def _output_names(spec: GraphSpec) -> list[str] | None:
+    if spec.output is None:
+        return [spec.entries[-1].name] if spec.entries else None
+    if isinstance(spec.output, str):
+        return [spec.output]
+    if isinstance(spec.output, Sequence):
+        return list(spec.output)
+    return [spec.output]  # reported as unknown
+
+
+# --- code generation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Wire:
+    """One entry as the generated code needs it (no module: children live in ``_modules``)."""
+
+    kind: str  # "module", "op" or "call"
+    name: str
+    inputs: tuple[str, ...]
+    fn: Callable[..., Any] | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """Everything ``forward`` is generated from: kept on the graph so a copy or an unpickled graph
+    writes its own forward again."""
+
+    inputs: tuple[str, ...]
+    params: tuple[str, ...]
+    wires: tuple[_Wire, ...]
+    output: tuple[str, ...]
+    returns_tuple: bool
+
+
+def _source(wiring: _Wiring) -> tuple[str, dict[str, Any]]:
+    """The forward's source and the globals it needs (the ops and their kwargs)."""
+    var: dict[str, str] = {name: f"a{i}" for i, name in enumerate(wiring.inputs)}
+    args = "".join(f", {var[name]}" for name in wiring.inputs)
+    lines = [f"def forward(self{args}):"]
+    used = {n for w in wiring.wires for n in w.inputs} | set(wiring.output)
+    needs_modules = any(w.kind != "op" for w in wiring.wires)
+    if needs_modules:
+        lines.append("    _m = self._modules")
+    params = [name for name in wiring.params if name in used]
+    if params:
+        lines.append("    _p = self._parameters")
+    for i, name in enumerate(params):
+        var[name] = f"p{i}"
+        lines.append(f"    p{i} = _p[{name!r}]")
+    # No __name__: dynamo would import it as a module to reach the globals below.
+    env: dict[str, Any] = {"__builtins__": builtins}
+    for i, wire in enumerate(wiring.wires):
+        call_args = ", ".join(var[name] for name in wire.inputs)
+        if wire.kind == "op":
+            env[f"_f{i}"] = wire.fn
+            extra = ""
+            if getattr(wire.fn, "takes_training", False):
+                extra += ", training=self.training"
+            if wire.kwargs:
+                env[f"_k{i}"] = dict(wire.kwargs)
+                extra += f", **_k{i}"
+            head = f"_f{i}({call_args}{extra})" if call_args else f"_f{i}({extra.lstrip(', ')})"
+            lines.append(f"    v{i} = {head}  # op {wire.label!r} -> {wire.name!r}")
+        elif wire.kind == "call":
+            lines.append(f"    v{i} = _m[{wire.target!r}]({call_args})  # call -> {wire.name!r}")
+        else:
+            lines.append(f"    v{i} = _m[{wire.name!r}]({call_args})")
+        var[wire.name] = f"v{i}"
+    result = ", ".join(var[name] for name in wiring.output)
+    lines.append(f"    return ({result},)" if wiring.returns_tuple else f"    return {result}")
+    return "\n".join(lines) + "\n", env
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> types.CodeType:
+    """The code object of ``forward`` for this source, compiled once however many graphs share it
+    (a 12-block transformer compiles its block's forward once), and registered in ``linecache``."""
+    filename = f"<composer.Graph.forward {hashlib.sha1(source.encode()).hexdigest()[:12]}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module_code = compile(source, filename, "exec")
+    return next(c for c in module_code.co_consts if isinstance(c, types.CodeType))
+
+
+# --- the module ----------------------------------------------------------------------------------
+
+
+class Graph(nn.Module):
+    """A module whose children are wired by name; built from a ``GraphSpec``.
+
+    Args:
+        spec: the entries, inputs, params and output.
+        key_path: the recipe path of the graph node, for errors (``model``, ``blocks.basic.body``).
+
+    Raises:
+        ConfigError: every problem ``graph_problems`` finds, at once.
+    """
+
+    def __init__(self, spec: GraphSpec, key_path: str = "") -> None:
+        super().__init__()
+        problems = graph_problems(spec, key_path)
+        for entry in spec.entries:
+            if isinstance(entry, ModuleEntry) and entry.module is None:
+                problems.append((_entry_path(key_path, entry.name), "a module entry needs its module to build a Graph"))
+        if problems:
+            raise ConfigError(problems)
+        for name, tensor in spec.params.items():
+            self.register_parameter(name, tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor))
+        wires = []
+        for entry, names in zip(spec.entries, _resolved_inputs(spec), strict=True):
+            if isinstance(entry, ModuleEntry):
+                self.add_module(entry.name, entry.module)
+                wires.append(_Wire("module", entry.name, names))
+            elif isinstance(entry, OpEntry):
+                label = entry.label or getattr(entry.fn, "__name__", type(entry.fn).__name__)
+                wires.append(_Wire("op", entry.name, names, fn=entry.fn, kwargs=dict(entry.kwargs), label=label))
+            else:
+                wires.append(_Wire("call", entry.name, names, target=entry.target))
+        self._wiring = _Wiring(
+            inputs=tuple(spec.inputs),
+            params=tuple(spec.params),
+            wires=tuple(wires),
+            output=tuple(_output_names(spec) or ()),
+            returns_tuple=not (spec.output is None or isinstance(spec.output, str)),
+        )
+        self._install_forward()
+
+    def _install_forward(self) -> None:
+        source, env = _source(self._wiring)
+        function = types.FunctionType(_compiled(source), env, "forward")
+        function.__qualname__ = "Graph.forward"
+        self.__dict__["forward"] = types.MethodType(function, self)
+
+    @property
+    def code(self) -> str:
+        """The generated source of ``forward``."""
+        return _source(self._wiring)[0]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The forward's arguments, in order."""
+        return self._wiring.inputs
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("forward", None)  # a bound method of a generated function: written again on load
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._install_forward()
+
+    def extra_repr(self) -> str:
+        """The wiring, one chain of entries per line: ``x -> conv1 -> bn1``,
+        ``(bn2, downsample) -> sum=add -> out=call:relu``."""
+        w = self._wiring
+        lines: list[str] = []
+        if w.params:
+            shapes = ", ".join(f"{n}{tuple(self._parameters[n].shape)}" for n in w.params if n in self._parameters)
+            lines.append(f"params: {shapes}")
+        previous: str | None = None
+        for wire in w.wires:
+            if wire.kind == "op":
+                kwargs = ", ".join(f"{k}={v!r}" for k, v in wire.kwargs.items())
+                token = f"{wire.name}={wire.label}" + (f"({kwargs})" if kwargs else "")
+            elif wire.kind == "call":
+                token = f"{wire.name}=call:{wire.target}"
+            else:
+                token = wire.name
+            if previous is not None and wire.inputs == (previous,) and lines:
+                lines[-1] += f" -> {token}"
+            else:
+                source = wire.inputs[0] if len(wire.inputs) == 1 else f"({', '.join(wire.inputs)})"
+                lines.append(f"{source} -> {token}")
+            previous = wire.name
+        if w.returns_tuple or (w.wires and w.output != (w.wires[-1].name,)):
+            lines.append(f"output: {'(' + ', '.join(w.output) + ')' if w.returns_tuple else w.output[0]}")
+        return "\n".join(lines)
+
+
+# Names a graph's inputs, params and entries may not take: every attribute of nn.Module and of
+# Graph (methods, properties) and what their constructors set on an instance.
+RESERVED_NAMES: frozenset[str] = frozenset(dir(Graph)) | frozenset(vars(nn.Module())) | {"forward", "_wiring"}

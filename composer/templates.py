@@ -1,0 +1,472 @@
+"""Templates with arguments: ``blocks: {name: {args: ..., body: node}}`` and ``{use: name, <args>}``.
+
+A template is parsed once (``parse_template``): its arguments (``???`` marks a required one), and
+every reference its body makes, each checked against the arguments. ``expand`` then returns an
+independent copy of the body with each whole-string value replaced: ``$name`` by the argument's
+value (any YAML value), ``$(expression)`` by the value of a small arithmetic evaluator over the
+arguments. The evaluator walks a Python ``ast`` of the expression and allows numbers, argument
+names, ``+ - * / // % **``, unary ``-`` and ``+``, parentheses, ``min`` and ``max``: anything else is
+refused before anything is evaluated, and nothing ever reaches ``eval`` or ``exec``.
+
+A Repeat whose body is a ``use:`` node may pass the copy's index to that node's arguments as ``$i``
+or inside an expression: ``substitute_index(use_node, i, key_path)`` fills it in for copy ``i``.
+Inside a template body, such an argument may mix ``i`` with the template's own arguments
+(``$(c * 2 ** i)``): expansion substitutes the arguments and leaves ``i`` for the Repeat.
+
+The builder expands ``use:`` nodes lazily as it walks (a body may use other templates); it detects
+a cycle of templates with a stack of ``Template.name``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import keyword
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from composer.errors import ConfigError, did_you_mean
+
+REQUIRED = "???"  # as in OmegaConf: an argument without a default
+USE_KEYS = ("use", "in", "init", "frozen")  # the keys of a use: node that are not arguments
+TEMPLATE_KEYS = ("args", "body")
+INDEX = "i"  # the copy's index, in the arguments of a use: node that is a Repeat body
+MAX_EXPRESSION = 400  # characters: longer is refused before parsing
+MAX_BITS = 256  # an integer result larger than 2**256 in magnitude is refused
+
+_NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_EXPR = re.compile(r"\$\((.*)\)", re.DOTALL)
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max}
+_BINARY = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+    ast.Pow: None,  # bounded: see _power
+}
+_UNARY = {ast.USub: lambda a: -a, ast.UAdd: lambda a: +a}
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template.
+
+    Attributes:
+        name: its name under ``blocks``.
+        args: argument name -> default; ``REQUIRED`` for one without.
+        body: the node, with its ``$`` references (as in the recipe).
+        key_path: where it is defined (``blocks.basic``), for errors.
+    """
+
+    name: str
+    args: Mapping[str, Any]
+    body: Any
+    key_path: str
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(name for name, default in self.args.items() if default == REQUIRED)
+
+
+def is_template(entry: Any) -> bool:
+    """A ``blocks`` entry is a template when it has ``args`` and is not a node itself."""
+    return isinstance(entry, Mapping) and "args" in entry and not ({"type", "ref", "_target_", "use"} & entry.keys())
+
+
+def is_use(node: Any) -> bool:
+    """A ``use:`` node: a mapping with ``use``."""
+    return isinstance(node, Mapping) and "use" in node
+
+
+def split_use(node: Mapping[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``{use: name, in: .., init: .., frozen: .., **args}`` -> ``(name, args, {in, init, frozen})``."""
+    args = {k: v for k, v in node.items() if k not in USE_KEYS}
+    extras = {k: v for k, v in node.items() if k in USE_KEYS and k != "use"}
+    return node.get("use"), args, extras
+
+
+# --- references: $name and $(expression) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A parsed whole-string reference: ``$name`` (tree None) or ``$(expression)``."""
+
+    text: str
+    names: frozenset[str]
+    tree: ast.expr | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ref(value: str) -> _Ref | None:
+    """The reference a string starting with ``$`` makes, None for a plain string; ``ConfigError`` (no
+    path) when it is a malformed or forbidden expression. Cached: a template used 100 times parses
+    its expressions once."""
+    if m := _NAME.fullmatch(value):
+        return _Ref(value, frozenset([m.group(1)]))
+    if m := _EXPR.fullmatch(value):
+        tree = _parse_expression(m.group(1))
+        return _Ref(value, frozenset(_names(tree)), tree)
+    return None  # "$5", "$ x": plain strings
+
+
+def _parse_expression(text: str) -> ast.expr:
+    if len(text) > MAX_EXPRESSION:
+        raise ConfigError(f"expression longer than {MAX_EXPRESSION} characters")
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise ConfigError(f"invalid expression $({text}): {getattr(e, 'msg', None) or type(e).__name__}") from None
+    for node in ast.walk(tree):
+        _check_node(node, text)
+    return tree
+
+
+def _check_node(node: ast.AST, text: str) -> None:
+    """Refuse every syntax the evaluator does not define; what is allowed is listed, not what is not."""
+    where = f"in $({text})"
+    if isinstance(node, ast.BinOp):
+        if type(node.op) not in _BINARY:
+            raise ConfigError(f"operator {type(node.op).__name__} is not allowed {where}; allowed: + - * / // % **")
+    elif isinstance(node, ast.UnaryOp):
+        if type(node.op) not in _UNARY:
+            raise ConfigError(f"operator {type(node.op).__name__} is not allowed {where}; allowed: unary - and +")
+    elif isinstance(node, ast.Constant):
+        if type(node.value) not in (int, float):
+            raise ConfigError(f"only numbers may appear as constants {where}, not {node.value!r}")
+    elif isinstance(node, ast.Name):
+        if not isinstance(node.ctx, ast.Load):
+            raise ConfigError(f"assignment is not allowed {where}")
+    elif isinstance(node, ast.Call):
+        if not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS) or node.keywords:
+            called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+            raise ConfigError(f"calling {called} is not allowed {where}; the functions are min and max")
+        if len(node.args) < 2 or any(isinstance(a, ast.Starred) for a in node.args):
+            raise ConfigError(f"{node.func.id} takes two or more numbers {where}")
+    elif isinstance(node, (ast.operator, ast.unaryop, ast.expr_context)):
+        pass  # the operator and context leaves of the nodes checked above
+    else:
+        what = {ast.Attribute: "attribute access", ast.Subscript: "subscripting", ast.Lambda: "lambda"}.get(
+            type(node), type(node).__name__
+        )
+        raise ConfigError(f"{what} is not allowed {where}; allowed: numbers, argument names, + - * / // % **, min, max")
+
+
+def _names(tree: ast.expr) -> list[str]:
+    """The argument names an expression reads (not the function names min and max)."""
+    calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    return [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in calls]
+
+
+def evaluate(tree: ast.expr, env: Mapping[str, Any]) -> Any:
+    """The value of a checked expression tree; ``ConfigError`` (no path) for a failure.
+
+    Arithmetic takes numbers (not booleans); a bare name returns the argument's value as it is.
+    Integer results beyond ``2**MAX_BITS``, non-finite or complex results are refused.
+    """
+    if isinstance(tree, ast.Name):
+        return env[tree.id]
+    return _arith(tree, env)
+
+
+def _arith(node: ast.expr, env: Mapping[str, Any]) -> int | float:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        value = env[node.id]
+        if type(value) not in (int, float):
+            raise ConfigError(f"{node.id} is {value!r}, not a number")
+        return value
+    if isinstance(node, ast.UnaryOp):
+        return _bounded(_UNARY[type(node.op)](_arith(node.operand, env)))
+    if isinstance(node, ast.Call):
+        return _FUNCTIONS[node.func.id](*(_arith(a, env) for a in node.args))
+    if isinstance(node, ast.BinOp):
+        left, right = _arith(node.left, env), _arith(node.right, env)
+        try:
+            if isinstance(node.op, ast.Pow):
+                return _bounded(_power(left, right))
+            return _bounded(_BINARY[type(node.op)](left, right))
+        except ZeroDivisionError:
+            raise ConfigError(f"division by zero in {ast.unparse(node)}") from None
+        except OverflowError:
+            raise ConfigError(f"{ast.unparse(node)} overflows") from None
+    raise ConfigError(f"cannot evaluate {ast.unparse(node)}")  # unreachable after _check_node
+
+
+def _power(base: int | float, exponent: int | float) -> int | float:
+    """``base ** exponent``, refused before computing when the result would be absurdly large."""
+    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 and abs(base) > 1:
+        if exponent * abs(base).bit_length() > MAX_BITS + 1:
+            raise ConfigError(f"{base} ** {exponent} is too large (more than 2**{MAX_BITS})")
+    result = base**exponent
+    if isinstance(result, complex):
+        raise ConfigError(f"{base} ** {exponent} is not a real number")
+    return result
+
+
+def _bounded(value: int | float) -> int | float:
+    if isinstance(value, int) and abs(value) > 1 << MAX_BITS:
+        raise ConfigError(f"a result larger than 2**{MAX_BITS}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"a non-finite result ({value})")
+    return value
+
+
+# --- walking a body ------------------------------------------------------------------------------
+
+Visit = Callable[[_Ref, str, bool], Any]
+
+
+def _is_repeat_of_use(node: Mapping[str, Any]) -> bool:
+    return node.get("type") == "Repeat" and is_use(node.get("body"))
+
+
+def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], indexed: bool = False) -> Any:
+    """A copy of ``value`` with every reference replaced by ``visit(ref, path, indexed)``.
+
+    ``indexed`` is True inside the arguments of a ``use:`` node that is a Repeat body, where ``i``
+    is the copy's index. A malformed or forbidden expression becomes a problem at its path, and
+    the string stays as it was.
+    """
+    if type(value) is str:
+        if not value.startswith("$"):
+            return value
+        try:
+            ref = _parse_ref(value)
+        except ConfigError as e:
+            problems.append((path, e.problems[0][1]))
+            return value
+        return value if ref is None else visit(ref, path, indexed)
+    if isinstance(value, Mapping):
+        repeat = _is_repeat_of_use(value)
+        out = {}
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if repeat and key == "body":
+                out[key] = {k: _walk(v, f"{sub}.{k}", visit, problems, k not in USE_KEYS) for k, v in item.items()}
+            else:
+                out[key] = _walk(item, sub, visit, problems, indexed)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_walk(item, f"{path}[{i}]", visit, problems, indexed) for i, item in enumerate(value)]
+    return value
+
+
+def _copy(value: Any) -> Any:
+    """An independent copy of a YAML value (mappings, lists, scalars)."""
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> Template:
+    """A ``blocks`` entry with ``args`` and ``body`` -> ``Template``.
+
+    Args:
+        name: the template's name.
+        entry: ``{args: {c: ???, stride: 1} | [c, stride] | null, body: node}``.
+        key_path: where the entry sits (``blocks.basic``; default ``blocks.<name>``).
+
+    Raises:
+        ConfigError: every problem at once: malformed ``args``, a missing ``body``, an unknown key,
+        an invalid argument name, a reference to an undeclared argument (with the closest name), a
+        forbidden expression, or a declared argument the body never uses.
+    """
+    key_path = key_path or f"blocks.{name}"
+    problems: list[tuple[str, str]] = []
+    for key in entry:
+        if key not in TEMPLATE_KEYS:
+            hint = did_you_mean(str(key), TEMPLATE_KEYS)
+            problems.append((f"{key_path}.{key}", f"a template takes no key {key!r}{hint}; valid: args, body"))
+    raw = entry.get("args")
+    args: dict[str, Any] = {}
+    if isinstance(raw, Mapping):
+        args = {k: (REQUIRED if v == REQUIRED else v) for k, v in raw.items()}
+    elif isinstance(raw, (list, tuple)):
+        args = dict.fromkeys(raw, REQUIRED)
+        if len(args) < len(raw):
+            problems.append((f"{key_path}.args", "an argument is listed twice"))
+    elif raw is not None:
+        problems.append((f"{key_path}.args", f"expected a mapping of name: default or a list of names, got {raw!r}"))
+    declared = [arg for arg in args if isinstance(arg, str)]  # for the hints
+    invalid: set[Any] = set()
+    for arg in args:
+        if not isinstance(arg, str) or not arg.isidentifier() or keyword.iskeyword(arg) or arg in USE_KEYS:
+            why = f"argument name {arg!r} must be an identifier, not a keyword nor one of {', '.join(USE_KEYS)}"
+            problems.append((f"{key_path}.args", why))
+            invalid.add(arg)
+    if "body" not in entry:
+        problems.append((f"{key_path}.body", "missing: the node the template stands for"))
+    used: set[str] = set()
+
+    def visit(ref: _Ref, path: str, indexed: bool) -> Any:
+        names = ref.names - {INDEX} if indexed else ref.names
+        for arg in names:
+            if arg not in declared:
+                hint = did_you_mean(arg, declared)
+                known = ", ".join(declared) or "none"
+                problems.append((path, f"template {name!r} has no argument {arg!r}{hint}; arguments: {known}"))
+        used.update(names)
+        return ref.text
+
+    malformed: list[tuple[str, str]] = []
+    _walk(entry.get("body"), f"{key_path}.body", visit, malformed)
+    problems += malformed
+    for arg in args:
+        if (
+            arg not in used and arg not in invalid and "body" in entry and not malformed
+        ):  # a malformed reference may use it
+            problems.append(
+                (f"{key_path}.args.{arg}", f"argument {arg!r} of template {name!r} is used nowhere in its body")
+            )
+    if problems:
+        raise ConfigError(problems)
+    return Template(name, args, _copy(entry["body"]), key_path)
+
+
+def parse_templates(blocks: Mapping[str, Any] | None, key_path: str = "blocks") -> dict[str, Template]:
+    """Every template of a recipe's ``blocks`` (the entries with ``args``), all problems at once."""
+    templates: dict[str, Template] = {}
+    problems: list[tuple[str, str]] = []
+    for name, entry in (blocks or {}).items():
+        if is_template(entry):
+            try:
+                templates[name] = parse_template(name, entry, f"{key_path}.{name}")
+            except ConfigError as e:
+                problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+    return templates
+
+
+# --- expansion -----------------------------------------------------------------------------------
+
+
+def expand(template: Template, given_args: Mapping[str, Any], key_path: str) -> Any:
+    """An independent copy of the template's body with its arguments substituted.
+
+    Args:
+        template: from ``parse_template``.
+        given_args: the ``use:`` node's arguments (``split_use(node)[1]``).
+        key_path: the ``use:`` node's path, for errors.
+
+    Raises:
+        ConfigError: an unknown argument (with the closest name), a missing required one, a given
+        value that still holds a ``$`` reference (one outside any template), or an expression that
+        fails on these values (division by zero, a non-number, a result too large).
+    """
+    problems: list[tuple[str, str]] = []
+    for arg in given_args:
+        if arg not in template.args:
+            hint = did_you_mean(str(arg), template.args)
+            problems.append(
+                (
+                    f"{key_path}.{arg}",
+                    f"template {template.name!r} has no argument {arg!r}{hint}; "
+                    f"arguments: {', '.join(template.args) or 'none'}",
+                )
+            )
+    missing = [a for a in template.required if given_args.get(a, REQUIRED) == REQUIRED]
+    if missing:
+        names = ", ".join(repr(a) for a in missing)
+        problems.append(
+            (key_path, f"template {template.name!r} needs argument{'s' if len(missing) > 1 else ''} {names}")
+        )
+
+    def stray(ref: _Ref, path: str, indexed: bool) -> Any:
+        if not (indexed and ref.names <= {INDEX}):
+            problems.append(
+                (
+                    path,
+                    f"{ref.text!r} refers to an argument outside any template body "
+                    f"(only $i, the copy's index, may stay: in a Repeat body's use: arguments)",
+                )
+            )
+        return ref.text
+
+    for arg, value in given_args.items():
+        _walk(value, f"{key_path}.{arg}", stray, problems)
+    if problems:
+        raise ConfigError(problems)
+    env = {**template.args, **given_args}
+
+    def substitute(ref: _Ref, path: str, indexed: bool) -> Any:
+        try:
+            if indexed and INDEX in ref.names:
+                return _partial(ref, env)
+            if ref.tree is None:
+                return _copy(env[next(iter(ref.names))])
+            return evaluate(ref.tree, env)
+        except ConfigError as e:
+            problems.append((key_path, f"{e.problems[0][1]} (in template {template.name!r} at {path})"))
+            return ref.text
+
+    body = _walk(template.body, f"{template.key_path}.body", substitute, problems)
+    if problems:
+        raise ConfigError(problems)
+    return body
+
+
+def _partial(ref: _Ref, env: Mapping[str, Any]) -> str:
+    """``$(c * 2 ** i)`` with ``c`` known: ``$(64 * 2 ** i)``, for the Repeat to finish."""
+    if ref.tree is None:
+        return ref.text  # "$i"
+
+    class Fill(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.AST:
+            if node.id == INDEX:
+                return node
+            value = env[node.id]
+            if type(value) not in (int, float):
+                raise ConfigError(f"{node.id} is {value!r}, not a number")
+            return ast.copy_location(ast.Constant(value), node)
+
+        def visit_Call(self, node: ast.Call) -> ast.AST:
+            node.args = [self.visit(a) for a in node.args]
+            return node
+
+    tree = Fill().visit(copy.deepcopy(ref.tree))
+    return f"$({ast.unparse(tree)})"
+
+
+def substitute_index(use_node: Mapping[str, Any], i: int, key_path: str) -> dict[str, Any]:
+    """A copy of a Repeat body's ``use:`` node for copy ``i``: ``$i`` and expressions over ``i`` in its
+    arguments evaluated; ``in``, ``init`` and ``frozen`` kept as they are.
+
+    Raises:
+        ConfigError: a reference to any other name (arguments of an outer template are substituted
+        before this; none is left here), or an expression that fails for this ``i``.
+    """
+    problems: list[tuple[str, str]] = []
+
+    def visit(ref: _Ref, path: str, indexed: bool) -> Any:
+        others = ref.names - {INDEX}
+        if others:
+            problems.append(
+                (path, f"{ref.text!r}: only i, the copy's index, is available here, not {', '.join(sorted(others))}")
+            )
+            return ref.text
+        try:
+            return i if ref.tree is None else evaluate(ref.tree, {INDEX: i})
+        except ConfigError as e:
+            problems.append((path, f"{e.problems[0][1]} (for i = {i})"))
+            return ref.text
+
+    out: dict[str, Any] = {}
+    for key, value in use_node.items():
+        out[key] = _copy(value) if key in USE_KEYS else _walk(value, f"{key_path}.{key}", visit, problems)
+    if problems:
+        raise ConfigError(problems)
+    return out
