@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from composer.errors import CheckpointError, ConfigError, did_you_mean
 from composer.recipe import TOP_LEVEL_KEYS as RECIPE_KEYS
+from composer.recipe import example_inputs
 from composer.signatures import is_int
 from composer.report import CHECKPOINT, ERROR
 
@@ -86,8 +87,8 @@ def run(cfg: DictConfig, out: Path) -> None:
 
     model = build_from_config(recipe, device="meta" if check else "cpu")
     resolved = record_of(model).recipe
-    shape = resolved.get("input_shape")
-    output_shape = shape_of(forward_zeros(model, shape)) if shape is not None and not check else None
+    example = example_inputs(resolved)
+    output_shape = shape_of(forward_zeros(model, example[1], key=example[0])) if example and not check else None
     table = summary(model)
     if output_shape is not None:
         table += f"\noutput shape: {output_shape}"

@@ -10,10 +10,8 @@ collected along the walk, each with its key path, and raised together at the end
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,12 +19,16 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from composer.errors import ConfigError, did_you_mean
+from composer.errors import ConfigError, did_you_mean, unknown
+from composer.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.materialize import allocate
+from composer.ops import OPS, make_op, op_problems
 from composer.placement import can_load_on_meta, needs_real_build, own_fills, resets_itself, skipping_fills
-from composer.recipe import Recipe, is_node
+from composer.recipe import Recipe, dtype_of, is_node
 from composer.registry import MODULES
 from composer.signatures import describe, is_int, signature_of
+from composer.targets import resolve_target
+from composer.templates import Template, expand, parse_templates, split_use, substitute_index
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.blocks.")
 _RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
@@ -47,6 +49,7 @@ class BuildNotes:
 
     inline_init: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
     frozen: list[nn.Module] = field(default_factory=list)
+    ties: dict[str, str] = field(default_factory=dict)  # dst parameter path -> src, once applied
     # False when every class built is known to make no lazy layer: no walk needed to look for one
     may_be_lazy: bool = False
 
@@ -69,6 +72,12 @@ class Builder:
         self.problems: list[tuple[str, str]] = []
         self._shared: dict[str, nn.Module | None] = {}
         self._resolving: list[str] = []
+        self.templates: dict[str, Template] = {}
+        try:
+            self.templates = parse_templates(recipe.get("blocks"))
+        except ConfigError as e:
+            self.problems += e.problems
+        self._using: list[str] = []  # templates being expanded: a cycle is an error
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
@@ -79,7 +88,7 @@ class Builder:
         for name in self.shared_nodes:
             self._shared_module(name)  # an unreferenced shared module is still checked
         if self.problems:
-            raise ConfigError(self.problems)
+            raise ConfigError(list(dict.fromkeys(self.problems)))  # a template's problem once, not per use
         return model
 
     def fail(self, path: str, message: str) -> None:
@@ -124,6 +133,10 @@ class Builder:
         """The handler of the node's form: ``ref``, a form of ``FORMS``, or a call of a class."""
         if "ref" in node:
             return _ref
+        if "use" in node:
+            return _use
+        if "op" in node:
+            return _op
         if "type" in node and "_target_" in node:
             return _conflict
         kind = node.get("type")
@@ -273,6 +286,11 @@ def _arguments(builder: Builder, node: Mapping, path: str) -> tuple[list, dict]:
         raw_args = []
     args = [v if type(v) in _PLAIN else builder.value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
     kwargs = {k: v if type(v) in _PLAIN else builder.value(v, f"{path}.{k}") for k, v in node.items() if k not in _RESERVED}
+    if isinstance(kwargs.get("dtype"), str):  # any kwarg named dtype takes a dtype's name
+        try:
+            kwargs["dtype"] = dtype_of(kwargs["dtype"], f"{path}.dtype")
+        except ConfigError as e:
+            builder.problems += e.problems
     return args, kwargs
 
 
@@ -307,10 +325,22 @@ def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     if "body" not in node:
         builder.fail(f"{path}.body", "missing: the node to repeat")
         return None
-    first = builder.build(node["body"], f"{path}.body")
-    if first is None:
-        return None  # its problems are recorded once, not once per copy
-    copies = [first] + [builder.build(node["body"], f"{path}.body") for _ in range(times - 1)]
+    body, where = node["body"], f"{path}.body"
+    if isinstance(body, Mapping) and "use" in body:  # $i in its arguments: copy i's index
+        copies = []
+        for i in range(times):
+            try:
+                copies.append(builder.build(substitute_index(body, i, where), where))
+            except ConfigError as e:
+                builder.problems += e.problems
+                return None
+            if copies[-1] is None:
+                return None
+    else:
+        first = builder.build(body, where)
+        if first is None:
+            return None  # its problems are recorded once, not once per copy
+        copies = [first] + [builder.build(body, where) for _ in range(times - 1)]
     return _named_sequential(builder, labels, copies, f"{path}.names")
 
 
@@ -324,9 +354,123 @@ def _named_sequential(builder: Builder, names: list[str], children: list, path: 
     return nn.Sequential(OrderedDict(zip(names, children)))
 
 
+def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{use: template, <args>}``: an independent copy of a template's body, arguments filled in."""
+    name, args, _extras = split_use(node)
+    template = builder.templates.get(name) if isinstance(name, str) else None
+    if template is None:
+        builder.fail(f"{path}.use", unknown("template", name, builder.templates))
+        return None
+    if name in builder._using:
+        cycle = " -> ".join([*builder._using[builder._using.index(name) :], name])
+        builder.fail(f"{path}.use", f"templates use each other in a cycle: {cycle}")
+        return None
+    try:
+        body = expand(template, args, path)
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+    builder._using.append(name)
+    try:
+        return builder.build(body, f"{template.key_path}.body")
+    finally:
+        builder._using.pop()
+
+
+_OP_EXTRAS = ("op", "in", "init", "frozen")
+
+
+def _op(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{op: name, <kwargs>}`` where a module stands (a Sequential's item): an ``Op`` module."""
+    try:
+        return make_op(node["op"], {k: v for k, v in node.items() if k not in _OP_EXTRAS}, path)
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+
+
+_GRAPH_KEYS = ("inputs", "nodes", "output", "params")
+_PARAM_KEYS = ("shape", "init", "frozen")
+
+
+def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{type: Graph, inputs, nodes, output, params}``: children wired by name (see ``graph``)."""
+    _only_keys(builder, node, path, "Graph", _GRAPH_KEYS)
+    inputs = node.get("inputs", ["x"])
+    if not (isinstance(inputs, list) and inputs and all(isinstance(n, str) for n in inputs)):
+        builder.fail(f"{path}.inputs", f"expected a list of input names such as [x], got {describe(inputs)}")
+        return None
+    nodes = node.get("nodes")
+    if not isinstance(nodes, Mapping) or not nodes:
+        builder.fail(f"{path}.nodes", f"expected a mapping of name: entry, got {describe(nodes)}")
+        return None
+    before = len(builder.problems)
+    entries = [_graph_entry(builder, str(name), entry, f"{path}.nodes.{name}") for name, entry in nodes.items()]
+    params = {name: _graph_param(builder, str(name), spec, f"{path}.params.{name}") for name, spec in (node.get("params") or {}).items()}
+    if len(builder.problems) > before:
+        return None
+    try:
+        graph = Graph(GraphSpec(entries, tuple(inputs), params, node.get("output")), path)
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+    for name, spec in (node.get("params") or {}).items():
+        if "init" in spec:
+            builder.notes.inline_init.append((graph, f"{path}.params.{name}", {name: spec["init"]}))
+    return graph
+
+
+def _graph_entry(builder: Builder, name: str, entry: Any, path: str) -> Any:
+    """One entry of ``nodes``: a call of an earlier entry, an op, or a module node."""
+    if not isinstance(entry, Mapping):
+        builder.fail(path, f"expected a node, an op or a call, got {describe(entry)}")
+        return None
+    inputs = entry.get("in")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    elif inputs is not None and not (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
+        builder.fail(f"{path}.in", f"expected a name or a list of names, got {describe(inputs)}")
+        inputs = None
+    if "call" in entry:
+        for key in entry:
+            if key not in ("call", "in"):
+                builder.fail(f"{path}.{key}", "a call entry has only 'call' and 'in'")
+        return CallEntry(name, entry["call"], inputs)
+    if "op" in entry:
+        label = entry["op"]
+        if not isinstance(label, str) or label not in OPS:
+            builder.fail(f"{path}.op", unknown("op", label, OPS, listed=False))
+            return None
+        fn = OPS.lookup(label, f"{path}.op")
+        kwargs = {k: v for k, v in entry.items() if k not in _OP_EXTRAS}
+        builder.problems += op_problems(label, fn, kwargs, len(inputs) if inputs is not None else 1, path)
+        return OpEntry(name, fn, kwargs, inputs, label=label)
+    module = builder.build({k: v for k, v in entry.items() if k != "in"}, path)
+    return ModuleEntry(name, module, inputs)
+
+
+def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parameter | None:
+    """``{shape: [...], init: spec, frozen: bool}``: a parameter of the graph (default init: zeros)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("shape"), list):
+        builder.fail(path, f"expected {{shape: [...], init: ..., frozen: ...}}, got {describe(spec)}")
+        return None
+    for key in spec:
+        if key not in _PARAM_KEYS:
+            builder.fail(f"{path}.{key}", unknown("key", key, _PARAM_KEYS))
+    shape = spec["shape"]
+    if not shape or not all(is_int(d) and d > 0 for d in shape):
+        builder.fail(f"{path}.shape", f"expected a list of positive integers, got {describe(shape)}")
+        return None
+    frozen = spec.get("frozen", False)
+    if not isinstance(frozen, bool):
+        builder.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
+    return nn.Parameter(torch.empty(shape), requires_grad=not frozen)
+
+
 FORMS: dict[str, Callable[[Builder, Mapping, str], nn.Module | None]] = {
     "Sequential": _sequential,
     "Repeat": _repeat,
+    "Graph": _graph,
 }
 
 
@@ -338,71 +482,72 @@ def _only_keys(builder: Builder, node: Mapping, path: str, form: str, keys: tupl
             builder.fail(f"{path}.{key}", f"{form} takes no key {key!r}{hint}; valid: {', '.join(valid)}")
 
 
-def resolve_target(target: Any, allow: Sequence[str], path: str) -> type[nn.Module]:
-    """An import path to an ``nn.Module`` class, importing nothing outside the allowlist.
+def tie_parameters(model: nn.Module, ties: Mapping[str, str]) -> None:
+    """``tie: {dst: src}``: each ``dst`` parameter becomes the ``src`` parameter object.
 
-    Every module imported or passed through must be named under an allowed prefix, and so must
-    the module defining the class: ``torch.nn.parallel.distributed.os.system`` starts well but
-    reaches ``os`` through an attribute, and is refused.
+    Raises:
+        ConfigError: a path that names no parameter (with the closest one), or shapes that differ.
     """
-    prefixes = tuple(p if p.endswith(".") else p + "." for p in allow)
-    allowed = ", ".join(prefixes)
-    if not isinstance(target, str) or not target.startswith(prefixes):
-        raise ConfigError(
-            f"{target!r} is not under an allowed prefix ({allowed}); "
-            "widen it with build_from_config(cfg, allow_targets=[...])",
-            path,
-        )
-
-    def inside(module_name: str) -> bool:
-        return (module_name + ".").startswith(prefixes)
-
-    parts = target.split(".")
-    obj: Any = None
-    for cut in range(len(parts) - 1, 0, -1):
-        name = ".".join(parts[:cut])
-        if not inside(name):
-            break
-        try:
-            obj = importlib.import_module(name)
-            break
-        except ImportError:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    problems = []
+    for dst, src in ties.items():
+        missing = [(p, k) for p, k in ((dst, "dst"), (src, "src")) if p not in params]
+        for name, _ in missing:
+            problems.append((f"tie.{dst}", f"no parameter {name!r}{did_you_mean(name, params)}"))
+        if missing:
             continue
-    if obj is None:
-        raise ConfigError(f"cannot import any module of {target!r} under the allowlist ({allowed})", path)
-    for attr in parts[cut:]:
-        obj = getattr(obj, attr, None)
-        if obj is None:
-            raise ConfigError(f"{target!r} does not resolve: no attribute {attr!r}", path)
-        if inspect.ismodule(obj) and not inside(obj.__name__):
-            raise ConfigError(f"{target!r} reaches module {obj.__name__!r}, outside the allowlist ({allowed})", path)
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise ConfigError(f"{target!r} is not an nn.Module class", path)
-    if not inside(obj.__module__):
-        raise ConfigError(f"{target!r} is defined in {obj.__module__!r}, outside the allowlist ({allowed})", path)
-    return obj
+        if params[dst].shape != params[src].shape:
+            shapes = f"{list(params[dst].shape)} vs {list(params[src].shape)}"
+            problems.append((f"tie.{dst}", f"cannot tie {dst} to {src}: shapes differ ({shapes})"))
+            continue
+        owner, _, leaf = dst.rpartition(".")
+        model.get_submodule(owner).register_parameter(leaf, params[src])
+    if problems:
+        raise ConfigError(problems)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Floating tensors made inside take ``dtype`` (a recipe's top-level ``dtype``): built in it
+    directly, no float32 copy first."""
+    if dtype is None:
+        yield
+        return
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def construct(
     recipe: Recipe, allow: Sequence[str], device: torch.device, purpose: Literal["init", "load"]
 ) -> tuple[nn.Module, BuildNotes, bool]:
-    """The module tree alone, on ``device``: no shapes, no rules.
+    """The module tree alone, on ``device``, ties applied: no shapes, no rules.
 
     ``init``: known classes skip their default fills (their tensors are allocated empty, to be
-    filled once by initialization); user blocks too where they can be built on ``meta``. ``load``: on ``meta`` where the file can fill every tensor
-    (user blocks that need it are built for real on ``device``), else for real with the fills
-    constructors make. The flag says whether the tree was built on ``meta`` for a load.
+    filled once by initialization); user blocks too where they can be built on ``meta``. ``load``:
+    on ``meta`` where the file can fill every tensor (user blocks that need it are built for real
+    on ``device``), else for real with the fills constructors make. The flag says whether the
+    tree was built on ``meta`` for a load.
     """
-    if purpose == "init":
-        real = None if device.type == "meta" else device
-        builder = Builder(recipe, allow, real_device=real, allocate_blocks=True)
-        with skipping_fills(device):
-            return builder.build_model(recipe["model"]), builder.notes, False
-    builder = Builder(recipe, allow, real_device=device)
-    with skipping_fills(torch.device("meta")):
-        model = builder.build_model(recipe["model"])
-    if can_load_on_meta(model):
-        return model, builder.notes, True
-    builder = Builder(recipe, allow)
-    with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
-        return builder.build_model(recipe["model"]), builder.notes, False
+    dtype = dtype_of(recipe["dtype"], "dtype") if recipe.get("dtype") is not None else None
+    with default_dtype(dtype):
+        if purpose == "init":
+            real = None if device.type == "meta" else device
+            builder = Builder(recipe, allow, real_device=real, allocate_blocks=True)
+            with skipping_fills(device):
+                model, on_meta = builder.build_model(recipe["model"]), False
+        else:
+            builder = Builder(recipe, allow, real_device=device)
+            with skipping_fills(torch.device("meta")):
+                model, on_meta = builder.build_model(recipe["model"]), True
+            if not can_load_on_meta(model):
+                builder = Builder(recipe, allow)
+                with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
+                    model, on_meta = builder.build_model(recipe["model"]), False
+    ties = recipe.get("tie") or {}
+    tie_parameters(model, ties)
+    builder.notes.ties = dict(ties)
+    return model, builder.notes, on_meta

@@ -21,7 +21,7 @@ from composer.errors import ConfigError
 from composer.initialization import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.initializers import SEED_LIMIT
 from composer.materialize import forward_zeros, has_lazy, require_shapes
-from composer.recipe import Recipe, read_recipe, top_level_problems
+from composer.recipe import Recipe, example_inputs, read_recipe, top_level_problems
 from composer.record import BuildRecord, finish
 
 
@@ -86,8 +86,9 @@ def _shape_and_initialize(
     lazy = notes.may_be_lazy and has_lazy(model)
     if lazy and real:
         initialize(model, Plan(), base)
-    if lazy and recipe.get("input_shape") is not None:
-        forward_zeros(model, recipe["input_shape"], device)
+    example = example_inputs(recipe)
+    if lazy and example is not None:
+        forward_zeros(model, example[1], device, key=example[0])
         lazy = has_lazy(model)
     if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")

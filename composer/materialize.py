@@ -18,6 +18,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer.errors import ConfigError, first_line
 from composer.placement import device_of
+from composer.recipe import InputSpec
 
 
 def has_lazy(model: nn.Module) -> bool:
@@ -31,14 +32,17 @@ def require_shapes(model: nn.Module, need: str) -> None:
         raise ConfigError(f"lazy layers have no shapes yet, and {need} needs them: set input_shape", "input_shape")
 
 
-def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> Any:
-    """One forward pass of zeros: what infers lazy shapes, and a smoke test of ``input_shape``.
+def forward_zeros(
+    model: nn.Module, inputs: Sequence[InputSpec], device: torch.device | str | None = None, key: str = "input_shape"
+) -> Any:
+    """One forward pass of zeros (valid token ids for integer inputs): what infers lazy shapes, and
+    a smoke test of the recipe's example inputs.
 
     It runs under ``no_grad`` (not ``inference_mode``: parameters born there never get gradients)
     and in eval mode, so no batch statistics move; each module's mode is restored afterwards.
     Lazy layers come out as their plain classes (``LazyLinear`` -> ``Linear``). A failure is a
-    ``ConfigError`` at ``input_shape`` naming the innermost module that was running, which
-    torch's own message does not.
+    ``ConfigError`` at ``key`` (the recipe key that gave the inputs) naming the innermost module
+    that was running, which torch's own message does not.
     """
     paths = {id(m): p for p, m in model.named_modules()}
     running: list[str] = []
@@ -56,10 +60,12 @@ def forward_zeros(model: nn.Module, input_shape: Sequence[int], device: torch.de
     shortcuts = _meta_shortcuts(model) if device.type == "meta" else []
     try:
         with torch.no_grad():
-            return model(torch.zeros(tuple(input_shape), device=device))
-    except Exception as e:  # torch raises many kinds; each means the input does not fit
+            return model(*(torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs))
+    except Exception as e:  # torch raises many kinds; each means the inputs do not fit
         where = f" in module '{running[-1] or '(model)'}'" if running else ""
-        raise ConfigError(f"a forward pass of zeros shaped {list(input_shape)} failed{where}: {type(e).__name__}: {first_line(e)}", "input_shape") from None
+        shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
+        message = f"a forward pass of zeros shaped {shapes} failed{where}: {type(e).__name__}: {first_line(e)}"
+        raise ConfigError(message, key) from None
     finally:
         for handle in handles:
             handle.remove()

@@ -8,26 +8,87 @@ is what the builder walks fastest.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer.errors import ConfigError, did_you_mean, first_line
+from composer.errors import ConfigError, did_you_mean, first_line, unknown
+from composer.signatures import is_int
 
-TOP_LEVEL_KEYS = ("model", "shared", "blocks", "init", "input_shape")
-NODE_KEYS = ("type", "ref", "_target_")
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    import torch
+
+TOP_LEVEL_KEYS = ("model", "shared", "blocks", "init", "input_shape", "inputs", "tie", "dtype", "vars")
+NODE_MARKERS = ("type", "ref", "_target_", "use", "op")
+
+
+class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader (the C one where built), reading numbers as YAML 1.2 does: ``1e-5``
+    is a float, as OmegaConf and every YAML 1.2 reader take it (PyYAML's YAML 1.1 needs a dot)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+YAML_LOADER = YamlLoader
 
 Recipe = dict[str, Any]
 
+# The dtype names a recipe may write (``dtype: bfloat16``): torch's attribute names.
+DTYPES = (
+    "float32", "float64", "float16", "bfloat16", "float", "double", "half",
+    "int8", "int16", "int32", "int64", "uint8", "long", "int", "bool", "complex64", "complex128",
+)  # fmt: skip
+
 
 def is_node(value: Any) -> bool:
-    """A node is a mapping with ``type``, ``ref`` or ``_target_``."""
-    return (type(value) is dict or isinstance(value, Mapping)) and ("type" in value or "ref" in value or "_target_" in value)
+    """A node is a mapping with ``type``, ``ref``, ``_target_``, ``use`` or ``op``."""
+    return (type(value) is dict or isinstance(value, Mapping)) and any(key in value for key in NODE_MARKERS)
+
+
+def dtype_of(name: Any, path: str) -> torch.dtype:
+    """The torch dtype a recipe names, or a ``ConfigError`` with the closest name."""
+    import torch  # noqa: PLC0415  (the CLI reads recipes before it pays for torch)
+
+    if isinstance(name, torch.dtype):
+        return name
+    if isinstance(name, str) and name.removeprefix("torch.") in DTYPES:
+        return getattr(torch, name.removeprefix("torch."))
+    raise ConfigError(unknown("dtype", name, DTYPES), path)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One forward argument of an example batch: zeros of this shape and dtype."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def example_inputs(recipe: Recipe) -> tuple[str, list[InputSpec]] | None:
+    """The recipe's example inputs and the key that gave them (``inputs``, or the short form
+    ``input_shape``: one float input), checked by ``top_level_problems``; None without either.
+    Float inputs take the recipe's ``dtype``."""
+    floating = dtype_of(recipe.get("dtype") or "float32", "dtype")
+    if recipe.get("inputs") is not None:
+        raw = recipe["inputs"]
+        items = list(raw.values()) if isinstance(raw, Mapping) else raw
+        specs = []
+        for item in items:
+            dtype = dtype_of(item["dtype"], "inputs") if item.get("dtype") is not None else floating
+            specs.append(InputSpec(tuple(item["shape"]), dtype))
+        return "inputs", specs
+    if recipe.get("input_shape") is not None:
+        return "input_shape", [InputSpec(tuple(recipe["input_shape"]), floating)]
+    return None
 
 
 def read_recipe(cfg: str | os.PathLike | Mapping | DictConfig) -> Recipe:
@@ -101,10 +162,47 @@ def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
         if recipe.get(key) is not None and not isinstance(recipe[key], Mapping):
             problems.append((key, f"expected a mapping of name: node, got {type(recipe[key]).__name__}"))
     shape = recipe.get("input_shape")
-    if shape is not None and not (
-        isinstance(shape, (list, tuple))
-        and shape
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-    ):
+    if shape is not None and not _is_shape(shape):
         problems.append(("input_shape", f"expected a list of positive integers such as [2, 20], got {shape!r}"))
+    problems += _inputs_problems(recipe.get("inputs"))
+    if recipe.get("input_shape") is not None and recipe.get("inputs") is not None:
+        problems.append(("inputs", "give inputs or input_shape (its short form for one float input), not both"))
+    tie = recipe.get("tie")
+    if tie is not None and not (isinstance(tie, Mapping) and all(isinstance(v, str) for v in tie.values())):
+        problems.append(("tie", f"expected a mapping of dst: src parameter paths, got {tie!r}"))
+    if recipe.get("dtype") is not None:
+        try:
+            dtype_of(recipe["dtype"], "dtype")
+        except ConfigError as e:
+            problems += e.problems
+    return problems
+
+
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, (list, tuple)) and bool(shape) and all(is_int(d) and d > 0 for d in shape)
+
+
+def _inputs_problems(raw: Any) -> list[tuple[str, str]]:
+    """``inputs``: a list (forward order) or a mapping (by graph input name) of {shape, dtype}."""
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping):
+        items = [(f"inputs.{k}", v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        items = [(f"inputs[{i}]", v) for i, v in enumerate(raw)]
+    else:
+        return [("inputs", f"expected a list or a mapping of {{shape: [...], dtype: ...}}, got {raw!r}")]
+    problems = []
+    for path, item in items:
+        if not isinstance(item, Mapping) or not _is_shape(item.get("shape")):
+            problems.append((path, f"expected {{shape: [positive integers], dtype: name}}, got {item!r}"))
+            continue
+        for key in item:
+            if key not in ("shape", "dtype"):
+                problems.append((f"{path}.{key}", unknown("key", key, ("shape", "dtype"))))
+        if item.get("dtype") is not None:
+            try:
+                dtype_of(item["dtype"], f"{path}.dtype")
+            except ConfigError as e:
+                problems += e.problems
     return problems

@@ -11,6 +11,7 @@ from torch import nn
 
 from composer.errors import ConfigError
 from composer.materialize import forward_zeros, require_shapes
+from composer.recipe import InputSpec, example_inputs
 from composer.record import init_report, record_of
 
 _HEADER = ("module", "type", "output shape", "params", "shared")
@@ -32,15 +33,19 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
         ConfigError: lazy layers still wait for their shapes and no input shape is known.
     """
     record = record_of(model)
-    if input_shape is None and record is not None:
-        input_shape = record.recipe.get("input_shape")
-    if input_shape is None:
+    if input_shape is not None:
+        inputs: list[InputSpec] | None = [InputSpec(tuple(input_shape), torch.float32)]
+    else:
+        example = example_inputs(record.recipe) if record is not None else None
+        inputs = example[1] if example is not None else None
+    if inputs is None:
         require_shapes(model, "the summary")
-    shapes, why = _output_shapes(model, input_shape) if input_shape is not None else ({}, "")
+    shapes, why = _output_shapes(model, inputs) if inputs is not None else ({}, "")
     lines = _table([_HEADER, *_rows(model, shapes)])
     lines.append(_totals(model))
-    if input_shape is not None:
-        lines.append(f"input shape: {list(input_shape)}" + (f" (output shapes unavailable: {why})" if why else ""))
+    if inputs is not None:
+        described = ", ".join(_describe_input(spec) for spec in inputs)
+        lines.append(f"input shape: {described}" + (f" (output shapes unavailable: {why})" if why else ""))
     if record is not None:
         lines.append("initialization:")
         lines += [f"  {path}: {scheme}" for path, scheme in init_report(model).items()]
@@ -89,7 +94,11 @@ def _totals(model: nn.Module) -> str:
     return f"total parameters: {total:,} (trainable {trainable:,}; {n_shared} shared tensor(s) counted once)"
 
 
-def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[int, Any], str]:
+def _describe_input(spec: InputSpec) -> str:
+    return str(list(spec.shape)) + ("" if spec.dtype == torch.float32 else f" {str(spec.dtype).removeprefix('torch.')}")
+
+
+def _output_shapes(model: nn.Module, inputs: Sequence[InputSpec]) -> tuple[dict[int, Any], str]:
     """Each module's first output shape, from one forward pass of zeros; or why there are none
     (a model that takes token ids, or data-dependent control flow on ``meta`` tensors)."""
     shapes: dict[int, Any] = {}
@@ -99,7 +108,7 @@ def _output_shapes(model: nn.Module, input_shape: Sequence[int]) -> tuple[dict[i
 
     handles = [m.register_forward_hook(record) for m in model.modules()]
     try:
-        forward_zeros(model, input_shape)
+        forward_zeros(model, inputs)
     except ConfigError as e:
         return {}, e.problems[0][1]
     finally:

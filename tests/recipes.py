@@ -2,9 +2,25 @@
 
 from pathlib import Path
 
+import torch
+
+from composer.recipe import example_inputs
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
+BIG = {"gpt2_small", "vit_tiny", "resnet18"}  # seconds each to build and run: the slow lane
 
 
 def model_recipe(name: str) -> Path:
     return ROOT / "conf" / "model" / f"{name}.yaml"
+
+
+def example_batch(recipe: dict) -> list[torch.Tensor]:
+    """Random inputs of the shapes and dtypes a built recipe declares (token ids below 10)."""
+    _, specs = example_inputs(recipe)
+    return [
+        torch.rand(spec.shape, dtype=spec.dtype)
+        if spec.dtype.is_floating_point
+        else torch.randint(0, 10, spec.shape, dtype=spec.dtype)
+        for spec in specs
+    ]

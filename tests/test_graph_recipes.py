@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests import references as R
-from tests.conftest import model_recipe
+from tests.recipes import model_recipe
 from tests.graph_recipes import build, read
 
 SMALL_GPT = {"vocab_size": 100, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 64}

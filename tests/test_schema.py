@@ -8,7 +8,7 @@ import yaml
 from torch import nn
 
 from composer.schema import recipe_schema
-from tests.conftest import MODELS, ROOT, model_recipe
+from tests.recipes import MODELS, ROOT, model_recipe
 
 jsonschema = pytest.importorskip("jsonschema")
 

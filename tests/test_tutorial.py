@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from composer import build_from_config
-from tests.recipes import MODELS, model_recipe
+from tests.recipes import BIG, MODELS, example_batch, model_recipe
 
 RGNET_PRINT = """Sequential(
   (0): Sequential(
@@ -38,11 +38,12 @@ RGNET_PRINT = """Sequential(
 )"""
 
 
-# The output shape of each conf/model recipe on its input_shape.
+# The output shape of each conf/model recipe on its example inputs.
 OUTPUT_SHAPES = {
     "mlp": [2, 10], "mlp_block": [2, 10], "my_sequential": [2, 10], "fixed_hidden_mlp": [],
     "chimera": [], "param_mlp": [2, 1], "rgnet": [2, 1], "tied": [2, 1], "centered": [4, 128],
-    "my_linear": [2, 1], "lazy_mlp": [2, 10],
+    "my_linear": [2, 1], "lazy_mlp": [2, 10], "resnet18": [2, 1000], "vit_tiny": [2, 1000],
+    "gpt2_small": [2, 64, 50257], "unet": [2, 2, 64, 64], "lstm_classifier": [2, 5], "siamese": [2, 1],
 }  # fmt: skip
 
 
@@ -50,11 +51,10 @@ def test_every_conf_model_has_an_expected_output_shape():
     assert sorted(OUTPUT_SHAPES) == MODELS
 
 
-@pytest.mark.parametrize("name", OUTPUT_SHAPES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in OUTPUT_SHAPES])
 def test_every_conf_model_builds_and_forwards(name):
     model = build_from_config(model_recipe(name))
-    x = torch.rand(*model.composer_record.recipe["input_shape"])
-    assert list(model(x).shape) == OUTPUT_SHAPES[name]
+    assert list(model(*example_batch(model.composer_record.recipe)).shape) == OUTPUT_SHAPES[name]
 
 
 def test_mlp_structure_matches_handwritten():
