@@ -30,6 +30,7 @@ def build_from_config(
     allow_targets: Sequence[str] | None = None,
     *,
     device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
 ) -> nn.Module:
     """Build the model a recipe describes.
 
@@ -40,6 +41,8 @@ def build_from_config(
             ``torch.nn.`` and ``composer.blocks.``; nothing outside them is imported.
         device: where the parameters are made. ``"meta"`` checks the recipe, its shapes and its
             init rules without allocating any weight.
+        dtype: the dtype of every floating parameter and buffer (a name such as ``"bfloat16"`` or
+            a ``torch.dtype``), over the recipe's top-level ``dtype``; built in it directly.
 
     Returns:
         Plain ``torch.nn`` modules (no wrapper in the forward path), with concrete shapes where
@@ -49,6 +52,8 @@ def build_from_config(
         ConfigError: every problem of the recipe at once, each with its key path.
     """
     recipe = read_recipe(cfg)
+    if dtype is not None:
+        recipe["dtype"] = str(dtype).removeprefix("torch.")
     allow = (*DEFAULT_TARGETS, *((allow_targets,) if isinstance(allow_targets, str) else allow_targets or ()))
     early = top_level_problems(recipe)
     if "model" not in recipe:
@@ -85,16 +90,16 @@ def _shape_and_initialize(
     real = device.type != "meta"
     lazy = notes.may_be_lazy and has_lazy(model)
     if lazy and real:
-        initialize(model, Plan(), base)
+        initialize(model, Plan(), base, notes.ties)
     example = example_inputs(recipe)
     if lazy and example is not None:
         forward_zeros(model, example[1], device, key=example[0])
         lazy = has_lazy(model)
     if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")
-    plan = plan_init(model, init.rules, notes.inline_init)
+    plan = plan_init(model, init.rules, notes.inline_init, notes.ties)
     if real:
-        initialize(model, plan, base)
+        initialize(model, plan, base, notes.ties)
     else:
         check_plan(plan)
     return plan

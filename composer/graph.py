@@ -401,6 +401,11 @@ class Graph(nn.Module):
         super().__setstate__(state)
         self._install_forward()
 
+    def reset_parameters(self) -> None:
+        """A graph parameter's default: zeros (a spec's ``init`` or a rule sets it otherwise)."""
+        for param in self._parameters.values():
+            nn.init.zeros_(param)
+
     def extra_repr(self) -> str:
         """The wiring, one chain of entries per line: ``x -> conv1 -> bn1``,
         ``(bn2, downsample) -> sum=add -> out=call:relu``."""

@@ -23,6 +23,8 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.rnn import RNNBase, RNNCellBase
 
+from composer.graph import Graph
+
 Fill = Callable[[torch.Tensor, torch.Generator], object]
 Table = dict[str, Fill]
 
@@ -105,6 +107,10 @@ def _transformer(m: nn.Transformer) -> Table:
     return {name: lambda t, g: init.xavier_uniform_(t, generator=g) for name, p in m.named_parameters() if p.dim() > 1}
 
 
+def _graph(m: Graph) -> Table:
+    return dict.fromkeys(m._parameters, _zeros)
+
+
 def _prelu(m: nn.PReLU) -> Table:
     return {"weight": lambda t, _g: init.constant_(t, m.init)}
 
@@ -125,6 +131,7 @@ TABLES: dict[Callable, Callable[[nn.Module], Table]] = {
     nn.MultiheadAttention._reset_parameters: _attention,
     nn.Transformer._reset_parameters: _transformer,
     nn.PReLU.reset_parameters: _prelu,
+    Graph.reset_parameters: _graph,
 }
 
 

@@ -139,22 +139,33 @@ class Plan:
         return {path: schemes[id(p)] for path, p in model.named_parameters(remove_duplicate=False) if id(p) in schemes}
 
 
-def plan_init(model: nn.Module, rules: tuple[Rule, ...], inline: list[tuple[nn.Module, str, Any]]) -> Plan:
+def plan_init(
+    model: nn.Module,
+    rules: tuple[Rule, ...],
+    inline: list[tuple[nn.Module, str, Any]],
+    ties: Mapping[str, str] | None = None,
+) -> Plan:
     """Decide each parameter's winner: rules in order, then inline specs. A rule or key that
-    reaches nothing is an error, never a silent no-op."""
+    reaches nothing is an error, never a silent no-op. A tied parameter (``tie: {dst: src}``) is
+    set by the scheme that wins for ``src``: a rule may reach ``dst`` only together with ``src``
+    (then with the same spec), and an inline spec on ``dst`` is an error."""
     problems: list[tuple[str, str]] = []
     plan = Plan()
     entries = list(model.named_modules(remove_duplicate=False))
-    paths = first_paths(entries)
+    paths = first_paths(entries, canonical_paths(model, ties))
+    tie_sites = {dst: (_site(model, dst), _site(model, src)) for dst, src in (ties or {}).items()}
+    reached: set[tuple[int, str]] = set()
 
     def cover(module: nn.Module, key: str, scheme: Scheme) -> bool:
         param = module._parameters.get(key)
         if param is None:
             return False
         plan.entries[id(param)] = (module, key, paths[id(param)], scheme)
+        reached.add((id(module), key))
         return True
 
     for rule in rules:
+        reached.clear()
         selected = _selected(rule, entries, problems)
         for key, scheme in rule.params.items():
             if selected and scheme is not None and not any([cover(m, key, scheme) for m in selected]):
@@ -164,13 +175,32 @@ def plan_init(model: nn.Module, rules: tuple[Rule, ...], inline: list[tuple[nn.M
                     f"no selected module has a parameter {key!r}{did_you_mean(key, held)} "
                     f"(they have: {', '.join(held) or 'none'})",
                 ))  # fmt: skip
+        for dst, (dst_site, src_site) in tie_sites.items():
+            if dst_site in reached and src_site not in reached:
+                problems.append((rule.path, f"reaches {dst}, tied to {ties[dst]}, without it: a rule that sets a "
+                                 "tied parameter reaches its src too (the src's scheme sets it)"))  # fmt: skip
     in_model = {id(m) for _, m in entries}
+    dst_sites = {dst_site: dst for dst, (dst_site, _) in tie_sites.items()}
     for module, path, spec in inline:
+        for key in spec:
+            if (id(module), key) in dst_sites:
+                dst = dst_sites[(id(module), key)]
+                problems.append((f"{path}.{key}", f"{dst} is tied to {ties[dst]}: initialize it there"))
         if id(module) in in_model:  # else a shared module nothing references: not part of the model
             _cover_inline(module, path, spec, cover, problems)
     if problems:
         raise ConfigError(problems)
     return plan
+
+
+def canonical_paths(model: nn.Module, ties: Mapping[str, str] | None) -> dict[int, str]:
+    """A tied parameter is known by its ``src`` path: its stream and its default come from there."""
+    return {id(model.get_parameter(src)): src for src in (ties or {}).values()}
+
+
+def _site(model: nn.Module, path: str) -> tuple[int, str]:
+    owner, _, leaf = path.rpartition(".")
+    return id(model.get_submodule(owner)), leaf
 
 
 def _selected(rule: Rule, entries: list[tuple[str, nn.Module]], problems: list[tuple[str, str]]) -> list[nn.Module]:
@@ -215,11 +245,12 @@ def _select(entries: list[tuple[str, nn.Module]], pattern: str) -> list[nn.Modul
 # --- filling --------------------------------------------------------------------------------------
 
 
-def first_paths(modules: list[tuple[str, nn.Module]]) -> dict[int, str]:
+def first_paths(modules: list[tuple[str, nn.Module]], canonical: Mapping[int, str] | None = None) -> dict[int, str]:
     """Each parameter's and buffer's first path (a tied or shared tensor has several), from
-    ``named_modules(remove_duplicate=False)``: the order ``named_parameters`` follows. Lazy
-    tensors that wait for their shapes are left out: nothing can fill them yet."""
-    paths: dict[int, str] = {}
+    ``named_modules(remove_duplicate=False)``: the order ``named_parameters`` follows; a tied
+    parameter's ``canonical`` path wins. Lazy tensors that wait for their shapes are left out:
+    nothing can fill them yet."""
+    paths: dict[int, str] = dict(canonical or {})
     for slots in ("_parameters", "_buffers"):
         for path, module in modules:
             prefix = f"{path}." if path else ""
@@ -237,12 +268,12 @@ def check_plan(plan: Plan) -> None:
             scheme.fill(param, streams.at(where, torch.device("cpu")), where)
 
 
-def initialize(model: nn.Module, plan: Plan, base_seed: int) -> None:
+def initialize(model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, str] | None = None) -> None:
     """Fill every tensor of ``model`` once, each from its own stream under ``base_seed``: the
     planned scheme where one covers it, else its module's default."""
     streams = Streams(base_seed)
     modules = list(model.named_modules(remove_duplicate=False))
-    paths = first_paths(modules)
+    paths = first_paths(modules, canonical_paths(model, ties))
     covered = {id(p) for p, _, scheme in plan.current() if not scheme.is_default}
     defaults, whole = _defaults(modules, paths)
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from composer.recipe import example_inputs
 
@@ -24,3 +25,11 @@ def example_batch(recipe: dict) -> list[torch.Tensor]:
         else torch.randint(0, 10, spec.shape, dtype=spec.dtype)
         for spec in specs
     ]
+
+
+def recipe_with(name: str, overrides: dict | None = None) -> DictConfig:
+    """A packaged recipe with dotted-key overrides (``vars.n_layer``), as Hydra would compose it."""
+    cfg = OmegaConf.load(model_recipe(name))
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value)
+    return cfg

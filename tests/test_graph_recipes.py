@@ -1,7 +1,6 @@
 """The section 7.8 recipes of conf/model against the handwritten references: the same state_dict keys
 in the same order, the same shapes, strict loading of the reference's weights, and then the same
-outputs bit for bit. Built with the stand-in of ``tests/graph_recipes.py`` until the builder knows
-Graph; switch ``build``/``read`` to ``composer.build_from_config`` then.
+outputs bit for bit; GPT-2's causality and its tie through a checkpoint.
 """
 
 from __future__ import annotations
@@ -9,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from composer import build_from_config, load_checkpoint, save_checkpoint
 from tests import references as R
-from tests.recipes import model_recipe
-from tests.graph_recipes import build, read
+from tests.recipes import BIG, recipe_with
 
 SMALL_GPT = {"vocab_size": 100, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 64}
 
@@ -26,12 +25,12 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in CASES])
 def test_recipe_loads_the_references_weights_and_gives_its_outputs(name):
     make_reference, overrides, make_inputs = CASES[name]
     torch.manual_seed(0)
     reference = make_reference()
-    model = build(read(model_recipe(name), overrides))
+    model = build_from_config(recipe_with(name, overrides))
     expected, got = reference.state_dict(), model.state_dict()
     assert list(got) == list(expected)
     assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in expected.items()}
@@ -46,8 +45,8 @@ def test_recipe_loads_the_references_weights_and_gives_its_outputs(name):
 
 
 def test_gpt2_small_full_size_counts_and_ties():
+    model = build_from_config(recipe_with("gpt2_small"), device="meta")
     with torch.device("meta"):
-        model = build(read(model_recipe("gpt2_small")))
         reference = R.gpt2()
     assert R.count_parameters(model) == 124_439_808
     assert model.lm_head.weight is model.transformer.wte.weight
@@ -59,6 +58,39 @@ def test_gpt2_small_full_size_counts_and_ties():
 
 
 def test_resnet18_and_vit_tiny_parameter_counts():
-    with torch.device("meta"):
-        assert R.count_parameters(build(read(model_recipe("resnet18")))) == 11_689_512
-        assert R.count_parameters(build(read(model_recipe("vit_tiny")))) == 5_717_416
+    assert R.count_parameters(build_from_config(recipe_with("resnet18"), device="meta")) == 11_689_512
+    assert R.count_parameters(build_from_config(recipe_with("vit_tiny"), device="meta")) == 5_717_416
+
+
+def small_gpt(**extra):
+    return build_from_config(recipe_with("gpt2_small", {f"vars.{k}": v for k, v in SMALL_GPT.items()} | extra))
+
+
+def test_gpt2_is_causal():
+    model = small_gpt().eval()
+    tokens = torch.randint(0, 100, (1, 16))
+    changed = tokens.clone()
+    changed[0, 9] = (tokens[0, 9] + 1) % 100
+    a, b = model(tokens), model(changed)
+    assert torch.equal(a[:, :9], b[:, :9]) and not torch.equal(a[:, 9:], b[:, 9:])
+
+
+def test_gpt2_tie_holds_through_a_checkpoint_stored_once(tmp_path):
+    model = small_gpt()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    save_checkpoint(model, tmp_path / "gpt.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "gpt.safetensors", "pt") as f:
+        assert "transformer.wte.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    loaded = load_checkpoint(tmp_path / "gpt.safetensors")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    tokens = torch.randint(0, 100, (2, 8))
+    assert torch.equal(loaded.eval()(tokens), model.eval()(tokens))
+
+
+def test_gpt2_xl_sized_recipe_checks_on_meta_without_allocating():
+    xl = {"vars.n_layer": 48, "vars.n_embd": 1600, "vars.n_head": 25}
+    model = build_from_config(recipe_with("gpt2_small", xl), device="meta")
+    assert 1.5e9 < R.count_parameters(model) < 1.6e9
+    assert all(p.is_meta for p in model.parameters())
