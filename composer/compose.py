@@ -92,8 +92,8 @@ def _shape_and_initialize(
     if lazy and real:
         initialize(model, Plan(), base, notes.ties)
     example = example_inputs(recipe)
-    if lazy and example is not None:
-        forward_zeros(model, example[1], device, key=example[0])
+    if example is not None and (lazy or not real):  # on meta: the shape check a real run makes
+        forward_zeros(model, example[1], device, key=example[0], shapes_only=not real)
         lazy = has_lazy(model)
     if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")

@@ -33,7 +33,11 @@ def require_shapes(model: nn.Module, need: str) -> None:
 
 
 def forward_zeros(
-    model: nn.Module, inputs: Sequence[InputSpec], device: torch.device | str | None = None, key: str = "input_shape"
+    model: nn.Module,
+    inputs: Sequence[InputSpec],
+    device: torch.device | str | None = None,
+    key: str = "input_shape",
+    shapes_only: bool = False,
 ) -> Any:
     """One forward pass of zeros (valid token ids for integer inputs): what infers lazy shapes, and
     a smoke test of the recipe's example inputs.
@@ -42,7 +46,9 @@ def forward_zeros(
     and in eval mode, so no batch statistics move; each module's mode is restored afterwards.
     Lazy layers come out as their plain classes (``LazyLinear`` -> ``Linear``). A failure is a
     ``ConfigError`` at ``key`` (the recipe key that gave the inputs) naming the innermost module
-    that was running, which torch's own message does not.
+    that was running, which torch's own message does not. ``shapes_only`` (a check on ``meta``):
+    control flow that reads values, which ``meta`` tensors do not have, ends the check quietly
+    (None) instead.
     """
     paths = {id(m): p for p, m in model.named_modules()}
     running: list[str] = []
@@ -62,6 +68,8 @@ def forward_zeros(
         with torch.no_grad():
             return model(*(torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs))
     except Exception as e:  # torch raises many kinds; each means the inputs do not fit
+        if shapes_only and "cannot be called on meta tensors" in str(e):
+            return None
         where = f" in module '{running[-1] or '(model)'}'" if running else ""
         shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
         message = f"a forward pass of zeros shaped {shapes} failed{where}: {type(e).__name__}: {first_line(e)}"

@@ -83,10 +83,10 @@ def test_meta_forward_checks_shapes_as_the_real_one_does():
     }
     with pytest.raises(ConfigError, match="in module '1'.*normalized_shape"):
         build_from_config(recipe, device="meta")
-    wrong = build_from_config(
-        {"model": {"type": "Linear", "in_features": 20, "out_features": 8}, "input_shape": [2, 30]}, device="meta"
-    )
-    assert "output shapes unavailable" in summary(wrong)
+    linear = {"type": "Linear", "in_features": 20, "out_features": 8}
+    with pytest.raises(ConfigError, match="input_shape: .*in_features=20"):  # as the real run's smoke forward
+        build_from_config({"model": linear, "input_shape": [2, 30]}, device="meta")
+    assert "output shapes unavailable" in summary(build_from_config(linear, device="meta"), input_shape=[2, 30])
 
 
 class Unsqueezed(nn.Linear):
