@@ -197,7 +197,46 @@ def gpu(checkpoint: str) -> dict[str, Any]:
     return out
 
 
+# --- goal 8: GPT-2 small built with nanoGPT's init -----------------------------------------------
+
+
+def gpt2(variant: str) -> dict[str, Any]:
+    """``composer``: the gpt2_small recipe with a normal(0, 0.02) rule (``composer_bf16``: in
+    bfloat16); ``handwritten``: the reference GPT, then nanoGPT's ``_init_weights`` pass."""
+    import torch
+    from torch import nn
+
+    composer = _load_composer()
+    from tests import references as R
+    from tests.recipes import recipe_with
+
+    rule = {"layer": ["Linear", "Embedding"], "weight": {"type": "normal", "std": 0.02}}
+    recipe = recipe_with("gpt2_small", {"init": {"seed": 0, "rules": [rule, {"layer": "Linear", "bias": "zeros"}]}})
+    if variant == "composer_bf16":
+        recipe.dtype = "bfloat16"
+    keep = []
+
+    def handwritten():
+        model = R.gpt2()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    m.weight.normal_(0.0, 0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.zero_()
+        keep.append(model)
+
+    def build():
+        keep.append(composer.build_from_config(recipe))
+
+    out = _measure(handwritten if variant == "handwritten" else build)
+    del out["out"]
+    params = list(keep[0].parameters())
+    out["param_mb"] = sum(p.numel() * p.element_size() for p in params) / 2**20
+    return out
+
+
 if __name__ == "__main__":
     task, *args = sys.argv[1:]
-    result = {"large": large, "meta": meta, "gpu": gpu}[task](*args)
+    result = {"large": large, "meta": meta, "gpu": gpu, "gpt2": gpt2}[task](*args)
     print(json.dumps(result))

@@ -34,6 +34,7 @@ SECTIONS = {
     "5": ("checkpoints (goal 5)", "bench.checkpoint"),
     "6": ("start-up and multirun (goal 6)", "bench.startup"),
     "7": ("check mode on meta (goal 7)", "bench.meta"),
+    "8": ("real architectures: forward, compile, GPT-2 build, graph build (goal 8)", "bench.architectures"),
     "gpu": ("optional GPU section", "bench.gpu"),
 }
 ALIASES = {"2": "1"}

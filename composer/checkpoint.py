@@ -25,6 +25,7 @@ from torch import nn
 
 from composer.build import DEFAULT_TARGETS, construct
 from composer.errors import CheckpointError, ConfigError
+from composer.gc_pause import gc_paused
 from composer.materialize import assign, require_shapes
 from composer.placement import device_of, holds_meta
 from composer.recipe import Recipe, top_level_problems
@@ -66,6 +67,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     _write(path, FORMAT, tensors, metadata)
 
 
+@gc_paused()
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",

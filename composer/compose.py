@@ -18,6 +18,7 @@ from torch import nn
 
 from composer.build import DEFAULT_TARGETS, BuildNotes, construct
 from composer.errors import ConfigError
+from composer.gc_pause import gc_paused
 from composer.initialization import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.initializers import SEED_LIMIT
 from composer.materialize import forward_zeros, has_lazy, require_shapes
@@ -25,6 +26,7 @@ from composer.recipe import Recipe, example_inputs, read_recipe, top_level_probl
 from composer.record import BuildRecord, finish
 
 
+@gc_paused()
 def build_from_config(
     cfg: str | os.PathLike | Mapping | DictConfig,
     allow_targets: Sequence[str] | None = None,

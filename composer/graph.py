@@ -112,9 +112,16 @@ def _resolved_inputs(spec: GraphSpec) -> list[tuple[str, ...]]:
 
 
 def _arity(module: nn.Module) -> tuple[int, int | None] | None:
-    """How many positional inputs ``module.forward`` takes (min, max or None), where readable."""
+    """How many positional inputs ``module.forward`` takes (min, max or None), where readable;
+    read once per class (a 1,000-entry graph has a few classes)."""
+    own = module.__dict__.get("forward")
+    return _arity_of(own, 0) if own is not None else _arity_of(type(module).forward, 1)
+
+
+@functools.cache
+def _arity_of(forward: Callable[..., Any], skip: int) -> tuple[int, int | None] | None:
     try:
-        params = inspect.signature(module.forward).parameters.values()
+        params = list(inspect.signature(forward).parameters.values())[skip:]
     except (TypeError, ValueError):
         return None
     P = inspect.Parameter

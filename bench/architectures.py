@@ -1,0 +1,103 @@
+"""Goal 8 (real architectures): the recipes of conf/model against handwritten references.
+
+- forward of ``resnet18``, ``vit_tiny`` and ``gpt2_small`` built from their recipes, with the
+  reference's weights loaded, over the handwritten reference (``tests/references.py``), with an A/A
+  control (two copies of the reference) for the noise band; one thread, eval mode;
+- graph breaks of each under ``torch._dynamo.explain`` (what ``torch.compile(fullgraph=True)`` needs);
+- ``gpt2_small`` built with a ``normal(0, 0.02)`` rule over the handwritten GPT built and initialized
+  the same way (nanoGPT's ``_init_weights``), each in a fresh process, with peak memory over the
+  parameter bytes, in float32 and with ``dtype: bfloat16``;
+- a 1,000-entry Graph recipe over a 1,000-item Sequential recipe.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.common import Result, interleave, ms, run_child
+
+FORWARD_CASES = ("resnet18", "vit_tiny", "gpt2_small")
+
+
+def _pair(name: str):
+    from composer import build_from_config
+    from tests import references as R
+    from tests.recipes import recipe_with
+
+    torch.manual_seed(0)
+    make = {"resnet18": R.resnet18, "vit_tiny": R.vit_tiny, "gpt2_small": R.gpt2}[name]
+    reference, control = make(), make()
+    built = build_from_config(recipe_with(name))
+    built.load_state_dict(reference.state_dict())
+    control.load_state_dict(reference.state_dict())
+    x = torch.randint(0, 50257, (1, 64)) if name == "gpt2_small" else torch.randn(1, 3, 224, 224)
+    for m in (reference, control, built):
+        m.eval()
+    return built, reference, control, x
+
+
+def forward_rows(quick: bool) -> list[Result]:
+    rows = []
+    rounds = 7 if quick else 21
+    for name in FORWARD_CASES:
+        built, reference, control, x = _pair(name)
+        with torch.no_grad():
+            assert torch.equal(built(x), reference(x)), name
+            t = interleave({"recipe": lambda: built(x), "handwritten": lambda: reference(x), "control": lambda: control(x)},
+                           rounds, collect=False)  # fmt: skip
+        noise = abs(t.ratio("control", "handwritten") - 1)
+        rows.append(Result("8", f"forward {name}: recipe / handwritten", "<=", 1.05 + noise, t.ratio("recipe", "handwritten"),
+                           detail=f"A/A control {t.ratio('control', 'handwritten'):.3f}x; {t.describe()}"))  # fmt: skip
+        rows.append(Result("8", f"{name}: graph breaks under torch._dynamo.explain", "<=", 0, _breaks(built, x), unit="breaks"))
+    return rows
+
+
+def _breaks(model: torch.nn.Module, x: torch.Tensor) -> float:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return float(torch._dynamo.explain(model)(x).graph_break_count)
+
+
+def build_rows(quick: bool) -> list[Result]:
+    rounds = 1 if quick else 3
+    runs: dict[str, list[dict]] = {"composer": [], "handwritten": [], "composer_bf16": []}
+    for r in range(rounds):
+        for variant in list(runs)[r % 3 :] + list(runs)[: r % 3]:
+            runs[variant].append(run_child("gpt2", variant))
+
+    def best(v: str, key: str) -> float:
+        return min(res[key] for res in runs[v])
+
+    params_mb = runs["composer"][0]["param_mb"]
+    bf16_mb = runs["composer_bf16"][0]["param_mb"]
+    detail = "; ".join(f"{v} {ms(best(v, 'seconds'))}, +{best(v, 'delta_mb'):.0f} MB" for v in runs)
+    return [
+        Result("8", "gpt2_small build + normal(0.02) / handwritten + same init", "<=", 1.1,
+               best("composer", "seconds") / best("handwritten", "seconds"), detail=f"{detail} (best of {rounds} fresh processes)"),
+        Result("8", "gpt2_small build: peak RSS above baseline / parameter bytes", "<=", 1.1,
+               best("composer", "delta_mb") / params_mb, detail=f"parameters {params_mb:.0f} MB"),
+        Result("8", "gpt2_small dtype bfloat16: peak RSS / bf16 parameter bytes", "<=", 1.1,
+               best("composer_bf16", "delta_mb") / bf16_mb, detail=f"bf16 parameters {bf16_mb:.0f} MB"),
+    ]  # fmt: skip
+
+
+def graph_rows(quick: bool) -> list[Result]:
+    from composer import build_from_config
+
+    n = 1000
+    linear = {"type": "Linear", "in_features": 64, "out_features": 64}
+    sequential = {"model": {"type": "Sequential", "layers": {f"l{i}": dict(linear) for i in range(n)}}}
+    graph = {"model": {"type": "Graph", "nodes": {f"l{i}": dict(linear) for i in range(n)}}}
+    t = interleave({"graph": lambda: build_from_config(graph), "sequential": lambda: build_from_config(sequential)}, 5 if quick else 15)
+    return [Result("8", f"{n}-entry Graph build / {n}-item Sequential build", "<=", 1.2, t.ratio("graph", "sequential"), detail=t.describe())]
+
+
+def run(quick: bool = False) -> list[Result]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine stalls multi-threaded small ops at random
+    try:
+        rows = [*forward_rows(quick), *graph_rows(quick)]
+    finally:
+        torch.set_num_threads(threads)
+    return [*rows, *build_rows(quick)]
