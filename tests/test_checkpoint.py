@@ -362,7 +362,7 @@ def test_tampered_metadata_is_a_checkpoint_error(saved, key, value):
     body += b" " * (-len(body) % 8)
     saved.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
     with pytest.raises(CheckpointError, match="checksum"):
-        load_checkpoint(saved)  # the CRC covers the metadata too
+        load_checkpoint(saved)  # the checksum covers the metadata too
     with pytest.raises(CheckpointError):
         load_checkpoint(saved, verify=False)
 
@@ -391,3 +391,26 @@ def test_unset_non_persistent_buffer_reloads(tmp_path):
     save_checkpoint(model, tmp_path / "c.safetensors")
     loaded = load_checkpoint(tmp_path / "c.safetensors")
     assert torch.equal(loaded.lin.weight, model.lin.weight) and loaded.cache is None
+
+
+def test_format_2_files_with_a_crc32_still_load_and_verify(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from composer.checkpoint import _crc32
+
+    model = build_from_config(model_recipe("tied"))
+    save_checkpoint(model, tmp_path / "v3.safetensors")
+    with open(tmp_path / "v3.safetensors", "rb") as f:
+        metadata = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"]
+    assert metadata["format_version"] == "3" and len(metadata["xxh3_64"]) == 16
+    tensors = load_file(tmp_path / "v3.safetensors")
+    del metadata["xxh3_64"]
+    metadata["format_version"] = "2"
+    metadata["crc32"] = _crc32(tensors, metadata)
+    save_file(tensors, tmp_path / "v2.safetensors", metadata)
+    loaded = load_checkpoint(tmp_path / "v2.safetensors")
+    assert loaded[2] is loaded[4] and torch.equal(loaded[0].weight, model[0].weight)
+    metadata["crc32"] = f"{(int(metadata['crc32']) + 1) % 2**32:010d}"
+    save_file(tensors, tmp_path / "bad.safetensors", metadata)
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(tmp_path / "bad.safetensors")
