@@ -21,9 +21,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer.errors import ConfigError, did_you_mean, unknown
 from composer.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
-from composer.materialize import allocate
 from composer.ops import OPS, make_op, op_problems
-from composer.placement import can_load_on_meta, needs_real_build, own_fills, resets_itself, skipping_fills
+from composer.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
 from composer.recipe import Recipe, dtype_of, is_node
 from composer.registry import MODULES
 from composer.signatures import describe, is_int, signature_of
@@ -62,12 +61,10 @@ class Builder:
         recipe: Recipe,
         allow_targets: Sequence[str] = DEFAULT_TARGETS,
         real_device: torch.device | None = None,
-        allocate_blocks: bool = False,
     ) -> None:
         self.shared_nodes: Mapping[str, Any] = recipe.get("shared") or {}
         self.allow_targets = tuple(allow_targets)
         self.real_device = real_device
-        self.allocate_blocks = allocate_blocks
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: dict[str, nn.Module | None] = {}
@@ -201,22 +198,12 @@ class Builder:
         return module
 
     def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:
-        """``cls(*args, **kwargs)`` where the walk builds. A class not known to reset itself
-        (a user's block) is built on ``meta`` first when there is a ``real_device``: kept there for
-        a load, given empty tensors there for a build (its reset fills them later); built again
-        for real, with its own fills, where ``placement.needs_real_build`` says it must be or its
-        constructor failed on ``meta`` (it reads data)."""
+        """``cls(*args, **kwargs)`` where the walk builds. A class not known to reset itself (a
+        user's block) is built for real on ``real_device``, with its own fills: its constructor
+        may compute from data (on ``meta`` that fails, or imports seconds of torch's meta kernels)
+        or make a constant its reset leaves alone."""
         if self.real_device is None or resets_itself(cls):
             return cls(*args, **kwargs)
-        try:
-            with torch.device("meta"):
-                module = cls(*args, **kwargs)
-            if isinstance(module, nn.Module) and not needs_real_build(module):
-                if self.allocate_blocks:
-                    allocate(module, self.real_device)
-                return module
-        except Exception:
-            pass  # the real build below says what is wrong, if anything is
         with torch.device(self.real_device), own_fills():
             return cls(*args, **kwargs)
 
@@ -527,16 +514,16 @@ def construct(
     """The module tree alone, on ``device``, ties applied: no shapes, no rules.
 
     ``init``: known classes skip their default fills (their tensors are allocated empty, to be
-    filled once by initialization); user blocks too where they can be built on ``meta``. ``load``:
-    on ``meta`` where the file can fill every tensor (user blocks that need it are built for real
-    on ``device``), else for real with the fills constructors make. The flag says whether the
+    filled once by initialization); user blocks are built as they are written. ``load``: on
+    ``meta`` where the file can fill every tensor (user blocks for real on ``device``), else for
+    real with the fills constructors make. The flag says whether the
     tree was built on ``meta`` for a load.
     """
     dtype = dtype_of(recipe["dtype"], "dtype") if recipe.get("dtype") is not None else None
     with default_dtype(dtype):
         if purpose == "init":
             real = None if device.type == "meta" else device
-            builder = Builder(recipe, allow, real_device=real, allocate_blocks=True)
+            builder = Builder(recipe, allow, real_device=real)
             with skipping_fills(device):
                 model, on_meta = builder.build_model(recipe["model"]), False
         else:

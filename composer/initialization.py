@@ -120,8 +120,8 @@ def _layer_classes(layers: Any, path: str, problems: list[tuple[str, str]]) -> t
 class Plan:
     """The winning scheme for each parameter a rule or inline spec covers.
 
-    Entries name a parameter by its module and attribute, not by the tensor object, because
-    ``allocate`` replaces ``meta`` parameters between planning and filling.
+    Entries name a parameter by its module and attribute (for the report and its messages), keyed
+    by the parameter's id, so a tied or shared parameter has one entry.
     """
 
     entries: dict[int, tuple[nn.Module, str, str, Scheme]] = field(default_factory=dict)

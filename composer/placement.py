@@ -7,9 +7,8 @@ A build constructs layers with their default fills skipped (``skipping_fills``):
 allocates its weight and leaves it empty, and initialization then fills every tensor once from
 its own stream. A load constructs on ``meta`` (no memory, no draws) and takes every tensor from
 the file. Both work only where something refills each tensor: torch.nn's classes and composer's
-own are known to reset every tensor they hold; a user's block is constructed with its own fills,
-and checked on ``meta``: a buffer its class made (often a constant its reset leaves alone) or a
-parameter without a reset sends it to a real build.
+own are known to reset every tensor they hold. A user's block is built for real, as written: its
+constructor may compute from data, or make a constant its reset leaves alone.
 """
 
 from __future__ import annotations
@@ -37,17 +36,6 @@ def reset_method(module: nn.Module) -> Callable[[], None] | None:
 def holds_meta(tensors: Iterable[torch.Tensor | None]) -> bool:
     """Whether any of ``tensors`` (None slots allowed, as in ``module._buffers``) is on ``meta``."""
     return any(t is not None and t.is_meta for t in tensors)
-
-
-def needs_real_build(module: nn.Module) -> bool:
-    """Whether a user block just built on ``meta`` holds a tensor nothing can refill: a buffer of a
-    class not known to reset itself, or a parameter of a module without a reset."""
-    for m in module.modules():
-        if resets_itself(type(m)):
-            continue
-        if holds_meta(m._buffers.values()) or (holds_meta(m._parameters.values()) and reset_method(m) is None):
-            return True
-    return False
 
 
 def can_load_on_meta(model: nn.Module) -> bool:

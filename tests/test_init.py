@@ -186,18 +186,20 @@ class CountingResets(nn.Module):
 register_module(CountingResets)
 
 
-def test_covered_parameters_skip_their_default_initializer():
+def test_a_user_blocks_reset_skips_the_parameters_a_scheme_covers():
+    """A user's block is constructed as written (its constructor's own reset runs, on the real
+    device); the reset that then draws its defaults from the block's stream leaves covered
+    parameters alone, and the scheme sets them."""
     CountingResets.real_resets.clear()
     net = build_from_config(
         {"model": {"type": "CountingResets"}, "init": {"rules": [{"weight": "zeros", "bias": "zeros"}]}}
     )
-    assert CountingResets.real_resets == []
+    assert CountingResets.real_resets == ["weight", "bias"]  # the constructor's, nothing after it
     assert (net.weight == 0).all() and (net.bias == 0).all()
+    CountingResets.real_resets.clear()
     net = build_from_config({"model": {"type": "CountingResets"}, "init": {"rules": [{"weight": "zeros"}]}})
-    assert CountingResets.real_resets == ["bias"]  # only the uncovered one got its default
+    assert CountingResets.real_resets == ["weight", "bias", "bias"]  # then only the uncovered one
     assert (net.weight == 0).all() and (net.bias == 1).all()
-    build_from_config({"type": "CountingResets"})  # no rules: plain construction, as PyTorch
-    assert CountingResets.real_resets == ["bias", "weight", "bias"]
 
 
 def test_partly_covered_linear_bias_keeps_its_default_distribution():
