@@ -79,6 +79,17 @@ def large(variant: str) -> dict[str, Any]:
                 layer.weight.normal_(0.0, 0.02)
         keep.append(model)
 
+    def expert():
+        """What an expert writes: on meta, to_empty, one pass (weights normal, biases their default)."""
+        with torch.device("meta"):
+            model = nn.Sequential(*[nn.Linear(w, w) for _ in range(n)])
+        model.to_empty(device="cpu")
+        with torch.no_grad():
+            for layer in model:
+                layer.weight.normal_(0.0, 0.02)
+                layer.bias.uniform_(-bound, bound)
+        keep.append(model)
+
     def build():
         keep.append(composer.build_from_config(large_recipe()))
 
@@ -94,7 +105,7 @@ def large(variant: str) -> dict[str, Any]:
         model.init_weights()
         keep.append(model)
 
-    fn = {"floor": floor, "handwritten": handwritten, "composer": build, "mmengine": mmengine}[variant]
+    fn = {"floor": floor, "handwritten": handwritten, "expert": expert, "composer": build, "mmengine": mmengine}[variant]
     if variant == "mmengine":
         import mmengine.model  # noqa: F401  (imported before the baseline, like torch)
     result = _measure(fn)

@@ -13,6 +13,7 @@ the module's own tensors; ``MultiheadAttention`` also zeroes ``out_proj.bias`` a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ def _ones(t: torch.Tensor, _g: torch.Generator) -> None:
     init.ones_(t)
 
 
+@functools.lru_cache(maxsize=1024)
 def _uniform(bound: float) -> Fill:
     return lambda t, g: t.uniform_(-bound, bound, generator=g)
 
@@ -138,6 +140,11 @@ TABLES: dict[Callable, Callable[[nn.Module], Table]] = {
 def default_table(module: nn.Module) -> Table | None:
     """The per-tensor defaults of ``module``'s class; None where its reset is not written per
     tensor (a user's block, a subclass with its own reset): it then resets as a whole."""
-    reset = getattr(type(module), "reset_parameters", None) or getattr(type(module), "_reset_parameters", None)
-    make = TABLES.get(reset)
+    make = _maker(type(module))
     return make(module) if make is not None else None
+
+
+@functools.cache
+def _maker(cls: type) -> Callable[[nn.Module], Table] | None:
+    reset = getattr(cls, "reset_parameters", None) or getattr(cls, "_reset_parameters", None)
+    return TABLES.get(reset)

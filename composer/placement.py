@@ -14,12 +14,13 @@ constructor may compute from data, or make a constant its reset leaves alone.
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 KNOWN_RESETS = ("torch.nn.", "composer.")
 
@@ -51,52 +52,56 @@ def device_of(model: nn.Module) -> torch.device:
     return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
 
 
-# What a layer's constructor calls to fill its tensors: the torch.nn.init functions (which hand
-# themselves to a TorchFunctionMode whole) and the in-place fills that resets use.
-_FILLS = frozenset(
-    {getattr(nn.init, n) for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")}
-    | {torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.fill_, torch.Tensor.zero_}
-)
+# --- skipping the default fills of known layers ------------------------------------------------
+
+_local = threading.local()  # per thread: a build here skips nothing in another thread
 
 
-class _SkipFills(TorchFunctionMode):
-    """Default fills are no-ops inside, except while ``paused`` (a user's block constructs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.paused = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if func in _FILLS and not self.paused:
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **(kwargs or {}))
+def _skipping() -> bool:
+    return getattr(_local, "builds", 0) > 0 and getattr(_local, "paused", 0) == 0
 
 
-_active: list[_SkipFills] = []
+def _skippable(fill: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fill`` as it is, except inside ``skipping_fills`` in this thread: there it returns its
+    tensor untouched."""
+
+    @functools.wraps(fill)
+    def maybe_fill(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor if _skipping() else fill(tensor, *args, **kwargs)
+
+    maybe_fill.composer_skippable = True  # type: ignore[attr-defined]
+    return maybe_fill
+
+
+# The torch.nn.init functions, wrapped once: layers call them through the module at reset time
+# (``init.kaiming_uniform_(self.weight, ...)``), so a build can skip them, as transformers'
+# ``no_init_weights`` does, but per thread and without swapping them in and out. Outside a build
+# they behave as before.
+for _name in [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]:
+    _fill = getattr(nn.init, _name)
+    if callable(_fill) and not getattr(_fill, "composer_skippable", False):
+        setattr(nn.init, _name, _skippable(_fill))
 
 
 @contextlib.contextmanager
 def skipping_fills(device: torch.device) -> Iterator[None]:
-    """Construct on ``device`` with the default fills of known classes skipped: their tensors are
-    allocated (nothing is written, so untouched pages cost nothing) and filled once afterwards."""
-    mode = _SkipFills()
-    with torch.device(device) if device.type != "cpu" else contextlib.nullcontext(), mode:
-        _active.append(mode)
-        try:
+    """Construct on ``device`` with the ``torch.nn.init`` fills of known classes skipped: their
+    tensors are allocated (nothing is written, so untouched pages cost nothing) and filled once
+    afterwards, each from its own stream."""
+    _local.builds = getattr(_local, "builds", 0) + 1
+    try:
+        with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
             yield
-        finally:
-            _active.pop()
+    finally:
+        _local.builds -= 1
 
 
 @contextlib.contextmanager
 def own_fills() -> Iterator[None]:
     """Inside ``skipping_fills``: let a constructor fill its tensors (a user's block, whose reset
     may not refill all it made)."""
-    if not _active:
-        yield
-        return
-    _active[-1].paused += 1
+    _local.paused = getattr(_local, "paused", 0) + 1
     try:
         yield
     finally:
-        _active[-1].paused -= 1
+        _local.paused -= 1
