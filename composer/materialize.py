@@ -115,7 +115,7 @@ _META_RULES: dict[Callable, Callable[[Any, torch.Tensor], torch.Tensor]] = {
 def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
     """Shape rules for a forward on ``meta``, for modules whose meta kernels are Python
     decompositions (``Linear``'s addmm, LayerNorm, GELU) that import torch._dynamo on first call
-    (1-3 s) to compute a shape known up front."""
+    (seconds) to compute a shape known up front."""
     patched = []
     for module in model.modules():
         rule = _META_RULES.get(type(module).forward)
