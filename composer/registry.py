@@ -53,7 +53,16 @@ class Registry(Generic[T]):
     def register(self, name: str | None = None) -> Callable[[T], T]: ...
 
     def register(self, name=None):
-        """Decorator: ``@register`` (under the object's ``__name__``) or ``@register("Name")``."""
+        """Decorator: ``@register`` (under the object's ``__name__``) or ``@register("Name")``.
+
+        Returns:
+            The object itself, registered (``register_module``, ``register_init`` and
+            ``register_op`` are this method of their registries).
+
+        Raises:
+            ValueError: the name is reserved or taken by another object (names are taken once;
+                ``registry_scope()`` gives them back on exit).
+        """
         if name is not None and not isinstance(name, str):
             return self.add(name.__name__, name)
         return lambda obj: self.add(name or obj.__name__, obj)
