@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -24,12 +25,16 @@ from composer.materialize import forward_zeros, has_lazy, require_shapes
 from composer.recipe import Recipe, example_inputs, read_recipe, top_level_problems
 from composer.record import BuildRecord, finish
 
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
 
 def build_from_config(
     cfg: str | os.PathLike | Mapping | DictConfig,
     allow_targets: Sequence[str] | None = None,
     *,
     device: str | torch.device = "cpu",
+    mesh: DeviceMesh | None = None,
 ) -> nn.Module:
     """Build the model a recipe describes.
 
@@ -40,10 +45,15 @@ def build_from_config(
             ``torch.nn.`` and ``composer.blocks.``; nothing outside them is imported.
         device: where the parameters are made. ``"meta"`` checks the recipe, its shapes and its
             init rules without allocating any weight.
+        mesh: a ``DeviceMesh``; called on every rank of an initialized process group, returns the
+            model sharded with FSDP2 over it, each unit of the recipe's ``shard:`` policy a
+            ``fully_shard`` unit (``composer.shard``). Each rank allocates only its shards; the
+            full tensors equal the single-process build's, bit for bit with ``init.seed``.
 
     Returns:
         Plain ``torch.nn`` modules (no wrapper in the forward path), with concrete shapes where
-        the recipe gives ``input_shape``, initialized as its ``init`` section says.
+        the recipe gives ``input_shape``, initialized as its ``init`` section says; with ``mesh``,
+        the same modules made ``FSDPModule``s, parameters as ``DTensor``s.
 
     Raises:
         ConfigError: every problem of the recipe at once, each with its key path.
@@ -58,6 +68,10 @@ def build_from_config(
     except ConfigError as e:
         init, early = InitConfig(), [*early, *e.problems]
     device = torch.device(device)
+    if mesh is not None:  # built on meta, then sharded and filled by composer.shard
+        if device.type not in ("cpu", mesh.device_type):
+            raise ValueError(f"a sharded build puts its shards on the mesh's device ({mesh.device_type}), not {device}")
+        device = torch.device("meta")
     with seeded(init.seed):
         try:
             model, notes, _ = construct(recipe, allow, device, "init")
@@ -66,7 +80,12 @@ def build_from_config(
         if early:
             raise ConfigError(early)
         plan = _shape_and_initialize(model, notes, recipe, init, device)
-    finish(model, notes.frozen, BuildRecord(recipe, allow, plan.report(model)))
+    report = plan.report(model)
+    if mesh is not None:
+        from composer.shard import shard_and_initialize  # noqa: PLC0415  (torch.distributed: only to shard)
+
+        model = shard_and_initialize(model, plan, init.seed, recipe.get("shard"), mesh, notes.frozen)
+    finish(model, notes.frozen, BuildRecord(recipe, allow, report))
     return model
 
 
