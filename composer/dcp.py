@@ -80,8 +80,10 @@ def save_sharded(model: nn.Module, path: str | os.PathLike) -> None:
         raise CheckpointError(refusal)
     state, aliases = _canonical(model)
     try:
-        metadata = dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, overwrite=False))
-        files = sorted({info.relative_path for info in metadata.storage_data.values()})
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, overwrite=False))
+        listed = [sorted(p.name for p in tmp.iterdir() if p.suffix == ".distcp") if rank == 0 else None]
+        dist.broadcast_object_list(listed, src=0)  # one listing (what save returns varies across versions)
+        files = listed[0]
         mine = {name: _crc_file(tmp / name) for name in files[rank::world]}
         every = [None] * world
         dist.all_gather_object(every, mine)
