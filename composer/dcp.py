@@ -27,7 +27,7 @@ import shutil
 import uuid
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,35 +70,55 @@ def save_sharded(model: nn.Module, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     rank, world = dist.get_rank(), dist.get_world_size()
-    plan = [None]
-    if rank == 0:  # one temporary name for all ranks, and one verdict on what sits at path now
-        refusal = _refusal(path)
-        plan = [(refusal, path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")]
-    dist.broadcast_object_list(plan, src=0)
-    refusal, tmp = plan[0]
+    try:  # one temporary name for all ranks, and one verdict on what sits at path now
+        refusal, tmp = _on_rank0(lambda: (_refusal(path), path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if refusal:
         raise CheckpointError(refusal)
     state, aliases = _canonical(model)
     try:
+        # DCP writes and syncs every rank's file, then rank 0 writes .metadata, before save returns
         dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, overwrite=False))
-        listed = [sorted(p.name for p in tmp.iterdir() if p.suffix == ".distcp") if rank == 0 else None]
-        dist.broadcast_object_list(listed, src=0)  # one listing (what save returns varies across versions)
-        files = listed[0]
-        mine = {name: _crc_file(tmp / name) for name in files[rank::world]}
-        every = [None] * world
-        dist.all_gather_object(every, mine)
-        if rank == 0:
-            crcs = {name: crc for part in every for name, crc in part.items()}
-            crcs[_DCP_METADATA] = _crc_file(tmp / _DCP_METADATA)
-            _write_info(tmp, _info(model, aliases, crcs, world))
-        dist.barrier()  # every rank's files are written and synced
-        if rank == 0:
-            _swap_in(tmp, path)
-        dist.barrier()
+        files = _on_rank0(lambda: sorted(p.name for p in tmp.iterdir() if p.suffix == ".distcp"))
+        every: list = [None] * world  # each rank checksums a share of the files
+        dist.all_gather_object(every, _crcs(tmp, files[rank::world]))
+        crcs = {name: crc for part in every for name, crc in part.items()}
+        failed = [f"{name}: {crc}" for name, crc in crcs.items() if isinstance(crc, str)]
+        if failed:
+            raise OSError("; ".join(failed))
+        _on_rank0(lambda: _write_info(tmp, _info(model, aliases, {**crcs, **_crcs(tmp, [_DCP_METADATA])}, world)))
+        _on_rank0(lambda: _swap_in(tmp, path))
     except (CheckpointException, RuntimeError, OSError) as e:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{path}: saving failed, the previous checkpoint is kept: {_reason(e)}") from None
+
+
+def _on_rank0(action: Callable[[], Any]) -> Any:
+    """``action()`` on rank 0, its result (or its failure, raised on every rank) sent to all."""
+    outcome: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            outcome = [("ok", action())]
+        except OSError as e:
+            outcome = [("failed", f"{type(e).__name__}: {e}")]
+    dist.broadcast_object_list(outcome, src=0)
+    status, value = outcome[0]
+    if status == "failed":
+        raise OSError(value)
+    return value
+
+
+def _crcs(folder: Path, names: Sequence[str]) -> dict[str, int | str]:
+    """The CRC-32 of each file, or why it could not be read."""
+    crcs: dict[str, int | str] = {}
+    for name in names:
+        try:
+            crcs[name] = _crc_file(folder / name)
+        except OSError as e:
+            crcs[name] = f"cannot read: {e.strerror}"
+    return crcs
 
 
 def _refusal(path: Path) -> str | None:
