@@ -60,10 +60,10 @@ def run_ranks(
 
 def _rank_main(rank: int, world_size: int, store: str, folder: str, fn: Callable[..., None], args: tuple) -> None:
     torch.set_num_threads(1)  # ranks share this machine's cores
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
-    )
     try:
+        dist.init_process_group(
+            "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
+        )
         fn(rank, world_size, *args)
     except BaseException:
         Path(folder, f"rank{rank}.err").write_text(traceback.format_exc())

@@ -150,6 +150,25 @@ def _equal_builds(rank: int, world: int, names: list[str]) -> None:
     buffers = [torch.empty_like(unseeded.rand_weight) for _ in range(world)]
     dist.all_gather(buffers, unseeded.rand_weight)
     assert all(torch.equal(b, buffers[0]) for b in buffers)
+    # A user block that resets as a whole (its own reset draws for a child too) is reset on a full copy
+
+    @register_module
+    class Scaled(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.empty(width))
+            self.inner = nn.Linear(width, width)
+            self.reset_parameters()
+
+        def reset_parameters(self) -> None:
+            self.inner.reset_parameters()
+            nn.init.normal_(self.scale)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) * self.scale
+
+    user = {"model": {"type": "Sequential", "layers": [{"type": "Scaled", "width": 6}] * 2}, "init": {"seed": 3}}
+    assert_equal_states(full_state(build_from_config(user, mesh=mesh)), build_from_config(user).state_dict(), "user")
     # What a meta build cannot make is an error with its reason, on every rank alike
     lazy = {"model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 4}]}}
     with pytest.raises(ConfigError, match="input_shape: lazy layers have no shapes yet, and a sharded build needs"):
@@ -241,6 +260,13 @@ def _save(rank: int, world: int, folder: str) -> None:
         torch.save(out.detach(), Path(folder, "out.pt"))
     save_checkpoint(model, Path(folder, "ckpt"))
     save_checkpoint(model, Path(folder, "ckpt"))  # again, over the first: replaced as a whole
+    other = Path(folder, "other")
+    if rank == 0:
+        other.mkdir()
+        (other / "notes.txt").write_text("mine")
+    dist.barrier()
+    with pytest.raises(CheckpointError, match="exists and is not a composer checkpoint directory"):
+        save_checkpoint(model, other)  # a folder of something else is never replaced
 
 
 def _load(rank: int, world: int, folder: str) -> None:
@@ -267,6 +293,7 @@ def test_a_checkpoint_directory_holds_dcp_files_and_composer_json(saved):
     ckpt = saved / "ckpt"
     assert sorted(os.listdir(ckpt)) == [".metadata", "__0_0.distcp", "__1_0.distcp", "composer.json"]
     assert [p.name for p in saved.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    assert (saved / "other" / "notes.txt").read_text() == "mine"
     info = json.loads((ckpt / "composer.json").read_text())
     assert info["format"] == "composer-dcp-checkpoint" and info["format_version"] == "1" and info["world_size"] == 2
     assert info["recipe"] == build_from_config(recipe("gpt2_small", seed=1), device="meta").composer_record.recipe
