@@ -126,11 +126,11 @@ def select_units(model: nn.Module, policy: Any) -> set[int]:
             for module in found:
                 chosen.setdefault(id(module), where)
     chosen[id(model)] = ""
-    while not problems:
-        splits = _splits(entries, set(chosen))
-        if not splits:
-            break
-        for param, holders, managers in splits:
+    dropped = True
+    while dropped:  # until no default unit had to go: every split left is one the recipe names
+        dropped, named_splits = False, []
+        for param, holders, managers in _splits(entries, set(chosen)):
+            managers = [u for u in managers if u in chosen]  # one dropped this pass is gone
             named = [u for u in managers if chosen[u]]
             if named:
                 where = chosen[named[0]]
@@ -139,10 +139,12 @@ def select_units(model: nn.Module, policy: Any) -> set[int]:
                     f"unit {unit or '(root)'!r} would split the shared parameter {param} "
                     f"(held at {', '.join(holders)}): one unit must hold all its users; shard an enclosing module"
                 )
-                problems.append((where, message))
+                named_splits.append((where, message))
             for u in managers:
                 if u != id(model) and not chosen[u]:
                     del chosen[u]  # a default unit: its parameters go to the enclosing unit
+                    dropped = True
+    problems += named_splits
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
     return set(chosen)
@@ -254,7 +256,7 @@ def _check_refillable(model: nn.Module, fills: TensorFills) -> None:
         module, is_buffer = owners[path]
         made_by_reset = any(path.startswith(f"{p}.") or p == "" for p in resets)
         if not made_by_reset or (is_buffer and not resets_itself(type(module))):
-            what = "a buffer its constructor makes" if made_by_reset else "a tensor no reset makes"
+            what = "a buffer its constructor makes" if is_buffer else "a parameter no reset makes"
             problems.append((
                 "model",
                 f"{path} of {type(module).__name__} is {what}: a sharded build makes every tensor on meta and "

@@ -112,6 +112,10 @@ def test_units_by_default_by_glob_and_by_class():
     assert _units(gpt, {"units": [{"layer": "LayerNorm"}]}) == ["", *norms, "transformer.ln_f"]
     tied = build_from_config(recipe("tied"), device="meta")
     assert _units(tied, None) == ["", "0", "2", "6"]  # the shared layer (2 and 4) is one unit
+    linear = {"type": "Linear", "in_features": 4, "out_features": 4}
+    ties_ = {"1.weight": "0.weight", "1.bias": "0.bias"}  # both of child 1's parameters are child 0's
+    two_ties = {"model": {"type": "Sequential", "layers": [linear, linear]}, "tie": ties_}
+    assert _units(build_from_config(two_ties, device="meta"), None) == [""]
 
 
 def test_a_policy_that_selects_nothing_or_splits_a_tie_is_an_error():
