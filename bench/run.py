@@ -2,7 +2,7 @@
 
     python -m bench                   # everything (a few minutes on a 2-core machine)
     python -m bench --quick           # fewer rounds: a rough look in about two and a half minutes
-    python -m bench --only 1,4        # some figures (1-7, gpu)
+    python -m bench --only 1,4        # some figures (1-7, shard, gpu)
     python -m bench --markdown out.md --json out.json
 
 Every ratio compares variants measured in this run, interleaved; see ``bench/common.py``.
@@ -35,6 +35,7 @@ SECTIONS = {
     "6": ("start-up and multirun (goal 6)", "bench.startup"),
     "7": ("check mode on meta (goal 7)", "bench.meta"),
     "8": ("real architectures: forward, compile, GPT-2 build, graph build (goal 8)", "bench.architectures"),
+    "shard": ("sharded builds over 1-3 gloo ranks (context)", "bench.shard"),
     "gpu": ("optional GPU section", "bench.gpu"),
 }
 ALIASES = {"2": "1"}
@@ -106,7 +107,7 @@ def markdown(results: list[Result], info: dict[str, str], seconds: float, comman
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier)")
-    parser.add_argument("--only", default="", help="comma-separated figures: 1,2,3,4,5,6,7,gpu")
+    parser.add_argument("--only", default="", help="comma-separated figures: 1,2,3,4,5,6,7,shard,gpu")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     parser.add_argument("--json", type=Path, help="also write every row and the machine as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import xxhash
@@ -40,6 +41,9 @@ _ALIGN = 64
 
 TensorTree = torch.Tensor | list | dict
 
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Write weights and, for a built model, its recipe, to one file.
@@ -47,6 +51,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     Args:
         model: a model built by ``build_from_config`` (saved with its recipe, so
             ``load_checkpoint`` rebuilds it) or any other module (saved with its weights only).
+            A sharded model (``build_from_config(..., mesh=mesh)``) is saved by every rank into
+            the directory ``path``, a ``torch.distributed.checkpoint`` (``composer.dcp``).
         path: the file to write. It is written atomically: a crash at any point leaves the
             previous file or the new one, never a truncated one.
 
@@ -54,6 +60,11 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         ConfigError: lazy layers have no shapes yet.
         CheckpointError: the model is on the ``meta`` device.
     """
+    if _is_sharded(model):
+        from composer.dcp import save_sharded  # noqa: PLC0415  (torch.distributed.checkpoint: only when sharded)
+
+        save_sharded(model, path)
+        return
     require_shapes(model, "a checkpoint")
     if holds_meta([*model.parameters(), *model.buffers()]):
         raise CheckpointError("the model is on the meta device (built to check its recipe): it holds no weights to save")
@@ -74,6 +85,7 @@ def load_checkpoint(
     verify: bool = True,
     *,
     allow_targets: Sequence[str] | None = None,
+    mesh: DeviceMesh | None = None,
 ) -> nn.Module:
     """Rebuild the model from the recipe inside the file and load its weights strictly.
 
@@ -85,6 +97,9 @@ def load_checkpoint(
         verify: check the stored checksum of the data and metadata first.
         allow_targets: ``_target_`` prefixes beyond the default allowlist; the file's own list is
             never trusted, since importing a module runs its code.
+        mesh: for a checkpoint directory (a sharded model's): a ``DeviceMesh`` to shard the
+            model over, called on every rank, whatever the world size that saved it. Without
+            one the whole model is loaded in this process, on ``map_location``.
 
     Returns:
         The model, as ``build_from_config`` returned it when it was saved.
@@ -93,6 +108,12 @@ def load_checkpoint(
         CheckpointError: not a checkpoint, corrupted, weights only, or a recipe that cannot be
             rebuilt (an unregistered type: import the module that registers it first).
     """
+    if Path(path).is_dir():
+        from composer.dcp import load_sharded  # noqa: PLC0415  (torch.distributed.checkpoint: only for directories)
+
+        return load_sharded(path, map_location, verify, allow_targets, mesh)
+    if mesh is not None:
+        raise CheckpointError(f"{path}: a single-file checkpoint loads whole; a checkpoint directory loads with a mesh")
     metadata, state = _read(path, FORMAT, map_location, verify)
     if "recipe" not in metadata:
         raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and use load_weights")
@@ -106,6 +127,13 @@ def load_checkpoint(
         model.load_state_dict(state, strict=True)
     finish(model, frozen, BuildRecord(recipe, allow, _json_field(metadata, "init_schemes", dict, path, default="{}")))
     return model
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter is a ``DTensor`` (none can be before ``torch.distributed.tensor`` is
+    imported, which takes 0.6 s: single-process saves never pay for it)."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return dtensor is not None and any(isinstance(p, dtensor) for p in model.parameters())
 
 
 def _rebuild(recipe: Recipe, allow: Sequence[str], device: torch.device, path: str | os.PathLike) -> tuple[nn.Module, list]:

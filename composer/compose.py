@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -25,6 +26,9 @@ from composer.materialize import forward_zeros, has_lazy, require_shapes
 from composer.recipe import Recipe, example_inputs, read_recipe, top_level_problems
 from composer.record import BuildRecord, finish
 
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
 
 @gc_paused()
 def build_from_config(
@@ -33,6 +37,7 @@ def build_from_config(
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
+    mesh: DeviceMesh | None = None,
 ) -> nn.Module:
     """Build the model a recipe describes.
 
@@ -45,10 +50,15 @@ def build_from_config(
             init rules without allocating any weight.
         dtype: the dtype of every floating parameter and buffer (a name such as ``"bfloat16"`` or
             a ``torch.dtype``), over the recipe's top-level ``dtype``; built in it directly.
+        mesh: a ``DeviceMesh``; called on every rank of an initialized process group, returns the
+            model sharded with FSDP2 over it, each unit of the recipe's ``shard:`` policy a
+            ``fully_shard`` unit (``composer.shard``). Each rank allocates only its shards; the
+            full tensors equal the single-process build's, bit for bit with ``init.seed``.
 
     Returns:
         Plain ``torch.nn`` modules (no wrapper in the forward path), with concrete shapes where
-        the recipe gives ``input_shape``, initialized as its ``init`` section says.
+        the recipe gives ``input_shape``, initialized as its ``init`` section says; with ``mesh``,
+        the same modules made ``FSDPModule``s, parameters as ``DTensor``s.
 
     Raises:
         ConfigError: every problem of the recipe at once, each with its key path.
@@ -65,6 +75,10 @@ def build_from_config(
     except ConfigError as e:
         init, early = InitConfig(), [*early, *e.problems]
     device = torch.device(device)
+    if mesh is not None:  # built on meta, then sharded and filled by composer.shard
+        if device.type not in ("cpu", mesh.device_type):
+            raise ValueError(f"a sharded build puts its shards on the mesh's device ({mesh.device_type}), not {device}")
+        device = torch.device("meta")
     with seeded(init.seed):
         try:
             model, notes, _ = construct(recipe, allow, device, "init")
@@ -73,7 +87,12 @@ def build_from_config(
         if early:
             raise ConfigError(early)
         plan = _shape_and_initialize(model, notes, recipe, init, device)
-    finish(model, notes.frozen, BuildRecord(recipe, allow, plan.report(model)))
+    report = plan.report(model)
+    if mesh is not None:
+        from composer.shard import shard_and_initialize  # noqa: PLC0415  (torch.distributed: only to shard)
+
+        model = shard_and_initialize(model, plan, init.seed, recipe.get("shard"), mesh, notes.frozen, notes.ties)
+    finish(model, notes.frozen, BuildRecord(recipe, allow, report))
     return model
 
 

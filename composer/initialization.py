@@ -336,3 +336,50 @@ def _tensor_at(module: nn.Module, relative: str) -> torch.Tensor | None:
     owner = module.get_submodule(owner_path) if owner_path else module
     tensor = owner._parameters.get(name)
     return tensor if tensor is not None else owner._buffers.get(name)
+
+
+# --- one tensor at a time (a sharded build: ``composer.shard``) ---------------------------------
+
+
+class TensorFills:
+    """What ``initialize(model, plan, base_seed)`` writes, one tensor at a time, for a model whose
+    tensors are sharded: each full tensor is made, filled and sliced by the caller.
+
+    Made from the model before it is sharded (on ``meta``); tensors are named by their first path,
+    which sharding keeps. ``fill`` gives the tensors a scheme or a per-tensor default fills; the
+    rest belong to modules that reset as a whole (``whole``, in the order ``initialize`` resets
+    them), which ``reset_copy`` resets on a full-size copy of the module.
+    """
+
+    def __init__(self, model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, str] | None = None) -> None:
+        self.streams = Streams(base_seed)
+        modules = list(model.named_modules(remove_duplicate=False))
+        self.paths = first_paths(modules, canonical_paths(model, ties))
+        self.schemes = {self.paths[id(p)]: (w, s) for p, w, s in plan.current() if not s.is_default}
+        defaults, self.whole = _defaults(modules, self.paths)
+        self.defaults = {self.paths[key]: fill for key, (_, fill) in defaults.items()}
+        self._covered = {  # a whole module's own parameters a scheme covers, by name
+            path: {n for n, p in m._parameters.items() if p is not None and self.paths.get(id(p)) in self.schemes}
+            for path, m in self.whole
+        }
+
+    def fill(self, path: str, full: torch.Tensor) -> bool:
+        """Write into ``full`` (the full shape of the tensor first at ``path``, on a real device) the
+        values ``initialize`` gives that tensor; False (nothing written) for a tensor its module's
+        reset as a whole makes."""
+        with torch.no_grad():
+            if path in self.schemes:
+                where, scheme = self.schemes[path]
+                scheme.fill(full, self.streams.at(path, full.device), where)
+            elif path in self.defaults:
+                self.defaults[path](full, self.streams.at(path, full.device))
+            else:
+                return False
+        return True
+
+    def reset_copy(self, path: str, copy: nn.Module) -> None:
+        """Reset ``copy`` (a full-size copy of the whole-reset module first at ``path``) as
+        ``initialize`` resets that module: from its stream, skipping what a scheme covers."""
+        covered = {id(copy._parameters[n]) for n in self._covered[path]}
+        with torch.no_grad():
+            _reset_whole(copy, covered, self.streams.at(path, torch.device("cpu")).initial_seed())

@@ -1,8 +1,8 @@
 """Turning shapes into tensors: lazy layers through a dry forward, ``meta`` tensors into real ones.
 
-Both keep what PyTorch's own tools lose: ``load_state_dict(assign=True)`` unties parameters
-shared across modules and a dry run under ``inference_mode`` leaves parameters that never get
-gradients; these functions do neither.
+Both keep what PyTorch's own tools lose: ``to_empty`` and ``load_state_dict(assign=True)`` untie
+parameters shared across modules and a dry run under ``inference_mode`` leaves parameters that
+never get gradients; these functions do neither.
 """
 
 from __future__ import annotations
@@ -123,6 +123,18 @@ def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
             module.__dict__["forward"] = lambda x, m=module, rule=rule: rule(m, x)
             patched.append(module)
     return patched
+
+
+def allocate(model: nn.Module, device: torch.device | str) -> None:
+    """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``. Ties
+    survive (``to_empty`` breaks them)."""
+
+    def empty(_key: str, old: torch.Tensor, _persistent: bool) -> torch.Tensor | None:
+        # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
+        # references whose first call imports sympy
+        return torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device) if old.is_meta else None
+
+    _replace_tensors(model, empty)
 
 
 def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

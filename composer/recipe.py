@@ -24,7 +24,7 @@ from composer.signatures import is_int
 if TYPE_CHECKING:
     import torch
 
-TOP_LEVEL_KEYS = ("model", "shared", "blocks", "init", "input_shape", "inputs", "tie", "dtype", "vars")
+TOP_LEVEL_KEYS = ("model", "shared", "blocks", "init", "input_shape", "inputs", "tie", "dtype", "vars", "shard")
 NODE_MARKERS = ("type", "ref", "_target_", "use", "op")
 
 
@@ -175,7 +175,45 @@ def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
             dtype_of(recipe["dtype"], "dtype")
         except ConfigError as e:
             problems += e.problems
+    problems += _shard_problems(recipe.get("shard"))
     return problems
+
+
+def _shard_problems(raw: Any) -> list[tuple[str, str]]:
+    """``shard: {units: [{layer: Name or [Names]} | {match: glob}, ...]}``: the FSDP units of a
+    sharded build (``composer.shard``); which modules they select is checked when it shards."""
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        return [("shard", f"expected {{units: [{{layer: Name}} or {{match: glob}}, ...]}}, got {raw!r}")]
+    problems = [(f"shard.{k}", unknown("key", k, ("units",))) for k in raw if k != "units"]
+    units = raw.get("units")
+    if not isinstance(units, list):
+        return [*problems, ("shard.units", f"expected a list of {{layer: Name}} or {{match: glob}}, got {units!r}")]
+    for i, unit in enumerate(units):
+        path = f"shard.units[{i}]"
+        if not isinstance(unit, Mapping) or len(unit) != 1:
+            problems.append((path, f"expected one of {{layer: Name}} or {{match: glob}}, got {unit!r}"))
+            continue
+        key, value = next(iter(unit.items()))
+        if key == "match":
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                problems.append((f"{path}.match", f"expected a glob over module paths, got {value!r}"))
+        elif key == "layer":
+            problems += _layer_problems(value, f"{path}.layer")
+        else:
+            problems.append((f"{path}.{key}", unknown("key", key, ("layer", "match"))))
+    return problems
+
+
+def _layer_problems(value: Any, path: str) -> list[tuple[str, str]]:
+    """A class name or a list of them, each registered."""
+    from composer.registry import MODULES  # noqa: PLC0415  (it imports torch; few recipes shard)
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return [(path, f"expected a class name or a list of them, got {value!r}")]
+    return [(path, unknown("layer class", n, MODULES, listed=False)) for n in names if n not in MODULES]
 
 
 def _is_shape(shape: Any) -> bool:
