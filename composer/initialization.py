@@ -353,6 +353,7 @@ class TensorFills:
 
     def __init__(self, model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, str] | None = None) -> None:
         self.streams = Streams(base_seed)
+        self.ties = dict(ties or {})
         modules = list(model.named_modules(remove_duplicate=False))
         self.paths = first_paths(modules, canonical_paths(model, ties))
         self.schemes = {self.paths[id(p)]: (w, s) for p, w, s in plan.current() if not s.is_default}

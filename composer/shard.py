@@ -36,7 +36,7 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 
 from composer.errors import ConfigError, did_you_mean
 from composer.graph import Graph
-from composer.initialization import Plan, TensorFills
+from composer.initialization import Plan, TensorFills, canonical_paths, first_paths
 from composer.initializers import SEED_LIMIT
 from composer.materialize import allocate, require_shapes
 from composer.placement import reset_method, resets_itself
@@ -233,14 +233,12 @@ def _agreed_seed(seed: int | None) -> int:
 
 
 def _first_tensors(model: nn.Module, fills: TensorFills) -> dict[str, torch.Tensor]:
-    """Each parameter and buffer once, by the path it is known by (``fills.paths``: its first
-    path; a tied parameter's ``src``)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for module in model.modules():
-        for t in [*module._parameters.values(), *module._buffers.values()]:
-            if t is not None and id(t) in fills.paths:
-                tensors[fills.paths[id(t)]] = t
-    return tensors
+    """Each parameter and buffer once, by the path it is known by: its first path, a tied
+    parameter's ``src`` (``initialization.first_paths``; read again here, since sharding replaces
+    the parameter objects)."""
+    modules = list(model.named_modules(remove_duplicate=False))
+    tensors = {id(t): t for _, m in modules for t in [*m._parameters.values(), *m._buffers.values()] if t is not None}
+    return {path: tensors[key] for key, path in first_paths(modules, canonical_paths(model, fills.ties)).items()}
 
 
 def _check_refillable(model: nn.Module, fills: TensorFills) -> None:

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint.filesystem as filesystem
+from omegaconf import OmegaConf
 from torch import nn
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 from torch.distributed.fsdp import FSDPModule
@@ -37,8 +38,7 @@ from composer import (
 from composer.dcp import FORMAT, FORMAT_VERSION, _crc_info
 from composer.shard import select_units
 from tests.distributed import PeakMemory, cpu_mesh, run_ranks
-from tests.graph_recipes import read
-from tests.recipes import ROOT, model_recipe
+from tests.recipes import ROOT, model_recipe, recipe_with
 
 SMALL_GPT = {"vars.n_layer": 2, "vars.n_embd": 64, "vars.n_head": 4, "vars.vocab_size": 128, "vars.block_size": 64}
 NAMED = ["mlp", "rgnet", "tied", "gpt2_small"]  # the issue's four
@@ -47,7 +47,7 @@ EQUAL_BUILDS = [*NAMED, "my_linear", "fixed_hidden_mlp", "lazy_mlp", "unet", "ls
 
 def recipe(name: str, seed: int | None = 0) -> dict:
     """A packaged recipe as a dict (GPT-2 scaled down), with ``init.seed``."""
-    rc = read(model_recipe(name), SMALL_GPT if name == "gpt2_small" else None)
+    rc = OmegaConf.to_container(recipe_with(name, SMALL_GPT if name == "gpt2_small" else None), resolve=True)
     if seed is not None:
         rc.setdefault("init", {})["seed"] = seed
     return rc
