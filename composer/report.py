@@ -104,7 +104,9 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
     """Every job folder under ``sweep_dir`` (one holding ``.hydra/overrides.yaml``, a checkpoint or
     an error), by job number; the overrides that tell jobs apart become their short labels."""
     folders = {marker.parent.parent for marker in sweep_dir.glob("**/.hydra/overrides.yaml")}
-    folders |= {marker.parent for name in (CHECKPOINT, ERROR) for marker in sweep_dir.glob(f"**/{name}")}  # hydra.output_subdir=null
+    folders |= {
+        marker.parent for name in (CHECKPOINT, ERROR) for marker in sweep_dir.glob(f"**/{name}")
+    }  # hydra.output_subdir=null
     jobs = sorted((read_job(f) for f in folders if f != sweep_dir), key=lambda j: (j.num, str(j.folder)))
     common = set.intersection(*(set(j.overrides) for j in jobs)) if len(jobs) > 1 else set()
     for job in jobs:
@@ -120,7 +122,11 @@ def read_job(folder: Path) -> Job:
         folder=folder,
         num=num if isinstance(num, int) else _int_or(folder.name, -1),
         overrides=[str(o) for o in _read_yaml(folder / ".hydra" / "overrides.yaml", [])],
-        choices={k: str(v) for k, v in (hydra_cfg.get("runtime", {}).get("choices") or {}).items() if not k.startswith("hydra/")},
+        choices={
+            k: str(v)
+            for k, v in (hydra_cfg.get("runtime", {}).get("choices") or {}).items()
+            if not k.startswith("hydra/")
+        },
     )
     if (folder / ERROR).exists():
         job.status, job.error = "failed", first_line((folder / ERROR).read_text()) or "failed"
@@ -181,7 +187,9 @@ def _int_or(text: str, default: int) -> int:
 # --- writing ----------------------------------------------------------------------------------
 
 
-def write_report(sweep_dir: Path, jobs: list[Job], plot: bool = True, max_rows: int = 8, max_columns: int = 8) -> list[Path]:
+def write_report(
+    sweep_dir: Path, jobs: list[Job], plot: bool = True, max_rows: int = 8, max_columns: int = 8
+) -> list[Path]:
     """Write the CSV, the Markdown and (with matplotlib and some weights) the PNG; return their paths."""
     written = [write_csv(sweep_dir / "report.csv", jobs)]
     png = sweep_dir / "report.png"
@@ -197,12 +205,20 @@ def write_csv(path: Path, jobs: list[Job]) -> Path:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for job in jobs:
-            common = [job.num, " ".join(job.overrides), job.choices.get("model", ""), job.choices.get("init", ""), job.status]
+            common = [
+                job.num,
+                " ".join(job.overrides),
+                job.choices.get("model", ""),
+                job.choices.get("init", ""),
+                job.status,
+            ]
             if not job.params:
                 writer.writerow([*common, *[""] * (len(COLUMNS) - len(common) - 1), job.error])
             for p in job.params:
                 shape = "x".join(str(d) for d in p.shape)
-                writer.writerow([*common, p.layer, p.layer_type, p.param, shape, p.numel, *(repr(getattr(p, s)) for s in STATS), ""])
+                writer.writerow(
+                    [*common, p.layer, p.layer_type, p.param, shape, p.numel, *(repr(getattr(p, s)) for s in STATS), ""]
+                )
     return path
 
 
@@ -223,14 +239,19 @@ def write_markdown(path: Path, sweep_dir: Path, jobs: list[Job], png: Path | Non
             by_model.setdefault(job.choices.get("model", ""), []).append(job)
     for model, model_jobs in by_model.items():
         lines += ["", f"## Weights{f' of `{model}`' if model else ''}: per layer, across jobs", ""]
-        lines += ["| layer | param | shape | job | init | mean | std | min | max | zeros |", "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "| layer | param | shape | job | init | mean | std | min | max | zeros |",
+            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         order = list(dict.fromkeys(p.name for j in model_jobs for p in j.params))
         for name in order:
             for job in model_jobs:
                 for p in (p for p in job.params if p.name == name):
                     shape = "x".join(str(d) for d in p.shape)
                     values = " | ".join(_num(getattr(p, s)) for s in STATS)
-                    lines.append(f"| `{_md(p.layer or '(model)')}` ({p.layer_type}) | `{p.param}` | {shape} | {job.num} | {_md(job.choices.get('init', job.label))} | {values} |")
+                    lines.append(
+                        f"| `{_md(p.layer or '(model)')}` ({p.layer_type}) | `{p.param}` | {shape} | {job.num} | {_md(job.choices.get('init', job.label))} | {values} |"
+                    )
     if failed:
         lines += ["", "## Failed jobs", "", "| job | overrides | error |", "| ---: | --- | --- |"]
         lines += [f"| {j.num} | `{_md(j.label)}` | {_md(j.error)} |" for j in failed]

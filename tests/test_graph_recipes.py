@@ -1,4 +1,4 @@
-"""The section 7.8 recipes of conf/model against the handwritten references: the same state_dict keys
+"""The section 7.8 recipes of composer/conf/model against the handwritten references: the same state_dict keys
 in the same order, the same shapes, strict loading of the reference's weights, and then the same
 outputs bit for bit; GPT-2's causality and its tie through a checkpoint.
 """

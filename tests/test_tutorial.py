@@ -38,7 +38,7 @@ RGNET_PRINT = """Sequential(
 )"""
 
 
-# The output shape of each conf/model recipe on its example inputs.
+# The output shape of each composer/conf/model recipe on its example inputs.
 OUTPUT_SHAPES = {
     "mlp": [2, 10], "mlp_block": [2, 10], "my_sequential": [2, 10], "fixed_hidden_mlp": [],
     "chimera": [], "param_mlp": [2, 1], "rgnet": [2, 1], "tied": [2, 1], "centered": [4, 128],
