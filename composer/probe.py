@@ -29,6 +29,7 @@ from composer.recipe import InputSpec, example_inputs
 
 PROBE_FILE = "probe.json"
 MIN_BATCH = 2  # one example gives no spread across the batch (and batch norm refuses it)
+SMALL_MACS = 5e7  # a forward below this many multiply-adds runs on one thread
 
 
 def probe(
@@ -55,7 +56,7 @@ def probe(
 
     Returns:
         ``{"batch", "inputs": [{shape, dtype, mean, std}], "loss", "layers": [{path, type, call,
-        mean, std}], "params": [{path, numel, grad_norm}]}``; ``None`` statistics where a tensor
+        mean, std}], "params": [{path, shape, grad_norm}]}``; ``None`` statistics where a tensor
         is not floating point (or a parameter got no gradient).
 
     Raises:
@@ -66,8 +67,10 @@ def probe(
         raise ValueError("the recipe has no input_shape or inputs: there is nothing to probe with")
     specs = example[1]
     requested = batch
+    per_example = example_macs
     if max_macs is not None:
-        per_example = example_macs if example_macs is not None else macs_per_example(model, specs)
+        if per_example is None:
+            per_example = macs_per_example(model, specs)
         if per_example > 0:
             batch = max(min(batch, MIN_BATCH), min(batch, int(max_macs // per_example)))
     specs = [replace(spec, shape=(batch, *spec.shape[1:])) for spec in specs]
@@ -101,6 +104,9 @@ def probe(
     saved_grads = [p.grad for _, p in params]
     for _, p in params:
         p.grad = None
+    threads = torch.get_num_threads()
+    if threads > 1 and per_example is not None and per_example * batch < SMALL_MACS:
+        torch.set_num_threads(1)  # a few small matmuls: a thread pool's wake-ups cost more (100x on a busy machine)
     try:
         model.train()
         with torch.enable_grad():
@@ -112,7 +118,7 @@ def probe(
         grads = [
             {
                 "path": name,
-                "numel": p.numel(),
+                "shape": list(p.shape),
                 "grad_norm": _finite(p.grad.detach().float().norm()) if p.grad is not None else None,
             }
             for name, p in params
@@ -124,6 +130,7 @@ def probe(
             module.training = training
         for (_, p), grad in zip(params, saved_grads, strict=True):
             p.grad = grad
+        torch.set_num_threads(threads)
     return {
         "batch": batch,
         "requested_batch": requested,
