@@ -13,13 +13,14 @@ the sweep then exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -513,7 +514,8 @@ def main() -> None:
     _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, instead of printing a trimmed traceback
     try:
-        _hydra_main()
+        with compose_each_job_once():
+            _hydra_main()
     except Exception as e:  # noqa: BLE001
         sys.exit(fail(e))
     finally:
@@ -524,6 +526,46 @@ def main() -> None:
     if failed:
         print(f"error: {len(failed)} job(s) of the sweep failed: " + "; ".join(failed), file=sys.stderr)
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def compose_each_job_once() -> Iterator[None]:
+    """Compose each job's config once in a sweep, not twice.
+
+    Hydra's sweepers compose every job's config to validate the batch (so a bad override fails
+    before any job runs) and discard it; the basic launcher then composes it again: ~80 ms a job,
+    a third of a small job's time. Here the validation keeps what it composed and the launcher's
+    identical call (same loader, master config and overrides) takes it, once. Launchers that
+    compose in other processes (joblib, submitit) compose as before.
+    """
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: PLC0415
+        from hydra.plugins.sweeper import Sweeper  # noqa: PLC0415
+    except ImportError:
+        yield
+        return
+    validated: dict[tuple[int, int, tuple[str, ...]], Any] = {}
+    original_validate, original_load = Sweeper.validate_batch_is_legal, ConfigLoaderImpl.load_sweep_config
+
+    def validate(self: Any, batch: Sequence[Sequence[str]]) -> None:
+        context = getattr(self, "hydra_context", None)
+        loader = context.config_loader if context is not None else self.config_loader
+        if not isinstance(loader, ConfigLoaderImpl):
+            return original_validate(self, batch)
+        for overrides in batch:
+            composed = original_load(loader, self.config, list(overrides))
+            validated[(id(loader), id(self.config), tuple(overrides))] = composed
+
+    def load(self: Any, master_config: Any, sweep_overrides: list[str]) -> Any:
+        composed = validated.pop((id(self), id(master_config), tuple(sweep_overrides)), None)
+        return composed if composed is not None else original_load(self, master_config, sweep_overrides)
+
+    Sweeper.validate_batch_is_legal, ConfigLoaderImpl.load_sweep_config = validate, load
+    try:
+        yield
+    finally:
+        Sweeper.validate_batch_is_legal, ConfigLoaderImpl.load_sweep_config = original_validate, original_load
+        validated.clear()
 
 
 def fail(e: BaseException) -> int:
