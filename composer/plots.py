@@ -13,6 +13,7 @@ draws the two figures in parallel (forked). Without it (a direct call) the same 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -25,27 +26,39 @@ FONT = 9  # points: titles, labels and legends; ticks one smaller
 TITLE_CHARS = 30  # characters per title line in a histogram column (2.4 in wide at 9 pt)
 DPI = 100
 
+log = logging.getLogger(__name__)
+
 
 def draw(payload: dict[str, Any]) -> list[str]:
     """Draw what ``payload`` holds (``{"weights": ..., "signal": ...}``, each with its ``path``);
     the two figures in parallel where the system can fork. Returns the paths written."""
     from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: no GUI backend, 1 s less)
 
-    jobs = [(draw_weights, payload["weights"]), (draw_signal, payload["signal"])]
+    jobs = [(draw_weights, payload.get("weights")), (draw_signal, payload.get("signal"))]
     jobs = [(fn, data) for fn, data in jobs if data]
+    for _, data in jobs:
+        Path(data["path"]).unlink(missing_ok=True)  # what exists afterwards is what was drawn
     if len(jobs) == 2 and hasattr(os, "fork"):
         pid = os.fork()
         if pid == 0:  # the child draws the second figure and leaves without cleanup
-            try:
-                jobs[1][0](Figure, jobs[1][1])
-            finally:
-                os._exit(0)
-        jobs[0][0](Figure, jobs[0][1])
+            status = 0 if _draw_one(Figure, *jobs[1]) else 1
+            os._exit(status)
+        _draw_one(Figure, *jobs[0])
         os.waitpid(pid, 0)
     else:
         for fn, data in jobs:
-            fn(Figure, data)
+            _draw_one(Figure, fn, data)
     return [data["path"] for _, data in jobs if Path(data["path"]).exists()]
+
+
+def _draw_one(Figure: Any, fn: Any, data: dict[str, Any]) -> bool:  # noqa: N803
+    """One figure; a failure is a warning on standard error (the report goes on without it)."""
+    try:
+        fn(Figure, data)
+        return True
+    except Exception as e:  # noqa: BLE001  (a plot must never cost the report)
+        print(f"cannot draw {Path(data['path']).name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return False
 
 
 def draw_weights(Figure: Any, data: dict[str, Any]) -> None:  # noqa: N803
@@ -96,7 +109,7 @@ def draw_signal(Figure: Any, data: dict[str, Any]) -> None:  # noqa: N803
     n_jobs = max(len(g["jobs"]) for g in groups)
     legend_columns = min(3, n_jobs)
     panel = 3.3  # inches
-    top, bottom = 0.45, 1.1 + 0.2 * math.ceil(n_jobs / legend_columns)  # titles; x labels and the legend
+    top, bottom = 0.45, 1.2 + 0.2 * math.ceil(n_jobs / legend_columns)  # titles; x labels and the legend
     height = len(groups) * (panel + top + bottom)
     fig = Figure(figsize=(12, height), dpi=DPI)
     fig.subplots_adjust(left=0.07, right=0.98, top=1 - top / height, bottom=bottom / height,
@@ -114,14 +127,21 @@ def draw_signal(Figure: Any, data: dict[str, Any]) -> None:  # noqa: N803
         grad_ax.set_title(f"{group['title']}: gradient norm of each weight at init", fontsize=FONT + 1)
         grad_ax.set_xlabel("depth: weight, in parameter order", fontsize=FONT)
         grad_ax.set_ylabel("‖grad‖ of out.pow(2).mean()", fontsize=FONT)
-        _depth_ticks(std_ax, ["input", *group["layers"]], start=0)
-        _depth_ticks(grad_ax, group["weights"], start=1)
-        for ax in (std_ax, grad_ax):
-            ax.set_yscale("log")
+        for ax, names, start in ((std_ax, ["input", *group["layers"]], 0), (grad_ax, group["weights"], 1)):
+            if len(names) <= 12:  # a short network: each depth by name
+                ax.set_xticks(range(start, start + len(names)))
+                ax.set_xticklabels([_shorten(n, 14) for n in names], rotation=30, ha="right")
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+            if any(line.get_ydata().size and (line.get_ydata() > 0).any() for line in ax.get_lines()):
+                ax.set_yscale("log")  # else nothing is positive: a linear axis shows the zeros
             ax.tick_params(labelsize=FONT - 1)
             ax.grid(True, which="major", alpha=0.3)
-            if not ax.get_xticklabels() or len(ax.get_xticks()) > 12:
-                ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+        for ax, key, what in ((std_ax, "stds", "zero std"), (grad_ax, "grads", "zero gradients")):
+            hidden = [job["label"] for job in group["jobs"] if not any(v is not None and v > 0 for v in job[key])]
+            if hidden:  # a log axis cannot draw them: say so rather than leave the line out silently
+                note = f"{what}, not drawn: {', '.join(hidden)}"
+                ax.text(0.01, 0.01, _shorten(note, 90), transform=ax.transAxes, fontsize=FONT - 1, va="bottom")
         handles, names = std_ax.get_legend_handles_labels()
         band_bottom = 1 - (g + 1) * (panel + top + bottom) / height  # of this group's band, in figure fractions
         fig.legend(
@@ -129,13 +149,6 @@ def draw_signal(Figure: Any, data: dict[str, Any]) -> None:  # noqa: N803
             loc="lower center", bbox_to_anchor=(0.5, band_bottom + 0.05 / height),
         )  # fmt: skip
     fig.savefig(data["path"])
-
-
-def _depth_ticks(ax: Any, names: list[str], start: int) -> None:
-    """Name each depth on the axis where there are few (a short network); numbers otherwise."""
-    if len(names) <= 12:
-        ax.set_xticks(range(start, start + len(names)))
-        ax.set_xticklabels([_shorten(n, 14) for n in names], rotation=30, ha="right")
 
 
 def _positive(value: float | None) -> float:
@@ -175,6 +188,9 @@ class Plotter:
         except (OSError, subprocess.SubprocessError):
             self.close()
             return None
+        for line in err.splitlines():
+            if line.startswith("cannot draw "):
+                log.warning("%s", line)
         if self.process.returncode != 0:
             return None if "No module named 'matplotlib'" not in err else []
         return json.loads(out or "[]")

@@ -99,6 +99,10 @@ class SweepReport(Callback):
         self.max_plot_columns = max_plot_columns
         self._plotter: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Launchers that pickle the callbacks for their workers (joblib) leave the helper behind."""
+        return {**self.__dict__, "_plotter": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Start the plotting helper: it imports matplotlib while the jobs run."""
         if self.plot:
@@ -427,7 +431,7 @@ def draw(
     """``report.png`` (weights) and ``signal.png`` (probes), as far as there is data and matplotlib."""
     payload = {
         "weights": weights_payload(sweep_dir / "report.png", jobs, max_rows, max_columns),
-        "signal": signal_payload(sweep_dir / "signal.png", groups),
+        "signal": signal_payload(sweep_dir / "signal.png", groups[:max_rows]),
     }
     if not any(payload.values()):
         if plotter is not None:
