@@ -201,3 +201,28 @@ def test_meta_forward_keeps_a_subclass_forward():
         {"model": {"type": "Unsqueezed", "in_features": 4, "out_features": 3}, "input_shape": [2, 4]}, device="meta"
     )
     assert rows(summary(model))["(model)"][:2] == ["Unsqueezed", "[2, 1, 3]"]
+
+
+def test_an_input_one_dimension_short_says_input_shape_includes_the_batch():
+    conv = {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3}
+    recipe = {"model": {"type": "Sequential", "layers": [conv, {"type": "Flatten"}]}, "input_shape": [2, 28, 28]}
+    with pytest.raises(ConfigError) as e:
+        build_from_config(
+            {
+                **recipe,
+                "model": {
+                    "type": "Sequential",
+                    "layers": [conv, {"type": "Flatten"}, {"type": "Linear", "out_features": 3}],
+                },
+            }
+        )
+    assert e.value.path == "input_shape"
+    assert (
+        "(input_shape includes the batch dimension: Conv2d takes 4 dims, [batch, channels, size, size], "
+        "and [2, 28, 28] has 3, e.g. [2, 1, 28, 28])" in str(e.value)
+    )
+    # without lazy layers the build passes; the summary says why it has no output shapes
+    text = summary(build_from_config(recipe))
+    assert "input_shape includes the batch dimension" in text
+    ok = {**recipe, "input_shape": [2, 1, 28, 28]}
+    assert "batch dimension" not in summary(build_from_config(ok))
