@@ -34,7 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer.errors import CheckpointError, ConfigError, did_you_mean
+from composer.errors import CheckpointError, ConfigError, did_you_mean, first_line
 from composer.recipe import TOP_LEVEL_KEYS as RECIPE_KEYS
 from composer.recipe import example_inputs
 from composer.report import CHECKPOINT, ERROR
@@ -83,18 +83,36 @@ def run(cfg: DictConfig, out: Path) -> None:
     import json  # noqa: PLC0415
 
     from composer import build_from_config, save_checkpoint  # noqa: PLC0415  (torch)
-    from composer.probe import PROBE_FILE, MacsCounter, probe  # noqa: PLC0415
+    from composer.probe import PROBE_FILE, probe  # noqa: PLC0415
     from composer.record import record_of  # noqa: PLC0415
     from composer.summarize import summarize  # noqa: PLC0415
 
     check = settings["check"]
     model = build_from_config(recipe, device="meta" if check else "cpu")
     resolved = record_of(model).recipe
-    example = example_inputs(resolved)
-    with MacsCounter(model) as macs:
-        result = summarize(model)  # its forward of zeros is the smoke test
+    options = None if check or example_inputs(resolved) is None else settings["probe"]
+    signal, shapes = None, None
+    if options is not None:
+        # The probe's first forward runs the recipe's own batch: it is also the smoke test and the
+        # summary's output shapes (one forward fewer). It leaves the model as it was.
+        shapes = {}
+        try:
+            signal = probe(
+                model,
+                resolved,
+                options["batch"],
+                max_macs=options["max_macs"],
+                seed=settings["seed"] or 0,
+                shapes=shapes,
+            )
+        except Exception as e:  # noqa: BLE001  (the forward of zeros below says what is wrong, or it is the probe's)
+            shapes = None
+            probe_error = f"probe: failed, no {PROBE_FILE}: {type(e).__name__}: {first_line(str(e))}"
+    result = summarize(model, shapes=shapes)
     if result.error is not None and not check:
-        raise result.error
+        raise result.error  # the forward on the example inputs failed
+    if options is not None and signal is None:
+        print(probe_error, file=sys.stderr)
     table = result.text()
     if result.output_shape is not None and not check:
         table += f"\noutput shape: {result.output_shape}"
@@ -110,13 +128,7 @@ def run(cfg: DictConfig, out: Path) -> None:
     (out / RECIPE).write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None))
     (out / SUMMARY).write_text(table + "\n")
     written = [CHECKPOINT, RECIPE, SUMMARY]
-    options = settings["probe"]
-    if options is not None and example is not None:
-        batch = example[1][0].shape[0] if example[1] else 1
-        signal = probe(
-            model, resolved, options["batch"], max_macs=options["max_macs"],
-            example_macs=macs.total / max(batch, 1), seed=settings["seed"] or 0,
-        )  # fmt: skip
+    if signal is not None:
         (out / PROBE_FILE).write_text(json.dumps(signal) + "\n")
         written.append(PROBE_FILE)
         print(probe_line(signal))
@@ -125,7 +137,7 @@ def run(cfg: DictConfig, out: Path) -> None:
 
 # --- the app's own settings -------------------------------------------------------------------
 
-PROBE_DEFAULTS = {"batch": 64, "max_macs": None}
+PROBE_DEFAULTS = {"batch": 64, "max_macs": 4e9}  # as in config.yaml; probe=true gives these
 
 
 def app_settings(cfg: DictConfig) -> dict[str, Any]:

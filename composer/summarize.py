@@ -111,8 +111,18 @@ def summary(
     return result.as_dict() if as_dict else result.text()
 
 
-def summarize(model: nn.Module, input_shape: Sequence[int] | None = None, *, depth: int | None = None) -> Summary:
-    """``summary``'s content as a ``Summary``; a failed forward of zeros is kept in ``error``."""
+def summarize(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    depth: int | None = None,
+    shapes: dict[int, Any] | None = None,
+) -> Summary:
+    """``summary``'s content as a ``Summary``; a failed forward of zeros is kept in ``error``.
+
+    ``shapes``: ``id(module) -> output shape`` from a forward the caller ran on the example inputs
+    (the app's probe), instead of a forward of zeros here.
+    """
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
         raise ValueError(f"depth: expected a non-negative integer or None, got {depth!r}")
     record = record_of(model)
@@ -124,7 +134,9 @@ def summarize(model: nn.Module, input_shape: Sequence[int] | None = None, *, dep
         key, inputs = example if example is not None else (key, None)
     if inputs is None:
         require_shapes(model, "the summary")
-    shapes, error = _output_shapes(model, inputs, key) if inputs is not None else ({}, None)
+    error = None
+    if shapes is None:
+        shapes, error = _output_shapes(model, inputs, key) if inputs is not None else ({}, None)
     rows = _rows(model, shapes)
     shown = [row for row in rows if depth is None or row.depth <= depth]
     return Summary(

@@ -10,6 +10,7 @@ import yaml
 from composer import build_from_config
 from composer.probe import MacsCounter, probe
 from composer.record import record_of
+from composer.summarize import summarize
 from tests.recipes import model_recipe
 
 
@@ -110,3 +111,27 @@ def test_needs_example_inputs():
     model = build_from_config(yaml.safe_load("model: {type: Linear, in_features: 2, out_features: 1}"))
     with pytest.raises(ValueError, match="input_shape"):
         probe(model, record_of(model).recipe)
+
+
+def test_batch_norm_statistics_are_put_back_and_the_first_forward_gives_the_summary_shapes():
+    recipe = {
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3},
+            {"type": "BatchNorm2d", "num_features": 4},
+            {"type": "ReLU"},
+            {"type": "Flatten"},
+            {"type": "Linear", "in_features": 144, "out_features": 2},
+        ]},
+        "input_shape": [3, 3, 8, 8],
+    }  # fmt: skip
+    model = build_from_config(recipe)
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    shapes: dict = {}
+    result = probe(model, record_of(model).recipe, batch=64, max_macs=None, shapes=shapes)
+    assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())  # running stats as they were
+    assert result["batch"] == 64  # a second forward: the first ran the recipe's batch of 3
+    expected = summarize(model)  # its own forward of zeros
+    assert summarize(model, shapes=shapes).text() == expected.text()
+    assert shapes[id(model)] == [3, 2]
+    capped = probe(model, record_of(model).recipe, batch=64, max_macs=1)  # the first forward is the probe's
+    assert capped["batch"] == 3 and capped["inputs"][0]["shape"] == [3, 3, 8, 8]
