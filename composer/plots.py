@@ -109,7 +109,8 @@ def draw_signal(Figure: Any, data: dict[str, Any]) -> None:  # noqa: N803
     n_jobs = max(len(g["jobs"]) for g in groups)
     legend_columns = min(3, n_jobs)
     panel = 3.3  # inches
-    top, bottom = 0.45, 1.2 + 0.2 * math.ceil(n_jobs / legend_columns)  # titles; x labels and the legend
+    named = any(len(g["layers"]) < 12 or len(g["weights"]) <= 12 for g in groups)  # rotated names under the axis
+    top, bottom = 0.45, (1.2 if named else 0.8) + 0.2 * math.ceil(n_jobs / legend_columns)  # titles; x labels, legend
     height = len(groups) * (panel + top + bottom)
     fig = Figure(figsize=(12, height), dpi=DPI)
     fig.subplots_adjust(left=0.07, right=0.98, top=1 - top / height, bottom=bottom / height,
