@@ -394,6 +394,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) -> dict[str
         "list_typo": (command("list", "types", "Conv2D"), None),
         "list_user": (command("--config-dir", str(user_conf), "list", "recipes"), None),
         "schema": (command("schema"), None),
+        "help": (command("--help"), None),
     }, tmp) | {"tmp": tmp}  # fmt: skip
 
 
@@ -509,6 +510,13 @@ def test_probe_settings(quick):
     ok(quick["probe_batch"])
     signal = json.loads((quick["tmp"] / "pb" / "probe.json").read_text())
     assert signal["batch"] == 8 and signal["inputs"][0]["dtype"] == "int64"
+
+
+def test_help_lists_the_groups_and_the_subcommands(quick):
+    text = ok(quick["help"]).stdout
+    assert "model: centered, chimera, deep_mlp" in text
+    assert "nncompose list [types|inits|ops|templates|recipes] [NAME]" in text
+    assert 'eval "$(nncompose -sc install=bash)"' in text
 
 
 def test_list_and_schema_subcommands(quick):
