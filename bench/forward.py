@@ -39,8 +39,8 @@ def handwritten_rgnet() -> nn.Module:
 def cases(blocks: int) -> dict[str, tuple[object, Callable[[], nn.Module], list[int]]]:
     """name -> (recipe, handwritten builder, input shape)."""
     return {
-        "mlp": (ROOT / "conf" / "model" / "mlp.yaml", handwritten_mlp, [64, 20]),
-        "rgnet": (ROOT / "conf" / "model" / "rgnet.yaml", handwritten_rgnet, [64, 4]),
+        "mlp": (ROOT / "composer" / "conf" / "model" / "mlp.yaml", handwritten_mlp, [64, 20]),
+        "rgnet": (ROOT / "composer" / "conf" / "model" / "rgnet.yaml", handwritten_rgnet, [64, 4]),
         f"{blocks} blocks": (blocks_recipe(blocks), lambda: blocks_handwritten(blocks), [64, 64]),
     }
 

@@ -4,7 +4,9 @@ Whole processes, wall clock, alternating round after round in one run:
 - ``python -c "import torch, hydra"``: the floor any Hydra app on torch pays;
 - ``python -m composer model=mlp``: one run (build, summary, checkpoint, recipe, summary file);
 - ``python -m composer -m model=mlp init=default,normal,constant,xavier,mixed,custom`` with the
-  basic launcher: six jobs in one process, plus the sweep report.
+  basic launcher: six jobs in one process, plus the sweep report;
+- the probe's share of a job: ``model=mlp`` and ``model=resnet18`` with the probe on (the default)
+  against ``probe=false``.
 Run and sweep directories go to a temporary folder. Without ``composer/__main__.py`` the figures
 are reported as not available.
 """
@@ -34,6 +36,9 @@ def commands(tmp: Path, r: int) -> dict[str, list[str]]:
             f"init={SCHEMES}",
             f"hydra.sweep.dir={tmp}/sweep{r}",
         ],
+        "single run, probe=false": [py, "-m", "composer", "model=mlp", "probe=false", f"hydra.run.dir={tmp}/np{r}"],
+        "resnet18": [py, "-m", "composer", "model=resnet18", f"hydra.run.dir={tmp}/rn{r}"],
+        "resnet18, probe=false": [py, "-m", "composer", "model=resnet18", "probe=false", f"hydra.run.dir={tmp}/rnp{r}"],
     }
 
 
@@ -52,7 +57,7 @@ def run(quick: bool = False) -> list[Result]:
         for r in range(-1, rounds):  # round -1 warms the page cache and .pyc files, untimed
             cmds = commands(Path(tmp), r + 1)
             names = list(cmds)
-            order = names[r % 3 :] + names[: r % 3] if r >= 0 else names
+            order = names[r % len(names) :] + names[: r % len(names)] if r >= 0 else names
             for name in order:
                 if name.startswith("multirun") and r >= sweep_rounds:
                     continue
@@ -70,7 +75,21 @@ def run(quick: bool = False) -> list[Result]:
         "; ".join(f"{name} {ms(t[name])}" for name in t) + f" (medians of {sweep_rounds}-{rounds} alternating runs)"
     )
     base, one, many = "import torch, hydra", "single run", "multirun (6 jobs)"
+    probes = [
+        (label, on, off)
+        for label, on, off in (
+            ("mlp", one, "single run, probe=false"),
+            ("resnet18", "resnet18", "resnet18, probe=false"),
+        )
+    ]
     return [
         Result("6", startup, "<=", 1.3, t[one] / t[base], detail=f"{detail}; CPU-time ratio {c[one] / c[base]:.2f}x"),
         Result("6", sweep, "<=", 1.5, t[many] / t[one], detail=f"CPU-time ratio {c[many] / c[one]:.2f}x"),
-    ]
+        *(
+            Result(
+                "6", f"a {label} job with the probe / probe=false", "<=", 1.1, t[on] / t[off],
+                detail=f"{ms(t[on])} / {ms(t[off])}; CPU-time ratio {c[on] / c[off]:.2f}x",
+            )
+            for label, on, off in probes
+        ),
+    ]  # fmt: skip

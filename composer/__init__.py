@@ -18,6 +18,7 @@ _EXPORTS = {
     "save_tensors": "composer.checkpoint",
     "load_tensors": "composer.checkpoint",
     "summary": "composer.summarize",
+    "to_recipe": "composer.export",
     "registry_scope": "composer.registry",
     "register_module": "composer.registry",
     "register_init": "composer.initializers",
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from composer.checkpoint import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
     from composer.compose import build_from_config
     from composer.errors import CheckpointError, ConfigError
+    from composer.export import to_recipe
     from composer.initializers import register_init
     from composer.record import init_report
     from composer.registry import register_module, registry_scope

@@ -7,6 +7,7 @@ never get gradients; these functions do neither.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,10 +52,11 @@ def forward_zeros(
     (None) instead.
     """
     paths = {id(m): p for p, m in model.named_modules()}
-    running: list[str] = []
+    running: list[tuple[str, nn.Module, Any]] = []
 
-    def enter(module: nn.Module, _args: Any) -> None:
-        running.append(paths[id(module)])
+    def enter(module: nn.Module, args: Any) -> None:
+        first = args[0] if args else None
+        running.append((paths[id(module)], module, tuple(first.shape) if isinstance(first, torch.Tensor) else None))
 
     def leave(_module: nn.Module, _args: Any, _output: Any) -> None:
         running.pop()
@@ -70,10 +72,11 @@ def forward_zeros(
     except Exception as e:  # torch raises many kinds; each means the inputs do not fit
         if shapes_only and "cannot be called on meta tensors" in str(e):
             return None
-        where = f" in module '{running[-1] or '(model)'}'" if running else ""
+        where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
         message = f"a forward pass of zeros shaped {shapes} failed{where}: {type(e).__name__}: {first_line(e)}"
-        raise ConfigError(message, key) from None
+        hint = _batch_hint(running[-1], inputs, key) if running else ""
+        raise ConfigError(message + hint, key) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -83,15 +86,40 @@ def forward_zeros(
             del module.__dict__["forward"]
 
 
+def _batch_hint(running: tuple[str, nn.Module, Any], inputs: Sequence[InputSpec], key: str) -> str:
+    """Where a layer of N spatial dims (``Conv2d``, ``BatchNorm2d``, ``MaxPool2d``, ...) failed on
+    the model's own input and that input is one dimension short of [batch, channels, *spatial]:
+    the shape was most likely written without its batch dimension."""
+    _path, module, shape = running
+    match = re.search(r"(\d)d$", type(module).__name__)
+    if match is None or shape is None or shape not in {tuple(spec.shape) for spec in inputs}:
+        return ""
+    dims = int(match.group(1)) + 2
+    if len(shape) != dims - 1:
+        return ""
+    channels = getattr(module, "in_channels", None) or getattr(module, "num_features", None)
+    example = f", e.g. {[shape[0], channels, *shape[1:]]}" if isinstance(channels, int) else ""
+    return (
+        f" ({key} includes the batch dimension: {type(module).__name__} takes {dims} dims, "
+        f"[batch, channels, {', '.join(['size'] * (dims - 2))}], and {list(shape)} has {len(shape)}{example})"
+    )
+
+
 def _linear_shape(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] != m.in_features:
-        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied: input {list(x.shape)}, in_features={m.in_features}")
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied: input {list(x.shape)}, in_features={m.in_features}"
+        )
     return x.new_empty((*x.shape[:-1], m.out_features))
 
 
 def _layer_norm_shape(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     if tuple(x.shape[-len(m.normalized_shape) :]) != tuple(m.normalized_shape):
-        raise RuntimeError(f"Given normalized_shape={list(m.normalized_shape)}, expected input with shape [*, {', '.join(map(str, m.normalized_shape))}], but got input of size {list(x.shape)}")
+        expected = ", ".join(map(str, m.normalized_shape))
+        raise RuntimeError(
+            f"Given normalized_shape={list(m.normalized_shape)}, expected input with shape [*, {expected}], "
+            f"but got input of size {list(x.shape)}"
+        )
     return x
 
 

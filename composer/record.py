@@ -37,8 +37,19 @@ def finish(model: nn.Module, frozen: Iterable[nn.Module], record: BuildRecord) -
     setattr(model, _ATTR, record)
 
 
-def init_report(model: nn.Module) -> dict[str, str]:
-    """Parameter path -> the scheme that set it (a rule, an inline spec, or ``default``).
+class InitReport(dict):
+    """Parameter path -> scheme: a ``dict``, which prints as the summary's ``initialization:`` lines."""
+
+    def __str__(self) -> str:
+        width = max((len(path) for path in self), default=0)
+        return "\n".join(
+            ["initialization:", *(f"  {path + ':':<{width + 1}} {scheme}" for path, scheme in self.items())]
+        )
+
+
+def init_report(model: nn.Module) -> InitReport:
+    """Parameter path -> the scheme that set it (a rule, an inline spec, or ``default``): a ``dict``
+    that prints as a table (``print(init_report(model))``), as ``summary`` prints its own.
 
     Raises:
         ValueError: the model was not built by ``build_from_config`` or ``load_checkpoint``.
@@ -47,4 +58,4 @@ def init_report(model: nn.Module) -> dict[str, str]:
     if record is None:
         raise ValueError("this model was not built by build_from_config: it has no init report")
     params = model.named_parameters(remove_duplicate=False)
-    return {path: record.schemes.get(path, "default") for path, _ in params}
+    return InitReport((path, record.schemes.get(path, "default")) for path, _ in params)

@@ -5,7 +5,7 @@
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-endpoint HOST:29500 examples/train_gpt2_sharded.py --save ckpt
 
 On GPUs each rank takes its own device and NCCL; on CPUs, gloo. Overrides are OmegaConf dot-list
-entries on ``conf/model/gpt2_small.yaml`` (its ``vars`` shrink the model). Each rank builds only
+entries on ``composer/conf/model/gpt2_small.yaml`` (its ``vars`` shrink the model). Each rank builds only
 its shards: one FSDP unit per transformer block, the root holding the tied embedding and head.
 The data is a synthetic next-token task (each sequence counts up from a random start), so the loss
 falls within a few steps; each rank draws its own batches, as data parallelism does.

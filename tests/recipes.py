@@ -1,4 +1,4 @@
-"""The packaged recipes the tests build: ``conf/model/<name>.yaml`` by name, and the repository root."""
+"""The packaged recipes the tests build: ``composer/conf/model/<name>.yaml`` by name, and the repository root."""
 
 from pathlib import Path
 
@@ -8,12 +8,13 @@ from omegaconf import DictConfig, OmegaConf
 from composer.recipe import example_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
+CONF = ROOT / "composer" / "conf"  # the packaged recipes, shipped inside the wheel
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 BIG = {"gpt2_small", "vit_tiny", "resnet18"}  # seconds each to build and run: the slow lane
 
 
 def model_recipe(name: str) -> Path:
-    return ROOT / "conf" / "model" / f"{name}.yaml"
+    return CONF / "model" / f"{name}.yaml"
 
 
 def example_batch(recipe: dict) -> list[torch.Tensor]:

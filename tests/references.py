@@ -1,7 +1,7 @@
 """Handwritten reference networks, in plain PyTorch, with their originals' ``state_dict`` key names.
 
 torchvision and timm cannot be installed here, so these are written from their sources: the
-recipes of ``conf/model/`` must load these weights strictly and give the same outputs. Sizes are
+recipes of ``composer/conf/model/`` must load these weights strictly and give the same outputs. Sizes are
 arguments where that is cheap, so tests can build small versions.
 
 - ``resnet18()``: torchvision's ResNet-18 (11,689,512 parameters).

@@ -9,6 +9,7 @@ here waits on such processes, so the whole module is ``slow``: ``pytest -m "not 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import torch
 import yaml
 
 from composer import build_from_config, load_checkpoint
+from composer.summarize import shape_of
 from tests.recipes import MODELS, ROOT, example_batch
 
 pytestmark = pytest.mark.slow
@@ -52,6 +54,32 @@ USER_CONF = {
     "init/broken.yaml": """\
         rules:
           - weight: nosuch
+        """,
+    # a recipe with init rules of its own: they survive the init group, the scheme's apply after them
+    "model/own_rules.yaml": """\
+        # @package _global_
+        model:
+          type: Sequential
+          layers:
+            - {type: Linear, in_features: 4, out_features: 8}
+            - {type: ReLU}
+            - {type: Linear, in_features: 8, out_features: 2}
+        init:
+          seed: 7
+          rules:
+            - {match: "0", weight: zeros, bias: ones}
+        input_shape: [2, 4]
+        """,
+    # a whole recipe without its `# @package _global_` header
+    "model/no_header.yaml": """\
+        model: {type: Linear, in_features: 4, out_features: 2}
+        input_shape: [2, 4]
+        """,
+    # an image model given an input shape without its channel dimension
+    "model/conv.yaml": """\
+        # @package _global_
+        model: {type: Sequential, layers: [{type: Conv2d, in_channels: 1, out_channels: 4, kernel_size: 3}]}
+        input_shape: [2, 28, 28]
         """,
 }
 
@@ -99,6 +127,12 @@ def rebuild(recipe_file: Path) -> torch.nn.Module:
     return build_from_config(recipe_file)
 
 
+def tensors(output) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [t for item in output for t in tensors(item)]
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -133,11 +167,24 @@ def test_single_run_prints_summary_and_writes_its_files(single):
     assert "total parameters: 7,946" in result.stdout
     assert "output shape: [2, 10]" in result.stdout  # the smoke forward
     assert str(out) in result.stdout  # says where the files are
-    assert {"model.safetensors", "recipe.yaml", "summary.txt", ".hydra"} <= {p.name for p in out.iterdir()}
+    assert f"wrote model.safetensors, recipe.yaml, summary.txt and probe.json to {out}" in result.stdout
+    assert {"model.safetensors", "recipe.yaml", "summary.txt", "probe.json", ".hydra"} <= {
+        p.name for p in out.iterdir()
+    }
     assert "output shape: [2, 10]" in (out / "summary.txt").read_text()
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert list(recipe) == ["model", "init", "input_shape"]  # app keys (seed, check) stripped
+    assert list(recipe) == ["model", "init", "input_shape"]  # app keys (seed, check, probe) stripped
     assert recipe["init"]["rules"] == [{"layer": "Linear", "weight": "xavier_uniform"}]
+
+
+def test_single_run_probes_signal_propagation(single):
+    result, out = single
+    signal = json.loads((out / "probe.json").read_text())
+    assert signal["batch"] == 64 and signal["inputs"][0]["shape"] == [64, 20]
+    assert [layer["path"] for layer in signal["layers"]] == ["0", "1", "2"]
+    assert [p["path"] for p in signal["params"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert all(p["grad_norm"] > 0 for p in signal["params"])
+    assert "probe: batch 64, loss " in result.stdout
 
 
 def test_single_run_checkpoint_reloads_to_the_built_model(single):
@@ -183,20 +230,22 @@ def test_every_recipe_runs_and_its_checkpoint_reloads(every_recipe, num, name):
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     loaded = load_checkpoint(out / "model.safetensors")
     rebuilt = rebuild(out / "recipe.yaml")
-    torch.manual_seed(1234)
-    x = example_batch(recipe)
+    batch = example_batch(recipe)
     loaded.eval(), rebuilt.eval()
     with torch.no_grad():
-        expected = rebuilt(*x)
-        assert torch.equal(loaded(*x), expected)
-    assert f"output shape: {list(expected.shape)}" in (out / "summary.txt").read_text()
+        a, b = loaded(*batch), rebuilt(*batch)
+    assert shape_of(a) == shape_of(b) and all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b), strict=True))
+    assert f"output shape: {shape_of(b)}" in (out / "summary.txt").read_text()
+    signal = json.loads((out / "probe.json").read_text())  # every job probes, graphs and tuples included
+    assert signal["layers"] and signal["loss"] is not None
 
 
 def test_every_recipe_sweep_has_a_report(every_recipe):
     rows = read_csv(every_recipe / "report.csv")
     assert {r["model"] for r in rows} == set(MODELS)
     assert all(r["status"] == "ok" for r in rows)
-    assert is_png(every_recipe / "report.png")
+    assert is_png(every_recipe / "report.png") and is_png(every_recipe / "signal.png")
+    assert {r["model"] for r in read_csv(every_recipe / "signal.csv")} == set(MODELS)
 
 
 # --- sweeps: the report, a failing job, launchers ---------------------------------------------
@@ -279,6 +328,9 @@ def test_sweep_report_with_the_basic_launcher_and_a_failing_job(basic_sweep):
     assert [(r["job"], r["overrides"]) for r in failed] == [("3", "init=broken")]
     markdown = (sweep / "report.md").read_text()
     assert "## Failed jobs" in markdown and "`init=broken`" in markdown and "nosuch" in markdown
+    assert "## Signal propagation of `mlp` at init" in markdown and is_png(sweep / "signal.png")
+    signal = read_csv(sweep / "signal.csv")
+    assert {r["init"] for r in signal} == {"constant", "custom", "normal"}
 
 
 def test_sweep_report_with_joblib_matches_the_basic_launcher(joblib_sweep, basic_sweep):
@@ -325,6 +377,24 @@ def quick(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) -> dict[str
         "check": (command("model=lazy_mlp", "init=xavier", "check=true", f"hydra.run.dir={tmp}/check"), None),
         "huge": ([sys.executable, "-c", peak_rss], None),
         "imports": ([sys.executable, "-c", imports], None),
+        "nested_typo": (command("model.layers.0.out_feature=5", f"hydra.run.dir={tmp}/nested_typo"), None),
+        "missing_arg": (command("model.layers.0.bias=false", f"hydra.run.dir={tmp}/missing_arg"), None),
+        "own_rules": (command("--config-dir", str(user_conf), "model=own_rules", f"hydra.run.dir={tmp}/own"), None),
+        "own_rules_xavier": (
+            command("--config-dir", str(user_conf), "model=own_rules", "init=xavier", f"hydra.run.dir={tmp}/own_x"),
+            None,
+        ),
+        "no_header": (command("--config-dir", str(user_conf), "model=no_header", f"hydra.run.dir={tmp}/nh"), None),
+        "conv": (command("--config-dir", str(user_conf), "model=conv", f"hydra.run.dir={tmp}/conv"), None),
+        "no_probe": (command("probe=false", f"hydra.run.dir={tmp}/no_probe"), None),
+        "probe_typo": (command("probe.bach=8", f"hydra.run.dir={tmp}/probe_typo"), None),
+        "probe_batch": (command("probe.batch=8", "model=lstm_classifier", f"hydra.run.dir={tmp}/pb"), None),
+        "list": (command("list"), None),
+        "list_type": (command("list", "types", "Conv2d"), None),
+        "list_typo": (command("list", "types", "Conv2D"), None),
+        "list_user": (command("--config-dir", str(user_conf), "list", "recipes"), None),
+        "schema": (command("schema"), None),
+        "help": (command("--help"), None),
     }, tmp) | {"tmp": tmp}  # fmt: skip
 
 
@@ -392,3 +462,92 @@ def test_check_mode_handles_ten_billion_parameters_in_little_memory(quick):
 
 def test_app_does_not_import_matplotlib(quick):
     assert ok(quick["imports"]).stdout.strip() == "[]"
+
+
+def test_a_misspelled_nested_key_names_the_one_meant(quick):
+    assert error_lines(quick["nested_typo"]) == [
+        "error: model.layers.0.out_feature: no such key in the config (did you mean 'out_features'?)"
+    ]
+    assert error_lines(quick["missing_arg"]) == [
+        "error: model.layers.0.bias: Linear takes bias, but the recipe does not set it; "
+        "to set it, use +model.layers.0.bias=false"
+    ]
+
+
+def test_a_model_files_own_init_rules_survive_the_init_group(quick):
+    own = yaml.safe_load((quick["tmp"] / "own" / "recipe.yaml").read_text())["init"]
+    assert own == {"seed": 7, "rules": [{"match": "0", "weight": "zeros", "bias": "ones"}]}
+    with_scheme = yaml.safe_load((quick["tmp"] / "own_x" / "recipe.yaml").read_text())["init"]
+    assert with_scheme["rules"] == [
+        {"match": "0", "weight": "zeros", "bias": "ones"},
+        {"layer": "Linear", "weight": "xavier_uniform"},  # the scheme's, after: a later rule wins
+    ]
+    model = load_checkpoint(quick["tmp"] / "own_x" / "model.safetensors")
+    assert torch.all(model[0].bias == 1) and model[0].weight.std() > 0  # xavier won the weight, ones kept the bias
+    assert "0.weight: xavier_uniform [init.rules[1].weight]" in ok(quick["own_rules_xavier"]).stdout
+
+
+def test_a_model_file_without_its_package_header_says_to_add_it(quick):
+    assert error_lines(quick["no_header"]) == [
+        "error: model: the conf file model/no_header.yaml holds a whole recipe (top-level model, input_shape) "
+        "but is read as the model node: add '# @package _global_' as its first line"
+    ]
+
+
+def test_an_input_shape_without_the_batch_dimension_says_so(quick):
+    [line] = error_lines(quick["conv"])
+    assert line.startswith("error: input_shape: a forward pass of zeros shaped [2, 28, 28] failed in module '0'")
+    assert line.endswith(
+        "(input_shape includes the batch dimension: Conv2d takes 4 dims, [batch, channels, size, size], "
+        "and [2, 28, 28] has 3, e.g. [2, 1, 28, 28])"
+    )
+
+
+def test_probe_settings(quick):
+    assert "probe:" not in ok(quick["no_probe"]).stdout
+    assert not (quick["tmp"] / "no_probe" / "probe.json").exists()
+    assert error_lines(quick["probe_typo"]) == ["error: probe.bach: no such key in the config (did you mean 'batch'?)"]
+    ok(quick["probe_batch"])
+    signal = json.loads((quick["tmp"] / "pb" / "probe.json").read_text())
+    assert signal["batch"] == 8 and signal["inputs"][0]["dtype"] == "int64"
+
+
+def test_help_lists_the_groups_and_the_subcommands(quick):
+    text = ok(quick["help"]).stdout
+    assert "model: centered, chimera, deep_mlp" in text
+    assert "nncompose list [types|inits|ops|templates|recipes] [NAME]" in text
+    assert 'eval "$(nncompose -sc install=bash)"' in text
+
+
+def test_list_and_schema_subcommands(quick):
+    overview = ok(quick["list"]).stdout
+    assert overview.startswith("what a recipe can name") and "26 ops" in overview
+    assert "without in_channels it is built as LazyConv2d" in ok(quick["list_type"]).stdout
+    assert error_lines(quick["list_typo"]) == ["error: list types: unknown type 'Conv2D' (did you mean 'Conv2d'?)"]
+    listed = ok(quick["list_user"]).stdout
+    assert "own_rules" in listed and "halves" in listed and "deep_mlp" in listed  # the user's and ours
+    schema = json.loads(ok(quick["schema"]).stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert "type.Linear" in schema["$defs"] and "op.add" in schema["$defs"]
+
+
+def test_inspect_prints_the_recipe_ready_to_edit(single, tmp_path):
+    _, out = single
+    result = ok(run([sys.executable, "-m", "composer.inspect", str(out / "model.safetensors"), "--recipe"], tmp_path))
+    assert result.stdout.startswith("# @package _global_\n")
+    recipe = yaml.safe_load(result.stdout)
+    assert recipe == yaml.safe_load((out / "recipe.yaml").read_text())
+    assert (
+        build_from_config(recipe).state_dict().keys() == load_checkpoint(out / "model.safetensors").state_dict().keys()
+    )
+
+
+def test_console_script_and_tab_completion(tmp_path):
+    script = Path(sys.executable).parent / "nncompose"
+    if not script.exists():
+        pytest.skip("the package is not installed in this interpreter's environment (nncompose)")
+    install = ok(run([str(script), "-sc", "install=bash"], tmp_path))
+    assert "complete -o nospace -o default -F hydra_bash_completion nncompose" in install.stdout
+    env = {"COMP_LINE": "nncompose model=ml", "COMP_POINT": "18"}
+    query = ok(run([str(script), "-sc", "query=bash"], tmp_path, env=env))
+    assert "model=mlp" in query.stdout.split() and "model=mlp_block" in query.stdout.split()

@@ -1,4 +1,4 @@
-"""The section 7.8 recipes of conf/model against the handwritten references: the same state_dict keys
+"""The section 7.8 recipes of composer/conf/model against the handwritten references: the same state_dict keys
 in the same order, the same shapes, strict loading of the reference's weights, and then the same
 outputs bit for bit; GPT-2's causality and its tie through a checkpoint.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from composer import build_from_config, load_checkpoint, save_checkpoint
 from tests import references as R
@@ -79,8 +80,6 @@ def test_gpt2_tie_holds_through_a_checkpoint_stored_once(tmp_path):
     model = small_gpt()
     assert model.lm_head.weight is model.transformer.wte.weight
     save_checkpoint(model, tmp_path / "gpt.safetensors")
-    from safetensors import safe_open
-
     with safe_open(tmp_path / "gpt.safetensors", "pt") as f:
         assert "transformer.wte.weight" in f.keys() and "lm_head.weight" not in f.keys()
     loaded = load_checkpoint(tmp_path / "gpt.safetensors")

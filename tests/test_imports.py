@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
     block = build_from_config({"model": {"type": "Positions"}, "input_shape": [2, 8], "init": {"rules": [{"weight": "zeros"}]}})
     first_build = time.perf_counter() - t0
     note("user block build")
-    models = {name: build_from_config(ROOT / "conf" / "model" / f"{name}.yaml") for name in ("mlp", "lazy_mlp", "siamese", "lstm_classifier", "fixed_hidden_mlp", "unet")}
+    models = {name: build_from_config(ROOT / "composer" / "conf" / "model" / f"{name}.yaml") for name in ("mlp", "lazy_mlp", "siamese", "lstm_classifier", "fixed_hidden_mlp", "unet")}
     note("builds")
     for model in models.values():
         summary(model)

@@ -24,7 +24,7 @@ from tests.recipes import ROOT, model_recipe
 
 def with_init(model: str, init: str) -> dict:
     recipe = yaml.safe_load(model_recipe(model).read_text())
-    recipe["init"] = yaml.safe_load((ROOT / "conf" / "init" / f"{init}.yaml").read_text())
+    recipe["init"] = yaml.safe_load((ROOT / "composer" / "conf" / "init" / f"{init}.yaml").read_text())
     return recipe
 
 

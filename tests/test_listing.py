@@ -5,9 +5,8 @@ from torch import nn
 
 from composer import ConfigError
 from composer.listing import KINDS, list_text
-from tests.recipes import MODELS, ROOT
-
-conf = ROOT / "conf"
+from tests.recipes import CONF as conf
+from tests.recipes import MODELS
 
 
 def rows(text: str) -> dict[str, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import torch
@@ -10,6 +11,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from composer import build_from_config, save_checkpoint
+from composer.probe import probe
+from composer.record import record_of
 from composer.report import SweepReport, last_failures, read_jobs, write_report
 from tests.recipes import model_recipe
 
@@ -71,3 +74,37 @@ def test_the_callback_records_failures_and_can_skip_the_plot(tmp_path):
     SweepReport(plot=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     assert last_failures() == ["#0 (init=bad): init.rules[0]: bad"]
     assert (sweep / "report.md").exists() and not (sweep / "report.png").exists()
+
+
+def test_signal_propagation_is_plotted_and_flagged(tmp_path):
+    """Two jobs that probed a deep net: one keeps the std, one collapses it (flagged in report.md)."""
+    sweep = tmp_path / "sweep"
+    layers = [{"type": "Linear", "in_features": 32, "out_features": 32} for _ in range(4)]
+    for num, (init, rules) in enumerate(
+        [
+            ("xavier", [{"weight": "orthogonal", "bias": "zeros"}]),
+            ("tiny", [{"weight": {"type": "normal", "std": 0.01}, "bias": "zeros"}]),
+        ]
+    ):
+        model = build_from_config(
+            {"model": {"type": "Sequential", "layers": layers}, "init": {"rules": rules}, "input_shape": [2, 32]}
+        )
+        folder = job_folder(sweep, num, [f"init={init}", "model=deep"], {"model": "deep", "init": init})
+        save_checkpoint(model, folder / "model.safetensors")
+        (folder / "probe.json").write_text(json.dumps(probe(model, record_of(model).recipe, batch=16)))
+    written = write_report(sweep, read_jobs(sweep))
+    assert [p.name for p in written] == ["report.csv", "signal.csv", "report.md", "report.png", "signal.png"]
+    signal = rows(sweep / "signal.csv")
+    tiny = [r for r in signal if r["init"] == "tiny"]
+    assert [r["layer"] for r in tiny] == ["(input)", "0", "1", "2", "3"]
+    assert float(tiny[-1]["ratio"]) < 1e-4
+    markdown = (sweep / "report.md").read_text()
+    assert "## Signal propagation of `deep` at init" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| 4 | `3` | Linear |"))
+    assert row.endswith("↓ `init=tiny` |")  # flagged: the orthogonal job keeps its std (x1)
+    assert "![activation std and gradient norm against depth, one line per job](signal.png)" in markdown
+    assert is_png(sweep / "signal.png") and is_png(sweep / "report.png")
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from tests.recipes import MODELS, ROOT, model_recipe
 
 jsonschema = pytest.importorskip("jsonschema")
 
-INITS = sorted(p.stem for p in (ROOT / "conf" / "init").glob("*.yaml"))
+INITS = sorted(p.stem for p in (ROOT / "composer" / "conf" / "init").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_every_packaged_recipe_validates(validator, name):
 
 @pytest.mark.parametrize("name", INITS)
 def test_every_packaged_init_scheme_validates(validator, name):
-    scheme = yaml.safe_load((ROOT / "conf" / "init" / f"{name}.yaml").read_text())
+    scheme = yaml.safe_load((ROOT / "composer" / "conf" / "init" / f"{name}.yaml").read_text())
     assert errors(validator, {"model": {"type": "ReLU"}, "init": scheme}) == []
 
 

@@ -17,7 +17,7 @@ def with_scheme(model: str, scheme: str) -> dict:
     recipe = yaml.safe_load(model_recipe(model).read_text())
     if "model" not in recipe:
         recipe = {"model": recipe}
-    return recipe | {"init": yaml.safe_load((ROOT / "conf" / "init" / f"{scheme}.yaml").read_text())}
+    return recipe | {"init": yaml.safe_load((ROOT / "composer" / "conf" / "init" / f"{scheme}.yaml").read_text())}
 
 
 @pytest.mark.parametrize("model", ["mlp", "rgnet"])

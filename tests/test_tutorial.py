@@ -38,12 +38,13 @@ RGNET_PRINT = """Sequential(
 )"""
 
 
-# The output shape of each conf/model recipe on its example inputs.
+# The output shape of each composer/conf/model recipe on its example inputs.
 OUTPUT_SHAPES = {
     "mlp": [2, 10], "mlp_block": [2, 10], "my_sequential": [2, 10], "fixed_hidden_mlp": [],
     "chimera": [], "param_mlp": [2, 1], "rgnet": [2, 1], "tied": [2, 1], "centered": [4, 128],
     "my_linear": [2, 1], "lazy_mlp": [2, 10], "resnet18": [2, 1000], "vit_tiny": [2, 1000],
     "gpt2_small": [2, 64, 50257], "unet": [2, 2, 64, 64], "lstm_classifier": [2, 5], "siamese": [2, 1],
+    "deep_mlp": [2, 10],
 }  # fmt: skip
 
 
@@ -72,7 +73,9 @@ def test_defaults_have_torchs_distributions_and_the_same_seed_the_same_weights()
     torch.manual_seed(0)
     again = build_from_config(model_recipe("mlp"))
     hand = nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, 10))
-    for (n1, p1), (n2, p2), (n3, _) in zip(model.named_parameters(), again.named_parameters(), hand.named_parameters(), strict=True):
+    for (n1, p1), (n2, p2), (n3, _) in zip(
+        model.named_parameters(), again.named_parameters(), hand.named_parameters(), strict=True
+    ):
         assert n1 == n2 == n3 and torch.equal(p1, p2)
     for layer in (model[0], model[2]):
         bound = 1 / layer.in_features**0.5
