@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from composer import limits as budget
 from composer.build import DEFAULT_TARGETS, BuildNotes, construct
 from composer.errors import ConfigError
 from composer.initialization import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.initializers import SEED_LIMIT
 from composer.materialize import forward_zeros, has_lazy, require_shapes
-from composer.recipe import Recipe, example_inputs, read_recipe, top_level_problems
+from composer.recipe import Recipe, example_inputs, read_recipe_and_stored, top_level_problems
 from composer.record import BuildRecord, finish
 
 
@@ -30,6 +31,8 @@ def build_from_config(
     allow_targets: Sequence[str] | None = None,
     *,
     device: str | torch.device = "cpu",
+    limits: budget.LimitsArg = None,
+    resolvers: Collection[str] | str | None = None,
 ) -> nn.Module:
     """Build the model a recipe describes.
 
@@ -40,15 +43,33 @@ def build_from_config(
             ``torch.nn.`` and ``composer.blocks.``; nothing outside them is imported.
         device: where the parameters are made. ``"meta"`` checks the recipe, its shapes and its
             init rules without allocating any weight.
+        limits: budgets beyond the defaults (``composer.limits``: recipe size, expanded nodes,
+            nesting, modules, example input elements, forward seconds), e.g.
+            ``{"modules": 500_000}``; the defaults come from ``COMPOSER_MAX_*`` where set.
+        resolvers: interpolation resolvers the recipe may call (``["oc.env"]``); all are off by
+            default (``COMPOSER_RESOLVERS`` where set), as they read outside the recipe. What
+            they read is used for the build, and never stored: the model's recipe (in its
+            checkpoint, in ``recipe.yaml``) keeps their ``${...}`` unresolved.
 
     Returns:
         Plain ``torch.nn`` modules (no wrapper in the forward path), with concrete shapes where
         the recipe gives ``input_shape``, initialized as its ``init`` section says.
 
     Raises:
-        ConfigError: every problem of the recipe at once, each with its key path.
+        ConfigError: every problem of the recipe at once, each with its key path; a budget
+            exceeded, naming the limit and how to raise it.
     """
-    recipe = read_recipe(cfg)
+    with budget.using(limits):
+        return _build(cfg, allow_targets, device, resolvers)
+
+
+def _build(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    allow_targets: Sequence[str] | None,
+    device: str | torch.device,
+    resolvers: Collection[str] | str | None,
+) -> nn.Module:
+    recipe, stored = read_recipe_and_stored(cfg, resolvers=resolvers)
     allow = (*DEFAULT_TARGETS, *((allow_targets,) if isinstance(allow_targets, str) else allow_targets or ()))
     early = top_level_problems(recipe)
     if "model" not in recipe:
@@ -66,7 +87,8 @@ def build_from_config(
         if early:
             raise ConfigError(early)
         plan = _shape_and_initialize(model, notes, recipe, init, device)
-    finish(model, notes.frozen, BuildRecord(recipe, allow, plan.report(model)))
+    record = BuildRecord(recipe, allow, plan.report(model), stored if stored is not recipe else None)
+    finish(model, notes.frozen, record)
     return model
 
 

@@ -23,6 +23,14 @@ class BuildRecord:
     recipe: dict[str, Any]
     allow_targets: tuple[str, ...]
     schemes: dict[str, str]
+    # The recipe to write into files where it differs from ``recipe``: what enabled interpolation
+    # resolvers read (``${oc.env:...}``) stays unresolved there (``interpolation.resolve``).
+    stored: dict[str, Any] | None = None
+
+    @property
+    def recipe_to_store(self) -> dict[str, Any]:
+        """The recipe a checkpoint or ``recipe.yaml`` holds: never what a resolver read."""
+        return self.recipe if self.stored is None else self.stored
 
 
 def record_of(model: nn.Module) -> BuildRecord | None:
