@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.errors import ConfigError, did_you_mean
+from composer.errors import ConfigError, did_you_mean, has_control
 
 # --- the spec ------------------------------------------------------------------------------------
 
@@ -159,6 +159,9 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
             return False
         if "." in name:
             problems.append((path, f"{what} name {name!r} contains '.', which module paths reserve"))
+            return False
+        if has_control(name):
+            problems.append((path, f"{what} name {name!r} holds a control character: names reach terminals and files"))
             return False
         if name in RESERVED_NAMES:
             problems.append((path, f"{what} name {name!r} is an attribute nn.Module uses; choose another name"))
