@@ -1,8 +1,15 @@
-"""``python -m composer.inspect CKPT [CKPT ...]``: what a checkpoint holds, without writing code.
+"""``python -m composer.inspect CKPT [CKPT ...]``: what a checkpoint holds, without running it.
 
-Prints the recipe stored in the file (YAML), then the summary of the rebuilt model with its init
-report. The model is rebuilt the way ``load_checkpoint`` does it: no initializer runs and nothing
-in the file is executed. A bad file is one line on standard error and exit status 1.
+Prints what the file stores: the recipe (YAML), the summary and the init report as they were when
+it was saved, after checking the file's checksum. It runs no model code and builds nothing by
+default: a checkpoint is data from anywhere, and a model's forward may not end (a
+``FixedHiddenMLP`` whose weights are inf loops forever). ``--rebuild`` also rebuilds the model the
+way ``load_checkpoint`` does (nothing in the file is executed, no initializer runs) and prints its
+summary now, with a forward pass of zeros within ``COMPOSER_MAX_SECONDS``. Every budget of
+``composer.limits`` applies (``COMPOSER_MAX_HEADER_BYTES``, ...).
+
+Whatever the file says reaches the terminal with its control characters escaped. A bad file is
+one line on standard error and exit status 1.
 """
 
 from __future__ import annotations
@@ -14,32 +21,65 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m composer.inspect",
-        description="Print the recipe, the summary and the init report of a composer checkpoint.",
+        description="Print the recipe, the summary and the init report stored in a composer checkpoint.",
     )
-    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="a checkpoint written by composer (model.safetensors)")
+    parser.add_argument(
+        "checkpoints", nargs="+", metavar="CKPT", help="a checkpoint written by composer (model.safetensors)"
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the checksum of the tensor data")
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="also rebuild the model from its recipe and print its summary now (runs a forward pass of zeros)",
+    )
     args = parser.parse_args(argv)
 
-    import yaml  # noqa: PLC0415
-
-    from composer import CheckpointError, ConfigError, load_checkpoint, summary  # noqa: PLC0415
-    from composer.record import record_of  # noqa: PLC0415
+    from composer.errors import CheckpointError, ConfigError, printable  # noqa: PLC0415  (torch: after --help)
 
     status = 0
     for path in args.checkpoints:
         try:
-            model = load_checkpoint(path, verify=not args.no_verify)
-            table = summary(model)
+            text = _describe(path, verify=not args.no_verify, rebuild=args.rebuild)
         except (CheckpointError, ConfigError) as e:
-            print(f"error: {'; '.join(e.lines()) if isinstance(e, ConfigError) else e}", file=sys.stderr)
+            line = "; ".join(e.lines()) if isinstance(e, ConfigError) else str(e)
+            print(f"error: {printable(line, keep_newlines=False)}", file=sys.stderr)
             status = 1
             continue
-        print(f"# {path}")
-        print("# recipe")
-        print(yaml.safe_dump(record_of(model).recipe, sort_keys=False, default_flow_style=None).rstrip())
-        print("# summary")
-        print(table)
+        print(printable(text))
     return status
+
+
+def _describe(path: str, verify: bool, rebuild: bool) -> str:
+    """The stored recipe, summary and init report of one checkpoint, as text."""
+    import json  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    from composer.checkpoint import json_field, load_checkpoint, read_metadata  # noqa: PLC0415
+    from composer.errors import CheckpointError  # noqa: PLC0415
+    from composer.summarize import summary  # noqa: PLC0415
+
+    metadata = read_metadata(path, verify)
+    lines = [f"# {path}"]
+    if "recipe" in metadata:
+        recipe = json_field(metadata, "recipe", dict, path)
+        lines += ["# recipe", yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None).rstrip()]
+    else:
+        lines += ["# recipe", "(none: this file holds weights only)"]
+    stored = metadata.get("summary")
+    lines += ["# summary (stored when the file was written)", stored.rstrip() if stored else "(none stored)"]
+    if stored is None and "init_schemes" in metadata:
+        schemes = json_field(metadata, "init_schemes", dict, path)
+        lines += ["initialization:", *(f"  {name}: {json.dumps(scheme)}" for name, scheme in schemes.items())]
+    if rebuild:
+        model = load_checkpoint(path, verify=verify)
+        try:
+            table = summary(model)
+        except ValueError as e:  # ConfigError: lazy layers without shapes
+            raise CheckpointError(f"{path}: cannot summarize its model: {e}") from None
+        lines += ["# summary (rebuilt now)", table]
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     sys.exit(main())
