@@ -33,7 +33,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer.errors import CheckpointError, ConfigError, did_you_mean
+from composer.confsource import install as guard_config_files
+from composer.errors import CheckpointError, ConfigError, did_you_mean, printable
 from composer.recipe import TOP_LEVEL_KEYS as RECIPE_KEYS
 from composer.recipe import example_inputs
 from composer.signatures import is_int
@@ -43,6 +44,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 APP_KEYS = ("seed", "check")  # the app's own settings: not part of the recipe
 CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)
 RECIPE, SUMMARY = "recipe.yaml", "summary.txt"
+SEED_LIMIT = 2**32  # the app's seed seeds random, torch and numpy: numpy takes [0, 2**32)
 
 log = logging.getLogger(__name__)
 _full_error = False  # HYDRA_FULL_ERROR=1 as the user set it (main() sets it for Hydra regardless)
@@ -73,8 +75,8 @@ def task(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, out: Path) -> None:
     """Build, summarize and save one recipe (or only check it, on ``meta``)."""
     seed, check = cfg.get("seed"), cfg.get("check")
-    if seed is not None and not is_int(seed):
-        raise ConfigError(f"expected an integer or null, got {seed!r}", "seed")
+    if seed is not None and not (is_int(seed) and 0 <= seed < SEED_LIMIT):
+        raise ConfigError(f"expected an integer in [0, 2**32) or null, got {seed!r}", "seed")
     if not isinstance(check, bool):
         raise ConfigError(f"expected true or false, got {check!r}", "check")
     reset_job_state(seed)
@@ -92,7 +94,7 @@ def run(cfg: DictConfig, out: Path) -> None:
     table = summary(model)
     if output_shape is not None:
         table += f"\noutput shape: {output_shape}"
-    print(table)
+    print(printable(table))
     if check:
         print(check_line(model))
         return
@@ -100,8 +102,9 @@ def run(cfg: DictConfig, out: Path) -> None:
     import yaml  # noqa: PLC0415
 
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out / CHECKPOINT)
-    (out / RECIPE).write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None))
+    save_checkpoint(model, out / CHECKPOINT, summary=table)
+    stored = record_of(model).recipe_to_store  # never what an enabled resolver read
+    (out / RECIPE).write_text(yaml.safe_dump(stored, sort_keys=False, default_flow_style=None))
     (out / SUMMARY).write_text(table + "\n")
     print(f"wrote {CHECKPOINT}, {RECIPE} and {SUMMARY} to {out}")
 
@@ -267,6 +270,7 @@ def main() -> None:
     sweep in which a job failed."""
     global _full_error
     Plugins.instance().register(UserConfigFirst)
+    guard_config_files(CONFIG_KEYS)  # recipe files hold recipes: no Hydra keys, within the budgets
     _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, instead of printing a trimmed traceback
     try:
@@ -291,5 +295,5 @@ def fail(e: BaseException) -> int:
         return 1
     if _full_error:
         traceback.print_exception(e)
-    print(f"error: {one_line(e)}", file=sys.stderr)
+    print(f"error: {printable(one_line(e), keep_newlines=False)}", file=sys.stderr)
     return 1
