@@ -23,6 +23,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, has_control, unknown
+from composer.estimate import count_modules
 from composer.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.materialize import allocate
 from composer.ops import OPS, make_op, op_problems
@@ -91,6 +92,10 @@ class Builder:
 
     def build_model(self, node: Any) -> nn.Module:
         """Build the model node and every shared module; raise all problems found at once."""
+        nodes = {"model": node, **{f"shared.{name}": n for name, n in self.shared_nodes.items()}}
+        asked, where = count_modules(nodes, self.templates, self.max_modules)
+        if asked > self.max_modules:  # before building any (templates of templates: 10^9 modules)
+            self.too_many(where or "model", "the number of modules the recipe asks for")
         model = self.build(node, "model")
         for name in self.shared_nodes:
             self._shared_module(name)  # an unreferenced shared module is still checked
@@ -109,7 +114,7 @@ class Builder:
         """The module for ``node`` at key ``path``, or None after recording what is wrong."""
         self.built += 1
         if self.built > self.max_modules:
-            self.too_many(path, "the modules built")
+            self.too_many(path, "the number of modules built")
         module = self._from_checked(node)
         return module if module is not None else self._build(node, path)
 
@@ -117,7 +122,8 @@ class Builder:
         """A child of a container: its key path is only formatted where the fast path misses."""
         self.built += 1
         if self.built > self.max_modules:
-            self.too_many(f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}", "the modules built")
+            where = f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}"
+            self.too_many(where, "the number of modules built")
         module = self._from_checked(node)
         if module is None:
             module = self._build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
