@@ -136,16 +136,17 @@ def check_recipe_file(group: str, package: str | None, data: Any, where: str) ->
         ConfigError: every problem found, each naming the file and the key.
     """
     problems: list[tuple[str, str]] = []
+    a_file = f"{'an' if group[0] in 'aeiou' else 'a'} {group} file"
     if package not in (None, "_group_", group, "_global_"):
-        message = f"'# @package {package}': a {group} file lands in its group ({group}) or in _global_, nowhere else"
+        message = f"'# @package {package}': {a_file} lands in its group ({group}) or in _global_, nowhere else"
         problems.append((where, message))
     if data is not None and not isinstance(data, Mapping):
-        problems.append((where, f"a {group} file holds a mapping, not {type(data).__name__}"))
+        problems.append((where, f"{a_file} holds a mapping, not {type(data).__name__}"))
     elif data:
         for key in data:
             if key in _FORBIDDEN:
                 hint = "Hydra settings belong on the command line or in your own primary config"
-                problems.append((f"{where}: {key}", f"a {group} file holds a recipe only, no {key!r} key ({hint})"))
+                problems.append((f"{where}: {key}", f"{a_file} holds a recipe only, no {key!r} key ({hint})"))
             elif package == "_global_" and key not in _allowed_global_keys:
                 valid = ", ".join(_allowed_global_keys)
                 problems.append((f"{where}: {key}", f"not a recipe key or an app setting; valid: {valid}"))

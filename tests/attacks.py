@@ -39,7 +39,9 @@ ALIAS_BOMB = "\n".join(
 
 
 def alias_bomb_yaml() -> str:
-    return "model: {type: Identity}\nblocks:\n" + "\n".join(f"  {line}" for line in ALIAS_BOMB.splitlines()) + "\n"
+    """The bomb in a kwarg (``nn.Identity`` takes any), which the builder walks to find nodes."""
+    lines = "\n".join(f"  {line}" for line in ALIAS_BOMB.splitlines())
+    return f"blocks:\n{lines}\nmodel: {{type: Identity, unused: *i}}\n"
 
 
 def interpolation_bomb() -> dict:
@@ -115,7 +117,7 @@ def _alias_bomb_dict(_tmp: Path) -> dict:
     level: Any = ["x"] * 10
     for _ in range(8):
         level = [level] * 10
-    return {"model": {"type": "Identity"}, "blocks": {"x": level}}
+    return {"model": {"type": "Identity", "unused": level}}
 
 
 def _string_bomb(_tmp: Path) -> dict:
