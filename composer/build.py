@@ -68,7 +68,8 @@ class Builder:
         real_device: torch.device | None = None,
         allocate_blocks: bool = False,
     ) -> None:
-        self.shared_nodes: Mapping[str, Any] = recipe.get("shared") or {}
+        shared = recipe.get("shared")  # not a mapping: top_level_problems reports it
+        self.shared_nodes: Mapping[str, Any] = shared if isinstance(shared, Mapping) else {}
         self.allow_targets = tuple(allow_targets)
         self.real_device = real_device
         self.allocate_blocks = allocate_blocks
@@ -78,7 +79,8 @@ class Builder:
         self._resolving: list[str] = []
         self.templates: dict[str, Template] = {}
         try:
-            self.templates = parse_templates(recipe.get("blocks"))
+            blocks = recipe.get("blocks")
+            self.templates = parse_templates(blocks if isinstance(blocks, Mapping) else None)
         except ConfigError as e:
             self.problems += e.problems
         self._using: list[str] = []  # templates being expanded: a cycle is an error
@@ -619,6 +621,8 @@ def construct(
                 with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
                     model, on_meta = builder.build_model(recipe["model"]), False
     ties = recipe.get("tie") or {}
+    if not (isinstance(ties, Mapping) and all(isinstance(v, str) for v in ties.values())):
+        ties = {}  # top_level_problems reports it
     tie_parameters(model, ties)
     builder.notes.ties = dict(ties)
     return model, builder.notes, on_meta

@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 
 from composer import limits as budget
 from composer.errors import ConfigError
-from composer.files import FileProblem, read_regular
+from composer.files import FileProblem, TooLarge, read_regular
 from composer.interpolation import enabled_resolvers, resolver_calls
 from composer.plain import plain_tree
 from composer.recipe import parse_yaml
@@ -75,9 +75,10 @@ def _load_config(self: ConfigSource, config_path: str) -> ConfigResult:
     limits = budget.current()
     try:
         raw = read_regular(full_path, limits.recipe_bytes)
+    except TooLarge as e:
+        raise ConfigError(budget.exceeded("recipe_bytes", f"the file ({e.size:,} bytes)"), full_path) from None
     except FileProblem as e:
-        text = budget.exceeded("recipe_bytes", f"the file ({e})") if "bytes" in str(e) else str(e)
-        raise ConfigError(text, full_path) from None
+        raise ConfigError(str(e), full_path) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -31,6 +31,14 @@ class FileProblem(ValueError):
     """A path that is not a readable regular file, or too large: the caller words it as its error."""
 
 
+class TooLarge(FileProblem):
+    """A regular file larger than the caller's limit; ``size`` is how large (as far as known)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size:,} bytes")
+        self.size = size
+
+
 def open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> int:
     """A read-only descriptor of ``path``, which must be a regular file (of at most ``max_bytes``).
 
@@ -40,13 +48,16 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> int:
         FileProblem: not a regular file, or larger than ``max_bytes``.
         OSError: it cannot be opened (missing, no permission).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except ValueError as e:  # a NUL byte in the path
+        raise FileProblem(f"not a valid path ({e})") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileProblem(f"not a regular file (a {_kind(info.st_mode)}): refused")
         if max_bytes is not None and info.st_size > max_bytes:
-            raise FileProblem(f"{info.st_size:,} bytes")
+            raise TooLarge(info.st_size)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -60,7 +71,7 @@ def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
     with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew since fstat
-        raise FileProblem(f"more than {max_bytes:,} bytes")
+        raise TooLarge(len(data))
     return data
 
 

@@ -205,7 +205,7 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
             known = ", ".join(available) or "none"
             problems.append((where, f"unknown input {name!r}{later}{hint}; known here: {known}"))
         if isinstance(entry, CallEntry):
-            if entry.target not in modules:
+            if not isinstance(entry.target, str) or entry.target not in modules:
                 hint = did_you_mean(str(entry.target), modules)
                 before = ", ".join(modules) or "none"
                 message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, first_line, unknown
-from composer.files import FileProblem, read_regular
+from composer.files import FileProblem, TooLarge, read_regular
 from composer.interpolation import enabled_resolvers, resolve
 from composer.plain import plain_tree
 from composer.signatures import is_int
@@ -205,13 +205,13 @@ def _read_yaml(path: Path, limits: budget.Limits) -> Any:
     """A recipe file's data: a regular file within ``limits.recipe_bytes``, UTF-8, YAML."""
     try:
         raw = read_regular(path, limits.recipe_bytes)
-    except FileProblem as e:
-        message = (
-            budget.exceeded("recipe_bytes", f"the file ({e})", limits.recipe_bytes) if "bytes" in str(e) else str(e)
-        )
+    except TooLarge as e:
+        message = budget.exceeded("recipe_bytes", f"the file ({e.size:,} bytes)", limits.recipe_bytes)
         raise ConfigError(f"cannot read recipe: {message}", str(path)) from None
+    except FileProblem as e:
+        raise ConfigError(f"cannot read recipe: {e}", str(path)) from None
     except OSError as e:
-        raise ConfigError(f"cannot read recipe: {e.strerror}", str(path)) from None
+        raise ConfigError(f"cannot read recipe: {e.strerror or e}", str(path)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

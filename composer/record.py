@@ -41,7 +41,10 @@ def record_of(model: nn.Module) -> BuildRecord | None:
 def finish(model: nn.Module, frozen: Iterable[nn.Module], record: BuildRecord) -> None:
     """The last step of a build or a load: freeze what the recipe freezes, attach the record."""
     for module in frozen:
-        module.requires_grad_(False)
+        for parameter in module.parameters():
+            # an attribute, not requires_grad_(): a lazy layer's parameter may still be
+            # uninitialized (no input_shape), and keeps the flag when it materializes
+            parameter.requires_grad = False
     setattr(model, _ATTR, record)
 
 
