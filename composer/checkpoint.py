@@ -345,12 +345,21 @@ def json_field(
 ) -> Any:
     """A JSON-encoded metadata field, checked to be a ``kind``."""
     try:
-        value = json.loads(metadata[key] if default is None else metadata.get(key, default))
+        value = json.loads(metadata[key] if default is None else metadata.get(key, default), object_pairs_hook=_unique)
     except (KeyError, TypeError, ValueError, RecursionError):  # ValueError: a 5,000-digit number too
         value = None
     if not isinstance(value, kind):
         raise CheckpointError(f"{path}: its {key!r} field is missing or malformed: the file is corrupted")
     return value
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: a key given twice (the last silently winning) is
+    as wrong in a file as in a recipe. A ``ValueError``, which the readers report as corruption."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        raise ValueError("a key is given twice")
+    return found
 
 
 def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
@@ -368,7 +377,7 @@ def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
     if length > limit:
         raise CheckpointError(f"{path}: {budget.exceeded('header_bytes', f'its header of {length:,} bytes', limit)}")
     try:
-        header = json.loads(os.pread(fd, length, 8))
+        header = json.loads(os.pread(fd, length, 8), object_pairs_hook=_unique)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
     except (UnicodeDecodeError, ValueError):  # ValueError: invalid JSON, a 5,000-digit number

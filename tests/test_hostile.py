@@ -523,3 +523,44 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> N
     with pytest.raises(CheckpointError, match="cannot store torch.complex128"):
         save_tensors({"z": torch.zeros(2, dtype=torch.complex128)}, path)
     assert path.read_bytes() == before and temporaries(tmp_path) == []
+
+
+# --- what the fuzzers found (tests/test_fuzz.py), kept as cases ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe, where",
+    [
+        ({"model": {"type": "Identity"}, "shared": 1}, "shared: expected a mapping"),
+        ({"model": {"type": "Identity"}, "blocks": 1}, "blocks: expected a mapping"),
+        ({"model": {"type": "Identity"}, "tie": 1}, "tie: expected a mapping"),
+        ({"model": {"type": "Identity"}, "tie": {"0.weight": 0}}, "tie: expected a mapping"),
+        ({"model": {"type": "Identity"}, "blocks": {"b": {"args": [[[]]], "body": {"type": "ReLU"}}}}, "blocks.b.args"),
+        (
+            {"model": {"type": "Graph", "nodes": {"a": {"type": "ReLU"}, "b": {"call": [None, 3]}}}},
+            "model.nodes.b.call",
+        ),
+        ("a\x00path.yaml", "not a valid path"),
+    ],
+    ids=["shared", "blocks", "tie", "tie values", "template args", "call", "NUL in a path"],
+)
+def test_malformed_sections_are_config_errors(recipe, where) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_from_config(recipe, device="meta")
+    assert where in str(info.value)
+
+
+def test_a_frozen_lazy_layer_stays_frozen_once_it_has_shapes() -> None:
+    model = build_from_config({"model": {"type": "BatchNorm1d", "frozen": True}})
+    model(torch.zeros(2, 3))
+    assert not model.weight.requires_grad and model.weight.shape == (3,)
+
+
+def test_a_key_given_twice_in_a_file_header_is_a_checkpoint_error(tmp_path: Path) -> None:
+    header = b'{"__metadata__": {"format": "composer-checkpoint", "format": "composer-checkpoint"}}'
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(raw_header_file(tmp_path / "m.safetensors", header))
+    recipe = '{"model": {"type": "Identity"}, "model": {"type": "ReLU"}}'
+    path = write_checkpoint(tmp_path / "r.safetensors", None, {"recipe": recipe, "allow_targets": "[]"})
+    with pytest.raises(CheckpointError, match="'recipe' field is missing or malformed"):
+        load_checkpoint(path)
