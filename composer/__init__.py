@@ -25,9 +25,11 @@ _EXPORTS = {
     "ConfigError": "composer.errors",
     "CheckpointError": "composer.errors",
 }
-__all__ = sorted(_EXPORTS)
+_MODULES = {"limits"}  # composer.limits: the budgets (Limits, using), see its docstring
+__all__ = sorted([*_EXPORTS, *_MODULES])
 
 if TYPE_CHECKING:
+    from composer import limits
     from composer.checkpoint import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
     from composer.compose import build_from_config
     from composer.errors import CheckpointError, ConfigError
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"composer.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'composer' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -34,7 +34,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer.errors import CheckpointError, ConfigError, did_you_mean, first_line
+from composer.confsource import install as guard_config_files
+from composer.errors import CheckpointError, ConfigError, did_you_mean, first_line, printable
 from composer.recipe import TOP_LEVEL_KEYS as RECIPE_KEYS
 from composer.recipe import example_inputs
 from composer.report import CHECKPOINT, ERROR
@@ -44,6 +45,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # the packaged recipes, ins
 APP_KEYS = ("seed", "check", "probe")  # the app's own settings: not part of the recipe
 CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)
 RECIPE, SUMMARY = "recipe.yaml", "summary.txt"
+SEED_LIMIT = 2**32  # the app's seed seeds random, torch and numpy: numpy takes [0, 2**32)
 
 log = logging.getLogger(__name__)
 _full_error = False  # HYDRA_FULL_ERROR=1 as the user set it (main() sets it for Hydra regardless)
@@ -116,7 +118,7 @@ def run(cfg: DictConfig, out: Path) -> None:
     table = result.text()
     if result.output_shape is not None and not check:
         table += f"\noutput shape: {result.output_shape}"
-    print(table)
+    print(printable(table))
     if check:
         print(check_line(model))
         return
@@ -124,8 +126,9 @@ def run(cfg: DictConfig, out: Path) -> None:
     import yaml  # noqa: PLC0415
 
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out / CHECKPOINT)
-    (out / RECIPE).write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None))
+    save_checkpoint(model, out / CHECKPOINT, summary=table)
+    stored = record_of(model).recipe_to_store  # never what an enabled resolver read
+    (out / RECIPE).write_text(yaml.safe_dump(stored, sort_keys=False, default_flow_style=None))
     (out / SUMMARY).write_text(table + "\n")
     written = [CHECKPOINT, RECIPE, SUMMARY]
     if signal is not None:
@@ -144,8 +147,8 @@ def app_settings(cfg: DictConfig) -> dict[str, Any]:
     """``seed``, ``check`` and ``probe`` (None when off), checked; every problem at once."""
     problems = []
     seed, check, raw = cfg.get("seed"), cfg.get("check"), cfg.get("probe", True)
-    if seed is not None and not is_int(seed):
-        problems.append(("seed", f"expected an integer or null, got {seed!r}"))
+    if seed is not None and not (is_int(seed) and 0 <= seed < SEED_LIMIT):
+        problems.append(("seed", f"expected an integer in [0, 2**32) or null, got {seed!r}"))
     if not isinstance(check, bool):
         problems.append(("check", f"expected true or false, got {check!r}"))
     probe: dict[str, Any] | None = dict(PROBE_DEFAULTS)
@@ -523,6 +526,7 @@ def main() -> None:
         sys.exit(subcommand(sys.argv[1:]))
     global _full_error
     Plugins.instance().register(UserConfigFirst)
+    guard_config_files(CONFIG_KEYS)  # recipe files hold recipes: no Hydra keys, within the budgets
     _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, instead of printing a trimmed traceback
     try:
@@ -588,5 +592,5 @@ def fail(e: BaseException) -> int:
         return 1
     if _full_error:
         traceback.print_exception(e)
-    print(f"error: {one_line(e)}", file=sys.stderr)
+    print(f"error: {printable(one_line(e), keep_newlines=False)}", file=sys.stderr)
     return 1

@@ -10,6 +10,8 @@ collected along the walk, each with its key path, and raised together at the end
 from __future__ import annotations
 
 import contextlib
+import re
+import string
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,9 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from composer.errors import ConfigError, did_you_mean, unknown
+from composer import limits as budget
+from composer.errors import ConfigError, did_you_mean, has_control, unknown
+from composer.estimate import count_modules
 from composer.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.ops import OPS, make_op, op_problems
 from composer.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
@@ -62,7 +66,8 @@ class Builder:
         allow_targets: Sequence[str] = DEFAULT_TARGETS,
         real_device: torch.device | None = None,
     ) -> None:
-        self.shared_nodes: Mapping[str, Any] = recipe.get("shared") or {}
+        shared = recipe.get("shared")  # not a mapping: top_level_problems reports it
+        self.shared_nodes: Mapping[str, Any] = shared if isinstance(shared, Mapping) else {}
         self.allow_targets = tuple(allow_targets)
         self.real_device = real_device
         self.notes = BuildNotes()
@@ -71,16 +76,25 @@ class Builder:
         self._resolving: list[str] = []
         self.templates: dict[str, Template] = {}
         try:
-            self.templates = parse_templates(recipe.get("blocks"))
+            blocks = recipe.get("blocks")
+            self.templates = parse_templates(blocks if isinstance(blocks, Mapping) else None)
         except ConfigError as e:
             self.problems += e.problems
         self._using: list[str] = []  # templates being expanded: a cycle is an error
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
+        # The modules budget: nodes built so far, and the copies the enclosing Repeats ask for.
+        self.max_modules = budget.current().modules
+        self.built = 0
+        self.scale = 1
 
     def build_model(self, node: Any) -> nn.Module:
         """Build the model node and every shared module; raise all problems found at once."""
+        nodes = {"model": node, **{f"shared.{name}": n for name, n in self.shared_nodes.items()}}
+        asked, where = count_modules(nodes, self.templates, self.max_modules)
+        if asked > self.max_modules:  # before building any (templates of templates: 10^9 modules)
+            self.too_many(where or "model", "the number of modules the recipe asks for")
         model = self.build(node, "model")
         for name in self.shared_nodes:
             self._shared_module(name)  # an unreferenced shared module is still checked
@@ -91,13 +105,24 @@ class Builder:
     def fail(self, path: str, message: str) -> None:
         self.problems.append((path, message))
 
+    def too_many(self, path: str, what: str) -> None:
+        """Stop the walk: the recipe asks for more modules than ``limits.modules``."""
+        raise ConfigError(budget.exceeded("modules", what, self.max_modules), path)
+
     def build(self, node: Any, path: str) -> nn.Module | None:
         """The module for ``node`` at key ``path``, or None after recording what is wrong."""
+        self.built += 1
+        if self.built > self.max_modules:
+            self.too_many(path, "the number of modules built")
         module = self._from_checked(node)
         return module if module is not None else self._build(node, path)
 
     def build_item(self, node: Any, parent: str, index: int | str) -> nn.Module | None:
         """A child of a container: its key path is only formatted where the fast path misses."""
+        self.built += 1
+        if self.built > self.max_modules:
+            where = f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}"
+            self.too_many(where, "the number of modules built")
         module = self._from_checked(node)
         if module is None:
             module = self._build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
@@ -304,14 +329,24 @@ def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     if not is_int(times) or times < 1:
         builder.fail(f"{path}.times", f"expected a positive integer, got {describe(times)}")
         return None
-    try:
-        labels = [names.format(i=i) for i in range(times)]
-    except (AttributeError, KeyError, IndexError, ValueError):
-        builder.fail(f"{path}.names", f"expected a format string such as 'block {{i}}', got {describe(names)}")
+    if builder.scale * times > builder.max_modules:  # before a label is made or a copy built
+        outer = f" inside Repeats of {builder.scale:,} copies" if builder.scale > 1 else ""
+        builder.too_many(f"{path}.times", f"{times:,} copies{outer}")
+    labels = _labels(names, times)
+    if labels is None:
+        builder.fail(f"{path}.names", f"expected a format string of {{i}} such as 'block {{i}}', got {describe(names)}")
         return None
     if "body" not in node:
         builder.fail(f"{path}.body", "missing: the node to repeat")
         return None
+    builder.scale *= times
+    try:
+        return _repeat_body(builder, node, path, times, labels)
+    finally:
+        builder.scale //= times
+
+
+def _repeat_body(builder: Builder, node: Mapping, path: str, times: int, labels: list[str]) -> nn.Module | None:
     body, where = node["body"], f"{path}.body"
     if isinstance(body, Mapping) and "use" in body:  # $i in its arguments: copy i's index
         copies = []
@@ -331,14 +366,52 @@ def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     return _named_sequential(builder, labels, copies, f"{path}.names")
 
 
+_MAX_WIDTH = 255  # a field width or precision in Repeat's names: a name is a file-name-sized string
+
+
+def _labels(names: Any, times: int) -> list[str] | None:
+    """Repeat's child names, ``names.format(i=i)`` for each copy; None for a format that is not
+    a plain use of ``{i}`` (``{i:>100000000000}`` would take a terabyte, ``{i.__class__}`` reads
+    attributes)."""
+    if not isinstance(names, str):
+        return None
+    try:
+        fields = list(string.Formatter().parse(names))
+    except ValueError:
+        return None
+    for _literal, name, spec, _conversion in fields:
+        if name is None:
+            continue
+        if name != "i" or "{" in (spec or "") or any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec or "")):
+            return None
+    try:
+        return [names.format(i=i) for i in range(times)]
+    except (ValueError, TypeError):
+        return None
+
+
+# Child names a Sequential cannot take: the attributes nn.Module and nn.Sequential already have
+# (``add_module('forward', ...)`` raises KeyError).
+_TAKEN = frozenset(dir(nn.Sequential)) | frozenset(vars(nn.Sequential()))
+
+
 def _named_sequential(builder: Builder, names: list[str], children: list, path: str) -> nn.Module | None:
     if any(child is None for child in children):
         return None
-    bad = [n for n in names if not n or "." in n]
-    if bad or len(set(names)) < len(names):
-        builder.fail(path, f"names must be non-empty and without '.': {bad[0]!r}" if bad else "names repeat")
+    for name in names:
+        if not name or "." in name:
+            builder.fail(path, f"names must be non-empty and without '.': {name!r}")
+        elif has_control(name):
+            builder.fail(path, f"name {name!r} holds a control character: names reach terminals and files")
+        elif name in _TAKEN:
+            builder.fail(path, f"name {name!r} is an attribute nn.Sequential uses; choose another name")
+        else:
+            continue
         return None
-    return nn.Sequential(OrderedDict(zip(names, children)))
+    if len(set(names)) < len(names):
+        builder.fail(path, "names repeat")
+        return None
+    return nn.Sequential(OrderedDict(zip(names, children, strict=True)))
 
 
 def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
@@ -535,6 +608,8 @@ def construct(
                 with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
                     model, on_meta = builder.build_model(recipe["model"]), False
     ties = recipe.get("tie") or {}
+    if not (isinstance(ties, Mapping) and all(isinstance(v, str) for v in ties.values())):
+        ties = {}  # top_level_problems reports it
     tie_parameters(model, ties)
     builder.notes.ties = dict(ties)
     return model, builder.notes, on_meta

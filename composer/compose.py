@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from composer import limits as budget
 from composer.build import DEFAULT_TARGETS, BuildNotes, construct
 from composer.errors import ConfigError
 from composer.gc_pause import gc_paused
 from composer.initialization import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.initializers import SEED_LIMIT
 from composer.materialize import forward_zeros, has_lazy, require_shapes
-from composer.recipe import Recipe, example_inputs, read_recipe, top_level_problems
+from composer.recipe import Recipe, example_inputs, read_recipe_and_stored, top_level_problems
 from composer.record import BuildRecord, finish
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ def build_from_config(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     mesh: DeviceMesh | None = None,
+    limits: budget.LimitsArg = None,
+    resolvers: Collection[str] | str | None = None,
 ) -> nn.Module:
     """Build the model a recipe describes.
 
@@ -54,6 +57,13 @@ def build_from_config(
             model sharded with FSDP2 over it, each unit of the recipe's ``shard:`` policy a
             ``fully_shard`` unit (``composer.shard``). Each rank allocates only its shards; the
             full tensors equal the single-process build's, bit for bit with ``init.seed``.
+        limits: budgets beyond the defaults (``composer.limits``: recipe size, expanded nodes,
+            nesting, modules, example input elements, forward seconds), e.g.
+            ``{"modules": 500_000}``; the defaults come from ``COMPOSER_MAX_*`` where set.
+        resolvers: interpolation resolvers the recipe may call (``["oc.env"]``); all are off by
+            default (``COMPOSER_RESOLVERS`` where set), as they read outside the recipe. What
+            they read is used for the build, and never stored: the model's recipe (in its
+            checkpoint, in ``recipe.yaml``) keeps their ``${...}`` unresolved.
 
     Returns:
         Plain ``torch.nn`` modules (no wrapper in the forward path), with concrete shapes where
@@ -61,9 +71,22 @@ def build_from_config(
         the same modules made ``FSDPModule``s, parameters as ``DTensor``s.
 
     Raises:
-        ConfigError: every problem of the recipe at once, each with its key path.
+        ConfigError: every problem of the recipe at once, each with its key path; a budget
+            exceeded, naming the limit and how to raise it.
     """
-    recipe = read_recipe(cfg)
+    with budget.using(limits):
+        return _build(cfg, allow_targets, torch.device(device), dtype, mesh, resolvers)
+
+
+def _build(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    allow_targets: Sequence[str] | None,
+    device: torch.device,
+    dtype: str | torch.dtype | None,
+    mesh: DeviceMesh | None,
+    resolvers: Collection[str] | str | None,
+) -> nn.Module:
+    recipe, stored = read_recipe_and_stored(cfg, resolvers=resolvers)
     if dtype is not None:
         recipe["dtype"] = str(dtype).removeprefix("torch.")
     allow = (*DEFAULT_TARGETS, *((allow_targets,) if isinstance(allow_targets, str) else allow_targets or ()))
@@ -74,7 +97,6 @@ def build_from_config(
         init = parse_init(recipe.get("init"))
     except ConfigError as e:
         init, early = InitConfig(), [*early, *e.problems]
-    device = torch.device(device)
     if mesh is not None:  # built on meta, then sharded and filled by composer.shard
         if device.type not in ("cpu", mesh.device_type):
             raise ValueError(f"a sharded build puts its shards on the mesh's device ({mesh.device_type}), not {device}")
@@ -92,7 +114,7 @@ def build_from_config(
         from composer.shard import shard_and_initialize  # noqa: PLC0415  (torch.distributed: only to shard)
 
         model = shard_and_initialize(model, plan, init.seed, recipe.get("shard"), mesh, notes.frozen, notes.ties)
-    finish(model, notes.frozen, BuildRecord(recipe, allow, report))
+    finish(model, notes.frozen, BuildRecord(recipe, allow, report, stored if stored is not recipe else None))
     return model
 
 

@@ -18,8 +18,10 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
-        """One ``path: message`` line per problem."""
-        return [f"{path}: {message}" if path else message for path, message in self.problems]
+        """One ``path: message`` line per problem, control characters escaped (a key or a name
+        from a hostile recipe must not reach a terminal as an escape sequence)."""
+        lines = (f"{path}: {message}" if path else message for path, message in self.problems)
+        return [printable(line, keep_newlines=False) for line in lines]
 
     @property
     def path(self) -> str:
@@ -28,7 +30,12 @@ class ConfigError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A problem with a checkpoint file: not one, corrupted, no recipe, mismatched keys or shapes."""
+    """A problem with a checkpoint file: not one, corrupted, no recipe, mismatched keys or shapes.
+
+    Its message quotes the file at times: control characters in it are escaped."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(printable(message, keep_newlines=False))
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -51,3 +58,18 @@ def unknown(kind: str, name: object, valid: Iterable[str], listed: bool = True) 
 def first_line(text: object) -> str:
     """The first non-empty line of a message (torch and OmegaConf add detail lines)."""
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def has_control(text: str) -> bool:
+    """Whether a name holds a control character (ESC, BEL, a newline...), which a terminal obeys."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+def printable(text: object, keep_newlines: bool = True) -> str:
+    """``text`` with its control characters escaped (``\\x1b``), so that what a file or a recipe
+    says reaches a terminal as characters, never as commands; newlines (and tabs) kept on request."""
+    text = str(text)
+    if not has_control(text):
+        return text
+    kept = "\n\t" if keep_newlines else ""
+    return "".join(c if c in kept or not (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) else f"\\x{ord(c):02x}" for c in text)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.errors import ConfigError, did_you_mean
+from composer.errors import ConfigError, did_you_mean, has_control
 
 # --- the spec ------------------------------------------------------------------------------------
 
@@ -167,6 +167,9 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
         if "." in name:
             problems.append((path, f"{what} name {name!r} contains '.', which module paths reserve"))
             return False
+        if has_control(name):
+            problems.append((path, f"{what} name {name!r} holds a control character: names reach terminals and files"))
+            return False
         if name in RESERVED_NAMES:
             problems.append((path, f"{what} name {name!r} is an attribute nn.Module uses; choose another name"))
             return False
@@ -209,7 +212,7 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
             known = ", ".join(available) or "none"
             problems.append((where, f"unknown input {name!r}{later}{hint}; known here: {known}"))
         if isinstance(entry, CallEntry):
-            if entry.target not in modules:
+            if not isinstance(entry.target, str) or entry.target not in modules:
                 hint = did_you_mean(str(entry.target), modules)
                 before = ", ".join(modules) or "none"
                 message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"

@@ -7,6 +7,7 @@ never get gradients; these functions do neither.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from torch.nn.modules.batchnorm import _LazyNormBase
 from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from composer import limits as budget
 from composer.errors import ConfigError, first_line
 from composer.placement import device_of
 from composer.recipe import InputSpec
@@ -50,7 +52,20 @@ def forward_zeros(
     that was running, which torch's own message does not. ``shapes_only`` (a check on ``meta``):
     control flow that reads values, which ``meta`` tensors do not have, ends the check quietly
     (None) instead.
+
+    The inputs come from a file's numbers, and the model's code may loop (a ``FixedHiddenMLP``
+    whose weights overflow to inf halves inf forever): each input holds at most
+    ``limits.tensor_elements`` elements (on a real device), and the pass stops after
+    ``limits.seconds``; either is a ``ConfigError`` naming the limit.
     """
+    chosen = budget.current()
+    device = torch.device(device or device_of(model))
+    if device.type != "meta":
+        for spec in inputs:
+            elements = math.prod(spec.shape)
+            if elements > chosen.tensor_elements:
+                what = f"an input of shape {list(spec.shape)} ({elements:,} elements)"
+                raise ConfigError(budget.exceeded("tensor_elements", what, chosen.tensor_elements), key)
     paths = {id(m): p for p, m in model.named_modules()}
     running: list[tuple[str, nn.Module, Any]] = []
 
@@ -64,11 +79,14 @@ def forward_zeros(
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    device = torch.device(device or device_of(model))
     shortcuts = _meta_shortcuts(model) if device.type == "meta" else []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), budget.deadline(chosen.seconds):
             return model(*(torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs))
+    except budget.DeadlineExceeded:
+        where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
+        what = f"a forward pass of zeros (stopped{where})"
+        raise ConfigError(budget.exceeded("seconds", what, chosen.seconds), key) from None
     except Exception as e:  # torch raises many kinds; each means the inputs do not fit
         if shapes_only and "cannot be called on meta tensors" in str(e):
             return None

@@ -1,15 +1,17 @@
 """The recipe language's outer shape: a YAML path, a dict or a DictConfig becomes one plain dict.
 
-Parsing goes through PyYAML's C loader, and through OmegaConf only when the recipe holds an
-interpolation (``${blocks.x}``): OmegaConf is an order of magnitude slower on a large tree, and a plain tree
-is what the builder walks fastest.
+Parsing goes through PyYAML's C loader; interpolations (``${blocks.x}``) are resolved by
+``composer.interpolation``, linear and within the budget (OmegaConf is an order of magnitude slower on a
+large tree, expands interpolation chains without bound and resolves ``${oc.env:...}``). Every recipe,
+whatever its form, passes ``plain.plain_tree``: the read budgets of ``composer.limits``, keys that
+are names, values a file can store.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, first_line, unknown
+from composer.files import FileProblem, TooLarge, read_regular
+from composer.interpolation import enabled_resolvers, resolve
+from composer.plain import plain_tree
 from composer.signatures import is_int
 
 if TYPE_CHECKING:
@@ -30,7 +36,48 @@ NODE_MARKERS = ("type", "ref", "_target_", "use", "op")
 
 class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """PyYAML's safe loader (the C one where built), reading numbers as YAML 1.2 does: ``1e-5``
-    is a float, as OmegaConf and every YAML 1.2 reader take it (PyYAML's YAML 1.1 needs a dot)."""
+    is a float, as OmegaConf and every YAML 1.2 reader take it (PyYAML's YAML 1.1 needs a dot).
+
+    As YAML 1.2's core schema, it has no dates (``2001-12-14`` is a string); it refuses
+    ``!!binary``, ``!!set``, ``!!omap``, ``!!pairs`` and ``!!timestamp`` (no recipe means them and no
+    checkpoint can store them), a key given twice in one mapping (the last one winning silently
+    hides a mistake) and an integer Python cannot convert (5,000 digits), each at its line.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: PyYAML reports it
+                if first is not key_node:
+                    line = first.start_mark.line + 1
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"key {key!r} given twice (first on line {line})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError as e:
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read integer: {e}", node.start_mark) from None
+
+    def refuse_tag(self, node: yaml.Node) -> None:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{node.tag.replace('tag:yaml.org,2002:', '!!')} values have no place in a recipe",
+            node.start_mark,
+        )
 
 
 YamlLoader.add_implicit_resolver(
@@ -38,6 +85,13 @@ YamlLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_constructor("tag:yaml.org,2002:int", YamlLoader.construct_yaml_int)
+for _tag in ("binary", "set", "omap", "pairs", "timestamp"):
+    YamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", YamlLoader.refuse_tag)
 YAML_LOADER = YamlLoader
 
 Recipe = dict[str, Any]
@@ -91,62 +145,92 @@ def example_inputs(recipe: Recipe) -> tuple[str, list[InputSpec]] | None:
     return None
 
 
-def read_recipe(cfg: str | os.PathLike | Mapping | DictConfig) -> Recipe:
-    """Read and resolve interpolations; a bare node becomes ``{model: node}``."""
-    if isinstance(cfg, DictConfig):
-        recipe = _resolve(cfg)
-    elif isinstance(cfg, (str, os.PathLike)):
-        recipe = _read_yaml(Path(cfg))
-    elif isinstance(cfg, Mapping):
-        interpolations: list[str] = []
-        recipe = _copy(cfg, interpolations)
-        if interpolations:
-            recipe = _resolve(recipe)
-    else:
-        raise ConfigError(f"a recipe is a YAML path, a dict or a DictConfig, not {type(cfg).__name__}")
+def read_recipe(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    *,
+    limits: budget.LimitsArg = None,
+    resolvers: Collection[str] | str | None = None,
+) -> Recipe:
+    """Read and resolve interpolations; a bare node becomes ``{model: node}``.
+
+    Args:
+        cfg: a YAML path, a mapping or a DictConfig.
+        limits: budgets beyond those in force (``composer.limits``).
+        resolvers: the interpolation resolvers (``oc.env``, ...) the recipe may call; default:
+            those named in ``COMPOSER_RESOLVERS``, none if unset.
+
+    Raises:
+        ConfigError: unreadable, not YAML, a budget exceeded, a bad key or value, an interpolation
+            that does not resolve.
+    """
+    return read_recipe_and_stored(cfg, limits=limits, resolvers=resolvers)[0]
+
+
+def read_recipe_and_stored(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    *,
+    limits: budget.LimitsArg = None,
+    resolvers: Collection[str] | str | None = None,
+) -> tuple[Recipe, Recipe]:
+    """``(recipe, stored)``: the recipe to build, and the one to write into files, in which what
+    enabled resolvers read stays unresolved (``interpolation.resolve``); most often the same object."""
+    with budget.using(limits) as chosen:
+        if isinstance(cfg, DictConfig):
+            try:
+                data = OmegaConf.to_container(cfg, resolve=False)
+            except OmegaConfBaseException as e:
+                key = getattr(e, "full_key", "") or ""
+                raise ConfigError(f"cannot read the config: {first_line(getattr(e, 'msg', None) or e)}", key) from None
+        elif isinstance(cfg, (str, os.PathLike)):
+            data = _read_yaml(Path(cfg), chosen)
+        elif isinstance(cfg, Mapping):
+            data = cfg
+        else:
+            raise ConfigError(f"a recipe is a YAML path, a dict or a DictConfig, not {type(cfg).__name__}")
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a recipe is a mapping, not {type(data).__name__}")
+        recipe, interpolates = plain_tree(data, chosen)
+        stored = recipe
+        if interpolates:
+            recipe, stored = resolve(recipe, chosen, enabled_resolvers(resolvers))
     if not isinstance(recipe, dict):
         raise ConfigError(f"a recipe is a mapping, not {type(recipe).__name__}")
-    return {"model": recipe} if is_node(recipe) else recipe
+    if is_node(recipe):
+        wrapped = {"model": recipe}
+        return wrapped, wrapped if stored is recipe else {"model": stored}
+    return recipe, stored
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_yaml(path: Path, limits: budget.Limits) -> Any:
+    """A recipe file's data: a regular file within ``limits.recipe_bytes``, UTF-8, YAML."""
     try:
-        text = path.read_text()
+        raw = read_regular(path, limits.recipe_bytes)
+    except TooLarge as e:
+        message = budget.exceeded("recipe_bytes", f"the file ({e.size:,} bytes)", limits.recipe_bytes)
+        raise ConfigError(f"cannot read recipe: {message}", str(path)) from None
+    except FileProblem as e:
+        raise ConfigError(f"cannot read recipe: {e}", str(path)) from None
     except OSError as e:
-        raise ConfigError(f"cannot read recipe: {e.strerror}", str(path)) from None
+        raise ConfigError(f"cannot read recipe: {e.strerror or e}", str(path)) from None
     try:
-        data = yaml.load(text, Loader=YAML_LOADER)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"cannot read recipe: not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x})", str(path)
+        ) from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> data, with composer's loader; a ``ConfigError`` at ``where:line:column``."""
+    try:
+        return yaml.load(text, Loader=YAML_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"YAML syntax error: {getattr(e, 'problem', None) or e}", where) from None
-    return _resolve(data) if "${" in text else data
-
-
-def _copy(value: Any, interpolations: list[str]) -> Any:
-    """A copy of the containers, so the recipe a model keeps cannot change under it, noting the
-    strings that interpolate: one walk (``copy.deepcopy`` takes twice as long)."""
-    kind = type(value)
-    if kind is str:
-        if "${" in value:
-            interpolations.append(value)
-        return value
-    if kind is int or kind is float or kind is bool or value is None:
-        return value
-    if isinstance(value, Mapping):
-        return {k: _copy(v, interpolations) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy(v, interpolations) for v in value]
-    return value
-
-
-def _resolve(data: Any) -> Any:
-    """Resolve OmegaConf interpolations; ``${blocks.x}`` pastes an independent copy of a template."""
-    try:
-        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or ""
-        raise ConfigError(f"cannot resolve interpolation: {first_line(getattr(e, 'msg', None) or e)}", key) from None
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise ConfigError(f"YAML syntax error: {getattr(e, 'problem', None) or e}", at) from None
+    except RecursionError:
+        raise ConfigError("YAML nesting too deep to read", where) from None
 
 
 def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:

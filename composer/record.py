@@ -23,6 +23,14 @@ class BuildRecord:
     recipe: dict[str, Any]
     allow_targets: tuple[str, ...]
     schemes: dict[str, str]
+    # The recipe to write into files where it differs from ``recipe``: what enabled interpolation
+    # resolvers read (``${oc.env:...}``) stays unresolved there (``interpolation.resolve``).
+    stored: dict[str, Any] | None = None
+
+    @property
+    def recipe_to_store(self) -> dict[str, Any]:
+        """The recipe a checkpoint or ``recipe.yaml`` holds: never what a resolver read."""
+        return self.recipe if self.stored is None else self.stored
 
 
 def record_of(model: nn.Module) -> BuildRecord | None:
@@ -33,7 +41,10 @@ def record_of(model: nn.Module) -> BuildRecord | None:
 def finish(model: nn.Module, frozen: Iterable[nn.Module], record: BuildRecord) -> None:
     """The last step of a build or a load: freeze what the recipe freezes, attach the record."""
     for module in frozen:
-        module.requires_grad_(False)
+        for parameter in module.parameters():
+            # an attribute, not requires_grad_(): a lazy layer's parameter may still be
+            # uninitialized (no input_shape), and keeps the flag when it materializes
+            parameter.requires_grad = False
     setattr(model, _ATTR, record)
 
 

@@ -294,6 +294,8 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
     args: dict[str, Any] = {}
     if isinstance(raw, Mapping):
         args = {k: (REQUIRED if v == REQUIRED else v) for k, v in raw.items()}
+    elif isinstance(raw, (list, tuple)) and not all(isinstance(arg, str) for arg in raw):
+        problems.append((f"{key_path}.args", f"expected a list of argument names, got {raw!r}"))
     elif isinstance(raw, (list, tuple)):
         args = dict.fromkeys(raw, REQUIRED)
         if len(args) < len(raw):

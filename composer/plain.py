@@ -1,0 +1,163 @@
+"""Any recipe value -> one plain tree the rest of composer can trust, within the read budgets.
+
+A plain tree holds only mappings with string keys, lists, strings, numbers, booleans and None.
+The walk that makes it copies the containers (so the recipe a model keeps cannot change under
+it), and checks what a hostile input could use against us, each as a ``ConfigError`` with its key
+path:
+
+- its size counted as it expands (``limits.nodes``): a YAML alias or a container a Python dict
+  holds twice counts once per place it appears, but is walked once, so a nine-level alias bomb
+  (10^9 nodes from a few hundred bytes) is refused after a few dozen steps;
+- its nesting (``limits.depth``), before Python's recursion limit is near;
+- keys that are not names: ``1:`` becomes ``"1"`` (as JSON would store it), ``~:``, ``true:`` and
+  other non-string keys are errors;
+- values no recipe means and no file can store: bytes, sets, dates, objects. A ``torch.dtype``
+  becomes its name (``float32``), which every dtype argument accepts;
+- integers past ``2**MAX_INT_BITS`` (a 5,000-digit one cannot even be printed by Python).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from composer.errors import ConfigError
+from composer.limits import Limits, exceeded
+
+MAX_INT_BITS = 256
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_MAX_PROBLEMS = 20
+
+
+def plain_tree(value: Any, limits: Limits, where: str = "") -> tuple[Any, bool]:
+    """``(copy, interpolates)``: the plain copy of ``value`` and whether a string in it holds ``${``.
+
+    Raises:
+        ConfigError: a budget exceeded (at once), or every problem of keys and values found.
+    """
+    walk = _Walk(limits)
+    tree = walk.copy(value, where, 0)
+    if walk.problems:
+        raise ConfigError(walk.problems)
+    return tree, walk.interpolates
+
+
+class _Walk:
+    """One walk. Scalars are handled inline in the container loops: this walk runs on every build."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.max_nodes = limits.nodes
+        self.max_depth = limits.depth
+        self.nodes = 0
+        self.interpolates = False
+        self.problems: list[tuple[str, str]] = []
+        # id of a container already copied -> (its copy, its expanded size, its height)
+        self.seen: dict[int, tuple[Any, int, int]] = {}
+        self.open: set[int] = set()
+        self.height = 0  # the height of the container copied last
+
+    def copy(self, value: Any, path: str, depth: int) -> Any:
+        if type(value) in _SCALARS:
+            self.nodes += 1
+            return self.scalar(value, path, None)
+        self.height = 0
+        if isinstance(value, (Mapping, list, tuple)):
+            return self.container(value, path, depth)
+        return self.other(value, path)
+
+    def scalar(self, value: Any, parent: str, key: str | int | None) -> Any:
+        """A string or an int (at ``parent`` under ``key``); other scalars pass as they are."""
+        kind = type(value)
+        if kind is str:
+            if "${" in value:
+                self.interpolates = True
+        elif kind is int and value.bit_length() > MAX_INT_BITS:
+            path = parent if key is None else f"{parent}[{key}]" if type(key) is int else f"{parent}.{key}".lstrip(".")
+            self.fail(path, f"an integer of {value.bit_length()} bits is too large (at most 2**{MAX_INT_BITS})")
+        return value
+
+    def container(self, value: Any, path: str, depth: int) -> Any:
+        key = id(value)
+        known = self.seen.get(key)
+        if known is not None:  # met before (a YAML alias): counted again, not walked again
+            copy, size, height = known
+            self.nodes += size
+            self.check(path, depth + height)
+            self.height = height
+            return copy
+        if key in self.open:
+            raise ConfigError("a value that contains itself (a recursive YAML alias)", path or "(recipe)")
+        self.nodes += 1
+        self.check(path, depth + 1)
+        before = self.nodes - 1
+        self.open.add(key)
+        height = 0
+        if isinstance(value, Mapping):
+            copy: Any = {}
+            for k, v in value.items():
+                name = k if type(k) is str else self.key(k, path)
+                if name is None:
+                    continue
+                if type(v) in _SCALARS:
+                    self.nodes += 1
+                    copy[name] = v if type(v) is not str and type(v) is not int else self.scalar(v, path, name)
+                else:
+                    copy[name] = self.copy(v, f"{path}.{name}" if path else name, depth + 1)
+                    height = max(height, self.height)
+        else:
+            copy = []
+            for i, v in enumerate(value):
+                if type(v) in _SCALARS:
+                    self.nodes += 1
+                    copy.append(v if type(v) is not str and type(v) is not int else self.scalar(v, path, i))
+                else:
+                    copy.append(self.copy(v, f"{path}[{i}]", depth + 1))
+                    height = max(height, self.height)
+        self.open.discard(key)
+        self.height = height + 1
+        self.seen[key] = (copy, self.nodes - before, self.height)
+        self.check(path, depth)
+        return copy
+
+    def key(self, k: Any, path: str) -> str | None:
+        if type(k) is int and k.bit_length() <= 64:
+            return str(k)
+        if k is None or type(k) is bool:
+            shown = {None: "null", True: "true", False: "false"}[k]
+        else:
+            shown = f"{type(k).__name__} {repr(k)[:40]}"
+        self.fail(path or "(recipe)", f"key {shown} is not a name: keys are strings (integers are read as strings)")
+        return None
+
+    def other(self, value: Any, path: str) -> Any:
+        self.nodes += 1
+        name = _dtype_name(value)
+        if name is not None:
+            return name
+        what = type(value).__name__
+        self.fail(
+            path or "(recipe)",
+            f"a value of type {what} has no place in a recipe: "
+            "it holds strings, numbers, booleans, null, lists and mappings",
+        )
+        return None
+
+    def check(self, path: str, depth: int) -> None:
+        """Refuse at once when the expanded size or the nesting passes its limit."""
+        if self.nodes > self.max_nodes:
+            what = "the recipe, with its aliases and interpolations expanded,"
+            raise ConfigError(exceeded("nodes", what, self.max_nodes), path or "(recipe)")
+        if depth > self.max_depth:
+            what = f"nesting of more than {self.max_depth} levels"
+            raise ConfigError(exceeded("depth", what, self.max_depth), path or "(recipe)")
+
+    def fail(self, path: str, message: str) -> None:
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append((path, message))
+
+
+def _dtype_name(value: Any) -> str | None:
+    """A ``torch.dtype``'s name (``float32``), without importing torch for every other value."""
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
+    return None

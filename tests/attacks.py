@@ -1,0 +1,247 @@
+"""Hostile recipes and files (issue 13): each attack, as a function of a scratch folder, that must
+end fast with composer's own error (or, for the few that are not errors, end fast).
+
+``tests/test_hostile.py`` runs them under a deadline and asserts the error; ``python -m
+bench.attacks`` runs each in a fresh process and measures its time and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from composer import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    prepare: Callable[[Path], Any]  # writes the hostile input into a scratch folder; returns it
+    run: Callable[[Any], Any]  # what a user does with it: the part that must end fast
+    error: type[Exception] | None  # None: the attack is harmless work that must simply end fast
+    match: str = ""  # in the error's message
+
+    def __call__(self, tmp: Path) -> Any:
+        return self.run(self.prepare(tmp))
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+ALIAS_BOMB = "\n".join(
+    [f"{chr(97)}: &{chr(97)} [x, x, x, x, x, x, x, x, x, x]"]
+    + [f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 10)}]" for i in range(1, 9)]
+)  # nine levels of ten: 10^9 leaves from about 400 bytes
+
+
+def alias_bomb_yaml() -> str:
+    """The bomb in a kwarg (``nn.Identity`` takes any), which the builder walks to find nodes."""
+    lines = "\n".join(f"  {line}" for line in ALIAS_BOMB.splitlines())
+    return f"blocks:\n{lines}\nmodel: {{type: Identity, unused: *i}}\n"
+
+
+def interpolation_bomb() -> dict:
+    """``${blocks.x}`` chains that double nine times... by ten: 10^9 nodes once pasted."""
+    blocks: dict[str, Any] = {"l0": [0] * 10}
+    for i in range(1, 10):
+        blocks[f"l{i}"] = [f"${{blocks.l{i - 1}}}"] * 10
+    return {"model": {"type": "Identity"}, "blocks": blocks}
+
+
+def write_checkpoint(path: Path, recipe: dict | None, extra: dict[str, str] | None = None, tensors=None) -> Path:
+    """A well-formed composer checkpoint (valid CRC) holding whatever recipe an attacker wants."""
+    from composer.checkpoint import FORMAT, _write  # noqa: PLC0415
+
+    metadata = {"aliases": "{}", "init_schemes": "{}"}
+    if recipe is not None:
+        metadata["recipe"] = json.dumps(recipe)
+        metadata["allow_targets"] = "[]"
+    metadata.update(extra or {})
+    _write(path, FORMAT, dict(tensors or {}), metadata)
+    return path
+
+
+def raw_header_file(path: Path, header: bytes) -> Path:
+    """A file whose safetensors header is ``header``, verbatim."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+    return path
+
+
+def _build(cfg: Any, **kwargs: Any) -> Any:
+    from composer import build_from_config  # noqa: PLC0415
+
+    return build_from_config(cfg, **kwargs)
+
+
+def _load(path: Path, **kwargs: Any) -> Any:
+    from composer import load_checkpoint  # noqa: PLC0415
+
+    return load_checkpoint(path, **kwargs)
+
+
+def _inspect(*args: str | Path) -> int:
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from composer.inspect import main  # noqa: PLC0415
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([str(a) for a in args])
+    if status:
+        raise CheckpointError(err.getvalue().strip())
+    return status
+
+
+def _file(tmp: Path, name: str, text: str | bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+# --- the attacks: (prepare, run) ------------------------------------------------------------------
+
+REPEAT_BILLION = {"model": {"type": "Repeat", "times": 1_000_000_000, "body": {"type": "Identity"}}}
+WIDE_NAMES = {"type": "Repeat", "times": 2, "names": "{i:>100000000000}", "body": {"type": "Identity"}}
+WIDE_INPUT = {"model": {"type": "Identity"}, "input_shape": [1, 500_000_000]}
+
+
+def _alias_bomb_dict(_tmp: Path) -> dict:
+    """The alias bomb as a Python dict: one list held ten times at each of nine levels."""
+    level: Any = ["x"] * 10
+    for _ in range(8):
+        level = [level] * 10
+    return {"model": {"type": "Identity", "unused": level}}
+
+
+def _string_bomb(_tmp: Path) -> dict:
+    """A string that doubles 40 times through interpolations: 10 TB of text."""
+    blocks = {"s0": "xxxxxxxxxx", **{f"s{i}": f"${{blocks.s{i - 1}}}${{blocks.s{i - 1}}}" for i in range(1, 41)}}
+    return {"model": {"type": "Identity"}, "blocks": blocks}
+
+
+def _nested_repeats(_tmp: Path) -> dict:
+    node: dict = {"type": "Identity"}
+    for _ in range(4):
+        node = {"type": "Repeat", "times": 1000, "body": node}
+    return node
+
+
+def _template_bomb(_tmp: Path) -> dict:
+    """Templates each using the next ten times: 10^9 modules from a dozen lines."""
+    blocks: dict[str, Any] = {"t0": {"args": [], "body": {"type": "Identity"}}}
+    for i in range(1, 10):
+        blocks[f"t{i}"] = {"args": [], "body": {"type": "Sequential", "layers": [{"use": f"t{i - 1}"}] * 10}}
+    return {"model": {"use": "t9"}, "blocks": blocks}
+
+
+def _empty_objects_header(tmp: Path) -> Path:
+    """A 60 MB header of ``{}``: 1.6 GB once parsed."""
+    body = b"{" + b",".join(b'"%d":{}' % i for i in range(6_000_000)) + b"}"
+    return raw_header_file(tmp / "braces.safetensors", body)
+
+
+def _three_million_lines(tmp: Path) -> Path:
+    path = tmp / "long.yaml"
+    with open(path, "w") as f:
+        f.write("model: {type: Identity}\nvars:\n  x:\n")
+        f.write("  - 0\n" * 3_000_000)
+    return path
+
+
+def _half_a_megabyte(tmp: Path) -> Path:
+    """0.5 MB of values and one ``${``: resolved in one linear pass (OmegaConf: 20 s)."""
+    rows = "\n".join(f"    k{i}: {i}" for i in range(40_000))
+    model = "{type: Linear, in_features: 4, out_features: '${vars.width}'}"
+    return _file(tmp, "half.yaml", f"vars:\n  width: 8\n  pad:\n{rows}\nmodel: {model}\n")
+
+
+def _fifo(name: str) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        os.mkfifo(tmp / name)
+        return tmp / name
+
+    return make
+
+
+def _looping_checkpoint(tmp: Path) -> Path:
+    """A FixedHiddenMLP whose bias is inf: its forward halves inf forever."""
+    import torch  # noqa: PLC0415
+
+    from composer import limits, save_checkpoint  # noqa: PLC0415
+
+    model = _build({"model": {"type": "FixedHiddenMLP"}, "input_shape": [2, 20]})
+    with torch.no_grad():
+        model.linear.weight.fill_(1.0)
+        model.linear.bias.fill_(float("inf"))
+    path = tmp / "loop.safetensors"
+    with limits.using(seconds=0.5):  # the save's own summary stops in time, and says so
+        save_checkpoint(model, path)
+    return path
+
+
+def _summary_of_loaded(path: Path) -> str:
+    from composer import summary  # noqa: PLC0415
+
+    text = summary(_load(path))
+    if "tensor_elements" not in text:
+        raise AssertionError(f"the summary does not say the input was refused:\n{text}")
+    return text
+
+
+def _rebuild(path: Path) -> int:
+    return _inspect("--rebuild", path)
+
+
+def _deep_header(tmp: Path) -> Path:
+    return raw_header_file(tmp / "deep.safetensors", b"[" * 10**6 + b"]" * 10**6)
+
+
+def _meta(cfg: Any) -> Any:
+    return _build(cfg, device="meta")
+
+
+def _bomb_file(tmp: Path) -> Path:
+    return _file(tmp, "bomb.yaml", alias_bomb_yaml())
+
+
+def _checkpoint_of(recipe: dict) -> Callable[[Path], Path]:
+    return lambda tmp: write_checkpoint(tmp / "hostile.safetensors", recipe)
+
+
+def _value(value: Any) -> Callable[[Path], Any]:
+    return lambda _tmp: value
+
+
+ATTACKS = [
+    Attack("alias bomb (9 levels, YAML file)", _bomb_file, _build, ConfigError, "limit nodes="),
+    Attack("alias bomb, device=meta", _bomb_file, _meta, ConfigError, "limit nodes="),
+    Attack("alias bomb as a Python dict", _alias_bomb_dict, _build, ConfigError, "limit nodes="),
+    Attack("${blocks.x} chains (10^9 nodes)", lambda _: interpolation_bomb(), _build, ConfigError, "limit nodes="),
+    Attack("${blocks.x} chains, device=meta", lambda _: interpolation_bomb(), _meta, ConfigError, "limit nodes="),
+    Attack("a string doubled 40 times", _string_bomb, _build, ConfigError, "limit recipe_bytes="),
+    Attack("Repeat times 1e9", _value(REPEAT_BILLION), _build, ConfigError, "limit modules="),
+    Attack("Repeat times 1e9, device=meta", _value(REPEAT_BILLION), _meta, ConfigError, "limit modules="),
+    Attack("nested Repeats 1000^4, device=meta", _nested_repeats, _meta, ConfigError, "limit modules="),
+    Attack("names '{i:>100000000000}'", _value(WIDE_NAMES), _build, ConfigError, "names"),
+    Attack("templates using templates 10^9 times", _template_bomb, _meta, ConfigError, "limit modules="),
+    Attack("checkpoint of Repeat 1e9: load", _checkpoint_of(REPEAT_BILLION), _load, CheckpointError, "limit modules="),
+    Attack("checkpoint of Repeat 1e9: inspect", _checkpoint_of(REPEAT_BILLION), _inspect, None),
+    Attack("checkpoint of Repeat 1e9: rebuild", _checkpoint_of(REPEAT_BILLION), _rebuild, CheckpointError, "modules="),
+    Attack("checkpoint with input_shape [1, 5e8]: inspect", _checkpoint_of(WIDE_INPUT), _inspect, None),
+    Attack("checkpoint, input_shape [1, 5e8]: summary", _checkpoint_of(WIDE_INPUT), _summary_of_loaded, None),
+    Attack("60 MB header of {}", _empty_objects_header, _load, CheckpointError, "limit header_bytes="),
+    Attack("header JSON nested 10^6 deep", _deep_header, _load, CheckpointError, "nests too deeply"),
+    Attack("3,000,000-line recipe", _three_million_lines, _build, ConfigError, "limit recipe_bytes="),
+    Attack("${ in 0.5 MB of recipe", _half_a_megabyte, _build, None),
+    Attack("recipe path is a FIFO", _fifo("pipe.yaml"), _build, ConfigError, "not a regular file"),
+    Attack("checkpoint path is a FIFO", _fifo("pipe.safetensors"), _load, CheckpointError, "not a regular file"),
+    Attack("recipe path is /dev/zero", _value("/dev/zero"), _build, ConfigError, "not a regular file"),
+    Attack("FixedHiddenMLP with an inf bias: inspect", _looping_checkpoint, _inspect, None),
+]  # fmt: skip

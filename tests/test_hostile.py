@@ -1,0 +1,566 @@
+"""Hostile recipes and files (issue 13), in process: bounded work, no secrets stored, no raw
+tracebacks, names that cannot drive a terminal, files that are not files, saves that clean up.
+
+The attacks themselves are in ``tests/attacks.py`` (also measured by ``python -m bench.attacks``);
+each runs here under a deadline and a memory budget of its own, so one that regresses fails
+instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import struct
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from composer import (
+    CheckpointError,
+    ConfigError,
+    build_from_config,
+    limits,
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+    save_tensors,
+    summary,
+)
+from composer.interpolation import resolve
+from composer.materialize import forward_zeros
+from composer.recipe import InputSpec
+from composer.record import record_of
+from tests.attacks import ATTACKS, Attack, raw_header_file, write_checkpoint
+
+SECONDS, MEGABYTES = 1.0, 200  # what the issue allows each attack
+GUARD = 20  # seconds after which a test stops an attack that hangs (a regression)
+
+
+@contextlib.contextmanager
+def guard(seconds: float = GUARD) -> Iterator[None]:
+    """Fail, rather than hang, when the code inside runs past ``seconds`` (main thread)."""
+
+    def stop(_signum, _frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- the attacks: each ends within a second and 200 MB, with composer's own error ---------------
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=[a.name for a in ATTACKS])
+def test_attack_ends_fast_with_its_error(tmp_path: Path, attack: Attack) -> None:
+    build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})  # imports paid before timing
+    argument = attack.prepare(tmp_path)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with guard():
+            if attack.error is None:
+                attack.run(argument)
+            else:
+                with pytest.raises(attack.error, match=attack.match.replace("[", r"\[")):
+                    attack.run(argument)
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    # the machine is shared: the measured figures (bench.attacks) are well under these
+    assert elapsed < 3 * SECONDS, f"{attack.name}: {elapsed:.2f} s"
+    assert peak < MEGABYTES, f"{attack.name}: {peak:.0f} MB"
+
+
+def test_limit_errors_name_the_limit_and_how_to_raise_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_from_config({"type": "Repeat", "times": 20, "body": {"type": "Identity"}}, limits={"modules": 10})
+    message = str(info.value)
+    assert "limit modules=10" in message and "limits={'modules': N}" in message and "COMPOSER_MAX_MODULES=N" in message
+
+
+@pytest.mark.parametrize(
+    "name, small, recipe",
+    [
+        ("modules", 10, {"type": "Repeat", "times": 20, "body": {"type": "Identity"}}),
+        ("nodes", 30, {"type": "Sequential", "layers": [{"type": "Identity"}] * 20}),
+        ("depth", 3, {"type": "Sequential", "layers": [{"type": "Sequential", "layers": [{"type": "Identity"}]}]}),
+    ],
+)
+def test_each_limit_is_raised_by_keyword_environment_and_context(monkeypatch, name, small, recipe) -> None:
+    with pytest.raises(ConfigError, match=f"limit {name}="):
+        build_from_config(recipe, limits={name: small}, device="meta")
+    build_from_config(recipe, device="meta")  # the default is generous
+    monkeypatch.setenv(limits.env_name(name), str(small))
+    with pytest.raises(ConfigError, match=f"limit {name}="):
+        build_from_config(recipe, device="meta")
+    build_from_config(recipe, device="meta", limits={name: 10 * small})  # a keyword wins
+    with limits.using(**{name: 10 * small}):
+        build_from_config(recipe, device="meta")
+
+
+def test_recipe_and_header_bytes_limits(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {type: Identity}\n" + "# padding\n" * 200)
+    with pytest.raises(ConfigError, match="limit recipe_bytes=1,000"):
+        build_from_config(path, limits={"recipe_bytes": 1000})
+    build_from_config(path)
+    model = build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="limit header_bytes=100"):
+        load_checkpoint(tmp_path / "m.safetensors", limits={"header_bytes": 100})
+    save_tensors([torch.zeros(2)], tmp_path / "t.safetensors")
+    with pytest.raises(CheckpointError, match="limit header_bytes=10"):
+        load_tensors(tmp_path / "t.safetensors", limits={"header_bytes": 10})
+
+
+def test_bad_limits_are_refused(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="unknown limit 'node'"):
+        build_from_config({"type": "Identity"}, limits={"node": 5})
+    with pytest.raises(ValueError, match="positive number"):
+        build_from_config({"type": "Identity"}, limits={"nodes": 0})
+    monkeypatch.setenv("COMPOSER_MAX_NODES", "lots")
+    with pytest.raises(ValueError, match="COMPOSER_MAX_NODES='lots'"):
+        limits.current()
+
+
+def test_defaults_fit_a_thousand_layer_model() -> None:
+    """GPT-2's recipe with 1,000 layers (about 13,000 modules), on meta, within every default."""
+    cfg = OmegaConf.load("conf/model/gpt2_small.yaml")
+    cfg.vars.n_layer, cfg.vars.n_embd, cfg.vars.n_head, cfg.vars.vocab_size = 1000, 16, 2, 100
+    model = build_from_config(cfg, device="meta")
+    assert len(model.transformer.h) == 1000 and sum(1 for _ in model.modules()) > 12_000
+    assert limits.Limits() == limits.current()
+
+
+def test_a_repeat_within_the_limit_names_its_copies_with_widths() -> None:
+    model = build_from_config({"type": "Repeat", "times": 3, "names": "block {i:03d}", "body": {"type": "Identity"}})
+    assert [name for name, _ in model.named_children()] == ["block 000", "block 001", "block 002"]
+
+
+@pytest.mark.parametrize("names", ["{i:>1000}", "{i.__class__}", "{0}", "{}", "{i:{i}}", "{j}", "{i!r:>9999}", 5])
+def test_repeat_names_are_plain_uses_of_i(names) -> None:
+    with pytest.raises(ConfigError, match="model.names"):
+        build_from_config({"type": "Repeat", "times": 2, "names": names, "body": {"type": "Identity"}})
+
+
+# --- the forward of example inputs: bounded elements, bounded time -----------------------------
+
+
+def looping_model() -> torch.nn.Module:
+    model = build_from_config({"model": {"type": "FixedHiddenMLP"}, "input_shape": [2, 20]})
+    with torch.no_grad():
+        model.linear.weight.fill_(1.0)
+        model.linear.bias.fill_(float("inf"))  # inf, halved, is inf: the while loop never ends
+    return model
+
+
+def test_a_forward_that_loops_is_stopped_and_says_so() -> None:
+    model = looping_model()
+    start = time.perf_counter()
+    stopped = r"stopped in module '\(model\)'.*limit seconds=0.3"
+    with guard(), limits.using(seconds=0.3), pytest.raises(ConfigError, match=stopped):
+        forward_zeros(model, [InputSpec((2, 20), torch.float32)])
+    assert time.perf_counter() - start < 2
+    with guard(), limits.using(seconds=0.3):
+        text = summary(model)
+    assert "output shapes unavailable" in text and "limit seconds=0.3" in text
+
+
+def test_the_deadline_holds_off_the_main_thread_too() -> None:
+    model, outcome = looping_model(), {}
+
+    def work() -> None:
+        with limits.using(seconds=0.3):
+            try:
+                forward_zeros(model, [InputSpec((2, 20), torch.float32)])
+            except ConfigError as e:
+                outcome["error"] = str(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=GUARD)
+    assert not thread.is_alive() and "limit seconds=0.3" in outcome["error"]
+
+
+def test_a_huge_example_input_is_refused_before_it_is_made() -> None:
+    recipe = {"model": {"type": "Identity"}, "input_shape": [1, 500_000_000]}
+    model = build_from_config(recipe)  # nothing lazy: no forward needed
+    with pytest.raises(ConfigError, match="input_shape: an input of shape .* exceeds the limit tensor_elements="):
+        forward_zeros(model, [InputSpec((1, 500_000_000), torch.float32)])
+    lazy = {"model": {"type": "Linear", "out_features": 2}, "input_shape": [1, 500_000_000]}
+    with pytest.raises(ConfigError, match="tensor_elements"):
+        build_from_config(lazy)
+    assert build_from_config(lazy, device="meta")  # nothing is allocated on meta
+
+
+# --- no raw tracebacks: each a ConfigError or CheckpointError with a key path -------------------
+
+
+def nested(levels: int) -> str:
+    return "model: {type: Identity}\nblocks: {x: " + "[" * levels + "]" * levels + "}\n"
+
+
+def nested_nodes(levels: int) -> str:
+    return "model: " + "{type: Sequential, layers: [" * levels + "{type: ReLU}" + "]}" * levels + "\n"
+
+
+YAML_CASES = {
+    "nesting 250 levels": (nested(250), "blocks.x[0]"),
+    "nesting 999 levels": (nested(999), "nesting"),
+    "Sequentials nested 300 deep": (nested_nodes(300), "model.layers[0]"),
+    "a 5,000-digit integer": ("model: {type: Linear, in_features: " + "9" * 5000 + "}", "cannot read integer"),
+    "key 1 in kwargs": ("model: {type: Linear, in_features: 2, out_features: 2, 1: 3}", "model.1"),
+    "key ~ in kwargs": ("model: {type: Linear, in_features: 2, out_features: 2, ~: 3}", "key null is not a name"),
+    "key true in kwargs": ("model: {type: Linear, in_features: 2, out_features: 2, true: 3}", "key true"),
+    "key ~ in rules": ("model: {type: Identity}\ninit: {rules: [{~: zeros}]}", "init.rules[0]: key null"),
+    "key ~ in inline init": ("model: {type: Linear, in_features: 2, out_features: 2, init: {~: zeros}}", "model.init"),
+    "key ~ in shared": ("model: {ref: x}\nshared: {~: {type: ReLU}}", "shared: key null"),
+    "key ~ in tie": ("model: {type: Identity}\ntie: {~: weight}", "tie: key null"),
+    "key 1.5 in layers": ("model: {type: Sequential, layers: {1.5: {type: ReLU}}}", "key float 1.5"),
+    "a child named forward": ("model: {type: Sequential, layers: {forward: {type: ReLU}}}", "'forward' is an"),
+    "a child named training": ("model: {type: Sequential, layers: {training: {type: ReLU}}}", "'training'"),
+    "copies named training": ("model: {type: Repeat, times: 1, names: training, body: {type: ReLU}}", "'training'"),
+    "a graph entry named forward": ("model: {type: Graph, nodes: {forward: {type: ReLU}}}", "model.nodes.forward"),
+    "a !!binary value": ("model: {type: Identity}\nblocks: {x: !!binary aGVsbG8=}", "!!binary values"),
+    "a !!set value": ("model: {type: Identity}\nblocks: {x: !!set {a, b}}", "!!set values"),
+    "a !!timestamp value": ("model: {type: Identity}\nblocks: {x: !!timestamp 2001-12-14}", "!!timestamp"),
+    "init.seed 1e23": ("model: {type: Identity}\ninit: {seed: 1e23}", "init.seed: expected an integer"),
+    "init.seed 10**23": ("model: {type: Identity}\ninit: {seed: 100000000000000000000000}", "init.seed"),
+    "a key given twice": ("model: {type: Identity}\nmodel: {type: ReLU}", "key 'model' given twice"),
+    "a kwarg given twice": ("model: {type: Linear, in_features: 2, in_features: 3}", "given twice"),
+    "a recursive alias": ("model: {type: Identity}\nblocks: &a {x: *a}", "contains itself"),
+    "an unclosed interpolation": ("model: {type: Identity}\nvars: {a: '${vars'}", "vars.a"),
+    "an interpolation cycle": ("model: {type: Identity}\nvars: {a: '${vars.b}', b: '${vars.a}'}", "cycle"),
+    "a missing interpolation": ("model: {type: Identity}\nvars: {a: '${vars.nope}'}", "no key 'nope'"),
+}
+
+
+@pytest.mark.parametrize("text, where", list(YAML_CASES.values()), ids=list(YAML_CASES))
+def test_hostile_yaml_is_one_config_error_with_its_place(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with guard(), pytest.raises(ConfigError) as info:
+        build_from_config(path, device="meta")
+    assert where in str(info.value)
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"model: {type: Identity}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 29 is 0xe9\)"):
+        build_from_config(path)
+
+
+@pytest.mark.parametrize(
+    "value, what",
+    [
+        (b"bytes", "type bytes"),
+        ({1, 2}, "type set"),
+        (__import__("datetime").date(2001, 12, 14), "type date"),
+        (object(), "type object"),
+        (10**5000, "too large"),
+    ],
+    ids=["bytes", "set", "date", "object", "5000-digit int"],
+)
+def test_python_values_no_file_can_store_are_config_errors(value, what) -> None:
+    with pytest.raises(ConfigError, match=f"blocks.x: .*{what}"):
+        build_from_config({"model": {"type": "Identity"}, "blocks": {"x": value}})
+
+
+def test_python_dict_nested_thousands_deep_is_a_config_error() -> None:
+    value: list = []
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(ConfigError, match="limit depth=100"):
+        build_from_config({"model": {"type": "Identity"}, "blocks": {"x": value}})
+
+
+def test_dtype_objects_in_a_dict_become_names_a_checkpoint_stores(tmp_path: Path) -> None:
+    model = build_from_config({"type": "Linear", "in_features": 2, "out_features": 2, "dtype": torch.float64})
+    assert model.weight.dtype == torch.float64 and record_of(model).recipe["model"]["dtype"] == "float64"
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    assert load_checkpoint(tmp_path / "m.safetensors").weight.dtype == torch.float64
+
+
+def test_dates_are_strings_so_the_build_saves(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {type: Identity}\nblocks: {x: 2001-12-14}\n")
+    model = build_from_config(path)
+    assert record_of(model).recipe["blocks"]["x"] == "2001-12-14"
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    assert record_of(load_checkpoint(tmp_path / "m.safetensors")).recipe["blocks"]["x"] == "2001-12-14"
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    model = build_from_config({"model": {"type": "Linear", "in_features": 2, "out_features": 2}, "input_shape": [1, 2]})
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    return tmp_path / "m.safetensors"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("aliases", '{"a": [1]}'),
+        ("aliases", '{"a": 5}'),
+        ("aliases", "[1, 2]"),
+        ("aliases", '{"a": "' + "b" * 10 + '"}'),
+        ("init_schemes", '"x"'),
+        ("recipe", '{"model": {"type": "Identity", "x": ' + "9" * 5000 + "}}"),
+        ("recipe", "[" * 100_000 + "]" * 100_000),
+        ("recipe", '{"model": {"type": "Linear", "in_features": 2, "out_features": 2, "\\u001b[2J": 1}}'),
+    ],
+    ids=["alias list", "alias int", "aliases list", "alias to nothing", "schemes string", "5000 digits", "deep", "esc"],
+)
+def test_hostile_metadata_fields_are_checkpoint_errors(tmp_path: Path, saved: Path, field: str, value: str) -> None:
+    from composer.checkpoint import read_metadata  # noqa: PLC0415
+
+    metadata = read_metadata(saved)
+    metadata[field] = value
+    path = write_checkpoint(tmp_path / "bad.safetensors", None, metadata, tensors=load_tensors_raw(saved))
+    with guard(), pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "\x1b" not in str(info.value)
+
+
+def load_tensors_raw(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    return load_file(path)
+
+
+def test_header_with_a_5000_digit_number_is_a_checkpoint_error(tmp_path: Path) -> None:
+    path = raw_header_file(tmp_path / "n.safetensors", b'{"x": ' + b"9" * 5000 + b"}")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(path)
+
+
+def test_metadata_values_that_are_not_strings_are_a_checkpoint_error(tmp_path: Path) -> None:
+    header = json.dumps({"__metadata__": {"format": "composer-checkpoint", "format_version": "2", "recipe": {}}})
+    with pytest.raises(CheckpointError, match="not strings"):
+        load_checkpoint(raw_header_file(tmp_path / "m.safetensors", header.encode()))
+
+
+# --- names and text that reach a terminal -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"type": "Sequential", "layers": {"\x1b[31mred": {"type": "ReLU"}}},
+        {"type": "Repeat", "times": 2, "names": "\x07{i}", "body": {"type": "ReLU"}},
+        {"type": "Graph", "nodes": {"a\x1b]0;pwned\x07": {"type": "ReLU"}}},
+        {"type": "Graph", "inputs": ["x\r"], "nodes": {"a": {"type": "ReLU"}}},
+    ],
+    ids=["sequential", "repeat", "graph entry", "graph input"],
+)
+def test_control_characters_in_names_are_refused(recipe) -> None:
+    with pytest.raises(ConfigError, match="control character") as info:
+        build_from_config(recipe)
+    assert not any(c in str(info.value) for c in "\x1b\x07\r")
+
+
+def test_config_errors_escape_what_the_recipe_says() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_from_config({"type": "Linear", "in_features": 2, "out_features": 2, "\x1b[2J": 1})
+    assert "\x1b" not in str(info.value) and "\\x1b[2J" in str(info.value)
+
+
+def test_inspect_escapes_what_the_file_says(tmp_path: Path, capsys) -> None:
+    from composer.inspect import main  # noqa: PLC0415
+
+    recipe = {"model": {"type": "Identity"}, "blocks": {"\x1b]0;title\x07": "\x1b[2J"}}
+    extra = {"summary": "module\n(model) \x1b[31mIdentity\x07\r", "init_schemes": '{"w\\u001b": "x\\u0007"}'}
+    path = write_checkpoint(tmp_path / "m.safetensors", recipe, extra)
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r") and "\\x1b[31mIdentity" in out
+    assert main([str(path), "--rebuild"]) == 0
+    assert not any(c in capsys.readouterr().out for c in "\x1b\x07\r")
+
+
+def test_inspect_runs_no_model_code_and_shows_what_the_file_stores(tmp_path: Path, capsys) -> None:
+    from composer.inspect import main  # noqa: PLC0415
+
+    model = looping_model()
+    with limits.using(seconds=0.3):
+        save_checkpoint(model, tmp_path / "loop.safetensors")
+    with guard(5):
+        assert main([str(tmp_path / "loop.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "FixedHiddenMLP" in out and "limit seconds=0.3" in out and "linear.weight: default" in out
+
+
+# --- secrets: resolvers are off unless enabled, and what they read is never stored ---------------
+
+SECRET = "AKIA-hunter2-do-not-store"
+
+
+def secret_recipe() -> dict:
+    return {
+        "model": {"type": "Linear", "in_features": "${vars.width}", "out_features": 2},
+        "vars": {"width": 4},
+        "blocks": {"unused": {"type": "Identity", "token": "${oc.env:AWS_SECRET_ACCESS_KEY}"}},
+    }
+
+
+def test_environment_resolver_is_off_by_default(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    with pytest.raises(ConfigError) as info:
+        build_from_config(secret_recipe())
+    assert "blocks.unused.token: resolver 'oc.env' is off" in str(info.value) and SECRET not in str(info.value)
+
+
+def test_enabled_resolver_value_is_used_but_never_written(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("WIDTH", "8")
+    recipe = secret_recipe()
+    recipe["vars"]["width"] = "${oc.decode:${oc.env:WIDTH}}"
+    recipe["blocks"]["copy"] = "${blocks.unused}"  # a paste of what a resolver read
+    model = build_from_config(recipe, resolvers=["oc.env", "oc.decode"])
+    assert model.in_features == 8
+    assert record_of(model).recipe["blocks"]["unused"]["token"] == SECRET  # what was built from
+    stored = record_of(model).recipe_to_store
+    assert stored["blocks"]["unused"]["token"] == "${oc.env:AWS_SECRET_ACCESS_KEY}"
+    assert stored["blocks"]["copy"] == "${blocks.unused}" and stored["vars"]["width"] == "${oc.decode:${oc.env:WIDTH}}"
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    assert SECRET.encode() not in (tmp_path / "m.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="resolver 'oc"):
+        load_checkpoint(tmp_path / "m.safetensors")
+    assert load_checkpoint(tmp_path / "m.safetensors", resolvers=["oc.env", "oc.decode"]).in_features == 8
+
+
+def test_resolvers_from_the_environment_variable(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("COMPOSER_RESOLVERS", "oc.env")
+    assert record_of(build_from_config(secret_recipe())).recipe_to_store["blocks"]["unused"]["token"].startswith("${")
+
+
+INTERPOLATIONS = [
+    r"\${x}", r"\\${x}", r"\\\${x}", r"a\b${x}", r"a\\b", r"${x}\\", "x${x}${x}", "${.x}", "${ x }",
+    "${y.0}", "${y[1]}", r"\${x", "${x}}", "$${x}", "${d}", "${d.a}", "v${t}${n}${f}", "${s}", "${s}-${x}",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", INTERPOLATIONS)
+def test_interpolations_resolve_as_omegaconf_resolves_them(text: str) -> None:
+    tree = {"x": 1, "y": [5, 6], "d": {"a": 1}, "t": True, "n": None, "f": 1e-5, "s": "${x}", "v": text}
+    expected = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+    resolved, stored = resolve(tree, limits.current())
+    assert resolved == expected
+    assert resolve(stored, limits.current())[0] == resolved  # what is stored reads back the same
+
+
+def test_relative_interpolations_resolve_where_they_are_written() -> None:
+    tree = {"a": {"b": {"c": "${..x}", "d": "${.c}"}, "x": 7}, "e": "${a.b}"}
+    assert resolve(tree, limits.current())[0] == OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+
+
+# --- saves: own temporaries, short names, stale ones removed, disk errors ------------------------
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".composer-"))
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    model = build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})
+    stale = tmp_path / ".composer-0123abcd.tmp"  # a save killed with SIGKILL left it, unlocked
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / ".composer-89abcdef.tmp"  # a save in progress holds its lock
+    live.write_bytes(b"y")
+    other = tmp_path / ".composer-notmine.tmp"  # not a name composer makes
+    other.write_bytes(b"z")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        save_checkpoint(model, tmp_path / "m.safetensors")
+        assert temporaries(tmp_path) == [live.name, other.name]
+    finally:
+        os.close(fd)
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    assert temporaries(tmp_path) == [other.name]
+
+
+def test_a_file_name_of_255_characters_saves(tmp_path: Path) -> None:
+    model = build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})
+    for length in (243, 250, 255):
+        path = tmp_path / ("m" * (length - len(".safetensors")) + ".safetensors")
+        save_checkpoint(model, path)
+        assert torch.equal(load_checkpoint(path).weight, model.weight)
+    assert temporaries(tmp_path) == []
+
+
+def test_the_file_is_valid_safetensors_with_aligned_data(saved: Path) -> None:
+    from safetensors import safe_open  # noqa: PLC0415
+
+    with safe_open(saved, "pt") as f:
+        assert sorted(f.keys()) == ["bias", "weight"] and f.metadata()["format"] == "composer-checkpoint"
+    (length,) = struct.unpack("<Q", saved.read_bytes()[:8])
+    assert (8 + length) % 64 == 0
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    model = build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(model, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="cannot store torch.complex128"):
+        save_tensors({"z": torch.zeros(2, dtype=torch.complex128)}, path)
+    assert path.read_bytes() == before and temporaries(tmp_path) == []
+
+
+# --- what the fuzzers found (tests/test_fuzz.py), kept as cases ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe, where",
+    [
+        ({"model": {"type": "Identity"}, "shared": 1}, "shared: expected a mapping"),
+        ({"model": {"type": "Identity"}, "blocks": 1}, "blocks: expected a mapping"),
+        ({"model": {"type": "Identity"}, "tie": 1}, "tie: expected a mapping"),
+        ({"model": {"type": "Identity"}, "tie": {"0.weight": 0}}, "tie: expected a mapping"),
+        ({"model": {"type": "Identity"}, "blocks": {"b": {"args": [[[]]], "body": {"type": "ReLU"}}}}, "blocks.b.args"),
+        (
+            {"model": {"type": "Graph", "nodes": {"a": {"type": "ReLU"}, "b": {"call": [None, 3]}}}},
+            "model.nodes.b.call",
+        ),
+        ("a\x00path.yaml", "not a valid path"),
+    ],
+    ids=["shared", "blocks", "tie", "tie values", "template args", "call", "NUL in a path"],
+)
+def test_malformed_sections_are_config_errors(recipe, where) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_from_config(recipe, device="meta")
+    assert where in str(info.value)
+
+
+def test_a_frozen_lazy_layer_stays_frozen_once_it_has_shapes() -> None:
+    model = build_from_config({"model": {"type": "BatchNorm1d", "frozen": True}})
+    model(torch.zeros(2, 3))
+    assert not model.weight.requires_grad and model.weight.shape == (3,)
+
+
+def test_a_key_given_twice_in_a_file_header_is_a_checkpoint_error(tmp_path: Path) -> None:
+    header = b'{"__metadata__": {"format": "composer-checkpoint", "format": "composer-checkpoint"}}'
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(raw_header_file(tmp_path / "m.safetensors", header))
+    recipe = '{"model": {"type": "Identity"}, "model": {"type": "ReLU"}}'
+    path = write_checkpoint(tmp_path / "r.safetensors", None, {"recipe": recipe, "allow_targets": "[]"})
+    with pytest.raises(CheckpointError, match="'recipe' field is missing or malformed"):
+        load_checkpoint(path)
