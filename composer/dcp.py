@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.device_mesh import DeviceMesh
 
+from composer import limits as budget
 from composer.build import DEFAULT_TARGETS
 from composer.errors import CheckpointError
 from composer.record import BuildRecord, finish, record_of
@@ -255,7 +256,7 @@ def load_sharded(
         raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and load it with DCP")
     allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
     device = mesh_device(mesh) if mesh is not None else torch.device(map_location)
-    model, frozen = _rebuild(info["recipe"], allow, device, path)
+    _, _, model, frozen = _rebuild({"recipe": json.dumps(info["recipe"])}, allow, device, path, budget.current(), None)
     stored = _stored_shapes(metadata, info["aliases"], path)
     _check_keys(model, stored, path)
     if mesh is not None:
@@ -285,7 +286,8 @@ def rebuild_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
     if "recipe" not in info:
         raise CheckpointError(f"{path}: holds weights only, no recipe")
     metadata = read_dcp_metadata(path, info)
-    model, frozen = _rebuild(info["recipe"], DEFAULT_TARGETS, torch.device("meta"), path)
+    meta, limits = torch.device("meta"), budget.current()
+    _, _, model, frozen = _rebuild({"recipe": json.dumps(info["recipe"])}, DEFAULT_TARGETS, meta, path, limits, None)
     stored = _stored_shapes(metadata, info["aliases"], path)
     _check_keys(model, stored, path)
     _place(model, stored)

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from composer import CheckpointError, ConfigError, build_from_config, load_checkpoint, load_tensors, save_checkpoint
-from composer.checkpoint import FORMAT, _crc32, _format_crc, read_metadata
+from composer.checkpoint import _CHECKSUMS, FORMAT, read_metadata
 
 # the recursive strategies' own repr grows large: hypothesis warns about it, harmlessly
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
@@ -413,8 +413,9 @@ def check_field_mutations(slow: bool, files: dict[str, bytes], tmp: Path) -> Non
                     st.lists(st.integers(min_value=-2, max_value=2**40), max_size=3),
                 )
             )
-        meta.pop("crc32", None)
-        meta["crc32"] = _format_crc(_crc32(tensors, meta))  # right unless a tensor entry changed
+        field, digest = _CHECKSUMS.get(meta.get("format_version"), _CHECKSUMS["3"])
+        meta.pop(field, None)
+        meta[field] = digest(tensors, meta)  # right unless a tensor entry changed
         new_header["__metadata__"] = meta
         text = json.dumps(new_header).encode()
         path = tmp / "fuzz-fields.safetensors"

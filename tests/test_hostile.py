@@ -40,6 +40,7 @@ from composer.materialize import forward_zeros
 from composer.recipe import InputSpec
 from composer.record import record_of
 from tests.attacks import ATTACKS, Attack, raw_header_file, write_checkpoint
+from tests.recipes import model_recipe
 
 SECONDS, MEGABYTES = 1.0, 200  # what the issue allows each attack
 GUARD = 20  # seconds after which a test stops an attack that hangs (a regression)
@@ -140,7 +141,7 @@ def test_bad_limits_are_refused(monkeypatch) -> None:
 
 def test_defaults_fit_a_thousand_layer_model() -> None:
     """GPT-2's recipe with 1,000 layers (about 13,000 modules), on meta, within every default."""
-    cfg = OmegaConf.load("conf/model/gpt2_small.yaml")
+    cfg = OmegaConf.load(model_recipe("gpt2_small"))
     cfg.vars.n_layer, cfg.vars.n_embd, cfg.vars.n_head, cfg.vars.vocab_size = 1000, 16, 2, 100
     model = build_from_config(cfg, device="meta")
     assert len(model.transformer.h) == 1000 and sum(1 for _ in model.modules()) > 12_000
