@@ -43,12 +43,19 @@ def forward_rows(quick: bool) -> list[Result]:
         built, reference, control, x = _pair(name)
         with torch.no_grad():
             assert torch.equal(built(x), reference(x)), name
-            t = interleave({"recipe": lambda: built(x), "handwritten": lambda: reference(x), "control": lambda: control(x)},
-                           rounds, collect=False)  # fmt: skip
+            variants = {
+                "recipe": lambda m=built, x=x: m(x),
+                "handwritten": lambda m=reference, x=x: m(x),
+                "control": lambda m=control, x=x: m(x),
+            }
+            t = interleave(variants, rounds, collect=False)  # fmt: skip
         noise = abs(t.ratio("control", "handwritten") - 1)
-        rows.append(Result("8", f"forward {name}: recipe / handwritten", "<=", 1.05 + noise, t.ratio("recipe", "handwritten"),
-                           detail=f"A/A control {t.ratio('control', 'handwritten'):.3f}x; {t.describe()}"))  # fmt: skip
-        rows.append(Result("8", f"{name}: graph breaks under torch._dynamo.explain", "<=", 0, _breaks(built, x), unit="breaks"))
+        ratio, control_ratio = t.ratio("recipe", "handwritten"), t.ratio("control", "handwritten")
+        detail = f"A/A control {control_ratio:.3f}x; {t.describe()}"
+        rows.append(Result("8", f"forward {name}: recipe / handwritten", "<=", 1.05 + noise, ratio, detail=detail))
+        rows.append(
+            Result("8", f"{name}: graph breaks under torch._dynamo.explain", "<=", 0, _breaks(built, x), unit="breaks")
+        )
     return rows
 
 
@@ -74,7 +81,8 @@ def build_rows(quick: bool) -> list[Result]:
     detail = "; ".join(f"{v} {ms(best(v, 'seconds'))}, +{best(v, 'delta_mb'):.0f} MB" for v in runs)
     return [
         Result("8", "gpt2_small build + normal(0.02) / handwritten + same init", "<=", 1.1,
-               best("composer", "seconds") / best("handwritten", "seconds"), detail=f"{detail} (best of {rounds} fresh processes)"),
+               best("composer", "seconds") / best("handwritten", "seconds"),
+               detail=f"{detail} (best of {rounds} fresh processes)"),
         Result("8", "gpt2_small build: peak RSS above baseline / parameter bytes", "<=", 1.1,
                best("composer", "delta_mb") / params_mb, detail=f"parameters {params_mb:.0f} MB"),
         Result("8", "gpt2_small dtype bfloat16: peak RSS / bf16 parameter bytes", "<=", 1.1,
@@ -89,8 +97,20 @@ def graph_rows(quick: bool) -> list[Result]:
     linear = {"type": "Linear", "in_features": 64, "out_features": 64}
     sequential = {"model": {"type": "Sequential", "layers": {f"l{i}": dict(linear) for i in range(n)}}}
     graph = {"model": {"type": "Graph", "nodes": {f"l{i}": dict(linear) for i in range(n)}}}
-    t = interleave({"graph": lambda: build_from_config(graph), "sequential": lambda: build_from_config(sequential)}, 5 if quick else 15)
-    return [Result("8", f"{n}-entry Graph build / {n}-item Sequential build", "<=", 1.2, t.ratio("graph", "sequential"), detail=t.describe())]
+    t = interleave(
+        {"graph": lambda: build_from_config(graph), "sequential": lambda: build_from_config(sequential)},
+        5 if quick else 15,
+    )
+    return [
+        Result(
+            "8",
+            f"{n}-entry Graph build / {n}-item Sequential build",
+            "<=",
+            1.2,
+            t.ratio("graph", "sequential"),
+            detail=t.describe(),
+        )
+    ]
 
 
 def run(quick: bool = False) -> list[Result]:

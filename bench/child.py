@@ -105,7 +105,9 @@ def large(variant: str) -> dict[str, Any]:
         model.init_weights()
         keep.append(model)
 
-    fn = {"floor": floor, "handwritten": handwritten, "expert": expert, "composer": build, "mmengine": mmengine}[variant]
+    fn = {"floor": floor, "handwritten": handwritten, "expert": expert, "composer": build, "mmengine": mmengine}[
+        variant
+    ]
     if variant == "mmengine":
         import mmengine.model  # noqa: F401  (imported before the baseline, like torch)
     result = _measure(fn)

@@ -12,7 +12,6 @@ from torch import nn
 from torch.nn import functional as F
 
 
-
 class MLP(nn.Module):
     """``hidden`` Linear 20-256, ReLU, ``out`` Linear 256-10."""
 

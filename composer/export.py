@@ -351,7 +351,7 @@ _READERS: dict[type, Callable[[nn.Module], dict[str, Any]]] = {
     nn.MultiheadAttention: lambda m: {"bias": m.out_proj.bias is not None, "add_bias_kv": m.bias_k is not None},
     nn.AdaptiveLogSoftmaxWithLoss: lambda m: {"cutoffs": list(m.cutoffs[:-1])},  # it appends n_classes
     nn.PairwiseDistance: lambda m: {"p": m.norm},
-    MyLinear: lambda m: dict(zip(("in_units", "units"), m.weight.shape)),
+    MyLinear: lambda m: dict(zip(("in_units", "units"), m.weight.shape, strict=False)),
 }
 
 
@@ -455,7 +455,7 @@ def _difference(original: nn.Module, candidate: nn.Module) -> str | None:
             if missing
             else f"it has a child {next(p for p in rebuilt if p not in paths)!r} the model lacks"
         )
-    for (path, a), (_, b) in zip(ours, theirs):
+    for (path, a), (_, b) in zip(ours, theirs, strict=False):
         if type(a) is not type(b):
             return f"{path!r} is a {type(b).__name__}, in the model a {type(a).__name__}"
     ours_canon, theirs_canon = _canonical(ours), _canonical(theirs)
@@ -464,7 +464,7 @@ def _difference(original: nn.Module, candidate: nn.Module) -> str | None:
         rebuilt_as = f"one module with {theirs_canon[path]!r}" if theirs_canon[path] != path else "its own module"
         return f"{path!r} is {rebuilt_as}, unlike in the model"
     seen: set[int] = set()
-    for (path, a), (_, b) in zip(ours, theirs):
+    for (path, a), (_, b) in zip(ours, theirs, strict=False):
         if id(a) in seen or a is b:
             continue
         seen.add(id(a))
@@ -515,7 +515,7 @@ def _same(x: Any, y: Any) -> bool:
     if x is y:
         return True
     if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
-        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y))
+        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y, strict=False))
     if isinstance(x, weakref.ref) and isinstance(y, weakref.ref):
         return _same(x(), y())
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):

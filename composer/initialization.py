@@ -87,7 +87,10 @@ def _parse_rule(raw: Any, path: str, problems: list[tuple[str, str]]) -> Rule | 
         hint = did_you_mean(str(key), _RULE_KEYS)
         if hint and not (isinstance(spec, str) and spec in INITIALIZERS):
             problems.append(
-                (f"{path}.{key}", f"unknown rule key {key!r}{hint}; a rule has match, layer and parameter: initializer keys")
+                (
+                    f"{path}.{key}",
+                    f"unknown rule key {key!r}{hint}; a rule has match, layer and parameter: initializer keys",
+                )
             )
             continue
         params[key] = parse_scheme(spec, f"{path}.{key}", problems)
@@ -215,7 +218,9 @@ def _selected(rule: Rule, entries: list[tuple[str, nn.Module]], problems: list[t
         selected = [m for m in selected if isinstance(m, rule.layers)]
         if not selected:
             names = " or ".join(c.__name__ for c in rule.layers)
-            problems.append((f"{rule.path}.layer", f"no module under {rule.match!r} is a {names} (there: {', '.join(kinds)})"))
+            problems.append(
+                (f"{rule.path}.layer", f"no module under {rule.match!r} is a {names} (there: {', '.join(kinds)})")
+            )
     return selected
 
 

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also rebuild the model from its recipe and print its summary now (runs a forward pass of zeros)",
     )
-    parser.add_argument("--depth", type=int, default=None, help="rebuilt summary rows down to this depth (0: the model)")
+    parser.add_argument(
+        "--depth", type=int, default=None, help="rebuilt summary rows down to this depth (0: the model)"
+    )
     args = parser.parse_args(argv)
 
     from composer.errors import CheckpointError, ConfigError, printable  # noqa: PLC0415  (torch: after --help)
@@ -60,9 +62,10 @@ def _recipe_file(path: str, recipe: dict) -> str:
     """The stored recipe as a file to edit and build again (also as ``DIR/model/NAME.yaml``)."""
     import yaml  # noqa: PLC0415
 
-    return f"# @package _global_\n# The recipe stored in {path}.\n" + yaml.safe_dump(
-        recipe, sort_keys=False, default_flow_style=None
-    ).rstrip()
+    return (
+        f"# @package _global_\n# The recipe stored in {path}.\n"
+        + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None).rstrip()
+    )
 
 
 def _describe_directory(path: str, verify: bool, recipe_only: bool, depth: int | None) -> str:

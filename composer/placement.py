@@ -24,6 +24,7 @@ from torch import nn
 
 KNOWN_RESETS = ("torch.nn.", "composer.")
 
+
 def resets_itself(cls: type) -> bool:
     """Whether ``cls`` is known to refill every tensor it holds from its reset."""
     return cls.__module__.startswith(KNOWN_RESETS)

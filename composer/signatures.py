@@ -64,7 +64,10 @@ class Signature:
                     problems.append((f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {valid}"))
         if len(args) > len(self.positional) and not self.var_positional:
             problems.append(
-                (f"{path}._args_", f"{label} takes at most {len(self.positional)} positional arguments, got {len(args)}")
+                (
+                    f"{path}._args_",
+                    f"{label} takes at most {len(self.positional)} positional arguments, got {len(args)}",
+                )
             )
         missing = self.required - kwargs.keys() - set(self.positional[: len(args)]) - set(optional)
         if missing:

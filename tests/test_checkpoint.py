@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from composer import (
@@ -27,7 +27,7 @@ from composer import (
     save_checkpoint,
     save_tensors,
 )
-from composer.checkpoint import write_atomic
+from composer.checkpoint import _crc32, write_atomic
 from composer.record import record_of
 from tests.recipes import BIG, MODELS, ROOT, example_batch, model_recipe
 
@@ -394,10 +394,6 @@ def test_unset_non_persistent_buffer_reloads(tmp_path):
 
 
 def test_format_2_files_with_a_crc32_still_load_and_verify(tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    from composer.checkpoint import _crc32
-
     model = build_from_config(model_recipe("tied"))
     save_checkpoint(model, tmp_path / "v3.safetensors")
     with open(tmp_path / "v3.safetensors", "rb") as f:

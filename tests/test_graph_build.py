@@ -15,7 +15,10 @@ LINEAR = {"type": "Linear", "in_features": 4, "out_features": 4}
 
 
 def residual(**extra) -> dict:
-    return {"type": "Graph", "nodes": {"fc": LINEAR, "act": {"type": "ReLU"}, "sum": {"op": "add", "in": ["act", "x"]}}} | extra
+    return {
+        "type": "Graph",
+        "nodes": {"fc": LINEAR, "act": {"type": "ReLU"}, "sum": {"op": "add", "in": ["act", "x"]}},
+    } | extra
 
 
 def problems(recipe) -> list[tuple[str, str]]:
@@ -33,7 +36,10 @@ def test_graph_wires_a_residual_and_keeps_entry_names_as_keys():
 
 def test_graph_inside_sequential_repeat_and_shared():
     recipe = {
-        "model": {"type": "Sequential", "layers": [{"type": "Repeat", "times": 2, "body": residual()}, {"ref": "head"}]},
+        "model": {
+            "type": "Sequential",
+            "layers": [{"type": "Repeat", "times": 2, "body": residual()}, {"ref": "head"}],
+        },
         "shared": {"head": {"type": "Graph", "nodes": {"fc": LINEAR}}},
         "input_shape": [2, 4],
     }
@@ -42,11 +48,18 @@ def test_graph_inside_sequential_repeat_and_shared():
 
 
 def test_call_reuses_the_weights_and_several_inputs_and_tuple_output():
-    model = build_from_config({
-        "type": "Graph", "inputs": ["a", "b"],
-        "nodes": {"enc": LINEAR, "enc_b": {"call": "enc", "in": "b"}, "diff": {"op": "sub", "in": ["enc", "enc_b"]}},
-        "output": ["diff", "enc_b"],
-    })  # fmt: skip
+    model = build_from_config(
+        {
+            "type": "Graph",
+            "inputs": ["a", "b"],
+            "nodes": {
+                "enc": LINEAR,
+                "enc_b": {"call": "enc", "in": "b"},
+                "diff": {"op": "sub", "in": ["enc", "enc_b"]},
+            },
+            "output": ["diff", "enc_b"],
+        }
+    )
     a, b = torch.randn(2, 4), torch.randn(2, 4)
     diff, enc_b = model(a, b)
     assert torch.equal(enc_b, model.enc(b)) and torch.equal(diff, model.enc(a) - model.enc(b))
@@ -54,38 +67,59 @@ def test_call_reuses_the_weights_and_several_inputs_and_tuple_output():
 
 
 def test_graph_params_default_to_zeros_take_inline_init_and_rules():
-    node = {"type": "Graph", "params": {"tok": {"shape": [1, 4]}, "pos": {"shape": [1, 4], "init": "ones"}},
-            "nodes": {"a": {"op": "add", "in": ["x", "tok"]}, "b": {"op": "add", "in": ["a", "pos"]}}}  # fmt: skip
+    node = {
+        "type": "Graph",
+        "params": {"tok": {"shape": [1, 4]}, "pos": {"shape": [1, 4], "init": "ones"}},
+        "nodes": {"a": {"op": "add", "in": ["x", "tok"]}, "b": {"op": "add", "in": ["a", "pos"]}},
+    }
     model = build_from_config(node)
     assert torch.equal(model.tok, torch.zeros(1, 4)) and torch.equal(model.pos, torch.ones(1, 4))
     ruled = build_from_config({"model": node, "init": {"rules": [{"tok": {"type": "constant", "val": 2.0}}]}})
     assert torch.equal(ruled.tok, torch.full((1, 4), 2.0))
     assert init_report(ruled)["tok"].startswith("constant") and init_report(ruled)["pos"].startswith("ones")
-    frozen = build_from_config({"type": "Graph", "params": {"p": {"shape": [2], "frozen": True}}, "nodes": {"o": {"op": "add", "in": ["x", "p"]}}})
+    frozen = build_from_config(
+        {
+            "type": "Graph",
+            "params": {"p": {"shape": [2], "frozen": True}},
+            "nodes": {"o": {"op": "add", "in": ["x", "p"]}},
+        }
+    )
     assert not frozen.p.requires_grad
 
 
 def test_templates_with_arguments_expressions_and_repeat_index():
     recipe = {
         "model": {"type": "Repeat", "times": 3, "body": {"use": "unit", "width": "$(4 * 2 ** i)", "frozen": True}},
-        "blocks": {"unit": {"args": {"width": "???", "bias": True}, "body": {"type": "Linear", "in_features": 2, "out_features": "$width", "bias": "$bias"}}},
-    }  # fmt: skip
+        "blocks": {
+            "unit": {
+                "args": {"width": "???", "bias": True},
+                "body": {"type": "Linear", "in_features": 2, "out_features": "$width", "bias": "$bias"},
+            }
+        },
+    }
     model = build_from_config(recipe)
     assert [m.out_features for m in model] == [4, 8, 16] and not any(p.requires_grad for p in model.parameters())
 
 
 def test_lazy_layer_inside_a_graph_gets_its_shape():
-    model = build_from_config({"model": {"type": "Graph", "nodes": {"fc": {"type": "Linear", "out_features": 3}}}, "input_shape": [2, 5]})
+    model = build_from_config(
+        {"model": {"type": "Graph", "nodes": {"fc": {"type": "Linear", "out_features": 3}}}, "input_shape": [2, 5]}
+    )
     assert type(model.fc) is nn.Linear and model.fc.in_features == 5
 
 
 def test_ties_share_one_parameter_initialized_by_the_src_scheme():
     recipe = {
-        "model": {"type": "Sequential", "layers": {"emb": {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 4},
-                                                   "head": {"type": "Linear", "in_features": 4, "out_features": 10, "bias": False}}},
+        "model": {
+            "type": "Sequential",
+            "layers": {
+                "emb": {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 4},
+                "head": {"type": "Linear", "in_features": 4, "out_features": 10, "bias": False},
+            },
+        },
         "tie": {"head.weight": "emb.weight"},
         "init": {"seed": 0, "rules": [{"layer": ["Linear", "Embedding"], "weight": {"type": "normal", "std": 0.02}}]},
-    }  # fmt: skip
+    }
     model = build_from_config(recipe)
     assert model.head.weight is model.emb.weight and sum(p.numel() for p in model.parameters()) == 40
     assert "1 shared tensor(s) counted once" in summary(model)
@@ -96,26 +130,129 @@ def test_ties_share_one_parameter_initialized_by_the_src_scheme():
 @pytest.mark.parametrize(
     "recipe, path, fragment",
     [
-        pytest.param({"type": "Graph", "nodes": {"fc": LINEAR | {"in": "xx"}}}, "model.nodes.fc.in", "did you mean 'x'", id="in-unknown"),
-        pytest.param({"type": "Graph", "nodes": {"fc": LINEAR, "dead": {"op": "neg", "in": "x"}, "out": {"op": "abs", "in": "fc"}}}, "model.nodes.dead", "", id="unused-entry"),
-        pytest.param({"type": "Graph", "nodes": {"o": {"op": "flaten"}}}, "model.nodes.o.op", "did you mean 'flatten'", id="unknown-op"),
-        pytest.param({"type": "Graph", "nodes": {"o": {"op": "flatten", "start": 1}}}, "model.nodes.o.start", "start_dim", id="op-kwarg"),
+        pytest.param(
+            {"type": "Graph", "nodes": {"fc": LINEAR | {"in": "xx"}}},
+            "model.nodes.fc.in",
+            "did you mean 'x'",
+            id="in-unknown",
+        ),
+        pytest.param(
+            {
+                "type": "Graph",
+                "nodes": {"fc": LINEAR, "dead": {"op": "neg", "in": "x"}, "out": {"op": "abs", "in": "fc"}},
+            },
+            "model.nodes.dead",
+            "",
+            id="unused-entry",
+        ),
+        pytest.param(
+            {"type": "Graph", "nodes": {"o": {"op": "flaten"}}},
+            "model.nodes.o.op",
+            "did you mean 'flatten'",
+            id="unknown-op",
+        ),
+        pytest.param(
+            {"type": "Graph", "nodes": {"o": {"op": "flatten", "start": 1}}},
+            "model.nodes.o.start",
+            "start_dim",
+            id="op-kwarg",
+        ),
         pytest.param({"type": "Graph", "nodes": {"forward": LINEAR}}, "model.nodes.forward", "", id="reserved-name"),
-        pytest.param({"model": {"use": "unit"}, "blocks": {"unit": {"args": ["c"], "body": LINEAR | {"out_features": "$c"}}}}, "model", "'c'", id="missing-arg"),
-        pytest.param({"model": {"use": "unit", "c": 1, "d": 2}, "blocks": {"unit": {"args": ["c"], "body": LINEAR | {"out_features": "$c"}}}}, "model.d", "", id="unknown-arg"),
-        pytest.param({"model": {"use": "unit", "c": 1}, "blocks": {"unit": {"args": ["c", "d"], "body": LINEAR | {"out_features": "$c"}}}}, "blocks.unit.args.d", "used nowhere", id="unused-arg"),
-        pytest.param({"model": {"use": "unit", "c": 1}, "blocks": {"unit": {"args": ["c"], "body": LINEAR | {"out_features": "$cc"}}}}, "blocks.unit.body.out_features", "did you mean 'c'", id="undeclared-name"),
-        pytest.param({"model": {"use": "a"}, "blocks": {"a": {"args": {}, "body": {"use": "b"}}, "b": {"args": {}, "body": {"use": "a"}}}}, "blocks.b.body.use", "a -> b -> a", id="template-cycle"),
-        pytest.param({"model": {"use": "unt"}, "blocks": {"unit": {"args": {}, "body": LINEAR}}}, "model.use", "did you mean 'unit'", id="unknown-template"),
-        pytest.param({"model": {"type": "Sequential", "layers": [LINEAR, {"type": "Linear", "in_features": 4, "out_features": 3}]}, "tie": {"1.weight": "0.weight"}}, "tie.1.weight", "shapes differ", id="tie-shapes"),
-        pytest.param({"model": {"type": "Sequential", "layers": [LINEAR, LINEAR]}, "tie": {"1.weight": "0.weigth"}}, "tie.1.weight", "did you mean '0.weight'", id="tie-unknown"),
-        pytest.param({"model": {"type": "Sequential", "layers": [LINEAR, LINEAR]}, "tie": {"1.weight": "0.weight"}, "init": {"rules": [{"match": "1", "weight": "zeros"}]}}, "init.rules[0]", "without it", id="rule-on-tie-dst"),
-        pytest.param({"model": {"type": "Sequential", "layers": [LINEAR, LINEAR | {"init": {"weight": "zeros"}}]}, "tie": {"1.weight": "0.weight"}}, "model.layers[1].init.weight", "tied", id="inline-on-tie-dst"),
-        pytest.param({"model": LINEAR, "inputs": [{"shape": [2, 4], "dtype": "flot32"}]}, "inputs[0].dtype", "did you mean 'float32'", id="input-dtype"),
+        pytest.param(
+            {"model": {"use": "unit"}, "blocks": {"unit": {"args": ["c"], "body": LINEAR | {"out_features": "$c"}}}},
+            "model",
+            "'c'",
+            id="missing-arg",
+        ),
+        pytest.param(
+            {
+                "model": {"use": "unit", "c": 1, "d": 2},
+                "blocks": {"unit": {"args": ["c"], "body": LINEAR | {"out_features": "$c"}}},
+            },
+            "model.d",
+            "",
+            id="unknown-arg",
+        ),
+        pytest.param(
+            {
+                "model": {"use": "unit", "c": 1},
+                "blocks": {"unit": {"args": ["c", "d"], "body": LINEAR | {"out_features": "$c"}}},
+            },
+            "blocks.unit.args.d",
+            "used nowhere",
+            id="unused-arg",
+        ),
+        pytest.param(
+            {
+                "model": {"use": "unit", "c": 1},
+                "blocks": {"unit": {"args": ["c"], "body": LINEAR | {"out_features": "$cc"}}},
+            },
+            "blocks.unit.body.out_features",
+            "did you mean 'c'",
+            id="undeclared-name",
+        ),
+        pytest.param(
+            {
+                "model": {"use": "a"},
+                "blocks": {"a": {"args": {}, "body": {"use": "b"}}, "b": {"args": {}, "body": {"use": "a"}}},
+            },
+            "blocks.b.body.use",
+            "a -> b -> a",
+            id="template-cycle",
+        ),
+        pytest.param(
+            {"model": {"use": "unt"}, "blocks": {"unit": {"args": {}, "body": LINEAR}}},
+            "model.use",
+            "did you mean 'unit'",
+            id="unknown-template",
+        ),
+        pytest.param(
+            {
+                "model": {
+                    "type": "Sequential",
+                    "layers": [LINEAR, {"type": "Linear", "in_features": 4, "out_features": 3}],
+                },
+                "tie": {"1.weight": "0.weight"},
+            },
+            "tie.1.weight",
+            "shapes differ",
+            id="tie-shapes",
+        ),
+        pytest.param(
+            {"model": {"type": "Sequential", "layers": [LINEAR, LINEAR]}, "tie": {"1.weight": "0.weigth"}},
+            "tie.1.weight",
+            "did you mean '0.weight'",
+            id="tie-unknown",
+        ),
+        pytest.param(
+            {
+                "model": {"type": "Sequential", "layers": [LINEAR, LINEAR]},
+                "tie": {"1.weight": "0.weight"},
+                "init": {"rules": [{"match": "1", "weight": "zeros"}]},
+            },
+            "init.rules[0]",
+            "without it",
+            id="rule-on-tie-dst",
+        ),
+        pytest.param(
+            {
+                "model": {"type": "Sequential", "layers": [LINEAR, LINEAR | {"init": {"weight": "zeros"}}]},
+                "tie": {"1.weight": "0.weight"},
+            },
+            "model.layers[1].init.weight",
+            "tied",
+            id="inline-on-tie-dst",
+        ),
+        pytest.param(
+            {"model": LINEAR, "inputs": [{"shape": [2, 4], "dtype": "flot32"}]},
+            "inputs[0].dtype",
+            "did you mean 'float32'",
+            id="input-dtype",
+        ),
         pytest.param({"model": LINEAR, "dtype": "bfloat"}, "dtype", "unknown dtype 'bfloat'", id="top-dtype"),
         pytest.param({"model": LINEAR | {"dtype": "f16"}}, "model.dtype", "unknown dtype", id="kwarg-dtype"),
     ],
-)  # fmt: skip
+)
 def test_bad_section_7_input_names_its_key_path(recipe, path, fragment):
     found = problems(recipe)
     assert any(p == path and fragment in m for p, m in found), found
@@ -131,12 +268,18 @@ def test_an_expression_that_is_not_arithmetic_runs_nothing(tmp_path):
 
 def test_inputs_with_dtypes_drive_lazy_shapes_and_the_summary():
     recipe = {
-        "model": {"type": "Graph", "inputs": ["ids"], "nodes": {
-            "emb": {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 6},
-            "lstm": {"type": "LSTM", "input_size": 6, "hidden_size": 5, "batch_first": True},
-            "out": {"op": "getitem", "index": 0}, "head": {"type": "Linear", "out_features": 2}}},
+        "model": {
+            "type": "Graph",
+            "inputs": ["ids"],
+            "nodes": {
+                "emb": {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 6},
+                "lstm": {"type": "LSTM", "input_size": 6, "hidden_size": 5, "batch_first": True},
+                "out": {"op": "getitem", "index": 0},
+                "head": {"type": "Linear", "out_features": 2},
+            },
+        },
         "inputs": [{"shape": [2, 7], "dtype": "long"}],
-    }  # fmt: skip
+    }
     model = build_from_config(recipe)
     assert model.head.in_features == 5
     text = summary(model)
@@ -144,7 +287,12 @@ def test_inputs_with_dtypes_drive_lazy_shapes_and_the_summary():
 
 
 def test_top_level_dtype_builds_in_that_dtype():
-    model = build_from_config({"model": {"type": "Sequential", "layers": [LINEAR, {"type": "BatchNorm1d", "num_features": 4}]}, "dtype": "bfloat16"})
+    model = build_from_config(
+        {
+            "model": {"type": "Sequential", "layers": [LINEAR, {"type": "BatchNorm1d", "num_features": 4}]},
+            "dtype": "bfloat16",
+        }
+    )
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model[1].running_mean.dtype == torch.bfloat16 and model[1].num_batches_tracked.dtype == torch.int64
     assert torch.get_default_dtype() == torch.float32

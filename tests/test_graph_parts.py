@@ -237,7 +237,7 @@ def test_repr_shows_the_wiring():
 
 @pytest.mark.slow
 def test_compiles_with_fullgraph_and_no_graph_breaks():
-    import torch._dynamo
+    import torch._dynamo  # noqa: PLC0415  (seconds: only for the compile test)
 
     torch.manual_seed(0)
     for graph, x in [
@@ -255,9 +255,9 @@ def test_compiles_with_fullgraph_and_no_graph_breaks():
 
 @pytest.mark.slow
 def test_fsdp2_fully_shard_swaps_parameters_under_the_graph(tmp_path):
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    import torch.distributed as dist  # noqa: PLC0415  (only for the FSDP test)
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

@@ -39,10 +39,13 @@ SCRIPT = textwrap.dedent(
             return self.proj(x + self.table)
 
     t0 = time.perf_counter()
-    block = build_from_config({"model": {"type": "Positions"}, "input_shape": [2, 8], "init": {"rules": [{"weight": "zeros"}]}})
+    block = build_from_config(
+        {"model": {"type": "Positions"}, "input_shape": [2, 8], "init": {"rules": [{"weight": "zeros"}]}}
+    )
     first_build = time.perf_counter() - t0
     note("user block build")
-    models = {name: build_from_config(ROOT / "composer" / "conf" / "model" / f"{name}.yaml") for name in ("mlp", "lazy_mlp", "siamese", "lstm_classifier", "fixed_hidden_mlp", "unet")}
+    names = ("mlp", "lazy_mlp", "siamese", "lstm_classifier", "fixed_hidden_mlp", "unet")
+    models = {name: build_from_config(ROOT / "composer" / "conf" / "model" / f"{name}.yaml") for name in names}
     note("builds")
     for model in models.values():
         summary(model)

@@ -38,7 +38,7 @@ from composer import (
 from composer.dcp import FORMAT, FORMAT_VERSION, _crc_info
 from composer.shard import select_units
 from tests.distributed import PeakMemory, cpu_mesh, run_ranks
-from tests.recipes import ROOT, model_recipe, recipe_with
+from tests.recipes import ROOT, recipe_with
 
 SMALL_GPT = {"vars.n_layer": 2, "vars.n_embd": 64, "vars.n_head": 4, "vars.vocab_size": 128, "vars.block_size": 64}
 NAMED = ["mlp", "rgnet", "tied", "gpt2_small"]  # the four

@@ -40,7 +40,9 @@ def test_a_sweep_leaves_every_default_parameter_bitwise_equal(model):
 
 def test_an_unrelated_rule_changes_nothing_else():
     plain = build_from_config(with_scheme("mlp", "default") | {"init": {"seed": 0}})
-    ruled = build_from_config(with_scheme("mlp", "default") | {"init": {"seed": 0, "rules": [{"match": "0", "weight": "xavier_uniform"}]}})
+    ruled = build_from_config(
+        with_scheme("mlp", "default") | {"init": {"seed": 0, "rules": [{"match": "0", "weight": "xavier_uniform"}]}}
+    )
     assert not torch.equal(plain[0].weight, ruled[0].weight)
     for path in ("0.bias", "2.weight", "2.bias"):
         assert torch.equal(plain.get_parameter(path), ruled.get_parameter(path)), path
@@ -48,36 +50,77 @@ def test_an_unrelated_rule_changes_nothing_else():
 
 def test_lazy_and_eager_builds_give_the_same_weights():
     """lazy_mlp infers its sizes through a forward pass; mlp states them: same paths, same values."""
-    lazy = build_from_config(with_scheme("lazy_mlp", "xavier") | {"init": {"seed": 3, "rules": [{"layer": "Linear", "bias": "uniform"}]}})
-    eager = build_from_config(with_scheme("mlp", "xavier") | {"init": {"seed": 3, "rules": [{"layer": "Linear", "bias": "uniform"}]}})
+    lazy = build_from_config(
+        with_scheme("lazy_mlp", "xavier") | {"init": {"seed": 3, "rules": [{"layer": "Linear", "bias": "uniform"}]}}
+    )
+    eager = build_from_config(
+        with_scheme("mlp", "xavier") | {"init": {"seed": 3, "rules": [{"layer": "Linear", "bias": "uniform"}]}}
+    )
     for (n1, p1), (n2, p2) in zip(lazy.named_parameters(), eager.named_parameters(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
 
 
 def test_a_block_built_for_real_and_one_built_on_meta_agree():
     """MyLinear resets as a whole from its module's stream, wherever it was built."""
-    recipe = {"model": {"type": "Sequential", "layers": [{"type": "MyLinear", "in_units": 4, "units": 3}]}, "init": {"seed": 1}}
+    recipe = {
+        "model": {"type": "Sequential", "layers": [{"type": "MyLinear", "in_units": 4, "units": 3}]},
+        "init": {"seed": 1},
+    }
     a, b = build_from_config(recipe), build_from_config(recipe)
     assert torch.equal(a[0].weight, b[0].weight)
-    sibling = build_from_config(recipe | {"model": {"type": "Sequential", "layers": [
-        {"type": "MyLinear", "in_units": 4, "units": 3}, {"type": "Linear", "in_features": 3, "out_features": 2}]}})  # fmt: skip
+    sibling = build_from_config(
+        recipe
+        | {
+            "model": {
+                "type": "Sequential",
+                "layers": [
+                    {"type": "MyLinear", "in_units": 4, "units": 3},
+                    {"type": "Linear", "in_features": 3, "out_features": 2},
+                ],
+            }
+        }
+    )
     assert torch.equal(a[0].weight, sibling[0].weight)  # a later sibling draws nothing from its stream
 
 
 def test_values_follow_the_path_not_the_position_in_the_build():
-    one = build_from_config({"model": {"type": "Sequential", "layers": {"a": {"type": "Linear", "in_features": 4, "out_features": 4}}}, "init": {"seed": 5}})
-    two = build_from_config({"model": {"type": "Sequential", "layers": {
-        "z": {"type": "Linear", "in_features": 9, "out_features": 9}, "a": {"type": "Linear", "in_features": 4, "out_features": 4}}},
-        "init": {"seed": 5}})  # fmt: skip
+    one = build_from_config(
+        {
+            "model": {"type": "Sequential", "layers": {"a": {"type": "Linear", "in_features": 4, "out_features": 4}}},
+            "init": {"seed": 5},
+        }
+    )
+    two = build_from_config(
+        {
+            "model": {
+                "type": "Sequential",
+                "layers": {
+                    "z": {"type": "Linear", "in_features": 9, "out_features": 9},
+                    "a": {"type": "Linear", "in_features": 4, "out_features": 4},
+                },
+            },
+            "init": {"seed": 5},
+        }
+    )
     assert torch.equal(one.a.weight, two.a.weight) and torch.equal(one.a.bias, two.a.bias)
 
 
 def test_defaults_keep_torchs_distributions():
-    model = build_from_config({"model": {"type": "Sequential", "layers": [
-        {"type": "Conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": 3},
-        {"type": "BatchNorm2d", "num_features": 16}, {"type": "Embedding", "num_embeddings": 50, "embedding_dim": 32, "padding_idx": 0},
-        {"type": "LSTM", "input_size": 8, "hidden_size": 16}, {"type": "MultiheadAttention", "embed_dim": 16, "num_heads": 2}]},
-        "init": {"seed": 0}})  # fmt: skip
+    model = build_from_config(
+        {
+            "model": {
+                "type": "Sequential",
+                "layers": [
+                    {"type": "Conv2d", "in_channels": 8, "out_channels": 16, "kernel_size": 3},
+                    {"type": "BatchNorm2d", "num_features": 16},
+                    {"type": "Embedding", "num_embeddings": 50, "embedding_dim": 32, "padding_idx": 0},
+                    {"type": "LSTM", "input_size": 8, "hidden_size": 16},
+                    {"type": "MultiheadAttention", "embed_dim": 16, "num_heads": 2},
+                ],
+            },
+            "init": {"seed": 0},
+        }
+    )
     bound = 1 / (8 * 9) ** 0.5
     assert model[0].weight.abs().max() <= bound and model[0].bias.abs().max() <= bound
     assert torch.equal(model[1].weight, torch.ones(16)) and torch.equal(model[1].running_var, torch.ones(16))
