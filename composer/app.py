@@ -85,6 +85,7 @@ def run(cfg: DictConfig, out: Path) -> None:
     import json  # noqa: PLC0415
 
     from composer import build_from_config, save_checkpoint  # noqa: PLC0415  (torch)
+    from composer import limits as budget  # noqa: PLC0415
     from composer.probe import PROBE_FILE, probe  # noqa: PLC0415
     from composer.record import record_of  # noqa: PLC0415
     from composer.summarize import summarize  # noqa: PLC0415
@@ -98,15 +99,20 @@ def run(cfg: DictConfig, out: Path) -> None:
         # The probe's first forward runs the recipe's own batch: it is also the smoke test and the
         # summary's output shapes (one forward fewer). It leaves the model as it was.
         shapes = {}
+        seconds = budget.current().seconds
         try:
-            signal = probe(
-                model,
-                resolved,
-                options["batch"],
-                max_macs=options["max_macs"],
-                seed=settings["seed"] or 0,
-                shapes=shapes,
-            )
+            with budget.deadline(seconds):  # model code may not end (inf weights in a while loop)
+                signal = probe(
+                    model,
+                    resolved,
+                    options["batch"],
+                    max_macs=options["max_macs"],
+                    seed=settings["seed"] or 0,
+                    shapes=shapes,
+                )
+        except budget.DeadlineExceeded:
+            what = "the probe's forward and backward pass"
+            raise ConfigError(budget.exceeded("seconds", what, seconds), example_inputs(resolved)[0]) from None
         except Exception as e:  # noqa: BLE001  (the forward of zeros below says what is wrong, or it is the probe's)
             shapes = None
             probe_error = f"probe: failed, no {PROBE_FILE}: {type(e).__name__}: {first_line(str(e))}"

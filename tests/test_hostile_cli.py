@@ -154,7 +154,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         ("model=bomb", "exceeds the limit nodes=500,000"),
         ("fifo", "model: no config named 'fifo'"),
         ("secret off", "resolver 'oc.env' is off: enable it with COMPOSER_RESOLVERS=oc.env"),
-        ("loop", "input_shape: a forward pass of zeros (stopped in module '(model)') exceeds the limit seconds=1"),
+        ("loop", "input_shape: the probe's forward and backward pass exceeds the limit seconds=1"),
         (
             "modules low",
             "exceeds the limit modules=100 (raise it with limits={'modules': N} or COMPOSER_MAX_MODULES=N)",
