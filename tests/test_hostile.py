@@ -565,8 +565,12 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> N
             "model.nodes.b.call",
         ),
         ("a\x00path.yaml", "not a valid path"),
+        (
+            {"model": {"type": "Repeat", "times": 2, "body": {"type": "BatchNorm1d"}}, "tie": {"0.weight": "1.weight"}},
+            "tie.0.weight: 0.weight has no shape yet",
+        ),
     ],
-    ids=["shared", "blocks", "tie", "tie values", "template args", "call", "NUL in a path"],
+    ids=["shared", "blocks", "tie", "tie values", "template args", "call", "NUL in a path", "tie of lazy layers"],
 )
 def test_malformed_sections_are_config_errors(recipe, where) -> None:
     with pytest.raises(ConfigError) as info:
