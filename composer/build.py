@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedTensorMixin
 
 from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, has_control, unknown
@@ -564,6 +565,11 @@ def tie_parameters(model: nn.Module, ties: Mapping[str, str]) -> None:
         for name, _ in missing:
             problems.append((f"tie.{dst}", f"no parameter {name!r}{did_you_mean(name, params)}"))
         if missing:
+            continue
+        lazy = [p for p in (dst, src) if isinstance(params[p], UninitializedTensorMixin)]
+        if lazy:
+            why = f"{lazy[0]} has no shape yet (a lazy layer): give its layer's sizes to tie it"
+            problems.append((f"tie.{dst}", why))
             continue
         if params[dst].shape != params[src].shape:
             shapes = f"{list(params[dst].shape)} vs {list(params[src].shape)}"

@@ -10,7 +10,7 @@ so a 255-character target name still fits), created exclusively and held under a
 ``flock`` while it is written, then renamed over the target. A save killed with SIGKILL leaves its
 temporary, whose lock died with it: the next save into that folder removes every
 ``.composer-*.tmp`` that no live process holds. A temporary of a save still running elsewhere is
-locked, and left alone.
+locked, and left alone (on a file system without ``flock`` none can be told dead: none is removed).
 """
 
 from __future__ import annotations
@@ -107,7 +107,13 @@ class Temporary:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             except FileExistsError:
                 continue
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                # a file system without locks: the temporary is unlocked, and no save removes it
             if os.fstat(fd).st_nlink:  # not removed by another save's cleanup between open and flock
                 self.path, self.fd = path, fd
                 return
@@ -148,8 +154,8 @@ def remove_stale(folder: Path) -> list[str]:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a save in progress holds it
+            except OSError:
+                continue  # a save in progress holds it (or the file system has no locks: keep it)
             if os.lstat(entry.path).st_ino == os.fstat(fd).st_ino:
                 os.unlink(entry.path)
                 removed.append(name)
