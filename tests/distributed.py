@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -65,10 +66,13 @@ def _rank_main(rank: int, world_size: int, store: str, folder: str, fn: Callable
             "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
         )
         fn(rank, world_size, *args)
+        dist.barrier()  # every rank done before any tears down: gloo aborted (-6) on a rank left behind
     except BaseException:
         Path(folder, f"rank{rank}.err").write_text(traceback.format_exc())
         os._exit(1)  # at once: a peer that failed must not leave this rank in a collective
     dist.destroy_process_group()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: its gloo threads' exit raced the peers' (SIGABRT, 1 run in ~25)
 
 
 def cpu_mesh() -> DeviceMesh:
