@@ -209,7 +209,11 @@ class Builder:
 
     def remember_checked(self, node: Mapping, cls: type) -> None:
         """Note a plain leaf node's shape as checked, so its twins skip the checks."""
-        if "type" in node and not (node.keys() & _RESERVED - {"type"}) and all(type(v) in _PLAIN for v in node.values()):
+        if (
+            "type" in node
+            and not (node.keys() & _RESERVED - {"type"})
+            and all(type(v) in _PLAIN for v in node.values())
+        ):
             self._checked[_leaf_key(node)] = cls
 
     def instantiate(self, label: str, cls: type, args: list, kwargs: dict, path: str) -> nn.Module | None:
@@ -311,7 +315,9 @@ def _arguments(builder: Builder, node: Mapping, path: str) -> tuple[list, dict]:
         builder.fail(f"{path}._args_", f"expected a list of positional arguments, got {describe(raw_args)}")
         raw_args = []
     args = [v if type(v) in _PLAIN else builder.value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
-    kwargs = {k: v if type(v) in _PLAIN else builder.value(v, f"{path}.{k}") for k, v in node.items() if k not in _RESERVED}
+    kwargs = {
+        k: v if type(v) in _PLAIN else builder.value(v, f"{path}.{k}") for k, v in node.items() if k not in _RESERVED
+    }
     if isinstance(kwargs.get("dtype"), str):  # any kwarg named dtype takes a dtype's name
         try:
             kwargs["dtype"] = dtype_of(kwargs["dtype"], f"{path}.dtype")
@@ -480,7 +486,10 @@ def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         return None
     before = len(builder.problems)
     entries = [_graph_entry(builder, str(name), entry, f"{path}.nodes.{name}") for name, entry in nodes.items()]
-    params = {name: _graph_param(builder, str(name), spec, f"{path}.params.{name}") for name, spec in (node.get("params") or {}).items()}
+    params = {
+        name: _graph_param(builder, str(name), spec, f"{path}.params.{name}")
+        for name, spec in (node.get("params") or {}).items()
+    }
     if len(builder.problems) > before:
         return None
     try:

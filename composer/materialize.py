@@ -95,13 +95,18 @@ def forward_zeros(
 
 def _linear_shape(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] != m.in_features:
-        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied: input {list(x.shape)}, in_features={m.in_features}")
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied: input {list(x.shape)}, in_features={m.in_features}"
+        )
     return x.new_empty((*x.shape[:-1], m.out_features))
 
 
 def _layer_norm_shape(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     if tuple(x.shape[-len(m.normalized_shape) :]) != tuple(m.normalized_shape):
-        raise RuntimeError(f"Given normalized_shape={list(m.normalized_shape)}, expected input with shape [*, {', '.join(map(str, m.normalized_shape))}], but got input of size {list(x.shape)}")
+        raise RuntimeError(
+            f"Given normalized_shape={list(m.normalized_shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, m.normalized_shape))}], but got input of size {list(x.shape)}"
+        )
     return x
 
 
