@@ -5,7 +5,8 @@ bench.attacks`` measures another composer (an older one: what the attacks did be
 taking the attacks themselves from this tree's ``tests/attacks.py``.
 
 Each attack's input is written first (``prepare``, not measured); then the part a user runs is
-timed, and its memory is the growth of the process's peak resident size over the peak before it.
+timed, and its memory is the growth of the process's peak resident size during it (Linux resets
+the peak on request; elsewhere, the growth over the peak before it).
 A process is stopped after ``--timeout`` seconds, or when it passes ``--memory`` GB of address space.
 """
 
@@ -24,17 +25,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, pathlib, resource, sys, tempfile, time
-from tests.attacks import ATTACKS
+from tests import attacks
 from composer import CheckpointError, ConfigError, build_from_config
 build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})  # imports paid first
-attack = ATTACKS[int(sys.argv[1])]
+attack = getattr(attacks, sys.argv[2])[int(sys.argv[1])]
 with tempfile.TemporaryDirectory() as tmp:
     try:
         argument = attack.prepare(pathlib.Path(tmp))
     except Exception as e:
         print(json.dumps({"outcome": f"cannot prepare: {type(e).__name__}: {e}"[:120]}))
         sys.exit()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def status(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    try:  # Linux: reset the peak resident size, so the attack's own peak shows
+        open("/proc/self/clear_refs", "w").write("5")
+        before, peak = status("VmRSS"), lambda: status("VmHWM")
+    except OSError:
+        def peak():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        before = peak()
     start = time.perf_counter()
     try:
         attack.run(argument)
@@ -44,12 +56,12 @@ with tempfile.TemporaryDirectory() as tmp:
     except BaseException as e:
         outcome = f"RAW {type(e).__name__}: {e}"
     seconds = time.perf_counter() - start
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown = (peak() - before) / 1024
     print(json.dumps({"outcome": outcome.splitlines()[0][:150], "seconds": seconds, "mb": grown}))
 """
 
 
-def measure(index: int, timeout: float, memory_gb: float) -> dict:
+def measure(index: int, timeout: float, memory_gb: float, catalogue: str = "ATTACKS") -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
 
@@ -59,7 +71,7 @@ def measure(index: int, timeout: float, memory_gb: float) -> dict:
 
     try:
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(index)],
+            [sys.executable, "-c", CHILD, str(index), catalogue],
             capture_output=True, text=True, timeout=timeout, env=env, preexec_fn=cap, cwd=tempfile.gettempdir(),
         )  # fmt: skip
     except subprocess.TimeoutExpired:
@@ -76,15 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before an attack counts as a hang")
     parser.add_argument("--memory", type=float, default=6.0, help="GB of address space a process may take")
     parser.add_argument("-k", default="", help="only the attacks whose name holds this text")
+    parser.add_argument(
+        "--at-limits", action="store_true", help="measure instead the costliest inputs each default limit lets through"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from tests.attacks import ATTACKS  # noqa: PLC0415  (this tree's attacks, whatever composer is measured)
+    from tests import attacks  # noqa: PLC0415  (this tree's attacks, whatever composer is measured)
 
+    catalogue = "AT_THE_LIMITS" if args.at_limits else "ATTACKS"
     print(f"{'attack':58} {'seconds':>8} {'MB':>7}  outcome")
-    for index, attack in enumerate(ATTACKS):
+    for index, attack in enumerate(getattr(attacks, catalogue)):
         if args.k not in attack.name:
             continue
-        result = measure(index, args.timeout, args.memory)
+        result = measure(index, args.timeout, args.memory, catalogue)
         seconds = f"{result['seconds']:.3f}" if "seconds" in result else "-"
         mb = f"{result['mb']:.0f}" if "mb" in result else "-"
         print(f"{attack.name:58} {seconds:>8} {mb:>7}  {result['outcome']}", flush=True)

@@ -383,8 +383,8 @@ def json_field(
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are distinct: a key given twice (the last silently winning) is
-    as wrong in a file as in a recipe. A ``ValueError``, which the readers report as corruption."""
+    """A JSON object whose keys are distinct: a key given twice in a stored recipe (the last
+    silently winning) is as wrong as in a recipe file. A ``ValueError``, reported as corruption."""
     found = dict(pairs)
     if len(found) < len(pairs):
         raise ValueError("a key is given twice")
@@ -406,7 +406,7 @@ def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
     if length > limit:
         raise CheckpointError(f"{path}: {budget.exceeded('header_bytes', f'its header of {length:,} bytes', limit)}")
     try:
-        header = json.loads(os.pread(fd, length, 8), object_pairs_hook=_unique)
+        header = json.loads(os.pread(fd, length, 8))  # C speed: 8 MiB of {} in 0.7 s (a hook per object: 1.5 s)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
     except (UnicodeDecodeError, ValueError):  # ValueError: invalid JSON, a 5,000-digit number

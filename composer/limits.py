@@ -12,10 +12,10 @@ limit                     default          what it bounds
 ``nodes``                 500,000          the values of a recipe, counting each YAML alias and each
                                            ``${...}`` interpolation as the tree it expands to
 ``depth``                 100              the nesting of a recipe's mappings and lists
-``modules``               100,000          the modules one build makes; a Repeat (times nested
+``modules``               50,000           the modules one build makes; a Repeat (times nested
                                            Repeats) asking for more is refused before building
 ``header_bytes``          8 MiB            a checkpoint's header (its JSON index and metadata)
-``tensor_elements``       2**26            the elements of an example input made from a recipe's
+``tensor_elements``       2**25            the elements of an example input made from a recipe's
                                            ``input_shape``/``inputs`` (the model's weights are not)
 ``seconds``               60               a forward pass of example inputs (lazy shapes, the summary,
                                            the CLI's smoke forward)
@@ -56,9 +56,9 @@ class Limits:
     recipe_bytes: int = 1 << 20
     nodes: int = 500_000
     depth: int = 100
-    modules: int = 100_000
+    modules: int = 50_000
     header_bytes: int = 8 << 20
-    tensor_elements: int = 1 << 26
+    tensor_elements: int = 1 << 25
     seconds: float = 60.0
 
     def replace(self, values: Mapping[str, Any]) -> Limits:

@@ -245,3 +245,47 @@ ATTACKS = [
     Attack("recipe path is /dev/zero", _value("/dev/zero"), _build, ConfigError, "not a regular file"),
     Attack("FixedHiddenMLP with an inf bias: inspect", _looping_checkpoint, _inspect, None),
 ]  # fmt: skip
+
+
+# --- the costliest inputs each default still lets through: what a limit's default costs ------------
+
+
+def _repeat_at_limit(_tmp: Path) -> dict:
+    return {"type": "Repeat", "times": 49_999, "body": {"type": "Identity"}}
+
+
+def _nodes_at_limit(_tmp: Path) -> dict:
+    """A list of 240,000 numbers pasted twice by interpolation: about 480,000 values."""
+    return {"model": {"type": "Identity"}, "blocks": {"a": list(range(240_000)), "b": "${blocks.a}"}}
+
+
+def _recipe_file_at_limit(tmp: Path) -> Path:
+    rows = "\n".join(f"    k{i}: {i}" for i in range(55_000))
+    path = _file(tmp, "big.yaml", f"model: {{type: Identity}}\nvars:\n  pad:\n{rows}\n")
+    assert path.stat().st_size < 1 << 20
+    return path
+
+
+def _header_at_limit(tmp: Path) -> Path:
+    body = b"{" + b",".join(b'"%d":{}' % i for i in range(690_000)) + b"}"
+    assert len(body) < 8 << 20
+    return raw_header_file(tmp / "braces.safetensors", body)
+
+
+def _input_at_limit(_tmp: Path) -> dict:
+    return {"model": {"type": "Identity"}, "input_shape": [1, 1 << 25]}
+
+
+def _summary(recipe: dict) -> str:
+    from composer import summary  # noqa: PLC0415
+
+    return summary(_build(recipe))
+
+
+AT_THE_LIMITS = [
+    Attack("Repeat of 49,999 Identity, device=meta (modules)", _repeat_at_limit, _meta, None),
+    Attack("480,000 values after a paste (nodes)", _nodes_at_limit, _meta, None),
+    Attack("a recipe file of 1 MB (recipe_bytes)", _recipe_file_at_limit, _build, None),
+    Attack("a header of 8 MB of {} (header_bytes)", _header_at_limit, _load, CheckpointError, "not a composer"),
+    Attack("summary with an input of 2**25 elements (tensor_elements)", _input_at_limit, _summary, None),
+]  # fmt: skip
