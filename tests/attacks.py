@@ -7,15 +7,34 @@ bench.attacks`` runs each in a fresh process and measures its time and peak memo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from composer import CheckpointError, ConfigError
+
+
+@contextlib.contextmanager
+def guard(seconds: float) -> Iterator[None]:
+    """Fail, rather than hang, when the code inside runs past ``seconds`` (main thread): a test's
+    own stop for an attack or a fuzzed example that a regression lets loop."""
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from safetensors.torch import load_file
 
 from composer import CheckpointError, ConfigError, build_from_config, load_checkpoint, load_tensors, save_checkpoint
 from composer.checkpoint import _CHECKSUMS, FORMAT, read_metadata
+from tests.attacks import guard
 
 # the recursive strategies' own repr grows large: hypothesis warns about it, harmlessly
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
@@ -55,18 +54,8 @@ def fuzz_settings(slow: bool) -> settings:
     )
 
 
-@contextlib.contextmanager
-def deadline(seconds: float = DEADLINE) -> Iterator[None]:
-    def stop(_signum, _frame):
-        raise TimeoutError(f"an example still ran after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def deadline(seconds: float = DEADLINE) -> contextlib.AbstractContextManager[None]:
+    return guard(seconds)
 
 
 # --- the recipe grammar ---------------------------------------------------------------------------

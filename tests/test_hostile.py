@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import struct
 import threading
 import time
@@ -40,26 +39,15 @@ from composer.materialize import forward_zeros
 from composer.recipe import InputSpec
 from composer.record import record_of
 from tests.attacks import ATTACKS, Attack, raw_header_file, write_checkpoint
+from tests.attacks import guard as _guard
 from tests.recipes import model_recipe
 
 SECONDS, MEGABYTES = 1.0, 200  # what the issue allows each attack
 GUARD = 20  # seconds after which a test stops an attack that hangs (a regression)
 
 
-@contextlib.contextmanager
-def guard(seconds: float = GUARD) -> Iterator[None]:
-    """Fail, rather than hang, when the code inside runs past ``seconds`` (main thread)."""
-
-    def stop(_signum, _frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def guard(seconds: float = GUARD) -> contextlib.AbstractContextManager[None]:
+    return _guard(seconds)
 
 
 # --- the attacks: each ends within a second and 200 MB, with composer's own error ---------------
