@@ -255,13 +255,18 @@ def _closed(
     return {**schema, "required": list(required)} if required else schema
 
 
-def _type_def(name: str, cls: Any) -> dict[str, Any]:
-    """A registered type: its arguments typed, every other key refused unless it takes ``**kwargs``."""
-    signature = args_of.arguments(cls)
+def _titled(name: str, obj: Any) -> dict[str, Any]:
+    """An object schema titled ``name``, described by the first line of ``obj``'s docstring."""
     schema: dict[str, Any] = {"type": "object", "title": name}
-    doc = args_of.summary_line(cls)
+    doc = args_of.summary_line(obj)
     if doc:
         schema["description"] = doc
+    return schema
+
+
+def _type_def(name: str, cls: Any) -> dict[str, Any]:
+    """A registered type: its arguments typed, every other key refused unless it takes ``**kwargs``."""
+    signature, schema = args_of.arguments(cls), _titled(name, cls)
     if signature is None:
         return schema
     deferred = LAZY[cls][1] if cls in LAZY else None
@@ -284,11 +289,7 @@ def _type_def(name: str, cls: Any) -> dict[str, Any]:
 
 
 def _initializer_def(name: str, fn: Any) -> dict[str, Any]:
-    signature = args_of.arguments(fn)
-    schema: dict[str, Any] = {"type": "object", "title": name}
-    doc = args_of.summary_line(fn)
-    if doc:
-        schema["description"] = doc
+    signature, schema = args_of.arguments(fn), _titled(name, fn)
     if signature is None:
         return schema
     named = [a for a in signature.named[1:] if a.name not in _NOT_INITIALIZER_ARGS]
@@ -303,11 +304,7 @@ def _initializer_def(name: str, fn: Any) -> dict[str, Any]:
 
 def _op_def(name: str, fn: Any) -> dict[str, Any]:
     """An op: its parameters without a default are tensor inputs (``in``), the others kwargs."""
-    signature = args_of.arguments(fn)
-    schema: dict[str, Any] = {"type": "object", "title": name}
-    doc = args_of.summary_line(fn)
-    if doc:
-        schema["description"] = doc
+    signature, schema = args_of.arguments(fn), _titled(name, fn)
     if signature is None:
         return schema
     kwargs = [a for a in signature.named if not a.required and a.name not in ("op", "in")]
