@@ -128,6 +128,9 @@ class Plan:
     """
 
     entries: dict[int, tuple[nn.Module, str, str, Scheme]] = field(default_factory=dict)
+    # the model's named_modules (duplicates kept) and each tensor's path, as planned: ``initialize``
+    # right after reuses them instead of walking the model again
+    layout: tuple[list[tuple[str, nn.Module]], dict[int, str]] | None = None
 
     def current(self) -> Iterator[tuple[nn.Parameter, str, Scheme]]:
         """(parameter as it is now, its path, its scheme) for each covered parameter."""
@@ -153,9 +156,9 @@ def plan_init(
     set by the scheme that wins for ``src``: a rule may reach ``dst`` only together with ``src``
     (then with the same spec), and an inline spec on ``dst`` is an error."""
     problems: list[tuple[str, str]] = []
-    plan = Plan()
     entries = list(model.named_modules(remove_duplicate=False))
     paths = first_paths(entries, canonical_paths(model, ties))
+    plan = Plan(layout=(entries, paths))
     tie_sites = {dst: (_site(model, dst), _site(model, src)) for dst, src in (ties or {}).items()}
     reached: set[tuple[int, str]] = set()
 
@@ -277,8 +280,11 @@ def initialize(model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, 
     """Fill every tensor of ``model`` once, each from its own stream under ``base_seed``: the
     planned scheme where one covers it, else its module's default."""
     streams = Streams(base_seed)
-    modules = list(model.named_modules(remove_duplicate=False))
-    paths = first_paths(modules, canonical_paths(model, ties))
+    if plan.layout is not None:
+        modules, paths = plan.layout
+    else:
+        modules = list(model.named_modules(remove_duplicate=False))
+        paths = first_paths(modules, canonical_paths(model, ties))
     covered = {id(p) for p, _, scheme in plan.current() if not scheme.is_default}
     defaults, whole = _defaults(modules, paths)
     with torch.no_grad():
