@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,11 +21,11 @@ import yaml
 
 from composer import build_from_config, load_checkpoint
 from composer.summarize import shape_of
-from tests.recipes import MODELS, ROOT, example_batch
+from tests.cli import command, run, run_together
+from tests.recipes import MODELS, example_batch
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 300
 
 # A user's own config dir: a recipe that shadows the packaged mlp, one that is valid but
 # extra, an init scheme of their own, and two broken ones.
@@ -82,26 +80,6 @@ USER_CONF = {
         input_shape: [2, 28, 28]
         """,
 }
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "composer", *args]
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-    )  # installed or not
-    full_env.update(env or {})
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def run_together(jobs: dict[str, tuple], cwd: Path) -> dict[str, subprocess.CompletedProcess]:
-    """Start independent runs at once: {name: (cmd, env or None)} -> {name: result}."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run, cmd, cwd, env) for name, (cmd, env) in jobs.items()}
-        return {name: f.result() for name, f in futures.items()}
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

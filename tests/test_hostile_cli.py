@@ -14,18 +14,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from composer import load_checkpoint
 from tests.attacks import ALIAS_BOMB, REPEAT_BILLION, write_checkpoint
+from tests.cli import TIMEOUT, command, run_together
 from tests.recipes import ROOT
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 300
 SECRET = "AKIA-hunter2-do-not-store"
 
 # A --config-dir from someone else: each model or init file tries to reach Hydra, or to hang it.
@@ -84,23 +83,6 @@ HOSTILE = {
     "model/escape.yaml": 'type: Linear\nin_features: 2\nout_features: 2\n"\\e]0;pwned\\a\\e[2J": 1\n',
     "model/wide.yaml": "# @package _global_\nmodel: {type: Repeat, times: 200, body: {type: Identity}}\n",
 }
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "composer", *args]
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("COMPOSER_")}
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    full_env.update(env or {})
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def run_together(jobs: dict[str, tuple], cwd: Path) -> dict[str, subprocess.CompletedProcess]:
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run, cmd, cwd, env) for name, (cmd, env) in jobs.items()}
-        return {name: f.result() for name, f in futures.items()}
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
