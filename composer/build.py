@@ -319,7 +319,9 @@ def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     layers = node.get("layers", [])
     if isinstance(layers, list):
         children = [builder.build_item(n, f"{path}.layers", i) for i, n in enumerate(layers)]
-        names = [str(i) for i in range(len(children))]
+        if any(child is None for child in children):
+            return None
+        return nn.Sequential(*children)  # named 0, 1, ...: nothing to check
     elif isinstance(layers, Mapping):
         names = [str(k) for k in layers]
         children = [builder.build_item(n, f"{path}.layers", str(k)) for k, n in layers.items()]
@@ -625,6 +627,7 @@ def construct(
     ties = recipe.get("tie") or {}
     if not (isinstance(ties, Mapping) and all(isinstance(v, str) for v in ties.values())):
         ties = {}  # top_level_problems reports it
-    tie_parameters(model, ties)
+    if ties:
+        tie_parameters(model, ties)
     builder.notes.ties = dict(ties)
     return model, builder.notes, on_meta

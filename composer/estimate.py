@@ -18,6 +18,7 @@ from composer.interpolation import key_path
 from composer.recipe import is_node
 from composer.templates import USE_KEYS, Template
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _ARG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -44,7 +45,14 @@ class _Counter:
         self.where: tuple = ()
 
     def count(self, value: Any, where: tuple) -> int:
-        if not isinstance(value, (Mapping, list)):
+        kind = type(value)
+        if kind is dict and "use" not in value:
+            for item in value.values():
+                if type(item) not in _SCALARS:
+                    break
+            else:  # a leaf: one module or none, nothing below it to count or remember
+                return 1 if is_node(value) else 0
+        elif kind in _SCALARS or not isinstance(value, (Mapping, list)):
             return 0
         known = self.seen.get(id(value))
         if known is None:
@@ -72,9 +80,10 @@ class _Counter:
             return 1 + n * body
         total = 1 if is_node(value) else 0
         for key, item in value.items():
-            total += self.count(item, (*where, key))
-            if total > self.stop:
-                break
+            if type(item) not in _SCALARS:  # most values of a node: no call, no key path
+                total += self.count(item, (*where, key))
+                if total > self.stop:
+                    break
         return total
 
     def _use(self, node: Mapping, where: tuple) -> int:

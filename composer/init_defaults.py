@@ -25,6 +25,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.rnn import RNNBase, RNNCellBase
 
 from composer.graph import Graph
+from composer.placement import skip_reset
 
 Fill = Callable[[torch.Tensor, torch.Generator], object]
 Table = dict[str, Fill]
@@ -117,23 +118,28 @@ def _prelu(m: nn.PReLU) -> Table:
     return {"weight": lambda t, _g: init.constant_(t, m.init)}
 
 
-# Keyed by the reset function a class uses: a subclass that overrides it is not covered.
+# The classes whose reset is written here, by the class that defines it and its name. Keyed by
+# that reset function (wrapped by ``placement.skip_reset``: a build skips it, as initialization
+# writes every tensor it would), so a subclass that overrides its reset is not covered.
+_WRITTEN: dict[tuple[type, str], Callable[[nn.Module], Table]] = {
+    (nn.Linear, "reset_parameters"): _linear,
+    (_ConvNd, "reset_parameters"): _linear,
+    (nn.Bilinear, "reset_parameters"): _bilinear,
+    (nn.Embedding, "reset_parameters"): _embedding,
+    (nn.EmbeddingBag, "reset_parameters"): _embedding,
+    (_NormBase, "reset_parameters"): _norm,
+    (nn.LayerNorm, "reset_parameters"): _norm,
+    (nn.GroupNorm, "reset_parameters"): _norm,
+    (nn.RMSNorm, "reset_parameters"): _norm,
+    (RNNBase, "reset_parameters"): _recurrent,
+    (RNNCellBase, "reset_parameters"): _recurrent,
+    (nn.MultiheadAttention, "_reset_parameters"): _attention,
+    (nn.Transformer, "_reset_parameters"): _transformer,
+    (nn.PReLU, "reset_parameters"): _prelu,
+    (Graph, "reset_parameters"): _graph,
+}
 TABLES: dict[Callable, Callable[[nn.Module], Table]] = {
-    nn.Linear.reset_parameters: _linear,
-    _ConvNd.reset_parameters: _linear,
-    nn.Bilinear.reset_parameters: _bilinear,
-    nn.Embedding.reset_parameters: _embedding,
-    nn.EmbeddingBag.reset_parameters: _embedding,
-    _NormBase.reset_parameters: _norm,
-    nn.LayerNorm.reset_parameters: _norm,
-    nn.GroupNorm.reset_parameters: _norm,
-    nn.RMSNorm.reset_parameters: _norm,
-    RNNBase.reset_parameters: _recurrent,
-    RNNCellBase.reset_parameters: _recurrent,
-    nn.MultiheadAttention._reset_parameters: _attention,
-    nn.Transformer._reset_parameters: _transformer,
-    nn.PReLU.reset_parameters: _prelu,
-    Graph.reset_parameters: _graph,
+    skip_reset(owner, name): make for (owner, name), make in _WRITTEN.items()
 }
 
 

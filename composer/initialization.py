@@ -16,7 +16,8 @@ the scheme that sets it and its shape: not on other rules, build order, or a ``m
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 from composer.errors import ConfigError, did_you_mean, unknown
 from composer.init_defaults import Fill, default_table
 from composer.initializers import INITIALIZERS, SEED_LIMIT, Scheme, Streams, parse_scheme
+from composer.parallel import run_split
 from composer.placement import reset_method
 from composer.registry import MODULES
 from composer.signatures import describe, is_int
@@ -278,7 +280,9 @@ def check_plan(plan: Plan) -> None:
 
 def initialize(model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, str] | None = None) -> None:
     """Fill every tensor of ``model`` once, each from its own stream under ``base_seed``: the
-    planned scheme where one covers it, else its module's default."""
+    planned scheme where one covers it, else its module's default. Per-tensor fills run in
+    several threads (``parallel``) where there are enough elements on CPU; modules that reset as
+    a whole, and users' initializers, run here, one after the other."""
     streams = Streams(base_seed)
     if plan.layout is not None:
         modules, paths = plan.layout
@@ -287,15 +291,42 @@ def initialize(model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, 
         paths = first_paths(modules, canonical_paths(model, ties))
     covered = {id(p) for p, _, scheme in plan.current() if not scheme.is_default}
     defaults, whole = _defaults(modules, paths)
+    jobs: list[tuple[torch.Tensor, str, Fill]] = [
+        (tensor, paths[key], fill) for key, (tensor, fill) in defaults.items() if key not in covered
+    ]
+    serial: list[tuple[torch.Tensor, str, Fill]] = []
+    for param, where, scheme in plan.current():
+        if not scheme.is_default:
+            job = (param, paths[id(param)], functools.partial(_scheme_fill, scheme, where))
+            (jobs if scheme.any_thread else serial).append(job)
     with torch.no_grad():
         for path, module in whole:
             _reset_whole(module, covered, streams.at(path, torch.device("cpu")).initial_seed())
-        for key, (tensor, fill) in defaults.items():
-            if key not in covered:
-                fill(tensor, streams.at(paths[key], tensor.device))
-    for param, where, scheme in plan.current():
-        if not scheme.is_default:
-            scheme.fill(param, streams.at(paths[id(param)], param.device), where)
+        _fill(serial, streams)
+    if all(t.device.type == "cpu" for t, _, _ in jobs):
+        run_split(jobs, lambda job: job[0].numel(), functools.partial(_fill_in_thread, base_seed))
+    else:
+        _fill(jobs, streams)
+
+
+def _scheme_fill(scheme: Scheme, where: str, tensor: torch.Tensor, gen: torch.Generator) -> None:
+    scheme.fill(tensor, gen, where)
+
+
+def _fill(jobs: Sequence[tuple[torch.Tensor, str, Fill]], streams: Streams) -> None:
+    with torch.no_grad():
+        for tensor, path, fill in jobs:
+            fill(tensor, streams.at(path, tensor.device))
+
+
+def _fill_in_thread(base_seed: int, jobs: Sequence[tuple[torch.Tensor, str, Fill]]) -> None:
+    """``_fill`` with the thread's own generators (``no_grad`` is per thread too), through detached
+    aliases: measured here, in-place fills of ``Parameter``s in two threads do not overlap, those
+    of their detached aliases (same storage) do."""
+    streams = Streams(base_seed)
+    with torch.no_grad():
+        for tensor, path, fill in jobs:
+            fill(tensor.detach(), streams.at(path, tensor.device))
 
 
 def _defaults(

@@ -49,6 +49,9 @@ def piecewise(tensor: torch.Tensor, generator: torch.Generator | None = None) ->
         return tensor.mul_(tensor.abs() >= 5)
 
 
+_OWN = frozenset(INITIALIZERS.lookup(name, "") for name in INITIALIZERS)  # the ones above: draw from ``generator`` only
+
+
 def stream_seed(base: int, path: str) -> int:
     """The seed of the tensor (or module) at ``path`` in a build seeded with ``base``: a hash of
     both, so it depends on nothing else (not on other tensors, build order or world size)."""
@@ -120,6 +123,12 @@ class Scheme:
     @property
     def _fn(self) -> Initializer:
         return INITIALIZERS.lookup(self.name, self.source)
+
+    @property
+    def any_thread(self) -> bool:
+        """Whether ``fill`` may run beside other fills in other threads: composer's own
+        initializers draw only from the generator given; a user's may touch global state."""
+        return self._fn in _OWN
 
 
 _PROBE_LIMIT = 1 << 22  # elements (16 MB of float32) a check may really allocate

@@ -84,6 +84,25 @@ for _name in [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_
         setattr(nn.init, _name, _skippable(_fill))
 
 
+def skip_reset(owner: type, name: str) -> Callable[[nn.Module], None]:
+    """Make ``owner.name`` (a layer's reset) a no-op inside ``skipping_fills`` in this thread, as the
+    ``torch.nn.init`` functions are; for the layers whose every tensor initialization then writes
+    (``init_defaults``): their reset's own bookkeeping (fans, bounds, calls) is skipped too.
+    Returns the wrapped reset."""
+    reset = getattr(owner, name)
+    if getattr(reset, "composer_skippable", False):
+        return reset
+
+    @functools.wraps(reset)
+    def maybe_reset(self: nn.Module) -> None:
+        if not _skipping():
+            reset(self)
+
+    maybe_reset.composer_skippable = True  # type: ignore[attr-defined]
+    setattr(owner, name, maybe_reset)
+    return maybe_reset
+
+
 @contextlib.contextmanager
 def skipping_fills(device: torch.device) -> Iterator[None]:
     """Construct on ``device`` with the ``torch.nn.init`` fills of known classes skipped: their

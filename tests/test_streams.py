@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from composer import build_from_config, init_report
+from composer import build_from_config, init_report, parallel
 from tests.recipes import ROOT, model_recipe
 
 SCHEMES = ["default", "normal", "constant", "xavier", "mixed", "custom"]
@@ -128,3 +128,37 @@ def test_defaults_keep_torchs_distributions():
     assert torch.equal(model[2].weight[0], torch.zeros(32)) and 0.8 < model[2].weight[1:].std() < 1.2
     assert all(p.abs().max() <= 0.25 for p in model[3].parameters())
     assert torch.equal(model[4].in_proj_bias, torch.zeros(48)) and torch.equal(model[4].out_proj.bias, torch.zeros(16))
+
+
+def test_fills_in_threads_equal_a_serial_fill_bit_for_bit(monkeypatch):
+    """Large tensors are filled in several threads (``composer.parallel``); whatever the split,
+    each tensor's values are those of its own stream."""
+    recipe = {
+        "model": {
+            "type": "Sequential",
+            "layers": [
+                {"type": "Linear", "in_features": 256, "out_features": 256},
+                {"type": "Embedding", "num_embeddings": 300, "embedding_dim": 64, "padding_idx": 0},
+                {"type": "Conv1d", "in_channels": 64, "out_channels": 64, "kernel_size": 3},
+                {"type": "Linear", "in_features": 256, "out_features": 512},
+            ],
+        },
+        "init": {"seed": 11, "rules": [{"match": "3", "weight": {"type": "normal", "std": 0.02}}]},
+    }
+    serial = build_from_config(recipe)
+    monkeypatch.setattr(parallel, "LARGE", 1000)  # every tensor above 1,000 elements goes to a thread
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert parallel.threads_for(300_000) == 3
+    threaded = build_from_config(recipe)
+    for (name, a), (_, b) in zip(serial.state_dict().items(), threaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(threaded[1].weight[0], torch.zeros(64))
+
+
+def test_a_layers_own_reset_still_runs_outside_a_build():
+    """A build skips the resets of the layers whose tensors it fills itself; anywhere else they run."""
+    layer = torch.nn.Linear(8, 8)
+    with torch.no_grad():
+        layer.weight.zero_()
+    layer.reset_parameters()
+    assert layer.weight.abs().sum() > 0
