@@ -85,6 +85,7 @@ class Builder:
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
+        self._known: set[type] = set()  # classes among them built directly where the walk builds (not users')
         # The modules budget: nodes built so far, and the copies the enclosing Repeats ask for.
         self.max_modules = budget.current().modules
         self.built = 0
@@ -136,9 +137,12 @@ class Builder:
         cls = self._checked.get(_leaf_key(node))
         if cls is None:
             return None
-        kwargs = {k: v for k, v in node.items() if k != "type"}
+        kwargs = dict(node)
+        del kwargs["type"]
         try:
-            module = cls(**kwargs) if self.real_device is None else self._instantiate(cls, [], kwargs)
+            module = (
+                cls(**kwargs) if self.real_device is None or cls in self._known else self._instantiate(cls, [], kwargs)
+            )
         except Exception:
             return None  # the full path reports it, with its key path
         return module if isinstance(module, nn.Module) else None
@@ -212,6 +216,8 @@ class Builder:
             and all(type(v) in _PLAIN for v in node.values())
         ):
             self._checked[_leaf_key(node)] = cls
+            if resets_itself(cls):
+                self._known.add(cls)
 
     def instantiate(self, label: str, cls: type, args: list, kwargs: dict, path: str) -> nn.Module | None:
         """``cls(*args, **kwargs)``, its failure or a non-module result recorded at ``path``."""

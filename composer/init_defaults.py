@@ -55,9 +55,9 @@ _KAIMING_A5 = math.sqrt(3.0) * math.sqrt(2.0 / (1 + 5.0))  # kaiming_uniform_(a=
 def _linear(m: nn.Linear | _ConvNd) -> Table:
     """Linear and every convolution: Kaiming-uniform weight (a = sqrt(5)), bias U(±1/sqrt(fan_in)).
     The weight's bound is computed here, as ``kaiming_uniform_`` computes it, and drawn directly."""
-    fan_in = _fan_in(m.weight)
+    fan_in = _fan_in(m._parameters["weight"])
     table: Table = {"weight": _uniform(_KAIMING_A5 / math.sqrt(fan_in) if fan_in > 0 else 0)}
-    if m.bias is not None:
+    if m._parameters.get("bias") is not None:
         table["bias"] = _uniform(1 / math.sqrt(fan_in) if fan_in > 0 else 0)
     return table
 

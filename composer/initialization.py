@@ -340,6 +340,8 @@ def _defaults(
     seen: set[int] = set()
     first = [(p, m) for p, m in modules if id(m) not in seen and not seen.add(id(m))]
     for path, module in reversed(first):  # pre-order reversed: every module after all below it
+        if not module._parameters and not module._buffers and not module._modules:
+            continue  # an activation, a dropout: nothing to fill
         table = default_table(module)
         if table is None:
             if any(id(t) in paths for t in [*module._parameters.values(), *module._buffers.values()]):

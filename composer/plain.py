@@ -98,18 +98,24 @@ class _Walk:
                 name = k if type(k) is str else self.key(k, path)
                 if name is None:
                     continue
-                if type(v) in _SCALARS:
+                kind = type(v)
+                if kind in _SCALARS:
                     self.nodes += 1
-                    copy[name] = v if type(v) is not str and type(v) is not int else self.scalar(v, path, name)
+                    if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
+                        v = self.scalar(v, path, name)
+                    copy[name] = v
                 else:
                     copy[name] = self.copy(v, f"{path}.{name}" if path else name, depth + 1)
                     height = max(height, self.height)
         else:
             copy = []
             for i, v in enumerate(value):
-                if type(v) in _SCALARS:
+                kind = type(v)
+                if kind in _SCALARS:
                     self.nodes += 1
-                    copy.append(v if type(v) is not str and type(v) is not int else self.scalar(v, path, i))
+                    if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
+                        v = self.scalar(v, path, i)
+                    copy.append(v)
                 else:
                     copy.append(self.copy(v, f"{path}[{i}]", depth + 1))
                     height = max(height, self.height)
