@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -140,11 +140,18 @@ class Timings:
         return statistics.median(self.cpu[a]) / statistics.median(self.cpu[b])
 
     def describe(self, names: Sequence[str] | None = None) -> str:
-        """``name median`` for each variant, for the detail column."""
+        """``name median (min)`` for each variant, for the detail column."""
         names = list(names or self.wall)
         counts = {len(self.wall[name]) for name in names}
         n = f"{max(counts)}" if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
-        return "; ".join(f"{name} {ms(self.median(name))}" for name in names) + f" (medians of {n} interleaved runs)"
+        return (
+            "; ".join(f"{name} {ms(self.median(name))} (min {ms(min(self.wall[name]))})" for name in names)
+            + f" (medians of {n} interleaved runs)"
+        )
+
+    def min_ratio(self, a: str, b: str) -> float:
+        """Fastest run of ``a`` over fastest of ``b``: what each can do when nothing else runs."""
+        return min(self.wall[a]) / min(self.wall[b])
 
 
 def interleave(
@@ -153,16 +160,24 @@ def interleave(
     warmup: int = 1,
     cap: dict[str, int] | None = None,
     collect: bool = True,
+    prepare: Mapping[str, Callable[[], Any]] | None = None,
+    freeze: bool = True,
 ) -> Timings:
     """Run every variant once per round, in an order that rotates each round.
 
     ``cap`` limits a slow variant (a peer that takes seconds) to its first few rounds; ``collect``
-    False skips the ``gc.collect()`` before each call (for many short calls that allocate no objects).
+    False skips the ``gc.collect()`` before each call (for many short calls that allocate no
+    objects); ``prepare`` runs before a variant's call, untimed (dropping a file from the page
+    cache). ``freeze`` moves what lives before the rounds out of the collector's sight, so each
+    ``gc.collect()`` is short; False keeps the process as a user's is, every object in the
+    collector's generations (a build that leaves the collector on then pays its full passes).
     """
     names = list(variants)
     cap = cap or {}
+    prepare = prepare or {}
     gc.collect()
-    gc.freeze()  # what lives now is never collected here: each gc.collect() scans only new objects
+    if freeze:
+        gc.freeze()
     try:
         for _ in range(warmup):
             for name in names:
@@ -174,12 +189,15 @@ def interleave(
             for name in order:
                 if r >= cap.get(name, rounds):
                     continue
+                if name in prepare:
+                    prepare[name]()
                 seconds, cpu, out = timed(variants[name], collect)
                 del out
                 timings.wall[name].append(seconds)
                 timings.cpu[name].append(cpu)
     finally:
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
     return timings
 
 
