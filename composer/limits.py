@@ -63,6 +63,8 @@ class Limits:
 
     def replace(self, values: Mapping[str, Any]) -> Limits:
         """These limits with some raised or lowered; an unknown name or a bad value is a ``ValueError``."""
+        if not values:
+            return self
         known = {f.name: f for f in dataclasses.fields(self)}
         changed = {}
         for name, value in values.items():
@@ -73,6 +75,9 @@ class Limits:
                 raise ValueError(f"limit {name!r} takes a positive number, got {value!r}")
             changed[name] = kind(value)
         return dataclasses.replace(self, **changed)
+
+
+_DEFAULTS = Limits()
 
 
 def env_name(name: str) -> str:
@@ -91,7 +96,7 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> Limits:
             values[field.name] = float(raw) if field.name == "seconds" else int(raw.replace("_", ""))
         except ValueError:
             raise ValueError(f"{env_name(field.name)}={raw!r}: expected a positive number") from None
-    return Limits().replace(values)
+    return Limits().replace(values) if values else _DEFAULTS
 
 
 _ACTIVE: contextvars.ContextVar[Limits | None] = contextvars.ContextVar("composer_limits", default=None)
