@@ -10,6 +10,7 @@ collected along the walk, each with its key path, and raised together at the end
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import string
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from composer.registry import MODULES
 from composer.signatures import describe, is_int, signature_of
 from composer.targets import resolve_target
 from composer.templates import Template, expand, parse_templates, split_use, substitute_index
+from composer.twins import copier
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.blocks.")
 _RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
@@ -86,6 +88,7 @@ class Builder:
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
         self._known: set[type] = set()  # classes among them built directly where the walk builds (not users')
+        self._copies: dict[tuple, Callable[[], nn.Module]] = {}  # leaf node (shape, values) -> its next twin
         # The modules budget: nodes built so far, and the copies the enclosing Repeats ask for.
         self.max_modules = budget.current().modules
         self.built = 0
@@ -131,21 +134,33 @@ class Builder:
         return module
 
     def _from_checked(self, node: Any) -> nn.Module | None:
-        """A leaf node of a shape already checked, built directly; None to take the full path."""
+        """A leaf node of a shape already checked, built directly (a copy of its twin where one was
+        built before it and can be copied: ``twins``); None to take the full path."""
         if type(node) is not dict or type(node.get("type")) is not str:
             return None
-        cls = self._checked.get(_leaf_key(node))
+        shape = _leaf_key(node)
+        cls = self._checked.get(shape)
         if cls is None:
             return None
+        same = (shape, tuple(node.values()))
+        copy = self._copies.get(same)
+        if copy is not None:
+            try:
+                return copy()
+            except Exception:
+                return None  # the full path reports it, with its key path
         kwargs = dict(node)
         del kwargs["type"]
+        known = self.real_device is None or cls in self._known
         try:
-            module = (
-                cls(**kwargs) if self.real_device is None or cls in self._known else self._instantiate(cls, [], kwargs)
-            )
+            module = cls(**kwargs) if known else self._instantiate(cls, [], kwargs)
         except Exception:
             return None  # the full path reports it, with its key path
-        return module if isinstance(module, nn.Module) else None
+        if not isinstance(module, nn.Module):
+            return None
+        if known:
+            self._copies[same] = copier(module) or functools.partial(cls, **kwargs)
+        return module
 
     def _build(self, node: Any, path: str) -> nn.Module | None:
         if not is_node(node):
