@@ -304,7 +304,12 @@ def initialize(model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, 
             _reset_whole(module, covered, streams.at(path, torch.device("cpu")).initial_seed())
         _fill(serial, streams)
     if all(t.device.type == "cpu" for t, _, _ in jobs):
-        run_split(jobs, lambda job: job[0].numel(), functools.partial(_fill_in_thread, base_seed))
+        run_split(
+            jobs,
+            lambda job: job[0].numel(),
+            functools.partial(_fill_in_thread, base_seed),
+            lambda all_jobs: _fill(all_jobs, streams),
+        )
     else:
         _fill(jobs, streams)
 

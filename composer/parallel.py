@@ -35,15 +35,20 @@ def threads_for(large_elements: int) -> int:
     return max(1, min(torch.get_num_threads(), MAX_THREADS, large_elements // LARGE))
 
 
-def run_split(jobs: Sequence[Job], weight: Callable[[Job], int], run: Callable[[Sequence[Job]], None]) -> None:
+def run_split(
+    jobs: Sequence[Job],
+    weight: Callable[[Job], int],
+    run: Callable[[Sequence[Job]], None],
+    alone: Callable[[Sequence[Job]], None] | None = None,
+) -> None:
     """``run`` over ``jobs``: the large ones (``weight``, in elements, at least ``LARGE``) split
     into parts of about equal weight, one per thread; the calling thread runs the small ones and the
     first part. Every part has finished when this returns, also when one raised (the first error
-    is raised)."""
+    is raised). Where one thread does it all, ``alone`` (default ``run``) runs every job."""
     large = [job for job in jobs if weight(job) >= LARGE]
     n = threads_for(sum(weight(job) for job in large))
     if n == 1:
-        run(jobs)
+        (alone or run)(jobs)
         return
     parts = _split(large, [weight(job) for job in large], n)
     small = [job for job in jobs if weight(job) < LARGE]
