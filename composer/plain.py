@@ -104,6 +104,12 @@ class _Walk:
                     if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
                         v = self.scalar(v, path, name)
                     copy[name] = v
+                elif kind is dict and (leaf := _plain_leaf(v)) is not None:
+                    self.nodes += 1 + len(leaf)
+                    if self.nodes > self.max_nodes or depth + 2 > self.max_depth:
+                        self.check(f"{path}.{name}" if path else name, depth + 2)
+                    copy[name] = leaf
+                    height = max(height, 1)
                 else:
                     copy[name] = self.copy(v, f"{path}.{name}" if path else name, depth + 1)
                     height = max(height, self.height)
@@ -116,6 +122,12 @@ class _Walk:
                     if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
                         v = self.scalar(v, path, i)
                     copy.append(v)
+                elif kind is dict and (leaf := _plain_leaf(v)) is not None:  # most items: a node of plain values
+                    self.nodes += 1 + len(leaf)
+                    if self.nodes > self.max_nodes or depth + 2 > self.max_depth:
+                        self.check(f"{path}[{i}]", depth + 2)
+                    copy.append(leaf)
+                    height = max(height, 1)
                 else:
                     copy.append(self.copy(v, f"{path}[{i}]", depth + 1))
                     height = max(height, self.height)
@@ -160,6 +172,18 @@ class _Walk:
     def fail(self, path: str, message: str) -> None:
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append((path, message))
+
+
+def _plain_leaf(value: dict) -> dict | None:
+    """A copy of a mapping of string keys to plain values with nothing to check (no ``${``, no huge
+    integer); None for any other, which takes the full walk."""
+    for k, v in value.items():
+        kind = type(v)
+        if type(k) is not str or kind not in _SCALARS or kind is str and "${" in v:
+            return None
+        if kind is int and v.bit_length() > MAX_INT_BITS:
+            return None
+    return dict(value)
 
 
 def _dtype_name(value: Any) -> str | None:
