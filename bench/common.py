@@ -149,6 +149,11 @@ class Timings:
             + f" (medians of {n} interleaved runs)"
         )
 
+    def paired_ratio(self, a: str, b: str) -> float:
+        """Median over rounds of ``a``'s time over ``b``'s in the same round: a slow spell of the
+        machine (a disk flushing for another job) slows both of a pair, and cancels out."""
+        return statistics.median(x / y for x, y in zip(self.wall[a], self.wall[b], strict=False))
+
     def min_ratio(self, a: str, b: str) -> float:
         """Fastest run of ``a`` over fastest of ``b``: what each can do when nothing else runs."""
         return min(self.wall[a]) / min(self.wall[b])
