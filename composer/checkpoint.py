@@ -35,7 +35,7 @@ from torch import nn
 from composer import limits as budget
 from composer.build import DEFAULT_TARGETS, construct
 from composer.errors import CheckpointError, ConfigError
-from composer.files import FileProblem, fd_path, open_regular, replacing
+from composer.files import FileProblem, fd_path, open_regular, replacing, start_writeback
 from composer.gc_pause import gc_paused
 from composer.materialize import assign, require_shapes
 from composer.placement import device_of, holds_meta
@@ -289,10 +289,17 @@ def _serialize(fd: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str,
         pending = pool.submit(digest, tensors, metadata)
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
+        written = sent = 8 + len(text)
         for key in keys:
             data = _bytes_of(tensors[key])
-            if len(data):
-                f.write(data)
+            for start in range(0, len(data), _WINDOW):
+                piece = data[start : start + _WINDOW]
+                f.write(piece)
+                written += len(piece)
+                if written - sent >= _WINDOW:  # on its way to the disk while the next window is written
+                    f.flush()
+                    start_writeback(fd, sent, written - sent)
+                    sent = written
         f.flush()
         os.pwrite(fd, pending.result().encode(), digest_at)
 

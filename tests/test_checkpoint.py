@@ -444,14 +444,14 @@ def test_reloaded_outputs_equal_bit_for_bit_at_batch_sizes_1_to_3(tmp_path, name
             assert _same(loaded(*x), model(*x)), f"batch size {batch}"
 
 
-def test_verification_reads_ahead_in_windows_and_still_sees_every_byte(tmp_path, monkeypatch):
-    """The checksum walks the data in windows (asking the kernel to read the next one ahead): with
-    windows of 4 KiB over a 64 KiB tensor, the digest is the same, and a flipped byte near the end
-    is still caught."""
+def test_saves_and_verification_go_in_windows_and_still_see_every_byte(tmp_path, monkeypatch):
+    """A save writes (and sends to the disk) the data in windows, the checksum walks it in windows
+    (asking the kernel to read the next one ahead): with windows of 4 KiB over a 64 KiB tensor the
+    file loads and verifies, and a flipped byte near the end is still caught."""
     model = build_from_config({"type": "Linear", "in_features": 128, "out_features": 128})
     path = tmp_path / "m.safetensors"
-    save_checkpoint(model, path)
     monkeypatch.setattr(checkpoint, "_WINDOW", 4096)
+    save_checkpoint(model, path)
     loaded = load_checkpoint(path)
     assert torch.equal(loaded.weight, model.weight) and torch.equal(loaded.bias, model.bias)
     data = bytearray(path.read_bytes())
