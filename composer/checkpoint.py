@@ -267,6 +267,9 @@ def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor],
         raise CheckpointError(f"{path}: cannot write: {e.strerror or e}{where}; the previous file is unchanged") from e
 
 
+_WINDOW = 64 << 20  # bytes a save writes before it sends them on to the disk (``files.start_writeback``)
+
+
 def _serialize(fd: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file, written through ``fd`` (the temporary this process holds): the header,
     then each tensor's bytes in key order. The checksum pass (xxhash releases the GIL) runs beside
@@ -354,16 +357,16 @@ def _read(
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        metadata, data_start = _read_metadata(fd, Path(path), kind)
+        metadata = _read_metadata(fd, Path(path), kind)
         try:
             tensors = load_file(fd_path(fd, path), device="cpu" if verify else str(device))
         except (SafetensorError, OSError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{path}: corrupted or truncated ({e})") from None
-        field, digest = _CHECKSUMS[metadata["format_version"]]
-        if verify and digest(tensors, metadata, _ReadAhead(fd, data_start)) != metadata.get(field):
-            raise CheckpointError(f"{path}: its data does not match its checksum: the file is corrupted")
     finally:
         os.close(fd)
+    field, digest = _CHECKSUMS[metadata["format_version"]]
+    if verify and digest(tensors, metadata) != metadata.get(field):
+        raise CheckpointError(f"{path}: its data does not match its checksum: the file is corrupted")
     if verify and torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     # Kernels may take other paths on data not 64-byte aligned (a ResNet's fc at file offset 40
@@ -398,9 +401,9 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def _read_metadata(fd: int, path: Path, kind: str) -> tuple[dict[str, str], int]:
+def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
     """The header's metadata, read within ``limits.header_bytes`` (a 60 MB header of ``{}``
-    would take 1.6 GB to parse), and the file offset where the data starts."""
+    would take 1.6 GB to parse)."""
     limit = budget.current().header_bytes
     try:
         head = os.pread(fd, 8, 0)
@@ -428,71 +431,39 @@ def _read_metadata(fd: int, path: Path, kind: str) -> tuple[dict[str, str], int]
     if metadata.get("format_version") not in _CHECKSUMS:
         version, readable = metadata.get("format_version"), ", ".join(_CHECKSUMS)
         raise CheckpointError(f"{path}: format version {version} is not supported (composer reads {readable})")
-    return metadata, 8 + length
+    return metadata
 
 
-_WINDOW = 64 << 20  # bytes: how far ahead of the checksum the kernel is asked to read
-
-
-class _ReadAhead:
-    """Asks the kernel to read the next ``_WINDOW`` bytes of a file into the page cache while the
-    checksum works through the current ones: from a cold cache, the disk then streams at its own
-    speed instead of waiting for each page the checksum touches (measured here: a 403 MB file
-    read through its mapping took 165 ms cold, 15 ms warm). Positions count from the data start.
-    """
-
-    def __init__(self, fd: int, data_start: int) -> None:
-        self.fd, self.start, self.asked = fd, data_start, 0
-
-    def reach(self, position: int) -> None:
-        """The checksum is about to read up to ``position``: have everything up to a window past it asked for."""
-        end = position + _WINDOW
-        if end > self.asked and hasattr(os, "posix_fadvise"):
-            try:
-                os.posix_fadvise(self.fd, self.start + self.asked, end - self.asked, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                return  # only advice: reading works without it
-            self.asked = end
-
-
-def _chunks(
-    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], field: str, ahead: _ReadAhead | None
-) -> Iterator[Any]:
+def _chunks(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], field: str) -> Iterator[Any]:
     """What a checksum covers, in order: the metadata (but the checksum itself), then each key
-    and its tensor's bytes, in key order (the order composer writes them in), in slices of at
-    most ``_WINDOW`` bytes."""
+    and its tensor's bytes, in key order."""
     fields = {k: v for k, v in metadata.items() if k != field}
     yield json.dumps(fields, sort_keys=True).encode()
-    position = 0
     for key in sorted(tensors):
         yield key.encode()
         data = _bytes_of(tensors[key])
-        for start in range(0, len(data), _WINDOW):
-            piece = data[start : start + _WINDOW]
-            if ahead is not None:
-                ahead.reach(position + len(piece))
-            position += len(piece)
-            yield piece
+        if len(data):
+            yield data
 
 
-def _crc32(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], ahead: _ReadAhead | None = None) -> str:
+def _crc32(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
     """Format 2's checksum: CRC-32, in ten decimal digits."""
     crc = 0
-    for chunk in _chunks(tensors, metadata, "crc32", ahead):
+    for chunk in _chunks(tensors, metadata, "crc32"):
         crc = zlib.crc32(chunk, crc)
     return f"{crc:010d}"
 
 
-def _xxh3(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], ahead: _ReadAhead | None = None) -> str:
+def _xxh3(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
     """Format 3's checksum: xxh3-64, several times faster than CRC-32, in 16 hex digits."""
     state = xxhash.xxh3_64()
-    for chunk in _chunks(tensors, metadata, "xxh3_64", ahead):
+    for chunk in _chunks(tensors, metadata, "xxh3_64"):
         state.update(chunk)
     return state.hexdigest()
 
 
 # format version -> (metadata field, checksum): every version this composer reads
-_CHECKSUMS: dict[str, tuple[str, Callable[..., str]]] = {
+_CHECKSUMS: dict[str, tuple[str, Callable[[Mapping[str, torch.Tensor], Mapping[str, str]], str]]] = {
     "2": ("crc32", _crc32),
     "3": ("xxh3_64", _xxh3),
 }
