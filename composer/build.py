@@ -142,7 +142,7 @@ class Builder:
         cls = self._checked.get(shape)
         if cls is None:
             return None
-        same = (shape, tuple(node.values()))
+        same = (shape, tuple(node.values()))  # -0.0 == 0.0: a node with a zero float is never copied
         copy = self._copies.get(same)
         if copy is not None:
             try:
@@ -158,7 +158,7 @@ class Builder:
             return None  # the full path reports it, with its key path
         if not isinstance(module, nn.Module):
             return None
-        if known:
+        if known and not (float in shape[2] and any(type(v) is float and v == 0.0 for v in node.values())):
             self._copies[same] = copier(module) or functools.partial(cls, **kwargs)
         return module
 

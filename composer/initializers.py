@@ -49,7 +49,14 @@ def piecewise(tensor: torch.Tensor, generator: torch.Generator | None = None) ->
         return tensor.mul_(tensor.abs() >= 5)
 
 
-_OWN = frozenset(INITIALIZERS.lookup(name, "") for name in INITIALIZERS)  # the ones above: draw from ``generator`` only
+# Initializers that draw from the ``generator`` they are given and touch no other state, so they
+# may fill tensors in several threads at once. Not ``sparse`` (it permutes rows with the global
+# generator), nor those without a ``generator`` argument, which ``call_seeded`` runs under a fork
+# of the global generators; nor users' initializers.
+_ANY_THREAD = frozenset(
+    {"normal", "uniform", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "trunc_normal",
+     "orthogonal", "piecewise"}
+)  # fmt: skip
 
 
 def stream_seed(base: int, path: str) -> int:
@@ -126,9 +133,8 @@ class Scheme:
 
     @property
     def any_thread(self) -> bool:
-        """Whether ``fill`` may run beside other fills in other threads: composer's own
-        initializers draw only from the generator given; a user's may touch global state."""
-        return self._fn in _OWN
+        """Whether ``fill`` may run beside other fills in other threads (``_ANY_THREAD``)."""
+        return self.name in _ANY_THREAD
 
 
 _PROBE_LIMIT = 1 << 22  # elements (16 MB of float32) a check may really allocate

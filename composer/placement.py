@@ -58,7 +58,8 @@ def device_of(model: nn.Module) -> torch.device:
 _local = threading.local()  # per thread: a build here skips nothing in another thread
 
 
-def _skipping() -> bool:
+def skipping() -> bool:
+    """Whether this thread is inside ``skipping_fills`` (and not in ``own_fills``)."""
     return getattr(_local, "builds", 0) > 0 and getattr(_local, "paused", 0) == 0
 
 
@@ -68,7 +69,7 @@ def _skippable(fill: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]
 
     @functools.wraps(fill)
     def maybe_fill(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return tensor if _skipping() else fill(tensor, *args, **kwargs)
+        return tensor if skipping() else fill(tensor, *args, **kwargs)
 
     maybe_fill.composer_skippable = True  # type: ignore[attr-defined]
     return maybe_fill
@@ -95,7 +96,7 @@ def skip_reset(owner: type, name: str) -> Callable[[nn.Module], None]:
 
     @functools.wraps(reset)
     def maybe_reset(self: nn.Module) -> None:
-        if not _skipping():
+        if not skipping():
             reset(self)
 
     maybe_reset.composer_skippable = True  # type: ignore[attr-defined]
@@ -105,8 +106,9 @@ def skip_reset(owner: type, name: str) -> Callable[[nn.Module], None]:
 
 @contextlib.contextmanager
 def skipping_fills(device: torch.device) -> Iterator[None]:
-    """Construct on ``device`` with the ``torch.nn.init`` fills of known classes skipped: their
-    tensors are allocated (nothing is written, so untouched pages cost nothing) and filled once
+    """Construct on ``device`` with the ``torch.nn.init`` fills of known classes skipped, and the
+    resets of the layers whose every tensor initialization writes (``skip_reset``): their tensors
+    are allocated (nothing is written, so untouched pages cost nothing) and filled once
     afterwards, each from its own stream."""
     _local.builds = getattr(_local, "builds", 0) + 1
     try:

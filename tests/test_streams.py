@@ -141,9 +141,20 @@ def test_fills_in_threads_equal_a_serial_fill_bit_for_bit(monkeypatch):
                 {"type": "Embedding", "num_embeddings": 300, "embedding_dim": 64, "padding_idx": 0},
                 {"type": "Conv1d", "in_channels": 64, "out_channels": 64, "kernel_size": 3},
                 {"type": "Linear", "in_features": 256, "out_features": 512},
+                {"type": "Linear", "in_features": 256, "out_features": 256},
+                {"type": "Linear", "in_features": 256, "out_features": 256},
+                {"type": "Linear", "in_features": 256, "out_features": 256},
             ],
         },
-        "init": {"seed": 11, "rules": [{"match": "3", "weight": {"type": "normal", "std": 0.02}}]},
+        "init": {
+            "seed": 11,
+            "rules": [
+                {"match": "3", "weight": {"type": "normal", "std": 0.02}},
+                # sparse permutes rows with the global generator, ones forks it: both stay in one thread
+                {"match": "[45]", "weight": {"type": "sparse", "sparsity": 0.5}},
+                {"match": "6", "weight": "ones"},
+            ],
+        },
     }
     serial = build_from_config(recipe)
     monkeypatch.setattr(parallel, "LARGE", 1000)  # every tensor above 1,000 elements goes to a thread

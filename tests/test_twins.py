@@ -3,12 +3,15 @@ must be what the constructor makes, independent of its twins, and the model the 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from composer import build, build_from_config
 from composer.blocks import FixedHiddenMLP
+from composer.placement import skipping_fills
 from composer.twins import copier
 
 LEAVES = [
@@ -104,5 +107,39 @@ def _hooked() -> nn.Linear:
     ids=["FixedHiddenMLP", "LSTM", "MultiheadAttention", "LazyLinear", "user subclass", "hooked"],
 )
 def test_what_cannot_be_shown_equal_is_constructed(make):
-    assert copier(make()) is None
-    assert copier(nn.Linear(4, 4)) is not None
+    with skipping_fills(torch.device("cpu")):
+        assert copier(make()) is None
+        assert copier(nn.Linear(4, 4)) is not None
+    assert copier(nn.Linear(4, 4)) is None  # outside a build, a constructor fills its tensors
+
+
+def test_a_copy_is_of_the_module_as_constructed_not_as_changed_later():
+    """A user's block may freeze, or switch to eval, the module it is given; the copies made after
+    it are still what the constructor makes."""
+    with skipping_fills(torch.device("cpu")):
+        first = nn.Linear(4, 4)
+        copy = copier(first)
+        first.requires_grad_(False)
+        first.eval()
+        twin = copy()
+    assert twin.training and twin.weight.requires_grad and twin.bias.requires_grad
+
+
+def test_nothing_is_copied_while_something_watches_modules_being_made():
+    seen = []
+    handle = nn.modules.module.register_module_parameter_registration_hook(lambda *args: seen.append(args[1]))
+    try:
+        model = build_from_config(
+            {"model": {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 3, "out_features": 3}] * 4}}
+        )
+    finally:
+        handle.remove()
+    assert seen.count("weight") == 4 and len(model) == 4
+
+
+def test_a_negative_zero_is_kept():
+    """-0.0 == 0.0 in Python: a node that differs from its twin only so is constructed, not copied."""
+    layers = [{"type": "LeakyReLU", "negative_slope": slope} for slope in (0.0, 0.0, -0.0, 0.0)]
+    model = build_from_config({"model": {"type": "Sequential", "layers": layers}})
+    signs = [math.copysign(1.0, layer.negative_slope) for layer in model]
+    assert signs == [1.0, 1.0, -1.0, 1.0]
