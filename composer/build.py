@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 import string
 from collections import OrderedDict
@@ -142,13 +143,17 @@ class Builder:
         cls = self._checked.get(shape)
         if cls is None:
             return None
-        same = (shape, tuple(node.values()))  # -0.0 == 0.0: a node with a zero float is never copied
+        same = (shape, tuple(node.values()))
+        if float in shape[2]:  # -0.0 == 0.0, and they hash alike: the signs keep them apart
+            same += tuple(math.copysign(1.0, v) for v in node.values() if type(v) is float)
         copy = self._copies.get(same)
         if copy is not None:
             try:
-                return copy()
+                module = copy()
             except Exception:
                 return None  # the full path reports it, with its key path
+            if module is not None:
+                return module
         kwargs = dict(node)
         del kwargs["type"]
         known = self.real_device is None or cls in self._known
@@ -158,7 +163,7 @@ class Builder:
             return None  # the full path reports it, with its key path
         if not isinstance(module, nn.Module):
             return None
-        if known and not (float in shape[2] and any(type(v) is float and v == 0.0 for v in node.values())):
+        if known:
             self._copies[same] = copier(module) or functools.partial(cls, **kwargs)
         return module
 

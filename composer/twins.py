@@ -15,7 +15,8 @@ provably what the constructor would make:
   weight) is constructed each time;
 - nothing watching construction: no global parameter, buffer or module registration hook
   (``torch.nn.modules.module.register_module_*_registration_hook``), no patched
-  ``register_parameter``/``register_buffer`` (as ``accelerate.init_empty_weights`` does).
+  ``register_parameter``/``register_buffer``/``add_module`` (as ``accelerate.init_empty_weights``
+  does), no wrapped or replaced constructor (as ``deepspeed.zero.Init`` does).
 
 The copier takes its snapshot when it is made, right after the constructor returned: what
 happens to that first module later (a user's block that freezes or wraps it) reaches no copy.
@@ -35,11 +36,13 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from composer.init_defaults import default_table
 from composer.placement import resets_itself, skipping
 
-# What nn.Module.__init__ makes: (name, type); the containers among them are made anew in a copy.
+# What nn.Module.__init__ makes: (name, type); its containers (hooks, children, tensors) are made
+# anew, empty, in each copy.
 _MODULE_STATE = {name: type(value) for name, value in nn.Module().__dict__.items()}
-_FRESH = [name for name, kind in _MODULE_STATE.items() if kind is OrderedDict]
+_CONTAINERS = {name: kind for name, kind in _MODULE_STATE.items() if kind in (dict, OrderedDict, set, list)}
+_TENSORS = ("_parameters", "_buffers")
 _PLAIN = (type(None), bool, int, float, complex, str, torch.dtype, torch.device)
-_REGISTRATION = (nn.Module.register_parameter, nn.Module.register_buffer, nn.Module.add_module)
+_REGISTRATION = ("register_parameter", "register_buffer", "add_module")
 _GLOBAL_HOOKS = (
     "_global_parameter_registration_hooks",
     "_global_buffer_registration_hooks",
@@ -49,18 +52,18 @@ _GLOBAL_HOOKS = (
 TensorSpec = tuple[str, torch.Size, torch.dtype, torch.device, bool]
 
 
-def copier(module: nn.Module) -> Callable[[], nn.Module] | None:
+def copier(module: nn.Module) -> Callable[[], nn.Module | None] | None:
     """A function making copies of ``module`` (just constructed) that equal what its constructor
-    would make with the same arguments, up to the values of tensors initialization writes; None
-    where that cannot be shown."""
+    would make with the same arguments, up to the values of tensors initialization writes (or
+    None, when a registration hook was set since); None where that cannot be shown."""
     cls = type(module)
-    if not skipping() or not resets_itself(cls) or issubclass(cls, LazyModuleMixin) or module._modules:
+    if not skipping() or not resets_itself(cls) or issubclass(cls, LazyModuleMixin):
         return None
-    if _registration_watched():
+    if _watched() or not _own_constructor(cls):
         return None
     state = module.__dict__
-    if any(kind in (OrderedDict, set) and state[name] for name, kind in _MODULE_STATE.items()):
-        return None  # a hook or a non-persistent buffer the constructor registered
+    if any(state[name] for name in _CONTAINERS if name not in _TENSORS):
+        return None  # a child, a hook or a non-persistent buffer the constructor registered
     params = [(n, p) for n, p in module._parameters.items() if p is not None]
     buffers = [(n, b) for n, b in module._buffers.items() if b is not None]
     if params or buffers:
@@ -76,15 +79,35 @@ def copier(module: nn.Module) -> Callable[[], nn.Module] | None:
     snapshot = {name: list(value) if type(value) is list else value for name, value in state.items()}
     param_specs = _specs(module._parameters)
     buffer_specs = _specs(module._buffers)
-    return lambda: _copy(cls, snapshot, param_specs, buffer_specs)
+    return lambda: None if _hooked() else _copy(cls, snapshot, param_specs, buffer_specs)
 
 
-def _registration_watched() -> bool:
+def _watched() -> bool:
     """Whether something outside watches modules being made: a global registration hook, or
-    ``register_parameter`` and its kin replaced."""
-    if (nn.Module.register_parameter, nn.Module.register_buffer, nn.Module.add_module) != _REGISTRATION:
-        return True
+    ``register_parameter`` and its kin replaced (``accelerate.init_empty_weights``)."""
+    return _hooked() or not all(_is_torchs(getattr(nn.Module, name), nn.Module, name) for name in _REGISTRATION)
+
+
+def _hooked() -> bool:
+    """Whether a global registration hook is set (checked again at each copy: a user's block
+    constructed between two twins may set one)."""
     return any(getattr(torch_module, name, None) for name in _GLOBAL_HOOKS)
+
+
+def _own_constructor(cls: type) -> bool:
+    """Whether the ``__init__`` that ``cls`` runs is its library's own, not one wrapped or
+    replaced from outside (``deepspeed.zero.Init`` wraps every module class's)."""
+    owner = next(klass for klass in cls.__mro__ if "__init__" in vars(klass))
+    return _is_torchs(vars(owner)["__init__"], owner, "__init__")
+
+
+def _is_torchs(fn: Any, owner: type, name: str) -> bool:
+    """Whether ``fn`` is ``owner.name`` as its module defines it: not a replacement, not a wrapper."""
+    return (
+        getattr(fn, "__module__", None) == owner.__module__
+        and getattr(fn, "__qualname__", None) == f"{owner.__qualname__}.{name}"
+        and not hasattr(fn, "__wrapped__")
+    )
 
 
 def _is_plain(value: object) -> bool:
@@ -108,13 +131,11 @@ def _copy(
 ) -> nn.Module:
     copy = object.__new__(cls)
     state = dict(snapshot)
-    for name in _FRESH:
-        state[name] = OrderedDict()
+    for name, kind in _CONTAINERS.items():
+        state[name] = kind()
     for name, value in snapshot.items():
         if type(value) is list:
             state[name] = list(value)
-    state["_modules"] = {}
-    state["_non_persistent_buffers_set"] = set()
     state["_parameters"] = {
         name: None if spec is None else nn.Parameter(_empty(spec), requires_grad=spec[4]) for name, spec in param_specs
     }

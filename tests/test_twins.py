@@ -3,6 +3,7 @@ must be what the constructor makes, independent of its twins, and the model the 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -143,3 +144,37 @@ def test_a_negative_zero_is_kept():
     model = build_from_config({"model": {"type": "Sequential", "layers": layers}})
     signs = [math.copysign(1.0, layer.negative_slope) for layer in model]
     assert signs == [1.0, 1.0, -1.0, 1.0]
+
+
+def test_a_patched_register_parameter_sees_every_layer(monkeypatch):
+    """``accelerate.init_empty_weights`` replaces ``nn.Module.register_parameter``: every layer is
+    then constructed, so the replacement sees each one."""
+    original = nn.Module.register_parameter
+    seen = []
+
+    def register_parameter(self, name, param):
+        seen.append(name)
+        original(self, name, param)
+
+    monkeypatch.setattr(nn.Module, "register_parameter", register_parameter)
+    build_from_config(
+        {"model": {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 3, "out_features": 3}] * 5}}
+    )
+    assert seen.count("weight") == 5
+
+
+def test_a_wrapped_constructor_runs_for_every_layer(monkeypatch):
+    """``deepspeed.zero.Init`` wraps every module class's ``__init__``: every layer is then constructed."""
+    original = nn.Linear.__init__
+    made = []
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(nn.Linear, "__init__", init)
+    model = build_from_config(
+        {"model": {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 3, "out_features": 3}] * 5}}
+    )
+    assert len(made) == 5 and all(any(layer is m for m in made) for layer in model)
