@@ -35,7 +35,7 @@ from torch import nn
 from composer import limits as budget
 from composer.build import DEFAULT_TARGETS, construct
 from composer.errors import CheckpointError, ConfigError
-from composer.files import FileProblem, fd_path, open_regular, replacing, start_writeback
+from composer.files import FileProblem, fd_path, open_regular, replacing
 from composer.gc_pause import gc_paused
 from composer.materialize import assign, require_shapes
 from composer.placement import device_of, holds_meta
@@ -267,9 +267,6 @@ def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor],
         raise CheckpointError(f"{path}: cannot write: {e.strerror or e}{where}; the previous file is unchanged") from e
 
 
-_WINDOW = 64 << 20  # bytes a save writes before it sends them on to the disk (``files.start_writeback``)
-
-
 def _serialize(fd: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file, written through ``fd`` (the temporary this process holds): the header,
     then each tensor's bytes in key order. The checksum pass (xxhash releases the GIL) runs beside
@@ -292,17 +289,10 @@ def _serialize(fd: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str,
         pending = pool.submit(digest, tensors, metadata)
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
-        written = sent = 8 + len(text)
         for key in keys:
             data = _bytes_of(tensors[key])
-            for start in range(0, len(data), _WINDOW):
-                piece = data[start : start + _WINDOW]
-                f.write(piece)
-                written += len(piece)
-                if written - sent >= _WINDOW:  # on its way to the disk while the next window is written
-                    f.flush()
-                    start_writeback(fd, sent, written - sent)
-                    sent = written
+            if len(data):
+                f.write(data)
         f.flush()
         os.pwrite(fd, pending.result().encode(), digest_at)
 

@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import os
 import secrets
 import stat
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 TEMP_PREFIX, TEMP_SUFFIX = ".composer-", ".tmp"
@@ -192,34 +190,6 @@ def replacing(path: Path) -> Iterator[Temporary]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the dirty pages in the range, do not wait
-
-
-@functools.cache
-def _sync_file_range() -> Callable[..., int] | None:
-    """Linux's ``sync_file_range`` (not in ``os``), or None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes  # noqa: PLC0415  (only to save, only on Linux)
-
-    try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return call
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing ``length`` bytes at ``offset`` to the disk now, without
-    waiting: a save that kicks off each part as it is written overlaps the disk's work with the
-    rest of the writing, and the final ``fsync`` waits only for the tail. Only advice: without
-    ``sync_file_range`` it does nothing, and the ``fsync`` does it all."""
-    call = _sync_file_range()
-    if call is not None:
-        call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _mode_for(path: Path) -> int:
