@@ -30,6 +30,7 @@ from composer.estimate import count_modules
 from composer.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.ops import OPS, make_op, op_problems
 from composer.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
+from composer.plain import SCALARS
 from composer.recipe import Recipe, dtype_of, is_node
 from composer.registry import MODULES
 from composer.signatures import describe, is_int, signature_of
@@ -39,7 +40,6 @@ from composer.twins import copier
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.blocks.")
 _RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
-_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 # A class built without its input size becomes its Lazy counterpart, which infers it.
 LAZY: dict[type[nn.Module], tuple[type[nn.Module], str]] = {
@@ -88,8 +88,7 @@ class Builder:
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
-        self._known: set[type] = set()  # classes among them built directly where the walk builds (not users')
-        self._copies: dict[tuple, Callable[[], nn.Module]] = {}  # leaf node (shape, values) -> its next twin
+        self._copies: dict[tuple, Callable[[], nn.Module | None]] = {}  # leaf node (shape, values) -> its next twin
         # The modules budget: nodes built so far, and the copies the enclosing Repeats ask for.
         self.max_modules = budget.current().modules
         self.built = 0
@@ -156,7 +155,7 @@ class Builder:
                 return module
         kwargs = dict(node)
         del kwargs["type"]
-        known = self.real_device is None or cls in self._known
+        known = self.real_device is None or resets_itself(cls)  # else a user's block: built for real
         try:
             module = cls(**kwargs) if known else self._instantiate(cls, [], kwargs)
         except Exception:
@@ -218,7 +217,7 @@ class Builder:
 
     def value(self, value: Any, path: str) -> Any:
         """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
-        if type(value) in _PLAIN:
+        if type(value) in SCALARS:
             return value
         if is_node(value):
             return self.build(value, path)
@@ -233,11 +232,9 @@ class Builder:
         if (
             "type" in node
             and not (node.keys() & _RESERVED - {"type"})
-            and all(type(v) in _PLAIN for v in node.values())
+            and all(type(v) in SCALARS for v in node.values())
         ):
             self._checked[_leaf_key(node)] = cls
-            if resets_itself(cls):
-                self._known.add(cls)
 
     def instantiate(self, label: str, cls: type, args: list, kwargs: dict, path: str) -> nn.Module | None:
         """``cls(*args, **kwargs)``, its failure or a non-module result recorded at ``path``."""
@@ -327,9 +324,9 @@ def _arguments(builder: Builder, node: Mapping, path: str) -> tuple[list, dict]:
     if not isinstance(raw_args, list):
         builder.fail(f"{path}._args_", f"expected a list of positional arguments, got {describe(raw_args)}")
         raw_args = []
-    args = [v if type(v) in _PLAIN else builder.value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
+    args = [v if type(v) in SCALARS else builder.value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
     kwargs = {
-        k: v if type(v) in _PLAIN else builder.value(v, f"{path}.{k}") for k, v in node.items() if k not in _RESERVED
+        k: v if type(v) in SCALARS else builder.value(v, f"{path}.{k}") for k, v in node.items() if k not in _RESERVED
     }
     if isinstance(kwargs.get("dtype"), str):  # any kwarg named dtype takes a dtype's name
         try:

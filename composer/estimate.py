@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from composer.interpolation import key_path
+from composer.plain import SCALARS
 from composer.recipe import is_node
 from composer.templates import USE_KEYS, Template
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
 _ARG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -48,11 +48,11 @@ class _Counter:
         kind = type(value)
         if kind is dict and "use" not in value:
             for item in value.values():
-                if type(item) not in _SCALARS:
+                if type(item) not in SCALARS:
                     break
             else:  # a leaf: one module or none, nothing below it to count or remember
                 return 1 if is_node(value) else 0
-        elif kind in _SCALARS or not isinstance(value, (Mapping, list)):
+        elif kind in SCALARS or not isinstance(value, (Mapping, list)):
             return 0
         known = self.seen.get(id(value))
         if known is None:
@@ -80,7 +80,7 @@ class _Counter:
             return 1 + n * body
         total = 1 if is_node(value) else 0
         for key, item in value.items():
-            if type(item) not in _SCALARS:  # most values of a node: no call, no key path
+            if type(item) not in SCALARS:  # most values of a node: no call, no key path
                 total += self.count(item, (*where, key))
                 if total > self.stop:
                     break

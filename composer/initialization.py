@@ -318,20 +318,17 @@ def _scheme_fill(scheme: Scheme, where: str, tensor: torch.Tensor, gen: torch.Ge
     scheme.fill(tensor, gen, where)
 
 
-def _fill(jobs: Sequence[tuple[torch.Tensor, str, Fill]], streams: Streams) -> None:
+def _fill(jobs: Sequence[tuple[torch.Tensor, str, Fill]], streams: Streams, aliases: bool = False) -> None:
     with torch.no_grad():
         for tensor, path, fill in jobs:
-            fill(tensor, streams.at(path, tensor.device))
+            fill(tensor.detach() if aliases else tensor, streams.at(path, tensor.device))
 
 
 def _fill_in_thread(base_seed: int, jobs: Sequence[tuple[torch.Tensor, str, Fill]]) -> None:
     """``_fill`` with the thread's own generators (``no_grad`` is per thread too), through detached
     aliases: measured here, in-place fills of ``Parameter``s in two threads do not overlap, those
     of their detached aliases (same storage) do."""
-    streams = Streams(base_seed)
-    with torch.no_grad():
-        for tensor, path, fill in jobs:
-            fill(tensor.detach(), streams.at(path, tensor.device))
+    _fill(jobs, Streams(base_seed), aliases=True)
 
 
 def _defaults(

@@ -96,7 +96,7 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> Limits:
             values[field.name] = float(raw) if field.name == "seconds" else int(raw.replace("_", ""))
         except ValueError:
             raise ValueError(f"{env_name(field.name)}={raw!r}: expected a positive number") from None
-    return Limits().replace(values) if values else _DEFAULTS
+    return _DEFAULTS.replace(values)
 
 
 _ACTIVE: contextvars.ContextVar[Limits | None] = contextvars.ContextVar("composer_limits", default=None)

@@ -45,13 +45,14 @@ def run_split(
     into parts of about equal weight, one per thread; the calling thread runs the small ones and the
     first part. Every part has finished when this returns, also when one raised (the first error
     is raised). Where one thread does it all, ``alone`` (default ``run``) runs every job."""
-    large = [job for job in jobs if weight(job) >= LARGE]
-    n = threads_for(sum(weight(job) for job in large))
+    weights = [weight(job) for job in jobs]
+    large = [(job, w) for job, w in zip(jobs, weights, strict=True) if w >= LARGE]
+    n = threads_for(sum(w for _, w in large))
     if n == 1:
         (alone or run)(jobs)
         return
-    parts = _split(large, [weight(job) for job in large], n)
-    small = [job for job in jobs if weight(job) < LARGE]
+    parts = _split(large, n)
+    small = [job for job, w in zip(jobs, weights, strict=True) if w < LARGE]
     pool = _executor()
     futures: list[Future] = [pool.submit(run, part) for part in parts[1:]]
     try:
@@ -63,17 +64,16 @@ def run_split(
             raise error
 
 
-def _split(jobs: Sequence[Job], weights: list[int], n: int) -> list[Sequence[Job]]:
-    if n <= 1:
-        return [jobs]
-    share, parts, start, total = sum(weights) / n, [], 0, 0
-    for i, w in enumerate(weights):
+def _split(weighted: list[tuple[Job, int]], n: int) -> list[list[Job]]:
+    """Contiguous parts of about equal total weight, at most ``n``."""
+    share, parts, part, total = sum(w for _, w in weighted) / n, [], [], 0
+    for job, w in weighted:
+        part.append(job)
         total += w
         if total >= share * (len(parts) + 1) and len(parts) < n - 1:
-            parts.append(jobs[start : i + 1])
-            start = i + 1
-    parts.append(jobs[start:])
-    return [part for part in parts if part]
+            parts.append(part)
+            part = []
+    return [*parts, part] if part else parts
 
 
 def _executor() -> ThreadPoolExecutor:

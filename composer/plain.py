@@ -25,7 +25,7 @@ from composer.errors import ConfigError
 from composer.limits import Limits, exceeded
 
 MAX_INT_BITS = 256
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+SCALARS = frozenset({str, int, float, bool, type(None)})  # the types of a recipe's plain values
 _MAX_PROBLEMS = 20
 
 
@@ -57,7 +57,7 @@ class _Walk:
         self.height = 0  # the height of the container copied last
 
     def copy(self, value: Any, path: str, depth: int) -> Any:
-        if type(value) in _SCALARS:
+        if type(value) in SCALARS:
             self.nodes += 1
             return self.scalar(value, path, None)
         self.height = 0
@@ -72,8 +72,8 @@ class _Walk:
             if "${" in value:
                 self.interpolates = True
         elif kind is int and value.bit_length() > MAX_INT_BITS:
-            path = parent if key is None else f"{parent}[{key}]" if type(key) is int else f"{parent}.{key}".lstrip(".")
-            self.fail(path, f"an integer of {value.bit_length()} bits is too large (at most 2**{MAX_INT_BITS})")
+            where = parent if key is None else _child(parent, key)
+            self.fail(where, f"an integer of {value.bit_length()} bits is too large (at most 2**{MAX_INT_BITS})")
         return value
 
     def container(self, value: Any, path: str, depth: int) -> Any:
@@ -99,15 +99,12 @@ class _Walk:
                 if name is None:
                     continue
                 kind = type(v)
-                if kind in _SCALARS:
+                if kind in SCALARS:
                     self.nodes += 1
                     if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
                         v = self.scalar(v, path, name)
                     copy[name] = v
-                elif kind is dict and (leaf := _plain_leaf(v)) is not None:
-                    self.nodes += 1 + len(leaf)
-                    if self.nodes > self.max_nodes or depth + 2 > self.max_depth:
-                        self.check(f"{path}.{name}" if path else name, depth + 2)
+                elif kind is dict and (leaf := self.leaf(v, path, name, depth)) is not None:
                     copy[name] = leaf
                     height = max(height, 1)
                 else:
@@ -117,15 +114,12 @@ class _Walk:
             copy = []
             for i, v in enumerate(value):
                 kind = type(v)
-                if kind in _SCALARS:
+                if kind in SCALARS:
                     self.nodes += 1
                     if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
                         v = self.scalar(v, path, i)
                     copy.append(v)
-                elif kind is dict and (leaf := _plain_leaf(v)) is not None:  # most items: a node of plain values
-                    self.nodes += 1 + len(leaf)
-                    if self.nodes > self.max_nodes or depth + 2 > self.max_depth:
-                        self.check(f"{path}[{i}]", depth + 2)
+                elif kind is dict and (leaf := self.leaf(v, path, i, depth)) is not None:
                     copy.append(leaf)
                     height = max(height, 1)
                 else:
@@ -136,6 +130,16 @@ class _Walk:
         self.seen[key] = (copy, self.nodes - before, self.height)
         self.check(path, depth)
         return copy
+
+    def leaf(self, value: dict, parent: str, key: str | int, depth: int) -> dict | None:
+        """Most of a recipe: a node of plain values (at ``parent`` under ``key``, its container at
+        ``depth``), copied whole and counted; None where the full walk must look at it."""
+        leaf = _plain_leaf(value)
+        if leaf is not None:
+            self.nodes += 1 + len(leaf)
+            if self.nodes > self.max_nodes or depth + 2 > self.max_depth:
+                self.check(_child(parent, key), depth + 2)
+        return leaf
 
     def key(self, k: Any, path: str) -> str | None:
         if type(k) is int and k.bit_length() <= 64:
@@ -174,12 +178,17 @@ class _Walk:
             self.problems.append((path, message))
 
 
+def _child(parent: str, key: str | int) -> str:
+    """The key path of ``parent``'s item ``key``: ``layers[3]``, ``model.init``."""
+    return f"{parent}[{key}]" if type(key) is int else f"{parent}.{key}" if parent else key
+
+
 def _plain_leaf(value: dict) -> dict | None:
     """A copy of a mapping of string keys to plain values with nothing to check (no ``${``, no huge
     integer); None for any other, which takes the full walk."""
     for k, v in value.items():
         kind = type(v)
-        if type(k) is not str or kind not in _SCALARS or kind is str and "${" in v:
+        if type(k) is not str or kind not in SCALARS or kind is str and "${" in v:
             return None
         if kind is int and v.bit_length() > MAX_INT_BITS:
             return None
