@@ -269,8 +269,9 @@ def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor],
 
 def _serialize(fd: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file, written through ``fd`` (the temporary this process holds): the header,
-    then each tensor's bytes in key order. The checksum pass (xxhash releases the GIL) runs beside
-    the writes; its result then replaces the fixed-width placeholder in the header."""
+    then each tensor's bytes in key order. The checksum pass runs in a thread beside the writes
+    (xxhash holds the GIL, the writes release it); its result then replaces the fixed-width
+    placeholder in the header."""
     field, digest = _CHECKSUMS[FORMAT_VERSION]
     placeholder = metadata[field]
     keys = sorted(tensors)
