@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from bench.common import Result, Timings, blocks_handwritten, blocks_recipe, blocks_targets, interleave
-from composer.gc_pause import gc_paused
+from composer.build.gc_pause import gc_paused
 
 BLOCKS = 1000
 BIG_BLOCKS = 10_000

@@ -23,7 +23,7 @@ def _load_composer():
 
     for name in composer.__all__:
         getattr(composer, name)
-    import composer.blocks  # noqa: F401  (the tutorial's blocks register themselves)
+    import composer.modules.blocks  # noqa: F401  (the tutorial's blocks register themselves)
 
     return composer
 

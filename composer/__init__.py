@@ -10,18 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "build_from_config": "composer.compose",
-    "init_report": "composer.record",
-    "save_checkpoint": "composer.checkpoint",
-    "load_checkpoint": "composer.checkpoint",
-    "load_weights": "composer.checkpoint",
-    "save_tensors": "composer.checkpoint",
-    "load_tensors": "composer.checkpoint",
-    "summary": "composer.summarize",
-    "to_recipe": "composer.export",
-    "registry_scope": "composer.registry",
-    "register_module": "composer.registry",
-    "register_init": "composer.initializers",
+    "build_from_config": "composer.build.pipeline",
+    "init_report": "composer.build.record",
+    "save_checkpoint": "composer.checkpoint.file",
+    "load_checkpoint": "composer.checkpoint.file",
+    "load_weights": "composer.checkpoint.file",
+    "save_tensors": "composer.checkpoint.file",
+    "load_tensors": "composer.checkpoint.file",
+    "summary": "composer.describe.summarize",
+    "to_recipe": "composer.describe.export",
+    "registry_scope": "composer.modules.registry",
+    "register_module": "composer.modules.registry",
+    "register_init": "composer.init.initializers",
     "ConfigError": "composer.errors",
     "CheckpointError": "composer.errors",
 }
@@ -30,14 +30,14 @@ __all__ = sorted([*_EXPORTS, *_MODULES])
 
 if TYPE_CHECKING:
     from composer import limits
-    from composer.checkpoint import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
-    from composer.compose import build_from_config
+    from composer.build.pipeline import build_from_config
+    from composer.build.record import init_report
+    from composer.checkpoint.file import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
+    from composer.describe.export import to_recipe
+    from composer.describe.summarize import summary
     from composer.errors import CheckpointError, ConfigError
-    from composer.export import to_recipe
-    from composer.initializers import register_init
-    from composer.record import init_report
-    from composer.registry import register_module, registry_scope
-    from composer.summarize import summary
+    from composer.init.initializers import register_init
+    from composer.modules.registry import register_module, registry_scope
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
-"""``python -m composer``: the Hydra app (see ``composer.app``)."""
+"""``python -m composer``: the Hydra app (see ``composer.app.main``)."""
 
-from composer.app import main
+from composer.app.main import main
 
 if __name__ == "__main__":
     main()

@@ -73,7 +73,7 @@ def interpolation_bomb() -> dict:
 
 def write_checkpoint(path: Path, recipe: dict | None, extra: dict[str, str] | None = None, tensors=None) -> Path:
     """A well-formed composer checkpoint (valid CRC) holding whatever recipe an attacker wants."""
-    from composer.checkpoint import FORMAT, _write  # noqa: PLC0415
+    from composer.checkpoint.file import FORMAT, _write  # noqa: PLC0415
 
     metadata = {"aliases": "{}", "init_schemes": "{}"}
     if recipe is not None:
@@ -108,7 +108,7 @@ def _inspect(*args: str | Path) -> int:
     import contextlib  # noqa: PLC0415
     import io  # noqa: PLC0415
 
-    from composer.inspect import main  # noqa: PLC0415
+    from composer.app.inspect import main  # noqa: PLC0415
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

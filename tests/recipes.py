@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from composer.recipe import example_inputs
+from composer.recipe.read import example_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "composer" / "conf"  # the packaged recipes, shipped inside the wheel

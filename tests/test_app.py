@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from composer import build_from_config, load_checkpoint
-from composer.summarize import shape_of
+from composer.describe.summarize import shape_of
 from tests.cli import command, run, run_together
 from tests.recipes import MODELS, example_batch
 
@@ -178,8 +178,8 @@ def test_single_run_checkpoint_reloads_to_the_built_model(single):
 def test_inspect_prints_recipe_summary_and_init_report(single, tmp_path):
     _, out = single
     results = run_together({
-        "good": ([sys.executable, "-m", "composer.inspect", str(out / "model.safetensors")], None),
-        "bad": ([sys.executable, "-m", "composer.inspect", str(out / "recipe.yaml")], None),
+        "good": ([sys.executable, "-m", "composer", "inspect", str(out / "model.safetensors")], None),
+        "bad": ([sys.executable, "-m", "composer", "inspect", str(out / "recipe.yaml")], None),
     }, tmp_path)  # fmt: skip
     text = ok(results["good"]).stdout
     assert "in_features: 20" in text and "xavier_uniform" in text  # the recipe
@@ -335,7 +335,8 @@ def quick(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) -> dict[str
     full = {"HYDRA_FULL_ERROR": "1"}
     huge = command("--config-dir", str(user_conf), "model=huge", "check=true", f"hydra.run.dir={tmp}/huge")
     imports = (
-        "import sys, composer.app, composer.report; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+        "import sys, composer.app.main, composer.app.report; "
+        "print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
     )
     peak_rss = textwrap.dedent(f"""\
         import resource, subprocess, sys
@@ -511,7 +512,9 @@ def test_list_and_schema_subcommands(quick):
 
 def test_inspect_prints_the_recipe_ready_to_edit(single, tmp_path):
     _, out = single
-    result = ok(run([sys.executable, "-m", "composer.inspect", str(out / "model.safetensors"), "--recipe"], tmp_path))
+    result = ok(
+        run([sys.executable, "-m", "composer", "inspect", str(out / "model.safetensors"), "--recipe"], tmp_path)
+    )
     assert result.stdout.startswith("# @package _global_\n")
     recipe = yaml.safe_load(result.stdout)
     assert recipe == yaml.safe_load((out / "recipe.yaml").read_text())

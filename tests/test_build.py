@@ -94,7 +94,7 @@ def test_positional_args_and_target():
     model = build_from_config({"_target_": "torch.nn.Linear", "_args_": [3, 5], "bias": False})
     assert model.weight.shape == (5, 3) and model.bias is None
     seq = build_from_config(
-        {"_target_": "torch.nn.Sequential", "_args_": [LINEAR, {"_target_": "composer.blocks.CenteredLayer"}]}
+        {"_target_": "torch.nn.Sequential", "_args_": [LINEAR, {"_target_": "composer.modules.blocks.CenteredLayer"}]}
     )
     assert type(seq[1]).__name__ == "CenteredLayer"
 

@@ -27,8 +27,8 @@ from composer import (
     save_checkpoint,
     save_tensors,
 )
-from composer.checkpoint import _crc32, write_atomic
-from composer.record import record_of
+from composer.build.record import record_of
+from composer.checkpoint.file import _crc32, write_atomic
 from tests.recipes import BIG, MODELS, ROOT, example_batch, model_recipe
 
 
@@ -423,7 +423,7 @@ def test_reloaded_outputs_equal_bit_for_bit_at_batch_sizes_1_to_3(tmp_path, name
     """Kernels may take another path on data that is not 64-byte aligned (ResNet-18's fc at file
     offset 40 gave outputs 1.2e-6 off at batch size 1): whatever offsets the file gives each tensor,
     the reloaded model computes exactly what the saved one did, at every small batch size."""
-    from composer.recipe import example_inputs  # noqa: PLC0415
+    from composer.recipe.read import example_inputs  # noqa: PLC0415
 
     model = build_from_config(model_recipe(name))
     save_checkpoint(model, tmp_path / "m.safetensors")

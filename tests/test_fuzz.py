@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from composer import CheckpointError, ConfigError, build_from_config, load_checkpoint, load_tensors, save_checkpoint
-from composer.checkpoint import _CHECKSUMS, FORMAT, read_metadata
+from composer.checkpoint.file import _CHECKSUMS, FORMAT, read_metadata
 from tests.attacks import guard
 
 # the recursive strategies' own repr grows large: hypothesis warns about it, harmlessly

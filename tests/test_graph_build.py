@@ -9,7 +9,7 @@ import yaml
 from torch import nn
 
 from composer import ConfigError, build_from_config, init_report, summary
-from composer.recipe import YAML_LOADER
+from composer.recipe.read import YAML_LOADER
 
 LINEAR = {"type": "Linear", "in_features": 4, "out_features": 4}
 

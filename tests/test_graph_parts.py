@@ -15,9 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from composer.errors import ConfigError
-from composer.graph import RESERVED_NAMES, CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry, graph_problems
-from composer.ops import OPS, Op, check_op, lookup_op, make_op, op_problems, register_op
-from composer.templates import REQUIRED, expand, is_template, parse_template, parse_templates, substitute_index
+from composer.modules.graph import RESERVED_NAMES, CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry, graph_problems
+from composer.modules.ops import OPS, Op, check_op, lookup_op, make_op, op_problems, register_op
+from composer.recipe.templates import REQUIRED, expand, is_template, parse_template, parse_templates, substitute_index
 from tests import references as R
 
 op = OPS._entries.__getitem__

@@ -34,10 +34,10 @@ from composer import (
     save_tensors,
     summary,
 )
-from composer.interpolation import resolve
-from composer.materialize import forward_zeros
-from composer.recipe import InputSpec
-from composer.record import record_of
+from composer.build.materialize import forward_zeros
+from composer.build.record import record_of
+from composer.recipe.interpolation import resolve
+from composer.recipe.read import InputSpec
 from tests.attacks import ATTACKS, Attack, raw_header_file, write_checkpoint
 from tests.attacks import guard as _guard
 from tests.recipes import model_recipe
@@ -341,7 +341,7 @@ def saved(tmp_path: Path) -> Path:
     ids=["alias list", "alias int", "aliases list", "alias to nothing", "schemes string", "5000 digits", "deep", "esc"],
 )
 def test_hostile_metadata_fields_are_checkpoint_errors(tmp_path: Path, saved: Path, field: str, value: str) -> None:
-    from composer.checkpoint import read_metadata  # noqa: PLC0415
+    from composer.checkpoint.file import read_metadata  # noqa: PLC0415
 
     metadata = read_metadata(saved)
     metadata[field] = value
@@ -395,7 +395,7 @@ def test_config_errors_escape_what_the_recipe_says() -> None:
 
 
 def test_inspect_escapes_what_the_file_says(tmp_path: Path, capsys) -> None:
-    from composer.inspect import main  # noqa: PLC0415
+    from composer.app.inspect import main  # noqa: PLC0415
 
     recipe = {"model": {"type": "Identity"}, "blocks": {"\x1b]0;title\x07": "\x1b[2J"}}
     extra = {"summary": "module\n(model) \x1b[31mIdentity\x07\r", "init_schemes": '{"w\\u001b": "x\\u0007"}'}
@@ -408,7 +408,7 @@ def test_inspect_escapes_what_the_file_says(tmp_path: Path, capsys) -> None:
 
 
 def test_inspect_runs_no_model_code_and_shows_what_the_file_stores(tmp_path: Path, capsys) -> None:
-    from composer.inspect import main  # noqa: PLC0415
+    from composer.app.inspect import main  # noqa: PLC0415
 
     model = looping_model()
     with limits.using(seconds=0.3):

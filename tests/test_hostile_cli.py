@@ -187,7 +187,7 @@ def test_the_modules_limit_is_raised_by_the_environment(hostile):
 
 
 def test_inspect_of_hostile_files(tmp_path):
-    inspect = [sys.executable, "-m", "composer.inspect"]
+    inspect = [sys.executable, "-m", "composer", "inspect"]
     repeat = write_checkpoint(tmp_path / "repeat.safetensors", REPEAT_BILLION)
     os.mkfifo(tmp_path / "fifo.safetensors")
     results = run_together({

@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from composer import ConfigError
-from composer.listing import KINDS, list_text
+from composer.describe.listing import KINDS, list_text
 from tests.recipes import CONF as conf
 from tests.recipes import MODELS
 
@@ -28,9 +28,9 @@ def test_overview_names_every_kind():
 def test_types_lists_torch_nn_forms_and_blocks_by_origin():
     text = list_text("types")
     assert text.splitlines()[:2] == ["forms of the builder (3):", "  Sequential, Repeat, Graph"]
-    torch_names = text.split("torch.nn (")[1].split("composer.blocks")[0]
+    torch_names = text.split("torch.nn (")[1].split("composer.modules.blocks")[0]
     assert "Conv2d" in torch_names and "TransformerEncoderLayer" in torch_names
-    assert "composer.blocks (6):\n  MLP, MySequential, FixedHiddenMLP, NestMLP, CenteredLayer, MyLinear" in text
+    assert "composer.modules.blocks (6):\n  MLP, MySequential, FixedHiddenMLP, NestMLP, CenteredLayer, MyLinear" in text
 
 
 def test_a_type_shows_its_arguments_with_defaults_from_its_signature():

@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from composer import build_from_config
-from composer.probe import MacsCounter, probe
-from composer.record import record_of
-from composer.summarize import summarize
+from composer.build.record import record_of
+from composer.describe.probe import MacsCounter, probe
+from composer.describe.summarize import summarize
 from tests.recipes import model_recipe
 
 

@@ -11,9 +11,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from composer import build_from_config, save_checkpoint
-from composer.probe import probe
-from composer.record import record_of
-from composer.report import SweepReport, last_failures, read_jobs, write_report
+from composer.app.report import SweepReport, last_failures, read_jobs, write_report
+from composer.build.record import record_of
+from composer.describe.probe import probe
 from tests.recipes import model_recipe
 
 

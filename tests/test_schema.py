@@ -7,7 +7,7 @@ import pytest
 import yaml
 from torch import nn
 
-from composer.schema import recipe_schema
+from composer.describe.schema import recipe_schema
 from tests.recipes import MODELS, ROOT, model_recipe
 
 jsonschema = pytest.importorskip("jsonschema")

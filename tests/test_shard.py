@@ -35,8 +35,8 @@ from composer import (
     register_module,
     save_checkpoint,
 )
-from composer.dcp import FORMAT, FORMAT_VERSION, _crc_info
-from composer.shard import select_units
+from composer.build.shard import select_units
+from composer.checkpoint.dcp import FORMAT, FORMAT_VERSION, _crc_info
 from tests.distributed import PeakMemory, cpu_mesh, run_ranks
 from tests.recipes import ROOT, recipe_with
 
@@ -336,7 +336,7 @@ def test_a_corrupted_shard_file_is_caught_by_its_checksum(saved, tmp_path):
 @pytest.mark.slow
 def test_inspect_reads_a_checkpoint_directory(saved):
     result = subprocess.run(
-        [sys.executable, "-m", "composer.inspect", str(saved / "ckpt")], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "composer", "inspect", str(saved / "ckpt")], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr
     assert "# recipe" in result.stdout and "transformer.h.1.mlp.c_proj" in result.stdout

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from composer import build_from_config, init_report, parallel
+from composer import build_from_config, init_report
+from composer.init import threads as parallel
 from tests.recipes import ROOT, model_recipe
 
 SCHEMES = ["default", "normal", "constant", "xavier", "mixed", "custom"]
@@ -131,7 +132,7 @@ def test_defaults_keep_torchs_distributions():
 
 
 def test_fills_in_threads_equal_a_serial_fill_bit_for_bit(monkeypatch):
-    """Large tensors are filled in several threads (``composer.parallel``); whatever the split,
+    """Large tensors are filled in several threads (``composer.init.threads``); whatever the split,
     each tensor's values are those of its own stream."""
     recipe = {
         "model": {

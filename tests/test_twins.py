@@ -1,4 +1,4 @@
-"""Identical leaf nodes after the first are built as copies of it (``composer.twins``): each copy
+"""Identical leaf nodes after the first are built as copies of it (``composer.build.twins``): each copy
 must be what the constructor makes, independent of its twins, and the model the same."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from composer import build, build_from_config
-from composer.blocks import FixedHiddenMLP
-from composer.placement import skipping_fills
-from composer.twins import copier
+from composer import build_from_config
+from composer.build import builder as build
+from composer.build.placement import skipping_fills
+from composer.build.twins import copier
+from composer.modules.blocks import FixedHiddenMLP
 
 LEAVES = [
     {"type": "Linear", "in_features": 6, "out_features": 5},

@@ -1,0 +1,656 @@
+"""Recipe tree -> modules: one walk over a plain tree, building each node once.
+
+Each node form is a small handler in a table (``FORMS`` by ``type``, plus the ``ref`` and call
+forms), so a new form is a new entry. Sharing falls out of memoization: ``{ref: name}`` builds
+``shared.name`` on first use and returns that same instance ever after, while ``${blocks.x}``
+(resolved earlier, in ``recipe``) pastes a copy that builds into a new module. Problems are
+collected along the walk, each with its key path, and raised together at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import re
+import string
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedTensorMixin
+
+from composer import limits as budget
+from composer.errors import ConfigError, did_you_mean, has_control, unknown
+from composer.recipe.count import count_modules
+from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
+from composer.modules.ops import OPS, make_op, op_problems
+from composer.build.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
+from composer.recipe.plain import SCALARS
+from composer.recipe.read import Recipe, dtype_of, is_node
+from composer.modules.registry import MODULES
+from composer.modules.signatures import describe, is_int, signature_of
+from composer.modules.targets import resolve_target
+from composer.recipe.templates import Template, expand, parse_templates, split_use, substitute_index
+from composer.build.twins import copier
+
+DEFAULT_TARGETS = ("torch.nn.", "composer.modules.blocks.")
+_RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
+
+# A class built without its input size becomes its Lazy counterpart, which infers it.
+LAZY: dict[type[nn.Module], tuple[type[nn.Module], str]] = {
+    nn.Linear: (nn.LazyLinear, "in_features"),
+    **{getattr(nn, f"Conv{d}d"): (getattr(nn, f"LazyConv{d}d"), "in_channels") for d in (1, 2, 3)},
+    **{getattr(nn, f"ConvTranspose{d}d"): (getattr(nn, f"LazyConvTranspose{d}d"), "in_channels") for d in (1, 2, 3)},
+    **{getattr(nn, f"BatchNorm{d}d"): (getattr(nn, f"LazyBatchNorm{d}d"), "num_features") for d in (1, 2, 3)},
+}
+
+
+@dataclass
+class BuildNotes:
+    """What the walk leaves beside the modules: inline ``init:`` specs and ``frozen`` modules."""
+
+    inline_init: list[tuple[nn.Module, str, Any]] = field(default_factory=list)
+    frozen: list[nn.Module] = field(default_factory=list)
+    ties: dict[str, str] = field(default_factory=dict)  # dst parameter path -> src, once applied
+    # False when every class built is known to make no lazy layer: no walk needed to look for one
+    may_be_lazy: bool = False
+
+
+class Builder:
+    """Walks one recipe. ``build`` returns a module, or None after recording the problem."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        allow_targets: Sequence[str] = DEFAULT_TARGETS,
+        real_device: torch.device | None = None,
+    ) -> None:
+        shared = recipe.get("shared")  # not a mapping: top_level_problems reports it
+        self.shared_nodes: Mapping[str, Any] = shared if isinstance(shared, Mapping) else {}
+        self.allow_targets = tuple(allow_targets)
+        self.real_device = real_device
+        self.notes = BuildNotes()
+        self.problems: list[tuple[str, str]] = []
+        self._shared: dict[str, nn.Module | None] = {}
+        self._resolving: list[str] = []
+        self.templates: dict[str, Template] = {}
+        try:
+            blocks = recipe.get("blocks")
+            self.templates = parse_templates(blocks if isinstance(blocks, Mapping) else None)
+        except ConfigError as e:
+            self.problems += e.problems
+        self._using: list[str] = []  # templates being expanded: a cycle is an error
+        # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
+        # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
+        self._checked: dict[tuple, type] = {}
+        self._copies: dict[tuple, Callable[[], nn.Module | None]] = {}  # leaf node (shape, values) -> its next twin
+        # The modules budget: nodes built so far, and the copies the enclosing Repeats ask for.
+        self.max_modules = budget.current().modules
+        self.built = 0
+        self.scale = 1
+
+    def build_model(self, node: Any) -> nn.Module:
+        """Build the model node and every shared module; raise all problems found at once."""
+        nodes = {"model": node, **{f"shared.{name}": n for name, n in self.shared_nodes.items()}}
+        asked, where = count_modules(nodes, self.templates, self.max_modules)
+        if asked > self.max_modules:  # before building any (templates of templates: 10^9 modules)
+            self.too_many(where or "model", "the number of modules the recipe asks for")
+        model = self.build(node, "model")
+        for name in self.shared_nodes:
+            self._shared_module(name)  # an unreferenced shared module is still checked
+        if self.problems:
+            raise ConfigError(list(dict.fromkeys(self.problems)))  # a template's problem once, not per use
+        return model
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append((path, message))
+
+    def too_many(self, path: str, what: str) -> None:
+        """Stop the walk: the recipe asks for more modules than ``limits.modules``."""
+        raise ConfigError(budget.exceeded("modules", what, self.max_modules), path)
+
+    def build(self, node: Any, path: str) -> nn.Module | None:
+        """The module for ``node`` at key ``path``, or None after recording what is wrong."""
+        self.built += 1
+        if self.built > self.max_modules:
+            self.too_many(path, "the number of modules built")
+        module = self._from_checked(node)
+        return module if module is not None else self._build(node, path)
+
+    def build_item(self, node: Any, parent: str, index: int | str) -> nn.Module | None:
+        """A child of a container: its key path is only formatted where the fast path misses."""
+        self.built += 1
+        if self.built > self.max_modules:
+            where = f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}"
+            self.too_many(where, "the number of modules built")
+        module = self._from_checked(node)
+        if module is None:
+            module = self._build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
+        return module
+
+    def _from_checked(self, node: Any) -> nn.Module | None:
+        """A leaf node of a shape already checked, built directly (a copy of its twin where one was
+        built before it and can be copied: ``twins``); None to take the full path."""
+        if type(node) is not dict or type(node.get("type")) is not str:
+            return None
+        shape = _leaf_key(node)
+        cls = self._checked.get(shape)
+        if cls is None:
+            return None
+        same = (shape, tuple(node.values()))
+        if float in shape[2]:  # -0.0 == 0.0, and they hash alike: the signs keep them apart
+            same += tuple(math.copysign(1.0, v) for v in node.values() if type(v) is float)
+        copy = self._copies.get(same)
+        if copy is not None:
+            try:
+                module = copy()
+            except Exception:
+                return None  # the full path reports it, with its key path
+            if module is not None:
+                return module
+        kwargs = dict(node)
+        del kwargs["type"]
+        known = self.real_device is None or resets_itself(cls)  # else a user's block: built for real
+        try:
+            module = cls(**kwargs) if known else self._instantiate(cls, [], kwargs)
+        except Exception:
+            return None  # the full path reports it, with its key path
+        if not isinstance(module, nn.Module):
+            return None
+        if known:
+            self._copies[same] = copier(module) or functools.partial(cls, **kwargs)
+        return module
+
+    def _build(self, node: Any, path: str) -> nn.Module | None:
+        if not is_node(node):
+            self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {describe(node)}")
+            return None
+        module = self._handler(node, path)(self, node, path)
+        if module is not None and "ref" not in node:
+            self._extras(node, module, path)
+        return module
+
+    def _handler(self, node: Mapping, path: str) -> Callable[[Builder, Mapping, str], nn.Module | None]:
+        """The handler of the node's form: ``ref``, a form of ``FORMS``, or a call of a class."""
+        if "ref" in node:
+            return _ref
+        if "use" in node:
+            return _use
+        if "op" in node:
+            return _op
+        if "type" in node and "_target_" in node:
+            return _conflict
+        kind = node.get("type")
+        return FORMS.get(kind, _call) if isinstance(kind, str) else _call
+
+    def _extras(self, node: Mapping, module: nn.Module, path: str) -> None:
+        """The keys any node may carry: inline ``init:`` and ``frozen``."""
+        if "init" in node:
+            if isinstance(node["init"], Mapping):
+                self.notes.inline_init.append((module, f"{path}.init", node["init"]))
+            else:
+                self.fail(f"{path}.init", f"expected a mapping of parameter: initializer, got {describe(node['init'])}")
+        frozen = node.get("frozen", False)
+        if not isinstance(frozen, bool):
+            self.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
+        elif frozen:
+            self.notes.frozen.append(module)
+
+    def _shared_module(self, name: str) -> nn.Module | None:
+        """The one instance of ``shared.name``, built on first use; a cycle of refs is reported."""
+        if name in self._shared:
+            return self._shared[name]
+        if name in self._resolving:
+            cycle = " -> ".join([*self._resolving[self._resolving.index(name) :], name])
+            self.fail(f"shared.{name}", f"shared module refers to itself: {cycle}")
+            return None
+        self._resolving.append(name)
+        module = self.build(self.shared_nodes[name], f"shared.{name}")
+        self._resolving.pop()
+        self._shared[name] = module
+        return module
+
+    def value(self, value: Any, path: str) -> Any:
+        """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
+        if type(value) in SCALARS:
+            return value
+        if is_node(value):
+            return self.build(value, path)
+        if isinstance(value, list):
+            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            return {k: self.value(v, f"{path}.{k}") for k, v in value.items()}
+        return value
+
+    def remember_checked(self, node: Mapping, cls: type) -> None:
+        """Note a plain leaf node's shape as checked, so its twins skip the checks."""
+        if (
+            "type" in node
+            and not (node.keys() & _RESERVED - {"type"})
+            and all(type(v) in SCALARS for v in node.values())
+        ):
+            self._checked[_leaf_key(node)] = cls
+
+    def instantiate(self, label: str, cls: type, args: list, kwargs: dict, path: str) -> nn.Module | None:
+        """``cls(*args, **kwargs)``, its failure or a non-module result recorded at ``path``."""
+        if not resets_itself(cls) or issubclass(cls, LazyModuleMixin):
+            self.notes.may_be_lazy = True
+        try:
+            module = self._instantiate(cls, args, kwargs)
+        except Exception as e:  # the constructor's own complaint, given its place in the recipe
+            self.fail(path, f"{label}(...) raised {type(e).__name__}: {e}")
+            return None
+        if not isinstance(module, nn.Module):
+            self.fail(path, f"{label}(...) returned {type(module).__name__}, not an nn.Module")
+            return None
+        return module
+
+    def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:
+        """``cls(*args, **kwargs)`` where the walk builds. A class not known to reset itself (a
+        user's block) is built for real on ``real_device``, with its own fills: its constructor
+        may compute from data (on ``meta`` that fails, or imports seconds of torch's meta kernels)
+        or make a constant its reset leaves alone."""
+        if self.real_device is None or resets_itself(cls):
+            return cls(*args, **kwargs)
+        with torch.device(self.real_device), own_fills():
+            return cls(*args, **kwargs)
+
+
+def _leaf_key(node: Mapping) -> tuple:
+    return node["type"], tuple(node), tuple(map(type, node.values()))
+
+
+# --- node forms -------------------------------------------------------------------------------
+
+
+def _conflict(builder: Builder, node: Mapping, path: str) -> None:
+    builder.fail(path, "a node has 'type' or '_target_', not both")
+
+
+def _ref(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{ref: name}``: the one instance built from ``shared.name``."""
+    for key in node:
+        if key != "ref":
+            builder.fail(f"{path}.{key}", "a ref node has no other keys: configure the module in shared")
+    name = node["ref"]
+    if not isinstance(name, str) or name not in builder.shared_nodes:
+        shared = ", ".join(builder.shared_nodes) or "none"
+        hint = did_you_mean(str(name), builder.shared_nodes)
+        builder.fail(f"{path}.ref", f"no shared module {name!r}{hint}; shared: {shared}")
+        return None
+    return builder._shared_module(name)
+
+
+def _call(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """A registered ``type`` or an allowed ``_target_``, called with its (built) arguments."""
+    found = _class_of(builder, node, path)
+    if found is None:
+        return None
+    label, cls = found
+    before = len(builder.problems)
+    args, kwargs = _arguments(builder, node, path)
+    lazy = LAZY.get(cls)
+    deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
+    sig = signature_of(cls)
+    if sig is not None:
+        builder.problems += sig.problems(label, args, kwargs, path, optional=(deferred,) if deferred else ())
+    if len(builder.problems) > before:
+        return None
+    module = builder.instantiate(label, lazy[0] if deferred else cls, args, kwargs, path)
+    if module is not None and not args:
+        builder.remember_checked(node, lazy[0] if deferred else cls)
+    return module
+
+
+def _class_of(builder: Builder, node: Mapping, path: str) -> tuple[str, type] | None:
+    """The node's label and class: a registered ``type`` or an allowed ``_target_``."""
+    try:
+        if "type" in node:
+            return node["type"], MODULES.lookup(node["type"], f"{path}.type", also_valid=FORMS)
+        return node["_target_"], resolve_target(node["_target_"], builder.allow_targets, f"{path}._target_")
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+
+
+def _arguments(builder: Builder, node: Mapping, path: str) -> tuple[list, dict]:
+    """``_args_`` and the kwargs, nodes among them built first."""
+    raw_args = node.get("_args_", [])
+    if not isinstance(raw_args, list):
+        builder.fail(f"{path}._args_", f"expected a list of positional arguments, got {describe(raw_args)}")
+        raw_args = []
+    args = [v if type(v) in SCALARS else builder.value(v, f"{path}._args_[{i}]") for i, v in enumerate(raw_args)]
+    kwargs = {
+        k: v if type(v) in SCALARS else builder.value(v, f"{path}.{k}") for k, v in node.items() if k not in _RESERVED
+    }
+    if isinstance(kwargs.get("dtype"), str):  # any kwarg named dtype takes a dtype's name
+        try:
+            kwargs["dtype"] = dtype_of(kwargs["dtype"], f"{path}.dtype")
+        except ConfigError as e:
+            builder.problems += e.problems
+    return args, kwargs
+
+
+def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{type: Sequential, layers: [...]}`` or ``layers: {name: node}``: an ``nn.Sequential``."""
+    _only_keys(builder, node, path, "Sequential", ("layers",))
+    layers = node.get("layers", [])
+    if isinstance(layers, list):
+        children = [builder.build_item(n, f"{path}.layers", i) for i, n in enumerate(layers)]
+        if any(child is None for child in children):
+            return None
+        return nn.Sequential(*children)  # named 0, 1, ...: nothing to check
+    elif isinstance(layers, Mapping):
+        names = [str(k) for k in layers]
+        children = [builder.build_item(n, f"{path}.layers", str(k)) for k, n in layers.items()]
+    else:
+        builder.fail(f"{path}.layers", f"expected a list or a mapping of nodes, got {describe(layers)}")
+        return None
+    return _named_sequential(builder, names, children, f"{path}.layers")
+
+
+def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{type: Repeat, times: N, names: "block {i}", body: node}``: N independent copies."""
+    _only_keys(builder, node, path, "Repeat", ("times", "names", "body"))
+    times, names = node.get("times"), node.get("names", "{i}")
+    if not is_int(times) or times < 1:
+        builder.fail(f"{path}.times", f"expected a positive integer, got {describe(times)}")
+        return None
+    if builder.scale * times > builder.max_modules:  # before a label is made or a copy built
+        outer = f" inside Repeats of {builder.scale:,} copies" if builder.scale > 1 else ""
+        builder.too_many(f"{path}.times", f"{times:,} copies{outer}")
+    labels = _labels(names, times)
+    if labels is None:
+        builder.fail(f"{path}.names", f"expected a format string of {{i}} such as 'block {{i}}', got {describe(names)}")
+        return None
+    if "body" not in node:
+        builder.fail(f"{path}.body", "missing: the node to repeat")
+        return None
+    builder.scale *= times
+    try:
+        return _repeat_body(builder, node, path, times, labels)
+    finally:
+        builder.scale //= times
+
+
+def _repeat_body(builder: Builder, node: Mapping, path: str, times: int, labels: list[str]) -> nn.Module | None:
+    body, where = node["body"], f"{path}.body"
+    if isinstance(body, Mapping) and "use" in body:  # $i in its arguments: copy i's index
+        copies = []
+        for i in range(times):
+            try:
+                copies.append(builder.build(substitute_index(body, i, where), where))
+            except ConfigError as e:
+                builder.problems += e.problems
+                return None
+            if copies[-1] is None:
+                return None
+    else:
+        first = builder.build(body, where)
+        if first is None:
+            return None  # its problems are recorded once, not once per copy
+        copies = [first] + [builder.build(body, where) for _ in range(times - 1)]
+    return _named_sequential(builder, labels, copies, f"{path}.names")
+
+
+_MAX_WIDTH = 255  # a field width or precision in Repeat's names: a name is a file-name-sized string
+
+
+def _labels(names: Any, times: int) -> list[str] | None:
+    """Repeat's child names, ``names.format(i=i)`` for each copy; None for a format that is not
+    a plain use of ``{i}`` (``{i:>100000000000}`` would take a terabyte, ``{i.__class__}`` reads
+    attributes)."""
+    if not isinstance(names, str):
+        return None
+    try:
+        fields = list(string.Formatter().parse(names))
+    except ValueError:
+        return None
+    for _literal, name, spec, _conversion in fields:
+        if name is None:
+            continue
+        if name != "i" or "{" in (spec or "") or any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec or "")):
+            return None
+    try:
+        return [names.format(i=i) for i in range(times)]
+    except (ValueError, TypeError):
+        return None
+
+
+# Child names a Sequential cannot take: the attributes nn.Module and nn.Sequential already have
+# (``add_module('forward', ...)`` raises KeyError).
+_TAKEN = frozenset(dir(nn.Sequential)) | frozenset(vars(nn.Sequential()))
+
+
+def _named_sequential(builder: Builder, names: list[str], children: list, path: str) -> nn.Module | None:
+    if any(child is None for child in children):
+        return None
+    for name in names:
+        if not name or "." in name:
+            builder.fail(path, f"names must be non-empty and without '.': {name!r}")
+        elif has_control(name):
+            builder.fail(path, f"name {name!r} holds a control character: names reach terminals and files")
+        elif name in _TAKEN:
+            builder.fail(path, f"name {name!r} is an attribute nn.Sequential uses; choose another name")
+        else:
+            continue
+        return None
+    if len(set(names)) < len(names):
+        builder.fail(path, "names repeat")
+        return None
+    return nn.Sequential(OrderedDict(zip(names, children, strict=True)))
+
+
+def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{use: template, <args>}``: an independent copy of a template's body, arguments filled in."""
+    name, args, _extras = split_use(node)
+    template = builder.templates.get(name) if isinstance(name, str) else None
+    if template is None:
+        builder.fail(f"{path}.use", unknown("template", name, builder.templates))
+        return None
+    if name in builder._using:
+        cycle = " -> ".join([*builder._using[builder._using.index(name) :], name])
+        builder.fail(f"{path}.use", f"templates use each other in a cycle: {cycle}")
+        return None
+    try:
+        body = expand(template, args, path)
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+    builder._using.append(name)
+    try:
+        return builder.build(body, f"{template.key_path}.body")
+    finally:
+        builder._using.pop()
+
+
+_OP_EXTRAS = ("op", "in", "init", "frozen")
+
+
+def _op(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{op: name, <kwargs>}`` where a module stands (a Sequential's item): an ``Op`` module."""
+    try:
+        return make_op(node["op"], {k: v for k, v in node.items() if k not in _OP_EXTRAS}, path)
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+
+
+_GRAPH_KEYS = ("inputs", "nodes", "output", "params")
+_PARAM_KEYS = ("shape", "init", "frozen")
+
+
+def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
+    """``{type: Graph, inputs, nodes, output, params}``: children wired by name (see ``graph``)."""
+    _only_keys(builder, node, path, "Graph", _GRAPH_KEYS)
+    inputs = node.get("inputs", ["x"])
+    if not (isinstance(inputs, list) and inputs and all(isinstance(n, str) for n in inputs)):
+        builder.fail(f"{path}.inputs", f"expected a list of input names such as [x], got {describe(inputs)}")
+        return None
+    nodes = node.get("nodes")
+    if not isinstance(nodes, Mapping) or not nodes:
+        builder.fail(f"{path}.nodes", f"expected a mapping of name: entry, got {describe(nodes)}")
+        return None
+    before = len(builder.problems)
+    entries = [_graph_entry(builder, str(name), entry, f"{path}.nodes.{name}") for name, entry in nodes.items()]
+    params = {
+        name: _graph_param(builder, str(name), spec, f"{path}.params.{name}")
+        for name, spec in (node.get("params") or {}).items()
+    }
+    if len(builder.problems) > before:
+        return None
+    try:
+        graph = Graph(GraphSpec(entries, tuple(inputs), params, node.get("output")), path)
+    except ConfigError as e:
+        builder.problems += e.problems
+        return None
+    for name, spec in (node.get("params") or {}).items():
+        if "init" in spec:
+            builder.notes.inline_init.append((graph, f"{path}.params.{name}", {name: spec["init"]}))
+    return graph
+
+
+def _graph_entry(builder: Builder, name: str, entry: Any, path: str) -> Any:
+    """One entry of ``nodes``: a call of an earlier entry, an op, or a module node."""
+    if not isinstance(entry, Mapping):
+        builder.fail(path, f"expected a node, an op or a call, got {describe(entry)}")
+        return None
+    inputs = entry.get("in")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    elif inputs is not None and not (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
+        builder.fail(f"{path}.in", f"expected a name or a list of names, got {describe(inputs)}")
+        inputs = None
+    if "call" in entry:
+        for key in entry:
+            if key not in ("call", "in"):
+                builder.fail(f"{path}.{key}", "a call entry has only 'call' and 'in'")
+        return CallEntry(name, entry["call"], inputs)
+    if "op" in entry:
+        label = entry["op"]
+        if not isinstance(label, str) or label not in OPS:
+            builder.fail(f"{path}.op", unknown("op", label, OPS, listed=False))
+            return None
+        fn = OPS.lookup(label, f"{path}.op")
+        kwargs = {k: v for k, v in entry.items() if k not in _OP_EXTRAS}
+        builder.problems += op_problems(label, fn, kwargs, len(inputs) if inputs is not None else 1, path)
+        return OpEntry(name, fn, kwargs, inputs, label=label)
+    module = builder.build({k: v for k, v in entry.items() if k != "in"}, path)
+    return ModuleEntry(name, module, inputs)
+
+
+def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parameter | None:
+    """``{shape: [...], init: spec, frozen: bool}``: a parameter of the graph (default init: zeros)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("shape"), list):
+        builder.fail(path, f"expected {{shape: [...], init: ..., frozen: ...}}, got {describe(spec)}")
+        return None
+    for key in spec:
+        if key not in _PARAM_KEYS:
+            builder.fail(f"{path}.{key}", unknown("key", key, _PARAM_KEYS))
+    shape = spec["shape"]
+    if not shape or not all(is_int(d) and d > 0 for d in shape):
+        builder.fail(f"{path}.shape", f"expected a list of positive integers, got {describe(shape)}")
+        return None
+    frozen = spec.get("frozen", False)
+    if not isinstance(frozen, bool):
+        builder.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
+    return nn.Parameter(torch.empty(shape), requires_grad=not frozen)
+
+
+FORMS: dict[str, Callable[[Builder, Mapping, str], nn.Module | None]] = {
+    "Sequential": _sequential,
+    "Repeat": _repeat,
+    "Graph": _graph,
+}
+
+
+def _only_keys(builder: Builder, node: Mapping, path: str, form: str, keys: tuple[str, ...]) -> None:
+    valid = ("type", *keys, "init", "frozen")
+    for key in node:
+        if key not in valid:
+            hint = did_you_mean(str(key), valid)
+            builder.fail(f"{path}.{key}", f"{form} takes no key {key!r}{hint}; valid: {', '.join(valid)}")
+
+
+def tie_parameters(model: nn.Module, ties: Mapping[str, str]) -> None:
+    """``tie: {dst: src}``: each ``dst`` parameter becomes the ``src`` parameter object.
+
+    Raises:
+        ConfigError: a path that names no parameter (with the closest one), or shapes that differ.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    problems = []
+    for dst, src in ties.items():
+        missing = [(p, k) for p, k in ((dst, "dst"), (src, "src")) if p not in params]
+        for name, _ in missing:
+            problems.append((f"tie.{dst}", f"no parameter {name!r}{did_you_mean(name, params)}"))
+        if missing:
+            continue
+        lazy = [p for p in (dst, src) if isinstance(params[p], UninitializedTensorMixin)]
+        if lazy:
+            why = f"{lazy[0]} has no shape yet (a lazy layer): give its layer's sizes to tie it"
+            problems.append((f"tie.{dst}", why))
+            continue
+        if params[dst].shape != params[src].shape:
+            shapes = f"{list(params[dst].shape)} vs {list(params[src].shape)}"
+            problems.append((f"tie.{dst}", f"cannot tie {dst} to {src}: shapes differ ({shapes})"))
+            continue
+        owner, _, leaf = dst.rpartition(".")
+        model.get_submodule(owner).register_parameter(leaf, params[src])
+    if problems:
+        raise ConfigError(problems)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Floating tensors made inside take ``dtype`` (a recipe's top-level ``dtype``): built in it
+    directly, no float32 copy first."""
+    if dtype is None:
+        yield
+        return
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def construct(
+    recipe: Recipe, allow: Sequence[str], device: torch.device, purpose: Literal["init", "load"]
+) -> tuple[nn.Module, BuildNotes, bool]:
+    """The module tree alone, on ``device``, ties applied: no shapes, no rules.
+
+    ``init``: known classes skip their default fills (their tensors are allocated empty, to be
+    filled once by initialization); user blocks are built as they are written. ``load``: on
+    ``meta`` where the file can fill every tensor (user blocks for real on ``device``), else for
+    real with the fills constructors make. The flag says whether the
+    tree was built on ``meta`` for a load.
+    """
+    dtype = dtype_of(recipe["dtype"], "dtype") if recipe.get("dtype") is not None else None
+    with default_dtype(dtype):
+        if purpose == "init":
+            real = None if device.type == "meta" else device
+            builder = Builder(recipe, allow, real_device=real)
+            with skipping_fills(device):
+                model, on_meta = builder.build_model(recipe["model"]), False
+        else:
+            builder = Builder(recipe, allow, real_device=device)
+            with skipping_fills(torch.device("meta")):
+                model, on_meta = builder.build_model(recipe["model"]), True
+            if not can_load_on_meta(model):
+                builder = Builder(recipe, allow)
+                with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
+                    model, on_meta = builder.build_model(recipe["model"]), False
+    ties = recipe.get("tie") or {}
+    if not (isinstance(ties, Mapping) and all(isinstance(v, str) for v in ties.values())):
+        ties = {}  # top_level_problems reports it
+    if ties:
+        tie_parameters(model, ties)
+    builder.notes.ties = dict(ties)
+    return model, builder.notes, on_meta

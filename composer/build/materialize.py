@@ -1,0 +1,236 @@
+"""Turning shapes into tensors: lazy layers through a dry forward, ``meta`` tensors into real ones.
+
+Both keep what PyTorch's own tools lose: ``to_empty`` and ``load_state_dict(assign=True)`` untie
+parameters shared across modules and a dry run under ``inference_mode`` leaves parameters that
+never get gradients; these functions do neither.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _LazyNormBase
+from torch.nn.modules.conv import _LazyConvXdMixin
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from composer import limits as budget
+from composer.errors import ConfigError, first_line
+from composer.build.placement import device_of
+from composer.recipe.read import InputSpec
+
+
+def has_lazy(model: nn.Module) -> bool:
+    """Whether any parameter or buffer still waits for its shape."""
+    return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules())
+
+
+def require_shapes(model: nn.Module, need: str) -> None:
+    """A ``ConfigError`` naming ``input_shape`` where lazy layers still wait for their shapes."""
+    if has_lazy(model):
+        raise ConfigError(f"lazy layers have no shapes yet, and {need} needs them: set input_shape", "input_shape")
+
+
+def forward_zeros(
+    model: nn.Module,
+    inputs: Sequence[InputSpec],
+    device: torch.device | str | None = None,
+    key: str = "input_shape",
+    shapes_only: bool = False,
+) -> Any:
+    """One forward pass of zeros (valid token ids for integer inputs): what infers lazy shapes, and
+    a smoke test of the recipe's example inputs.
+
+    It runs under ``no_grad`` (not ``inference_mode``: parameters born there never get gradients)
+    and in eval mode, so no batch statistics move; each module's mode is restored afterwards.
+    Lazy layers come out as their plain classes (``LazyLinear`` -> ``Linear``). A failure is a
+    ``ConfigError`` at ``key`` (the recipe key that gave the inputs) naming the innermost module
+    that was running, which torch's own message does not. ``shapes_only`` (a check on ``meta``):
+    control flow that reads values, which ``meta`` tensors do not have, ends the check quietly
+    (None) instead.
+
+    The inputs come from a file's numbers, and the model's code may loop (a ``FixedHiddenMLP``
+    whose weights overflow to inf halves inf forever): each input holds at most
+    ``limits.tensor_elements`` elements (on a real device), and the pass stops after
+    ``limits.seconds``; either is a ``ConfigError`` naming the limit.
+    """
+    chosen = budget.current()
+    device = torch.device(device or device_of(model))
+    if device.type != "meta":
+        for spec in inputs:
+            elements = math.prod(spec.shape)
+            if elements > chosen.tensor_elements:
+                what = f"an input of shape {list(spec.shape)} ({elements:,} elements)"
+                raise ConfigError(budget.exceeded("tensor_elements", what, chosen.tensor_elements), key)
+    paths = {id(m): p for p, m in model.named_modules()}
+    running: list[tuple[str, nn.Module, Any]] = []
+
+    def enter(module: nn.Module, args: Any) -> None:
+        first = args[0] if args else None
+        running.append((paths[id(module)], module, tuple(first.shape) if isinstance(first, torch.Tensor) else None))
+
+    def leave(_module: nn.Module, _args: Any, _output: Any) -> None:
+        running.pop()
+
+    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    shortcuts = _meta_shortcuts(model) if device.type == "meta" else []
+    try:
+        with torch.no_grad(), budget.deadline(chosen.seconds):
+            return model(*(torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs))
+    except budget.DeadlineExceeded:
+        where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
+        what = f"a forward pass of zeros (stopped{where})"
+        raise ConfigError(budget.exceeded("seconds", what, chosen.seconds), key) from None
+    except Exception as e:  # torch raises many kinds; each means the inputs do not fit
+        if shapes_only and "cannot be called on meta tensors" in str(e):
+            return None
+        where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
+        shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
+        message = f"a forward pass of zeros shaped {shapes} failed{where}: {type(e).__name__}: {first_line(e)}"
+        hint = _batch_hint(running[-1], inputs, key) if running else ""
+        raise ConfigError(message + hint, key) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+        for module in shortcuts:
+            del module.__dict__["forward"]
+
+
+def _batch_hint(running: tuple[str, nn.Module, Any], inputs: Sequence[InputSpec], key: str) -> str:
+    """Where a layer of N spatial dims (``Conv2d``, ``BatchNorm2d``, ``MaxPool2d``, ...) failed on
+    the model's own input and that input is one dimension short of [batch, channels, *spatial]:
+    the shape was most likely written without its batch dimension."""
+    _path, module, shape = running
+    match = re.search(r"(\d)d$", type(module).__name__)
+    if match is None or shape is None or shape not in {tuple(spec.shape) for spec in inputs}:
+        return ""
+    dims = int(match.group(1)) + 2
+    if len(shape) != dims - 1:
+        return ""
+    channels = getattr(module, "in_channels", None) or getattr(module, "num_features", None)
+    example = f", e.g. {[shape[0], channels, *shape[1:]]}" if isinstance(channels, int) else ""
+    return (
+        f" ({key} includes the batch dimension: {type(module).__name__} takes {dims} dims, "
+        f"[batch, channels, {', '.join(['size'] * (dims - 2))}], and {list(shape)} has {len(shape)}{example})"
+    )
+
+
+def _linear_shape(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] != m.in_features:
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied: input {list(x.shape)}, in_features={m.in_features}"
+        )
+    return x.new_empty((*x.shape[:-1], m.out_features))
+
+
+def _layer_norm_shape(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    if tuple(x.shape[-len(m.normalized_shape) :]) != tuple(m.normalized_shape):
+        expected = ", ".join(map(str, m.normalized_shape))
+        raise RuntimeError(
+            f"Given normalized_shape={list(m.normalized_shape)}, expected input with shape [*, {expected}], "
+            f"but got input of size {list(x.shape)}"
+        )
+    return x
+
+
+def _pass_through(_m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# Shape rules for a forward on ``meta``, keyed by the ``forward`` they stand in for: a subclass
+# that overrides ``forward`` keeps its own. Each checks what the real kernel would check.
+_META_RULES: dict[Callable, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    nn.Linear.forward: _linear_shape,
+    nn.LayerNorm.forward: _layer_norm_shape,
+    **{cls.forward: _pass_through for cls in (
+        nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+        nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    )},
+}  # fmt: skip
+
+
+def _meta_shortcuts(model: nn.Module) -> list[nn.Module]:
+    """Shape rules for a forward on ``meta``, for modules whose meta kernels are Python
+    decompositions (``Linear``'s addmm, LayerNorm, GELU) that import torch._dynamo on first call
+    (seconds) to compute a shape known up front."""
+    patched = []
+    for module in model.modules():
+        rule = _META_RULES.get(type(module).forward)
+        if rule is not None and "forward" not in module.__dict__:
+            module.__dict__["forward"] = lambda x, m=module, rule=rule: rule(m, x)
+            patched.append(module)
+    return patched
+
+
+def allocate(model: nn.Module, device: torch.device | str) -> None:
+    """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``. Ties
+    survive (``to_empty`` breaks them)."""
+
+    def empty(_key: str, old: torch.Tensor, _persistent: bool) -> torch.Tensor | None:
+        # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
+        # references whose first call imports sympy
+        return torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device) if old.is_meta else None
+
+    _replace_tensors(model, empty)
+
+
+def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Make the tensors of ``state`` the model's parameters and buffers, without copying them.
+
+    Keys follow ``state_dict``. Ties survive (``load_state_dict(assign=True)`` breaks them), and
+    lazy layers take the stored shapes and their plain classes, as after a first forward.
+    """
+    _replace_tensors(model, lambda key, _old, persistent: state[key] if persistent else None)
+    for module in model.modules():
+        if isinstance(module, LazyModuleMixin):
+            _finish_lazy(module)
+
+
+def _replace_tensors(
+    model: nn.Module, new: Callable[[str, torch.Tensor, bool], torch.Tensor | None]
+) -> dict[int, torch.Tensor]:
+    """Swap each parameter and buffer for ``new(state_dict key, old tensor, persistent)`` (None:
+    keep it). A tensor held by several modules is swapped once and the new one held by all, so
+    ties survive; a parameter stays a ``Parameter`` with its ``requires_grad``. Returns the new
+    tensors by the id of the old ones."""
+    placed: dict[int, torch.Tensor] = {}
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        for slots, is_parameter in ((module._parameters, True), (module._buffers, False)):
+            for name, old in slots.items():
+                if old is None:
+                    continue
+                if id(old) not in placed:
+                    persistent = is_parameter or name not in module._non_persistent_buffers_set
+                    tensor = new(prefix + name, old, persistent)
+                    if tensor is None:
+                        continue
+                    placed[id(old)] = nn.Parameter(tensor, requires_grad=old.requires_grad) if is_parameter else tensor
+                slots[name] = placed[id(old)]
+    return placed
+
+
+def _finish_lazy(module: LazyModuleMixin) -> None:
+    """What a lazy layer's first forward does once shapes are known: record the inferred size
+    (read back from the weights), drop the hooks, take the plain class (``LazyLinear`` -> ``Linear``)."""
+    if isinstance(module, nn.LazyLinear):
+        module.in_features = module.weight.shape[1]
+    elif isinstance(module, _LazyConvXdMixin):
+        module.in_channels = module.weight.shape[0] if module.transposed else module.weight.shape[1] * module.groups
+    elif isinstance(module, _LazyNormBase):
+        stats = module.weight if module.weight is not None else module.running_mean
+        module.num_features = stats.shape[0]
+    module._initialize_hook.remove()
+    module._load_hook.remove()
+    del module._initialize_hook, module._load_hook
+    if module.cls_to_become is not None:
+        module.__class__ = module.cls_to_become

@@ -1,0 +1,476 @@
+"""Checkpoints of sharded models: a ``torch.distributed.checkpoint`` (DCP) directory, read safely.
+
+A checkpoint directory holds DCP's files (``.metadata`` and one ``__<rank>_<n>.distcp`` per rank)
+and ``composer.json``: the format and its version, the recipe (JSON), the import allowlist, the
+init report, the aliases of tied tensors (each stored once) and the CRC-32 of every other file and
+of itself. Saving writes into a temporary sibling directory on every rank; once every rank has
+finished and the checksums are in, rank 0 swaps it in for the old directory (an atomic exchange
+where the OS has one), so a rank that dies mid-save leaves the previous checkpoint as it was.
+
+Loading executes nothing from the directory. DCP's own reader unpickles ``.metadata`` and its
+default planner reads non-tensor entries with ``torch.load(weights_only=False)``: here
+``.metadata`` goes through an unpickler that builds only DCP's metadata classes, an entry that is
+not a tensor is refused, and tensor data is read by DCP with ``torch.load(weights_only=True)``.
+The model is rebuilt from the recipe, sharded over any mesh (DCP reshards: save with 2 ranks,
+load with 3) or whole in one process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import io
+import json
+import os
+import pickle
+import shutil
+import uuid
+import warnings
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.device_mesh import DeviceMesh
+
+from composer import limits as budget
+from composer.build.builder import DEFAULT_TARGETS
+from composer.build.record import BuildRecord, finish, record_of
+from composer.build.shard import mesh_device, shard, swapping_params
+from composer.errors import CheckpointError
+
+FORMAT = "composer-dcp-checkpoint"
+FORMAT_VERSION = "1"
+INFO = "composer.json"
+_DCP_METADATA = ".metadata"
+_MAX_INFO = 256 * 1024 * 1024
+_CHUNK = 16 * 1024 * 1024
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory (a sharded checkpoint, or something else to refuse)."""
+    return Path(path).is_dir()
+
+
+# --- saving ------------------------------------------------------------------------------------------
+
+
+def save_sharded(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write a sharded model to the directory ``path``; called on every rank of the process group.
+
+    Raises:
+        CheckpointError: ``path`` exists and is not a checkpoint directory (it is never replaced),
+            or a rank failed: the previous checkpoint at ``path`` is left as it was.
+    """
+    path = Path(path)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:  # one temporary name for all ranks, and one verdict on what sits at path now
+        refusal, tmp = _on_rank0(lambda: (_refusal(path), path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if refusal:
+        raise CheckpointError(refusal)
+    state, aliases = _canonical(model)
+    try:
+        # DCP writes and syncs every rank's file, then rank 0 writes .metadata, before save returns
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, overwrite=False))
+        files = _on_rank0(lambda: sorted(p.name for p in tmp.iterdir() if p.suffix == ".distcp"))
+        every: list = [None] * world  # each rank checksums a share of the files
+        dist.all_gather_object(every, _crcs(tmp, files[rank::world]))
+        crcs = {name: crc for part in every for name, crc in part.items()}
+        failed = [f"{name}: {crc}" for name, crc in crcs.items() if isinstance(crc, str)]
+        if failed:
+            raise OSError("; ".join(failed))
+        _on_rank0(lambda: _write_info(tmp, _info(model, aliases, {**crcs, **_crcs(tmp, [_DCP_METADATA])}, world)))
+        _on_rank0(lambda: _swap_in(tmp, path))
+    except (CheckpointException, RuntimeError, OSError) as e:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{path}: saving failed, the previous checkpoint is kept: {_reason(e)}") from None
+
+
+def _on_rank0(action: Callable[[], Any]) -> Any:
+    """``action()`` on rank 0, its result (or its failure, raised on every rank) sent to all."""
+    outcome: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            outcome = [("ok", action())]
+        except OSError as e:
+            outcome = [("failed", f"{type(e).__name__}: {e}")]
+    dist.broadcast_object_list(outcome, src=0)
+    status, value = outcome[0]
+    if status == "failed":
+        raise OSError(value)
+    return value
+
+
+def _crcs(folder: Path, names: Sequence[str]) -> dict[str, int | str]:
+    """The CRC-32 of each file, or why it could not be read."""
+    crcs: dict[str, int | str] = {}
+    for name in names:
+        try:
+            crcs[name] = _crc_file(folder / name)
+        except OSError as e:
+            crcs[name] = f"cannot read: {e.strerror}"
+    return crcs
+
+
+def _refusal(path: Path) -> str | None:
+    """Why ``path`` must not be replaced: something there that is not a checkpoint directory."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir() and not path.is_symlink() and (not any(path.iterdir()) or (path / INFO).exists()):
+        return None
+    return f"{path} exists and is not a composer checkpoint directory: it is not replaced"
+
+
+def _canonical(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with each tied tensor once, and the other keys as aliases of it."""
+    first: dict[int, str] = {}
+    state: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[key] = first[id(tensor)]
+        else:
+            first[id(tensor)] = key
+            state[key] = tensor.detach()
+    return state, aliases
+
+
+def _info(model: nn.Module, aliases: dict[str, str], crcs: dict[str, int], world: int) -> dict[str, Any]:
+    from composer.checkpoint.file import _version  # noqa: PLC0415  (checkpoint imports this module)
+
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "composer_version": _version(),
+        "torch_version": torch.__version__,
+        "world_size": world,
+        "aliases": aliases,
+        "files": crcs,
+    }
+    record = record_of(model)
+    if record is not None:
+        info.update(recipe=record.recipe, allow_targets=list(record.allow_targets), init_schemes=record.schemes)
+    return info
+
+
+def _write_info(folder: Path, info: dict[str, Any]) -> None:
+    info = {**info, "crc32": _crc_info(info)}
+    with open(folder / INFO, "w") as f:
+        json.dump(info, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _crc_info(info: Mapping[str, Any]) -> int:
+    return zlib.crc32(json.dumps({k: v for k, v in info.items() if k != "crc32"}, sort_keys=True).encode())
+
+
+def _crc_file(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put the finished directory ``tmp`` at ``path``: renamed there if nothing is; else exchanged
+    with the old one in one step (``renameat2(RENAME_EXCHANGE)`` on Linux), which is then removed."""
+    if not path.exists():
+        os.rename(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp)  # the old checkpoint, now under the temporary name
+    else:  # no atomic exchange here: a crash between the two renames leaves the old one at `old`
+        old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old)
+    _fsync_dir(path.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the OS or file system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, CheckpointException):
+        failures = [f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in e.failures.items()]
+        return "; ".join(failures) or str(e)
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_sharded(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    verify: bool = True,
+    allow_targets: Sequence[str] | None = None,
+    mesh: DeviceMesh | None = None,
+) -> nn.Module:
+    """Rebuild the model of a checkpoint directory and load its weights: sharded over ``mesh``
+    (called on every rank; any world size) or, without one, whole in this process.
+
+    Raises:
+        CheckpointError: not a composer checkpoint directory, corrupted (with ``verify``), weights
+            only, a recipe that cannot be rebuilt, or keys that do not fit.
+    """
+    from composer.checkpoint.file import _check_keys, _rebuild  # noqa: PLC0415  (checkpoint imports this module)
+
+    path = Path(path)
+    info = read_info(path, verify)
+    if verify:
+        _verify_files(path, info, sharded=mesh is not None)
+    metadata = read_dcp_metadata(path, info)
+    if "recipe" not in info:
+        raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and load it with DCP")
+    allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
+    device = mesh_device(mesh) if mesh is not None else torch.device(map_location)
+    _, _, model, frozen = _rebuild({"recipe": json.dumps(info["recipe"])}, allow, device, path, budget.current(), None)
+    stored = _stored_shapes(metadata, info["aliases"], path)
+    _check_keys(model, stored, path)
+    if mesh is not None:
+        _shard_for_load(model, info["recipe"], mesh, frozen, device)
+        state, _ = _canonical(model)
+        _read(path, info, metadata, state, no_dist=False)
+    else:
+        state = {
+            k: torch.empty(t.shape, dtype=t.dtype, device=device) for k, t in stored.items() if k not in info["aliases"]
+        }
+        _read(path, info, metadata, state, no_dist=True)
+        state.update({alias: state[key] for alias, key in info["aliases"].items()})
+        _place(model, state)
+    finish(model, frozen, BuildRecord(info["recipe"], allow, info.get("init_schemes", {})))
+    return model
+
+
+def rebuild_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
+    """The model a checkpoint directory describes, on ``meta`` with its record and no weights:
+    what ``python -m composer inspect DIR`` summarizes without reading the shards."""
+    from composer.checkpoint.file import _check_keys, _rebuild  # noqa: PLC0415
+
+    path = Path(path)
+    info = read_info(path, verify)
+    if verify:
+        _verify_files(path, info, sharded=False)
+    if "recipe" not in info:
+        raise CheckpointError(f"{path}: holds weights only, no recipe")
+    metadata = read_dcp_metadata(path, info)
+    meta, limits = torch.device("meta"), budget.current()
+    _, _, model, frozen = _rebuild({"recipe": json.dumps(info["recipe"])}, DEFAULT_TARGETS, meta, path, limits, None)
+    stored = _stored_shapes(metadata, info["aliases"], path)
+    _check_keys(model, stored, path)
+    _place(model, stored)
+    finish(model, frozen, BuildRecord(info["recipe"], DEFAULT_TARGETS, info.get("init_schemes", {})))
+    return model
+
+
+def read_info(path: Path, verify: bool) -> dict[str, Any]:
+    """``composer.json``, its fields checked (and its CRC, with ``verify``)."""
+    file = Path(path) / INFO
+    try:
+        if file.stat().st_size > _MAX_INFO:
+            raise CheckpointError(f"{path}: {INFO} is too large to be composer's")
+        info = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a composer checkpoint directory (no {INFO})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {INFO}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: {INFO} is not valid JSON: the checkpoint is corrupted") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a composer checkpoint directory")
+    if info.get("format_version") != FORMAT_VERSION:
+        found = info.get("format_version")
+        raise CheckpointError(f"{path}: format version {found} is not supported (this composer reads {FORMAT_VERSION})")
+    if verify and info.get("crc32") != _crc_info(info):
+        raise CheckpointError(f"{path}: {INFO} does not match its checksum: the checkpoint is corrupted")
+    kinds = {"aliases": dict, "files": dict, "recipe": dict, "allow_targets": list, "init_schemes": dict}
+    for key, kind in kinds.items():
+        if key in info and not isinstance(info[key], kind) or key in ("aliases", "files") and key not in info:
+            raise CheckpointError(f"{path}: its {key!r} field is missing or malformed: the checkpoint is corrupted")
+    if any(not _plain_name(name) or not isinstance(crc, int) for name, crc in info["files"].items()):
+        raise CheckpointError(f"{path}: its file list is malformed: the checkpoint is corrupted")
+    return info
+
+
+def _plain_name(name: Any) -> bool:
+    """A file directly inside the directory: no separator, no ``..``."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
+def _verify_files(path: Path, info: dict[str, Any], sharded: bool) -> None:
+    """Each file's CRC-32 against ``composer.json``; sharded, each rank checks a share of them."""
+    names = sorted(info["files"])
+    rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
+    bad = []
+    for name in names[rank::world]:
+        try:
+            if _crc_file(path / name) != info["files"][name]:
+                bad.append(f"{name} does not match its checksum")
+        except OSError as e:
+            bad.append(f"{name}: {e.strerror}")
+    if sharded:
+        every: list = [None] * world
+        dist.all_gather_object(every, bad)
+        bad = [b for part in every for b in part]
+    if bad:
+        raise CheckpointError(f"{path}: {'; '.join(bad)}: the checkpoint is corrupted")
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata classes, ``torch.Size``, dtypes, layouts and paths; nothing else."""
+
+    ALLOWED = {
+        "torch.distributed.checkpoint.metadata": {
+            "Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorProperties", "TensorStorageMetadata",
+            "BytesStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING",
+        },
+        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+        "torch": {"Size"},
+        "torch.serialization": {"_get_layout"},
+        "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+        "pathlib._local": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+        "collections": {"OrderedDict"},
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in self.ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
+
+
+def read_dcp_metadata(path: Path, info: Mapping[str, Any]) -> Metadata:
+    """DCP's ``.metadata``, unpickled with only DCP's own classes, its shard files checked to be
+    the ones ``composer.json`` lists."""
+    try:
+        with open(Path(path) / _DCP_METADATA, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {_DCP_METADATA}: {e.strerror}") from None
+    except Exception as e:  # a crafted or truncated pickle: whatever it raises, nothing it names ran
+        raise CheckpointError(f"{path}: {_DCP_METADATA} is not DCP metadata ({type(e).__name__}: {e})") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        raise CheckpointError(f"{path}: {_DCP_METADATA} is not DCP metadata")
+    listed = set(info["files"])
+    stray = {getattr(s, "relative_path", None) for s in metadata.storage_data.values()} - listed
+    if stray:
+        raise CheckpointError(
+            f"{path}: {_DCP_METADATA} names files composer.json does not list: {sorted(map(str, stray))}"
+        )
+    return metadata
+
+
+def _stored_shapes(metadata: Metadata, aliases: Mapping[str, str], path: Path) -> dict[str, torch.Tensor]:
+    """Each stored key (aliases too) as a ``meta`` tensor of its stored shape and dtype."""
+    shapes = {}
+    for key, entry in metadata.state_dict_metadata.items():
+        if not isinstance(entry, TensorStorageMetadata):
+            raise CheckpointError(f"{path}: entry {key!r} is not a tensor: composer checkpoints hold tensors only")
+        shapes[key] = torch.empty(entry.size, dtype=entry.properties.dtype, device="meta")
+    for alias, key in aliases.items():
+        if key not in shapes:
+            raise CheckpointError(
+                f"{path}: alias {alias!r} names a missing tensor {key!r}: the checkpoint is corrupted"
+            )
+        shapes[alias] = shapes[key]
+    return shapes
+
+
+def _shard_for_load(
+    model: nn.Module, recipe: dict, mesh: DeviceMesh, frozen: list[nn.Module], device: torch.device
+) -> None:
+    """Shard the rebuilt tree and give its ``meta`` tensors this rank's storage (to be read into).
+    Tensors a user block made for real keep their values (non-persistent buffers are not stored)."""
+    for module in frozen:
+        module.requires_grad_(False)
+    shard(model, recipe.get("shard"), mesh)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        kept = [
+            (m, n, b.clone()) for m in model.modules() for n, b in m._buffers.items() if b is not None and not b.is_meta
+        ]
+        with swapping_params():
+            model.to_empty(device=device)
+        with torch.no_grad():
+            for module, name, value in kept:
+                module._buffers[name].copy_(value)
+
+
+class _TensorsOnly(dcp.DefaultLoadPlanner):
+    """DCP's default load planner, without its ``torch.load(weights_only=False)`` of non-tensor entries."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        raise CheckpointError(
+            f"entry {read_item.dest_index.fqn!r} is not a tensor: composer checkpoints hold tensors only"
+        )
+
+
+class _SafeReader(dcp.FileSystemReader):
+    """DCP's file reader, given the metadata composer read its own way."""
+
+    def __init__(self, path: Path, metadata: Metadata) -> None:
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        return self._metadata
+
+
+def _read(
+    path: Path, info: Mapping[str, Any], metadata: Metadata, state: dict[str, torch.Tensor], no_dist: bool
+) -> None:
+    """Read the stored values into ``state``'s tensors (in place)."""
+    try:
+        with warnings.catch_warnings():  # no_dist: "assuming the intent is to load in a single process", it is
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(state, storage_reader=_SafeReader(path, metadata), planner=_TensorsOnly(), no_dist=no_dist)
+    except CheckpointException as e:
+        raise CheckpointError(f"{path}: loading failed: {_reason(e)}") from None
+
+
+def _place(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """The loaded tensors as the model's (ties kept): assigned where it was rebuilt on ``meta``."""
+    from composer.build.materialize import assign  # noqa: PLC0415
+
+    if any(p.is_meta for p in model.parameters()):
+        assign(model, state)
+    else:
+        model.load_state_dict(state, strict=True)

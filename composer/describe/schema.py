@@ -1,0 +1,415 @@
+"""The recipe language as a JSON Schema (draft 2020-12), generated from the registries.
+
+An editor reads it to complete type names and their arguments and to flag a misspelled one, e.g.
+yaml-language-server with ``# yaml-language-server: $schema=recipe.schema.json`` atop a recipe.
+Each ``type`` gets its own definition, its arguments typed from the constructor's signature, and a
+node picks its definition with ``if``/``then`` keyed on ``type`` (not ``oneOf``): a validator then
+reports the one definition that applies (``'out_feature' was unexpected``), not every type that
+does not. The schema checks a recipe's shape; what only a build can check (shapes, that a ``ref``
+names a ``shared`` entry, template arguments) stays with the builder.
+
+Wherever a value is expected, an interpolation (``${vars.width}``, ``$c``, ``$(4 * c)``) passes:
+it is resolved before the build.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import math
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from composer.build.builder import LAZY
+from composer.init.initializers import INITIALIZERS
+from composer.modules import arguments as args_of
+from composer.modules.arguments import EMPTY
+from composer.modules.registry import MODULES
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+FORMS = ("Sequential", "Repeat", "Graph")  # built by the builder itself, not by calling a class
+NODE_KEYS = ("type", "ref", "_target_", "use", "op")  # a mapping with one of these is a node
+_EXTRAS = ("_args_", "init", "frozen", "in")  # keys any called node may carry beside its arguments
+_NOT_INITIALIZER_ARGS = frozenset({"tensor", "generator"})
+DTYPES = sorted(
+    name for name, value in vars(torch).items() if isinstance(value, torch.dtype) and not name.startswith("_")
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/$defs/{name.replace('~', '~0').replace('/', '~1')}"}
+
+
+def recipe_schema(modules: Any = MODULES, initializers: Any = INITIALIZERS, ops: Any | None = None) -> dict[str, Any]:
+    """The JSON Schema of a recipe (or of a bare node), from the registries given.
+
+    Args:
+        modules: type name -> module class (``composer.modules.registry.MODULES`` or a mapping).
+        initializers: initializer name -> ``fn(tensor, **kwargs)``.
+        ops: op name -> function whose parameters without a default are its tensor inputs and
+            those with one its kwargs; None: op nodes are checked for their ``op`` key only.
+    """
+    types = args_of.entries(modules)
+    inits = args_of.entries(initializers)
+    op_fns = args_of.entries(ops) if ops is not None else None
+    defs: dict[str, Any] = {
+        **_common(types, inits),
+        **_node_forms(types, op_fns),
+        **{f"type.{name}": _type_def(name, cls) for name, cls in types.items() if name not in FORMS},
+        **{f"init.{name}": _initializer_def(name, fn) for name, fn in inits.items()},
+        **({f"op.{name}": _op_def(name, fn) for name, fn in op_fns.items()} if op_fns is not None else {}),
+    }
+    return {
+        "$schema": DIALECT,
+        "title": "composer recipe",
+        "description": "A recipe (model, shared, blocks, init, ...) or a bare node.",
+        # A mapping with a node key is a bare node; anything else a recipe (so an empty file
+        # completes as a recipe, and a typo such as `sahred` is reported as a top-level key).
+        "if": {"anyOf": [{"required": [key]} for key in NODE_KEYS]},
+        "then": _ref("node"),
+        "else": _ref("recipe"),
+        "$defs": defs,
+    }
+
+
+def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level sections and the small definitions nodes share."""
+    type_name = {"enum": sorted({*types, *FORMS})}
+    names = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    input_spec = {
+        "type": "object",
+        "properties": {"shape": _ref("shape"), "dtype": _ref("dtype")},
+        "required": ["shape"],
+        "additionalProperties": False,
+    }
+    return {
+        "recipe": {
+            "type": "object",
+            "properties": {
+                "model": {**_ref("node"), "description": "the node to build"},
+                "shared": {"type": "object", "description": "modules built once; {ref: name} is that instance",
+                           "additionalProperties": _ref("node")},
+                "blocks": {"type": "object", "additionalProperties": _ref("template"),
+                           "description": "templates: ${blocks.name} pastes a copy, {use: name} fills args"},
+                "init": _ref("init"),
+                "input_shape": {**_ref("shape"), "description": "one example batch's full shape, e.g. [2, 20]"},
+                "inputs": {"description": "inputs that are not one float tensor, in forward order or by name",
+                           "anyOf": [{"type": "array", "items": input_spec},
+                                     {"type": "object", "additionalProperties": input_spec}]},
+                "tie": {"type": "object", "description": "dst: src parameter paths, one tensor",
+                        "additionalProperties": {"type": "string"}},
+                "dtype": _ref("dtype"),
+                "vars": {"type": "object", "description": "free values for ${vars.name}"},
+                "shard": {
+                    "type": "object",
+                    "properties": {"units": {"type": "array", "items": {"anyOf": [
+                        {"type": "object", "properties": {"layer": _ref("layer")}, "required": ["layer"],
+                         "additionalProperties": False},
+                        {"type": "object", "properties": {"match": {"type": "string"}}, "required": ["match"],
+                         "additionalProperties": False},
+                    ]}}},
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["model"],
+            "additionalProperties": False,
+        },
+        "interpolation": {"type": "string", "pattern": r"^\$", "description": "${...}, $name or $(expression)"},
+        "dtype": {"anyOf": [{"enum": DTYPES}, _ref("interpolation")]},
+        "shape": {"anyOf": [
+            {"type": "array", "items": {"anyOf": [{"type": "integer", "minimum": 1}, _ref("interpolation")]}},
+            _ref("interpolation"),
+        ]},
+        "type_name": type_name,
+        "layer": {"anyOf": [type_name, {"type": "array", "items": type_name}]},
+        "inputs_of": {**names, "description": "graph entries only: graph inputs, earlier entries or params"},
+        "frozen": {"anyOf": [{"type": "boolean"}, _ref("interpolation")], "description": "requires_grad=False"},
+        "inline_init": {"type": "object", "description": "parameter: initializer, for this module's own parameters",
+                        "additionalProperties": _ref("initializer")},
+        "initializer": {
+            "if": {"type": "string"},
+            "then": {"anyOf": [{"enum": sorted(inits)}, _ref("interpolation")]},
+            "else": {
+                "type": "object",
+                "properties": {"type": {"enum": sorted(inits)}},
+                "required": ["type"],
+                "allOf": [_when("type", name, f"init.{name}") for name in inits],
+            },
+        },
+        "init": {
+            "type": "object",
+            "properties": {
+                "seed": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**63 - 1}, _ref("interpolation")]},
+                "rules": {"type": "array", "items": _ref("rule")},
+            },
+            "additionalProperties": False,
+        },
+        "rule": {
+            "type": "object",
+            "description": "match (glob over module paths), layer (class names), then parameter: initializer",
+            "properties": {"match": {"type": ["string", "integer"]}, "layer": _ref("layer")},
+            "additionalProperties": _ref("initializer"),
+        },
+        "template": {
+            "if": {"type": "object", "required": ["body"]},
+            "then": {
+                "type": "object",
+                "properties": {
+                    "args": {"anyOf": [{"type": "object"}, {"type": "array", "items": {"type": "string"}}],
+                             "description": "name: default (??? for required), or a list of required names"},
+                    "body": _ref("node"),
+                },
+                "additionalProperties": False,
+            },
+            "else": _ref("node"),
+        },
+    }  # fmt: skip
+
+
+def _node_forms(types: Mapping[str, Any], ops: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The node and its forms: a called type, Sequential, Repeat, Graph, ref, _target_, use, op, call."""
+    extras = {"init": _ref("inline_init"), "frozen": _ref("frozen"), "in": _ref("inputs_of")}
+    typed_names = [n for n in types if n not in FORMS]
+    op_def: dict[str, Any] = {
+        "type": "object",
+        "properties": {"op": {"type": "string"}, "in": _ref("inputs_of")},
+        "required": ["op"],
+    }
+    if ops is not None:
+        op_def["properties"]["op"] = {"enum": sorted(ops)}
+        op_def["allOf"] = [_when("op", name, f"op.{name}") for name in ops]
+    return {
+        "node": {
+            "if": {"type": "string"},
+            "then": _ref("interpolation"),
+            "else": {
+                "type": "object",
+                "anyOf": [{"required": [key]} for key in NODE_KEYS],
+                "allOf": [
+                    {"if": {"required": ["type"]}, "then": _ref("typed")},
+                    {"if": {"required": ["ref"]}, "then": _ref("ref")},
+                    {"if": {"required": ["_target_"]}, "then": _ref("target")},
+                    {"if": {"required": ["use"]}, "then": _ref("use")},
+                    {"if": {"required": ["op"]}, "then": _ref("op")},
+                ],
+            },
+        },
+        "typed": {
+            "properties": {"type": _ref("type_name")},
+            "allOf": [_when("type", name, f"type.{name}") for name in [*FORMS, *typed_names]],
+        },
+        "type.Sequential": _closed("Sequential", "nn.Sequential: children 0, 1, ... or named, in order", {
+            "layers": {"anyOf": [{"type": "array", "items": _ref("node")},
+                                 {"type": "object", "additionalProperties": _ref("node")}, _ref("interpolation")]},
+        }, extras),
+        "type.Repeat": _closed("Repeat", "an nn.Sequential of N independent copies of body", {
+            "times": {"anyOf": [{"type": "integer", "minimum": 1}, _ref("interpolation")]},
+            "names": {"type": "string", "default": "{i}", "description": "a format string of {i}, e.g. 'block {i}'"},
+            "body": _ref("node"),
+        }, extras, required=("times", "body")),
+        "type.Graph": _closed("Graph", "children wired by name: residuals, skips, several inputs", {
+            "inputs": {"type": "array", "items": {"type": "string"}, "default": ["x"]},
+            "nodes": {"type": "object", "additionalProperties": _ref("graph_entry")},
+            "output": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "params": {"type": "object", "additionalProperties": _ref("graph_param")},
+        }, extras, required=("nodes",)),
+        "graph_entry": {
+            "if": {"type": "object", "required": ["call"]},
+            "then": {"type": "object", "properties": {"call": {"type": "string"}, "in": _ref("inputs_of")},
+                     "additionalProperties": False},
+            "else": _ref("node"),
+        },
+        "graph_param": {
+            "type": "object",
+            "properties": {"shape": _ref("shape"), "init": _ref("initializer"), "frozen": _ref("frozen")},
+            "required": ["shape"],
+            "additionalProperties": False,
+        },
+        "ref": {"type": "object", "properties": {"ref": {"type": "string"}}, "additionalProperties": False,
+                "description": "the instance built from shared.<ref>; no other keys"},
+        "target": {"type": "object",
+                   "properties": {"_target_": {"type": "string"}, **extras, "_args_": {"type": "array"}},
+                   "description": "an import path under the allowlist, called with the other keys"},
+        "use": {"type": "object", "properties": {"use": {"type": "string"}, **extras},
+                "description": "a copy of blocks.<use>, its args given as the other keys"},
+        "op": op_def,
+    }  # fmt: skip
+
+
+def _when(key: str, value: str, definition: str) -> dict[str, Any]:
+    return {"if": {"properties": {key: {"const": value}}, "required": [key]}, "then": _ref(definition)}
+
+
+def _closed(
+    name: str, description: str, properties: dict, extras: dict, required: Iterable[str] = ()
+) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "title": name,
+        "description": description,
+        "properties": {"type": {"const": name}, **properties, **extras},
+        "additionalProperties": False,
+    }
+    return {**schema, "required": list(required)} if required else schema
+
+
+def _titled(name: str, obj: Any) -> dict[str, Any]:
+    """An object schema titled ``name``, described by the first line of ``obj``'s docstring."""
+    schema: dict[str, Any] = {"type": "object", "title": name}
+    doc = args_of.summary_line(obj)
+    if doc:
+        schema["description"] = doc
+    return schema
+
+
+def _type_def(name: str, cls: Any) -> dict[str, Any]:
+    """A registered type: its arguments typed, every other key refused unless it takes ``**kwargs``."""
+    signature, schema = args_of.arguments(cls), _titled(name, cls)
+    if signature is None:
+        return schema
+    deferred = LAZY[cls][1] if cls in LAZY else None
+    properties: dict[str, Any] = {"type": {"const": name}}
+    for arg in signature.named:
+        if arg.name not in NODE_KEYS and arg.name not in _EXTRAS:  # PReLU's init: only through _args_
+            properties[arg.name] = _argument(arg)
+    properties.update({
+        "_args_": {"type": "array", "description": f"positional: {', '.join(signature.positional) or 'none'}"},
+        "init": _ref("inline_init"), "frozen": _ref("frozen"), "in": _ref("inputs_of"),
+    })  # fmt: skip
+    schema["properties"] = properties
+    if not signature.var_keyword:
+        schema["additionalProperties"] = False
+    required = [a.name for a in signature.named if a.required and a.name != deferred and a.name in properties]
+    if required:  # positional arguments may give them instead
+        schema["if"] = {"not": {"required": ["_args_"]}}
+        schema["then"] = {"required": required}
+    return schema
+
+
+def _initializer_def(name: str, fn: Any) -> dict[str, Any]:
+    signature, schema = args_of.arguments(fn), _titled(name, fn)
+    if signature is None:
+        return schema
+    named = [a for a in signature.named[1:] if a.name not in _NOT_INITIALIZER_ARGS]
+    schema["properties"] = {"type": {"const": name}, **{a.name: _argument(a) for a in named}}
+    if not signature.var_keyword:
+        schema["additionalProperties"] = False
+    required = [a.name for a in named if a.required]
+    if required:
+        schema["required"] = ["type", *required]
+    return schema
+
+
+def _op_def(name: str, fn: Any) -> dict[str, Any]:
+    """An op: its parameters without a default are tensor inputs (``in``), the others kwargs."""
+    signature, schema = args_of.arguments(fn), _titled(name, fn)
+    if signature is None:
+        return schema
+    kwargs = [a for a in signature.named if not a.required and a.name not in ("op", "in")]
+    schema["properties"] = {"op": {"const": name}, "in": _ref("inputs_of"), **{a.name: _argument(a) for a in kwargs}}
+    if not signature.var_keyword:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _argument(arg: args_of.Argument) -> dict[str, Any]:
+    """A keyword's schema: typed where the annotation or the default says, with its default."""
+    typed = _from_annotation(arg.annotation) if arg.annotation is not EMPTY else None
+    if typed is None and arg.default is not EMPTY:
+        typed = _from_value(arg.default)
+    schema = _or_interpolation(typed or {})
+    default = _json_value(arg.default)
+    if default is not _NO_JSON:
+        schema = {**schema, "default": default}
+    return schema
+
+
+_NO_JSON = object()
+_SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+
+
+def _from_annotation(annotation: Any) -> dict[str, Any] | None:
+    """int -> integer, float -> number, ``X | None``, ``Literal``, lists and tuples, modules ->
+    node, ``torch.dtype``; None where the annotation says nothing a schema can use."""
+    if isinstance(annotation, str):
+        return _ref("node") if args_of.is_module_type(annotation) else _SCALAR_NAMES.get(annotation)
+    if annotation in _SCALARS:
+        return {"type": _SCALARS[annotation]}
+    if annotation is torch.dtype:
+        return _ref("dtype")
+    if annotation is torch.Size:
+        return {"type": "array", "items": {"type": "integer"}}
+    if args_of.is_module_type(annotation) or annotation in (typing.Callable, collections.abc.Callable):
+        return _ref("node")
+    if args_of.is_union(annotation):
+        members = [_from_annotation(a) for a in typing.get_args(annotation)]
+        if any(m is None for m in members):
+            return None
+        flat: list[dict[str, Any]] = []
+        for m in members:
+            for option in m.get("anyOf", [m]) if set(m) == {"anyOf"} else [m]:
+                if option not in flat:
+                    flat.append(option)
+        return flat[0] if len(flat) == 1 else {"anyOf": flat}
+    origin, inner = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return {"enum": list(inner)}
+    if origin is collections.abc.Callable:
+        return _ref("node")  # a module is the callable a recipe can give
+    if isinstance(origin, type) and issubclass(origin, Mapping):
+        value = _from_annotation(inner[1]) if len(inner) == 2 else None
+        return {"type": "object", **({"additionalProperties": value} if value else {})}
+    if isinstance(origin, type) and issubclass(origin, Iterable) and not issubclass(origin, str):
+        items = [i for i in inner if i is not Ellipsis]
+        item = _from_annotation(items[0]) if items and all(i == items[0] for i in items) else None
+        schema: dict[str, Any] = {"type": "array", **({"items": _or_interpolation(item)} if item else {})}
+        if origin is tuple and inner and Ellipsis not in inner:
+            schema["minItems"] = schema["maxItems"] = len(inner)
+        return schema
+    if annotation in (list, tuple):
+        return {"type": "array"}
+    return None
+
+
+_SCALAR_NAMES = {cls.__name__: {"type": kind} for cls, kind in _SCALARS.items()}
+
+
+def _from_value(default: Any) -> dict[str, Any] | None:
+    """The type of a default: ``eps=1e-5`` is a number, ``bias=True`` a boolean; None says nothing."""
+    if isinstance(default, bool):
+        return {"type": "boolean"}
+    if isinstance(default, int):
+        return {"type": "integer"}
+    if isinstance(default, float):
+        return {"type": "number"}
+    if isinstance(default, str):
+        return {"type": "string"}
+    if isinstance(default, (list, tuple)):
+        return {"type": "array"}
+    return None
+
+
+def _or_interpolation(schema: dict[str, Any]) -> dict[str, Any]:
+    """A typed value may also be written as an interpolation; a string or a node already may."""
+    if not schema or schema.get("type") == "string" or schema.get("$ref") == "#/$defs/node":
+        return schema
+    options = schema["anyOf"] if set(schema) == {"anyOf"} else [schema]
+    if {"type": "string"} in options or _ref("node") in options:
+        return schema
+    return {"anyOf": [*options, _ref("interpolation")]}
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as JSON, or ``_NO_JSON`` (no default to show: required, a function, a tensor)."""
+    if value is EMPTY:
+        return _NO_JSON
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NO_JSON
+    if isinstance(value, (list, tuple)):
+        items = [_json_value(v) for v in value]
+        return _NO_JSON if any(i is _NO_JSON for i in items) else items
+    return _NO_JSON

@@ -1,0 +1,340 @@
+"""Ops: parameter-free tensor functions a recipe names (``{op: add, in: [a, b]}``), and ``Op``, the
+module that lets one stand in a Sequential.
+
+Every op is called as ``fn(*inputs, **kwargs)``: the inputs are the node's ``in:`` (positional, in
+order), the kwargs are the node's other keys, named as in the torch function the op wraps. Each
+built-in is a small Python function with a real signature, so ``op_problems`` can check a node's
+kwargs and inputs before anything runs; under ``torch.compile`` they inline to the torch call.
+
+An op that needs to know whether its module is training (attention's dropout) sets
+``fn.takes_training = True``: the graph (or ``Op``) passes ``training=self.training``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from composer.errors import ConfigError, did_you_mean
+from composer.modules.registry import Registry
+
+OPS: Registry[Callable[..., Any]] = Registry("op")
+register_op = OPS.register
+
+
+def lookup_op(name: Any, key_path: str) -> Callable[..., Any]:
+    """The op registered as ``name``; a ``ConfigError`` at ``key_path`` with the closest name if none."""
+    # TODO(integration): Registry.lookup
+    try:
+        return OPS._entries[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown op {name!r}{did_you_mean(str(name), OPS)}", key_path) from None
+
+
+def op_name(fn: Callable[..., Any]) -> str:
+    """The name ``fn`` is registered under, else its ``__name__``."""
+    for name, registered in OPS._entries.items():
+        if registered is fn:
+            return name
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+# --- built-in ops --------------------------------------------------------------------------------
+# Arithmetic: two inputs, or one input and a number ``other`` ({op: mul, other: 0.5}).
+
+
+@register_op("add")
+def add(input: torch.Tensor, /, other: Any, *, alpha: float = 1) -> torch.Tensor:
+    return torch.add(input, other) if alpha == 1 else torch.add(input, other, alpha=alpha)
+
+
+@register_op("sub")
+def sub(input: torch.Tensor, /, other: Any, *, alpha: float = 1) -> torch.Tensor:
+    return torch.sub(input, other) if alpha == 1 else torch.sub(input, other, alpha=alpha)
+
+
+@register_op("mul")
+def mul(input: torch.Tensor, /, other: Any) -> torch.Tensor:
+    return torch.mul(input, other)
+
+
+@register_op("div")
+def div(input: torch.Tensor, /, other: Any, *, rounding_mode: str | None = None) -> torch.Tensor:
+    return torch.div(input, other, rounding_mode=rounding_mode)
+
+
+@register_op("matmul")
+def matmul(input: torch.Tensor, other: torch.Tensor, /) -> torch.Tensor:
+    return torch.matmul(input, other)
+
+
+# Elementwise, one input. Activations stay modules (ReLU, GELU, ...).
+
+
+@register_op("abs")
+def abs_(input: torch.Tensor, /) -> torch.Tensor:
+    return torch.abs(input)
+
+
+@register_op("neg")
+def neg(input: torch.Tensor, /) -> torch.Tensor:
+    return torch.neg(input)
+
+
+@register_op("exp")
+def exp(input: torch.Tensor, /) -> torch.Tensor:
+    return torch.exp(input)
+
+
+@register_op("log")
+def log(input: torch.Tensor, /) -> torch.Tensor:
+    return torch.log(input)
+
+
+@register_op("sqrt")
+def sqrt(input: torch.Tensor, /) -> torch.Tensor:
+    return torch.sqrt(input)
+
+
+@register_op("rsqrt")
+def rsqrt(input: torch.Tensor, /) -> torch.Tensor:
+    return torch.rsqrt(input)
+
+
+# Joining and splitting.
+
+
+def _tensors(tensors: tuple[Any, ...]) -> Sequence[torch.Tensor]:
+    """The inputs themselves, or the one input's items when it is a tuple or list (a chunk's result)."""
+    if len(tensors) == 1 and isinstance(tensors[0], (tuple, list)):
+        return tensors[0]
+    return tensors
+
+
+@register_op("cat")
+def cat(*tensors: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return torch.cat(_tensors(tensors), dim=dim)
+
+
+@register_op("stack")
+def stack(*tensors: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return torch.stack(_tensors(tensors), dim=dim)
+
+
+@register_op("chunk")
+def chunk(input: torch.Tensor, /, *, chunks: int, dim: int = 0) -> tuple[torch.Tensor, ...]:
+    return torch.chunk(input, chunks, dim=dim)
+
+
+@register_op("getitem")
+def getitem(input: Any, /, *, index: int | Sequence[int]) -> Any:
+    """``input[index]``; a list of indices picks in turn: ``[1, 0, -1]`` is ``input[1][0][-1]``."""
+    if isinstance(index, (list, tuple)):
+        for i in index:
+            input = input[i]
+        return input
+    return input[index]
+
+
+@register_op("select")
+def select(input: torch.Tensor, /, *, dim: int, index: int) -> torch.Tensor:
+    return input.select(dim, index)
+
+
+# Shapes.
+
+
+@register_op("flatten")
+def flatten(input: torch.Tensor, /, *, start_dim: int = 0, end_dim: int = -1) -> torch.Tensor:
+    return torch.flatten(input, start_dim, end_dim)
+
+
+@register_op("unflatten")
+def unflatten(input: torch.Tensor, /, *, dim: int, sizes: Sequence[int]) -> torch.Tensor:
+    return torch.unflatten(input, dim, sizes)
+
+
+@register_op("reshape")
+def reshape(input: torch.Tensor, /, *, shape: Sequence[int]) -> torch.Tensor:
+    return torch.reshape(input, shape)
+
+
+@register_op("transpose")
+def transpose(input: torch.Tensor, /, *, dim0: int, dim1: int) -> torch.Tensor:
+    return torch.transpose(input, dim0, dim1)
+
+
+@register_op("permute")
+def permute(input: torch.Tensor, /, *, dims: Sequence[int]) -> torch.Tensor:
+    return torch.permute(input, dims)
+
+
+# Reductions.
+
+
+@register_op("mean")
+def mean(input: torch.Tensor, /, *, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> torch.Tensor:
+    return torch.mean(input) if dim is None and not keepdim else torch.mean(input, dim=dim, keepdim=keepdim)
+
+
+@register_op("softmax")
+def softmax(input: torch.Tensor, /, *, dim: int) -> torch.Tensor:
+    return torch.softmax(input, dim=dim)
+
+
+# Transformer pieces.
+
+
+@register_op("positions")
+def positions(input: torch.Tensor, /, *, dim: int = 1) -> torch.Tensor:
+    """``arange(input.size(dim))`` on ``input``'s device: token positions for a position embedding."""
+    return torch.arange(input.size(dim), device=input.device)
+
+
+@register_op("expand_batch")
+def expand_batch(tensor: torch.Tensor, reference: torch.Tensor, /) -> torch.Tensor:
+    """A leading-1 tensor (a class token) expanded to ``reference``'s batch size, without a copy."""
+    return tensor.expand(reference.size(0), *([-1] * (tensor.dim() - 1)))
+
+
+@register_op("attention")
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    /,
+    *,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    training: bool = True,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention``; ``dropout_p`` applies in training only, as in nanoGPT and timm."""
+    return F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p if training else 0.0,
+        is_causal=is_causal,
+        scale=scale,
+    )
+
+
+attention.takes_training = True  # type: ignore[attr-defined]
+
+
+# --- checking a node against an op's signature ---------------------------------------------------
+
+
+def op_problems(
+    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], n_inputs: int | None, key_path: str
+) -> list[tuple[str, str]]:
+    """What is wrong with calling ``fn(*n_inputs inputs, **kwargs)``, as ``(key path, message)``.
+
+    Args:
+        label: the op's name, for messages.
+        fn: the op.
+        kwargs: the node's keyword arguments (its keys other than ``op`` and ``in``).
+        n_inputs: how many inputs the node passes; None where unknown (inputs are not checked).
+        key_path: the op node's path; a bad kwarg is reported at ``<key_path>.<kwarg>``.
+
+    Checked: unknown kwargs (with the closest name), required arguments given neither as an input
+    nor as a kwarg, too many inputs, an argument given both as an input and as a kwarg. An op whose
+    signature cannot be read is not checked.
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    P = inspect.Parameter
+    if getattr(fn, "takes_training", False):
+        params = [p for p in params if p.name != "training"]
+    slots = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    variadic = any(p.kind is P.VAR_POSITIONAL for p in params)
+    any_keyword = any(p.kind is P.VAR_KEYWORD for p in params)
+    keywords = [p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+    problems: list[tuple[str, str]] = []
+    for key in kwargs:
+        if key not in keywords and not any_keyword:
+            hint = did_you_mean(str(key), keywords)
+            valid = ", ".join(keywords) or "none"
+            problems.append((f"{key_path}.{key}", f"op {label!r} takes no argument {key!r}{hint}; valid: {valid}"))
+    if n_inputs is None:
+        return problems
+    if n_inputs > len(slots) and not variadic:
+        takes = f"at most {len(slots)} input{'s' if len(slots) != 1 else ''}"
+        problems.append((f"{key_path}.in", f"op {label!r} takes {takes}, got {n_inputs}"))
+    for p in slots[:n_inputs]:
+        if p.name in kwargs:
+            problems.append(
+                (f"{key_path}.{p.name}", f"op {label!r} gets {p.name!r} both as an input and as an argument")
+            )
+    filled = {p.name for p in slots[:n_inputs]} | set(kwargs)
+    required = [p for p in params if p.default is P.empty and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
+    needed_inputs = sum(p.kind is P.POSITIONAL_ONLY for p in required)
+    if n_inputs < needed_inputs:
+        at_least = "at least " if variadic or len(slots) > needed_inputs else ""
+        takes = f"{at_least}{needed_inputs} input{'s' if needed_inputs != 1 else ''}"
+        problems.append((f"{key_path}.in", f"op {label!r} takes {takes}, got {n_inputs}"))
+    for p in required:
+        if p.name in filled or p.kind is P.POSITIONAL_ONLY:
+            continue
+        how = "an input or an argument" if p.kind is P.POSITIONAL_OR_KEYWORD else "an argument"
+        problems.append((key_path, f"op {label!r} is missing {p.name!r} ({how})"))
+    return problems
+
+
+def check_op(
+    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], n_inputs: int | None, key_path: str
+) -> None:
+    """``op_problems``, raised as one ``ConfigError`` when there are any."""
+    problems = op_problems(label, fn, kwargs, n_inputs, key_path)
+    if problems:
+        raise ConfigError(problems)
+
+
+# --- an op as a module ---------------------------------------------------------------------------
+
+
+class Op(nn.Module):
+    """An op as an item of a Sequential: ``forward(*xs)`` is ``fn(*xs, **kwargs)``; no parameters.
+
+    Args:
+        fn: the op (a registered one, or any callable).
+        **kwargs: its keyword arguments.
+
+    Its repr reads like the recipe: ``Op(flatten, start_dim=1)``.
+    """
+
+    def __init__(self, fn: Callable[..., Any], /, **kwargs: Any) -> None:
+        super().__init__()
+        self.fn = fn
+        self.kwargs = dict(kwargs)
+        self.label = op_name(fn)
+        self.takes_training = bool(getattr(fn, "takes_training", False))
+
+    def forward(self, *xs: Any) -> Any:
+        if self.takes_training:
+            return self.fn(*xs, training=self.training, **self.kwargs)
+        return self.fn(*xs, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join([self.label, *(f"{k}={v!r}" for k, v in self.kwargs.items())])
+
+
+def make_op(name: str, kwargs: Mapping[str, Any], key_path: str, n_inputs: int | None = 1) -> Op:
+    """The ``Op`` module for ``{op: name, **kwargs}`` in a Sequential (one input), checked first.
+
+    Raises:
+        ConfigError: an unknown op, or kwargs or inputs its signature refuses.
+    """
+    fn = lookup_op(name, f"{key_path}.op")
+    check_op(name, fn, kwargs, n_inputs, key_path)
+    return Op(fn, **kwargs)

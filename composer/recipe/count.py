@@ -1,0 +1,125 @@
+"""How many modules a recipe asks for, counted on the tree before anything is built.
+
+Templates that use templates ten times each make 10^9 modules from a dozen lines, and a build
+refused only when its counter passes ``limits.modules`` has spent seconds getting there. The count
+here walks the tree once: a node counts one, a Repeat its body ``times`` over, a ``use:`` node its
+template's body (counted once per template) with each argument counted where the body pastes it
+(``$name``). Values the recipe computes (a ``times: $n``) count as one. It can only under-count
+what arguments and expressions decide, which the builder's own counter then bounds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from composer.recipe.interpolation import key_path
+from composer.recipe.plain import SCALARS
+from composer.recipe.read import is_node
+from composer.recipe.templates import USE_KEYS, Template
+
+_ARG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def count_modules(nodes: Mapping[str, Any], templates: Mapping[str, Template], stop: int) -> tuple[int, str]:
+    """``(count, where)``: the modules building ``nodes`` (key path -> node) asks for, and the
+    key path of the innermost node whose count passed ``stop`` (empty if none did); counting
+    stops soon after it passes ``stop``."""
+    counter = _Counter(templates, stop)
+    total = 0
+    for path, node in nodes.items():
+        total += counter.count(node, (path,))
+        if total > stop:
+            break
+    return total, key_path(counter.where) if counter.where else ""
+
+
+class _Counter:
+    def __init__(self, templates: Mapping[str, Template], stop: int) -> None:
+        self.templates = templates
+        self.stop = stop
+        self.seen: dict[int, int] = {}  # id of a container -> its count (a YAML alias is met twice)
+        self.costs: dict[str, tuple[int, dict[str, int]]] = {}  # template -> (body count, $arg uses)
+        self.open: set[str] = set()
+        self.where: tuple = ()
+
+    def count(self, value: Any, where: tuple) -> int:
+        kind = type(value)
+        if kind is dict and "use" not in value:
+            for item in value.values():
+                if type(item) not in SCALARS:
+                    break
+            else:  # a leaf: one module or none, nothing below it to count or remember
+                return 1 if is_node(value) else 0
+        elif kind in SCALARS or not isinstance(value, (Mapping, list)):
+            return 0
+        known = self.seen.get(id(value))
+        if known is None:
+            known = self.seen[id(value)] = min(self._count(value, where), self.stop + 1)
+            if known > self.stop and not self.where:
+                self.where = where
+        return known
+
+    def _count(self, value: Any, where: tuple) -> int:
+        if isinstance(value, list):
+            total = 0
+            for i, item in enumerate(value):
+                total += self.count(item, (*where, i))
+                if total > self.stop:
+                    break
+            return total
+        if "use" in value and isinstance(value["use"], str) and value["use"] in self.templates:
+            return 1 + self._use(value, where)
+        if value.get("type") == "Repeat":
+            times = value.get("times")
+            n = times if isinstance(times, int) and not isinstance(times, bool) and times > 0 else 1
+            body = self.count(value.get("body"), (*where, "body"))
+            if n * body > self.stop and not self.where:
+                self.where = (*where, "times")
+            return 1 + n * body
+        total = 1 if is_node(value) else 0
+        for key, item in value.items():
+            if type(item) not in SCALARS:  # most values of a node: no call, no key path
+                total += self.count(item, (*where, key))
+                if total > self.stop:
+                    break
+        return total
+
+    def _use(self, node: Mapping, where: tuple) -> int:
+        name = node["use"]
+        base, uses = self._template(name)
+        template = self.templates[name]
+        args = {**template.args, **{k: v for k, v in node.items() if k not in USE_KEYS}}
+        total = base + sum(uses.get(arg, 0) * self.count(value, (*where, arg)) for arg, value in args.items())
+        if total > self.stop and not self.where:
+            self.where = (*where, "use")
+        return total
+
+    def _template(self, name: str) -> tuple[int, dict[str, int]]:
+        if name in self.costs:
+            return self.costs[name]
+        if name in self.open:  # a cycle of templates: the builder reports it
+            return 0, {}
+        self.open.add(name)
+        template = self.templates[name]
+        where = tuple(template.key_path.split(".")) + ("body",)
+        cost = (self.count(template.body, where), _arg_uses(template.body, {}))
+        self.open.discard(name)
+        self.costs[name] = cost
+        return cost
+
+
+def _arg_uses(value: Any, uses: dict[str, int]) -> dict[str, int]:
+    """How many times a body pastes each argument whole (``$name``)."""
+    if isinstance(value, str):
+        m = _ARG.fullmatch(value)
+        if m:
+            uses[m.group(1)] = uses.get(m.group(1), 0) + 1
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _arg_uses(item, uses)
+    elif isinstance(value, list):
+        for item in value:
+            _arg_uses(item, uses)
+    return uses

@@ -1,0 +1,330 @@
+"""The recipe language's outer shape: a YAML path, a dict or a DictConfig becomes one plain dict.
+
+Parsing goes through PyYAML's C loader; interpolations (``${blocks.x}``) are resolved by
+``composer.recipe.interpolation``, linear and within the budget (OmegaConf is an order of magnitude slower on a
+large tree, expands interpolation chains without bound and resolves ``${oc.env:...}``). Every recipe,
+whatever its form, passes ``plain.plain_tree``: the read budgets of ``composer.limits``, keys that
+are names, values a file can store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from composer import limits as budget
+from composer.errors import ConfigError, did_you_mean, first_line, unknown
+from composer.files import FileProblem, TooLarge, read_regular
+from composer.modules.signatures import is_int
+from composer.recipe.interpolation import enabled_resolvers, resolve
+from composer.recipe.plain import plain_tree
+
+if TYPE_CHECKING:
+    import torch
+
+TOP_LEVEL_KEYS = ("model", "shared", "blocks", "init", "input_shape", "inputs", "tie", "dtype", "vars", "shard")
+NODE_MARKERS = ("type", "ref", "_target_", "use", "op")
+
+
+class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader (the C one where built), reading numbers as YAML 1.2 does: ``1e-5``
+    is a float, as OmegaConf and every YAML 1.2 reader take it (PyYAML's YAML 1.1 needs a dot).
+
+    As YAML 1.2's core schema, it has no dates (``2001-12-14`` is a string); it refuses
+    ``!!binary``, ``!!set``, ``!!omap``, ``!!pairs`` and ``!!timestamp`` (no recipe means them and no
+    checkpoint can store them), a key given twice in one mapping (the last one winning silently
+    hides a mistake) and an integer Python cannot convert (5,000 digits), each at its line.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: PyYAML reports it
+                if first is not key_node:
+                    line = first.start_mark.line + 1
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"key {key!r} given twice (first on line {line})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError as e:
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read integer: {e}", node.start_mark) from None
+
+    def refuse_tag(self, node: yaml.Node) -> None:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{node.tag.replace('tag:yaml.org,2002:', '!!')} values have no place in a recipe",
+            node.start_mark,
+        )
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_constructor("tag:yaml.org,2002:int", YamlLoader.construct_yaml_int)
+for _tag in ("binary", "set", "omap", "pairs", "timestamp"):
+    YamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", YamlLoader.refuse_tag)
+YAML_LOADER = YamlLoader
+
+Recipe = dict[str, Any]
+
+# The dtype names a recipe may write (``dtype: bfloat16``): torch's attribute names.
+DTYPES = (
+    "float32", "float64", "float16", "bfloat16", "float", "double", "half",
+    "int8", "int16", "int32", "int64", "uint8", "long", "int", "bool", "complex64", "complex128",
+)  # fmt: skip
+
+
+def is_node(value: Any) -> bool:
+    """A node is a mapping with ``type``, ``ref``, ``_target_``, ``use`` or ``op``."""
+    return (type(value) is dict or isinstance(value, Mapping)) and any(key in value for key in NODE_MARKERS)
+
+
+def dtype_of(name: Any, path: str) -> torch.dtype:
+    """The torch dtype a recipe names, or a ``ConfigError`` with the closest name."""
+    import torch  # noqa: PLC0415  (the CLI reads recipes before it pays for torch)
+
+    if isinstance(name, torch.dtype):
+        return name
+    if isinstance(name, str) and name.removeprefix("torch.") in DTYPES:
+        return getattr(torch, name.removeprefix("torch."))
+    raise ConfigError(unknown("dtype", name, DTYPES), path)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One forward argument of an example batch: zeros of this shape and dtype."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def example_inputs(recipe: Recipe) -> tuple[str, list[InputSpec]] | None:
+    """The recipe's example inputs and the key that gave them (``inputs``, or the short form
+    ``input_shape``: one float input), checked by ``top_level_problems``; None without either.
+    Float inputs take the recipe's ``dtype``."""
+    floating = dtype_of(recipe.get("dtype") or "float32", "dtype")
+    if recipe.get("inputs") is not None:
+        raw = recipe["inputs"]
+        items = list(raw.values()) if isinstance(raw, Mapping) else raw
+        specs = []
+        for item in items:
+            dtype = dtype_of(item["dtype"], "inputs") if item.get("dtype") is not None else floating
+            specs.append(InputSpec(tuple(item["shape"]), dtype))
+        return "inputs", specs
+    if recipe.get("input_shape") is not None:
+        return "input_shape", [InputSpec(tuple(recipe["input_shape"]), floating)]
+    return None
+
+
+def read_recipe(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    *,
+    limits: budget.LimitsArg = None,
+    resolvers: Collection[str] | str | None = None,
+) -> Recipe:
+    """Read and resolve interpolations; a bare node becomes ``{model: node}``.
+
+    Args:
+        cfg: a YAML path, a mapping or a DictConfig.
+        limits: budgets beyond those in force (``composer.limits``).
+        resolvers: the interpolation resolvers (``oc.env``, ...) the recipe may call; default:
+            those named in ``COMPOSER_RESOLVERS``, none if unset.
+
+    Raises:
+        ConfigError: unreadable, not YAML, a budget exceeded, a bad key or value, an interpolation
+            that does not resolve.
+    """
+    return read_recipe_and_stored(cfg, limits=limits, resolvers=resolvers)[0]
+
+
+def read_recipe_and_stored(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    *,
+    limits: budget.LimitsArg = None,
+    resolvers: Collection[str] | str | None = None,
+) -> tuple[Recipe, Recipe]:
+    """``(recipe, stored)``: the recipe to build, and the one to write into files, in which what
+    enabled resolvers read stays unresolved (``interpolation.resolve``); most often the same object."""
+    with budget.using(limits) as chosen:
+        if isinstance(cfg, DictConfig):
+            try:
+                data = OmegaConf.to_container(cfg, resolve=False)
+            except OmegaConfBaseException as e:
+                key = getattr(e, "full_key", "") or ""
+                raise ConfigError(f"cannot read the config: {first_line(getattr(e, 'msg', None) or e)}", key) from None
+        elif isinstance(cfg, (str, os.PathLike)):
+            data = _read_yaml(Path(cfg), chosen)
+        elif isinstance(cfg, Mapping):
+            data = cfg
+        else:
+            raise ConfigError(f"a recipe is a YAML path, a dict or a DictConfig, not {type(cfg).__name__}")
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a recipe is a mapping, not {type(data).__name__}")
+        recipe, interpolates = plain_tree(data, chosen)
+        stored = recipe
+        if interpolates:
+            recipe, stored = resolve(recipe, chosen, enabled_resolvers(resolvers))
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"a recipe is a mapping, not {type(recipe).__name__}")
+    if is_node(recipe):
+        wrapped = {"model": recipe}
+        return wrapped, wrapped if stored is recipe else {"model": stored}
+    return recipe, stored
+
+
+def _read_yaml(path: Path, limits: budget.Limits) -> Any:
+    """A recipe file's data: a regular file within ``limits.recipe_bytes``, UTF-8, YAML."""
+    try:
+        raw = read_regular(path, limits.recipe_bytes)
+    except TooLarge as e:
+        message = budget.exceeded("recipe_bytes", f"the file ({e.size:,} bytes)", limits.recipe_bytes)
+        raise ConfigError(f"cannot read recipe: {message}", str(path)) from None
+    except FileProblem as e:
+        raise ConfigError(f"cannot read recipe: {e}", str(path)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read recipe: {e.strerror or e}", str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"cannot read recipe: not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x})", str(path)
+        ) from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> data, with composer's loader; a ``ConfigError`` at ``where:line:column``."""
+    try:
+        return yaml.load(text, Loader=YAML_LOADER)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise ConfigError(f"YAML syntax error: {getattr(e, 'problem', None) or e}", at) from None
+    except RecursionError:
+        raise ConfigError("YAML nesting too deep to read", where) from None
+
+
+def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Unknown keys (a typo such as ``sahred`` must not pass), a missing model, malformed sections."""
+    problems = [
+        (key, f"unknown top-level key{did_you_mean(str(key), TOP_LEVEL_KEYS)}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+        for key in recipe
+        if key not in TOP_LEVEL_KEYS
+    ]
+    if "model" not in recipe:
+        problems.append(("model", "missing: a recipe needs a model node"))
+    for key in ("shared", "blocks"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], Mapping):
+            problems.append((key, f"expected a mapping of name: node, got {type(recipe[key]).__name__}"))
+    shape = recipe.get("input_shape")
+    if shape is not None and not _is_shape(shape):
+        problems.append(("input_shape", f"expected a list of positive integers such as [2, 20], got {shape!r}"))
+    problems += _inputs_problems(recipe.get("inputs"))
+    if recipe.get("input_shape") is not None and recipe.get("inputs") is not None:
+        problems.append(("inputs", "give inputs or input_shape (its short form for one float input), not both"))
+    tie = recipe.get("tie")
+    if tie is not None and not (isinstance(tie, Mapping) and all(isinstance(v, str) for v in tie.values())):
+        problems.append(("tie", f"expected a mapping of dst: src parameter paths, got {tie!r}"))
+    if recipe.get("dtype") is not None:
+        try:
+            dtype_of(recipe["dtype"], "dtype")
+        except ConfigError as e:
+            problems += e.problems
+    problems += _shard_problems(recipe.get("shard"))
+    return problems
+
+
+def _shard_problems(raw: Any) -> list[tuple[str, str]]:
+    """``shard: {units: [{layer: Name or [Names]} | {match: glob}, ...]}``: the FSDP units of a
+    sharded build (``composer.build.shard``); which modules they select is checked when it shards."""
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        return [("shard", f"expected {{units: [{{layer: Name}} or {{match: glob}}, ...]}}, got {raw!r}")]
+    problems = [(f"shard.{k}", unknown("key", k, ("units",))) for k in raw if k != "units"]
+    units = raw.get("units")
+    if not isinstance(units, list):
+        return [*problems, ("shard.units", f"expected a list of {{layer: Name}} or {{match: glob}}, got {units!r}")]
+    for i, unit in enumerate(units):
+        path = f"shard.units[{i}]"
+        if not isinstance(unit, Mapping) or len(unit) != 1:
+            problems.append((path, f"expected one of {{layer: Name}} or {{match: glob}}, got {unit!r}"))
+            continue
+        key, value = next(iter(unit.items()))
+        if key == "match":
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                problems.append((f"{path}.match", f"expected a glob over module paths, got {value!r}"))
+        elif key == "layer":
+            problems += _layer_problems(value, f"{path}.layer")
+        else:
+            problems.append((f"{path}.{key}", unknown("key", key, ("layer", "match"))))
+    return problems
+
+
+def _layer_problems(value: Any, path: str) -> list[tuple[str, str]]:
+    """A class name or a list of them, each registered."""
+    from composer.modules.registry import MODULES  # noqa: PLC0415  (it imports torch; few recipes shard)
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return [(path, f"expected a class name or a list of them, got {value!r}")]
+    return [(path, unknown("layer class", n, MODULES, listed=False)) for n in names if n not in MODULES]
+
+
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, (list, tuple)) and bool(shape) and all(is_int(d) and d > 0 for d in shape)
+
+
+def _inputs_problems(raw: Any) -> list[tuple[str, str]]:
+    """``inputs``: a list (forward order) or a mapping (by graph input name) of {shape, dtype}."""
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping):
+        items = [(f"inputs.{k}", v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        items = [(f"inputs[{i}]", v) for i, v in enumerate(raw)]
+    else:
+        return [("inputs", f"expected a list or a mapping of {{shape: [...], dtype: ...}}, got {raw!r}")]
+    problems = []
+    for path, item in items:
+        if not isinstance(item, Mapping) or not _is_shape(item.get("shape")):
+            problems.append((path, f"expected {{shape: [positive integers], dtype: name}}, got {item!r}"))
+            continue
+        for key in item:
+            if key not in ("shape", "dtype"):
+                problems.append((f"{path}.{key}", unknown("key", key, ("shape", "dtype"))))
+        if item.get("dtype") is not None:
+            try:
+                dtype_of(item["dtype"], f"{path}.dtype")
+            except ConfigError as e:
+                problems += e.problems
+    return problems
