@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from torch.nn.parameter import UninitializedTensorMixin
 
 from composer.errors import ConfigError
-from composer.modules import arguments as args_of
+from composer.modules import signatures as args_of
 from composer.modules.blocks import MyLinear, MySequential
 from composer.modules.registry import MODULES
 

@@ -19,9 +19,9 @@ import yaml
 from composer.build.builder import LAZY
 from composer.errors import ConfigError, did_you_mean
 from composer.init.initializers import INITIALIZERS
-from composer.modules import arguments as args_of
-from composer.modules.arguments import EMPTY
+from composer.modules import signatures as args_of
 from composer.modules.registry import MODULES
+from composer.modules.signatures import EMPTY
 
 KINDS = ("types", "inits", "ops", "templates", "recipes")
 WIDTH = 100

@@ -24,9 +24,9 @@ import torch
 
 from composer.build.builder import LAZY
 from composer.init.initializers import INITIALIZERS
-from composer.modules import arguments as args_of
-from composer.modules.arguments import EMPTY
+from composer.modules import signatures as args_of
 from composer.modules.registry import MODULES
+from composer.modules.signatures import EMPTY
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 FORMS = ("Sequential", "Repeat", "Graph")  # built by the builder itself, not by calling a class

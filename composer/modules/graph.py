@@ -20,7 +20,6 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
-import inspect
 import linecache
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError, did_you_mean, has_control
+from composer.modules.signatures import arity
 
 # --- the spec ------------------------------------------------------------------------------------
 
@@ -115,20 +115,7 @@ def _arity(module: nn.Module) -> tuple[int, int | None] | None:
     """How many positional inputs ``module.forward`` takes (min, max or None), where readable;
     read once per class (a 1,000-entry graph has a few classes)."""
     own = module.__dict__.get("forward")
-    return _arity_of(own, 0) if own is not None else _arity_of(type(module).forward, 1)
-
-
-@functools.cache
-def _arity_of(forward: Callable[..., Any], skip: int) -> tuple[int, int | None] | None:
-    try:
-        params = list(inspect.signature(forward).parameters.values())[skip:]
-    except (TypeError, ValueError):
-        return None
-    P = inspect.Parameter
-    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind is P.VAR_POSITIONAL for p in params):
-        return (sum(p.default is P.empty for p in positional), None)
-    return (sum(p.default is P.empty for p in positional), len(positional))
+    return arity(own, 0) if own is not None else arity(type(module).forward, 1)
 
 
 def _arity_problem(label: str, module: nn.Module | None, count: int) -> str | None:

@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from composer.recipe.grammar import REPEAT, USE, arguments_of, is_node
 from composer.recipe.interpolation import key_path
 from composer.recipe.plain import SCALARS
-from composer.recipe.read import is_node
-from composer.recipe.templates import USE_KEYS, Template
+from composer.recipe.templates import Template
 
 _ARG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -46,7 +46,7 @@ class _Counter:
 
     def count(self, value: Any, where: tuple) -> int:
         kind = type(value)
-        if kind is dict and "use" not in value:
+        if kind is dict and USE.marker not in value:
             for item in value.values():
                 if type(item) not in SCALARS:
                     break
@@ -69,9 +69,10 @@ class _Counter:
                 if total > self.stop:
                     break
             return total
-        if "use" in value and isinstance(value["use"], str) and value["use"] in self.templates:
+        name = value.get(USE.marker)
+        if isinstance(name, str) and name in self.templates:
             return 1 + self._use(value, where)
-        if value.get("type") == "Repeat":
+        if value.get(REPEAT.marker) == REPEAT.type_name:  # its body, times over
             times = value.get("times")
             n = times if isinstance(times, int) and not isinstance(times, bool) and times > 0 else 1
             body = self.count(value.get("body"), (*where, "body"))
@@ -87,13 +88,13 @@ class _Counter:
         return total
 
     def _use(self, node: Mapping, where: tuple) -> int:
-        name = node["use"]
+        name = node[USE.marker]
         base, uses = self._template(name)
         template = self.templates[name]
-        args = {**template.args, **{k: v for k, v in node.items() if k not in USE_KEYS}}
+        args = {**template.args, **arguments_of(node, USE)}
         total = base + sum(uses.get(arg, 0) * self.count(value, (*where, arg)) for arg, value in args.items())
         if total > self.stop and not self.where:
-            self.where = (*where, "use")
+            self.where = (*where, USE.marker)
         return total
 
     def _template(self, name: str) -> tuple[int, dict[str, int]]:

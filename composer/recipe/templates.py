@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from composer.errors import ConfigError, did_you_mean
+from composer.recipe.grammar import NODE_MARKERS, USE
 
 REQUIRED = "???"  # as in OmegaConf: an argument without a default
-USE_KEYS = ("use", "in", "init", "frozen")  # the keys of a use: node that are not arguments
+USE_KEYS = USE.reserved  # the keys of a use: node that are not arguments (use, init, frozen, in)
 TEMPLATE_KEYS = ("args", "body")
 INDEX = "i"  # the copy's index, in the arguments of a use: node that is a Repeat body
 MAX_EXPRESSION = 400  # characters: longer is refused before parsing
@@ -76,7 +77,7 @@ class Template:
 
 def is_template(entry: Any) -> bool:
     """A ``blocks`` entry is a template when it has ``args`` and is not a node itself."""
-    return isinstance(entry, Mapping) and "args" in entry and not ({"type", "ref", "_target_", "use"} & entry.keys())
+    return isinstance(entry, Mapping) and "args" in entry and not any(key in entry for key in NODE_MARKERS)
 
 
 def is_use(node: Any) -> bool:
