@@ -172,11 +172,16 @@ PARAM_KEYS = (
 # ``ref`` is a ref whatever else it holds); then ``type``: a form of its own or a class.
 MARKED = (REF, USE, OP, TARGET)
 TYPE_FORMS = {form.type_name: form for form in (SEQUENTIAL, REPEAT, GRAPH) if form.type_name}
-FORMS = (*MARKED, CALL, CALLED, *TYPE_FORMS.values())
+FORMS = (CALLED, *TYPE_FORMS.values(), *MARKED, CALL)
 NODE_MARKERS = tuple(dict.fromkeys(form.marker for form in FORMS if not form.entry_only))
 # Every key some node form gives a meaning: an argument of that name cannot be written as a key
 # (``to_recipe`` passes it in ``_args_``; the schema leaves it out of a type's properties).
-RESERVED = frozenset(name for form in FORMS for name in (*form.reserved, *(k.name for k in ENTRY)))
+# The keys of a type's own form (Sequential's ``layers``) are the arguments of every other type.
+RESERVED = frozenset(
+    {form.marker for form in FORMS}
+    | {key.name for form in FORMS if form.type_name is None for key in form.keys}
+    | {key.name for key in ENTRY}
+)
 
 
 def is_node(value: Any) -> bool:

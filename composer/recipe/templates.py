@@ -291,18 +291,7 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
         if key not in TEMPLATE_KEYS:
             hint = did_you_mean(str(key), TEMPLATE_KEYS)
             problems.append((f"{key_path}.{key}", f"a template takes no key {key!r}{hint}; valid: args, body"))
-    raw = entry.get("args")
-    args: dict[str, Any] = {}
-    if isinstance(raw, Mapping):
-        args = {k: (REQUIRED if v == REQUIRED else v) for k, v in raw.items()}
-    elif isinstance(raw, (list, tuple)) and not all(isinstance(arg, str) for arg in raw):
-        problems.append((f"{key_path}.args", f"expected a list of argument names, got {raw!r}"))
-    elif isinstance(raw, (list, tuple)):
-        args = dict.fromkeys(raw, REQUIRED)
-        if len(args) < len(raw):
-            problems.append((f"{key_path}.args", "an argument is listed twice"))
-    elif raw is not None:
-        problems.append((f"{key_path}.args", f"expected a mapping of name: default or a list of names, got {raw!r}"))
+    args = _declared_args(entry.get("args"), f"{key_path}.args", problems)
     declared = [arg for arg in args if isinstance(arg, str)]  # for the hints
     invalid: set[Any] = set()
     for arg in args:
@@ -337,6 +326,23 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
     if problems:
         raise ConfigError(problems)
     return Template(name, args, _copy(entry["body"]), key_path)
+
+
+def _declared_args(raw: Any, path: str, problems: list[tuple[str, str]]) -> dict[Any, Any]:
+    """``args``: a mapping of name: default (``???``: required), a list of required names, or
+    null; its problems appended at ``path``."""
+    if isinstance(raw, Mapping):
+        return {k: (REQUIRED if v == REQUIRED else v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)) and not all(isinstance(arg, str) for arg in raw):
+        problems.append((path, f"expected a list of argument names, got {raw!r}"))
+    elif isinstance(raw, (list, tuple)):
+        args = dict.fromkeys(raw, REQUIRED)
+        if len(args) < len(raw):
+            problems.append((path, "an argument is listed twice"))
+        return args
+    elif raw is not None:
+        problems.append((path, f"expected a mapping of name: default or a list of names, got {raw!r}"))
+    return {}
 
 
 def parse_templates(blocks: Mapping[str, Any] | None, key_path: str = "blocks") -> dict[str, Template]:
