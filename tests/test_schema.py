@@ -7,11 +7,12 @@ import pytest
 import yaml
 from torch import nn
 
+from composer import ConfigError, build_from_config
 from composer.describe.listing import list_text
 from composer.describe.schema import recipe_schema
 from composer.modules.ops import OPS, op_problems
 from composer.modules.signatures import op_arguments
-from composer.recipe.grammar import OP
+from composer.recipe.grammar import ENTRY, OP, TYPE_FORMS
 from tests.recipes import MODELS, ROOT, model_recipe
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -211,3 +212,15 @@ def test_schema_is_json_and_its_size():
     text = json.dumps(recipe_schema())
     assert json.loads(text)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert len(text.encode()) < 512_000, len(text.encode())  # an editor loads it on every keystroke's check
+
+
+def test_the_forms_come_from_one_grammar(validator):
+    """Each form of ``type:`` has the keys the grammar gives it in the builder, the schema and
+    ``list``: a key added there reaches all three."""
+    for name, form in TYPE_FORMS.items():
+        properties = validator.schema["$defs"][f"type.{name}"]["properties"]
+        assert set(properties) == {*form.reserved, *(key.name for key in ENTRY)}
+        assert set(rows_of(list_text("types", name))) == {key.name for key in form.keys} - {"init", "frozen"}
+        with pytest.raises(ConfigError) as info:
+            build_from_config({"model": {"type": name, "typo": 1}})
+        assert f"valid: {', '.join(form.reserved)}" in next(m for p, m in info.value.problems if p == "model.typo")

@@ -50,6 +50,7 @@ from composer.recipe.grammar import (
     is_node,
 )
 from composer.recipe.read import Recipe, dtype_of
+from composer.recipe.walk import Visits, child_path
 from composer.modules.registry import MODULES
 from composer.modules.signatures import describe, is_int, signature_of
 from composer.modules.registry import resolve_target
@@ -94,15 +95,14 @@ class Builder:
         self.real_device = real_device
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
-        self._shared: dict[str, nn.Module | None] = {}
-        self._resolving: list[str] = []
+        self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
         self.templates: dict[str, Template] = {}
         try:
             blocks = recipe.get("blocks")
             self.templates = parse_templates(blocks if isinstance(blocks, Mapping) else None)
         except ConfigError as e:
             self.problems += e.problems
-        self._using: list[str] = []  # templates being expanded: a cycle is an error
+        self._using: Visits[str, None] = Visits()  # templates being expanded: a cycle is an error
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
@@ -144,11 +144,10 @@ class Builder:
         """A child of a container: its key path is only formatted where the fast path misses."""
         self.built += 1
         if self.built > self.max_modules:
-            where = f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}"
-            self.too_many(where, "the number of modules built")
+            self.too_many(child_path(parent, index), "the number of modules built")
         module = self._from_checked(node)
         if module is None:
-            module = self._build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
+            module = self._build(node, child_path(parent, index))
         return module
 
     def _from_checked(self, node: Any) -> nn.Module | None:
@@ -210,17 +209,13 @@ class Builder:
 
     def _shared_module(self, name: str) -> nn.Module | None:
         """The one instance of ``shared.name``, built on first use; a cycle of refs is reported."""
+        if name in self._shared.done:
+            return self._shared.done[name]
         if name in self._shared:
-            return self._shared[name]
-        if name in self._resolving:
-            cycle = " -> ".join([*self._resolving[self._resolving.index(name) :], name])
-            self.fail(f"shared.{name}", f"shared module refers to itself: {cycle}")
+            self.fail(f"shared.{name}", f"shared module refers to itself: {self._shared.cycle(name)}")
             return None
-        self._resolving.append(name)
-        module = self.build(self.shared_nodes[name], f"shared.{name}")
-        self._resolving.pop()
-        self._shared[name] = module
-        return module
+        self._shared.enter(name)
+        return self._shared.finish(name, self.build(self.shared_nodes[name], f"shared.{name}"))
 
     def value(self, value: Any, path: str) -> Any:
         """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
@@ -229,9 +224,9 @@ class Builder:
         if is_node(value):
             return self.build(value, path)
         if isinstance(value, list):
-            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [self.value(v, child_path(path, i)) for i, v in enumerate(value)]
         if isinstance(value, Mapping):
-            return {k: self.value(v, f"{path}.{k}") for k, v in value.items()}
+            return {k: self.value(v, child_path(path, k)) for k, v in value.items()}
         return value
 
     def remember_checked(self, node: Mapping, cls: type) -> None:
@@ -282,9 +277,9 @@ def _conflict(builder: Builder, node: Mapping, path: str) -> None:
 def _ref(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{ref: name}``: the one instance built from ``shared.name``."""
     for key in node:
-        if key != "ref":
+        if key != REF.marker:
             builder.fail(f"{path}.{key}", "a ref node has no other keys: configure the module in shared")
-    name = node["ref"]
+    name = node[REF.marker]
     if not isinstance(name, str) or name not in builder.shared_nodes:
         shared = ", ".join(builder.shared_nodes) or "none"
         hint = did_you_mean(str(name), builder.shared_nodes)
@@ -461,19 +456,18 @@ def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         builder.fail(f"{path}.use", unknown("template", name, builder.templates))
         return None
     if name in builder._using:
-        cycle = " -> ".join([*builder._using[builder._using.index(name) :], name])
-        builder.fail(f"{path}.use", f"templates use each other in a cycle: {cycle}")
+        builder.fail(f"{path}.use", f"templates use each other in a cycle: {builder._using.cycle(name)}")
         return None
     try:
         body = expand(template, args, path)
     except ConfigError as e:
         builder.problems += e.problems
         return None
-    builder._using.append(name)
+    builder._using.enter(name)
     try:
         return builder.build(body, f"{template.key_path}.body")
     finally:
-        builder._using.pop()
+        builder._using.leave(name)
 
 
 def _op(builder: Builder, node: Mapping, path: str) -> nn.Module | None:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from composer.errors import ConfigError, did_you_mean
-from composer.recipe.grammar import NODE_MARKERS, USE
+from composer.recipe.grammar import NODE_MARKERS, REPEAT, USE, arguments_of
+from composer.recipe.walk import child_path
 
 REQUIRED = "???"  # as in OmegaConf: an argument without a default
 USE_KEYS = USE.reserved  # the keys of a use: node that are not arguments (use, init, frozen, in)
@@ -82,14 +83,13 @@ def is_template(entry: Any) -> bool:
 
 def is_use(node: Any) -> bool:
     """A ``use:`` node: a mapping with ``use``."""
-    return isinstance(node, Mapping) and "use" in node
+    return isinstance(node, Mapping) and USE.marker in node
 
 
 def split_use(node: Mapping[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """``{use: name, in: .., init: .., frozen: .., **args}`` -> ``(name, args, {in, init, frozen})``."""
-    args = {k: v for k, v in node.items() if k not in USE_KEYS}
-    extras = {k: v for k, v in node.items() if k in USE_KEYS and k != "use"}
-    return node.get("use"), args, extras
+    extras = {k: v for k, v in node.items() if k in USE_KEYS and k != USE.marker}
+    return node.get(USE.marker), arguments_of(node, USE), extras
 
 
 # --- references: $name and $(expression) ---------------------------------------------------------
@@ -226,7 +226,7 @@ Visit = Callable[[_Ref, str, bool], Any]
 
 
 def _is_repeat_of_use(node: Mapping[str, Any]) -> bool:
-    return node.get("type") == "Repeat" and is_use(node.get("body"))
+    return node.get(REPEAT.marker) == REPEAT.type_name and is_use(node.get("body"))
 
 
 def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], indexed: bool = False) -> Any:
@@ -249,14 +249,14 @@ def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], 
         repeat = _is_repeat_of_use(value)
         out = {}
         for key, item in value.items():
-            sub = f"{path}.{key}" if path else str(key)
+            sub = child_path(path, key)
             if repeat and key == "body":
                 out[key] = {k: _walk(v, f"{sub}.{k}", visit, problems, k not in USE_KEYS) for k, v in item.items()}
             else:
                 out[key] = _walk(item, sub, visit, problems, indexed)
         return out
     if isinstance(value, (list, tuple)):
-        return [_walk(item, f"{path}[{i}]", visit, problems, indexed) for i, item in enumerate(value)]
+        return [_walk(item, child_path(path, i), visit, problems, indexed) for i, item in enumerate(value)]
     return value
 
 
