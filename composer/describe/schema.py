@@ -176,7 +176,6 @@ _KINDS: dict[str, dict[str, Any]] = {
     g.PARAMS: {"type": "object", "additionalProperties": _ref("graph_param")},
     g.NAME_LIST: {"type": "array", "items": {"type": "string"}},
     g.NAMES: _ref("names"),
-    g.NAME: {"type": "string"},
     g.COUNT: {"anyOf": [{"type": "integer", "minimum": 1}, _ref("interpolation")]},
     g.FORMAT: {"type": "string"},
     g.INLINE_INIT: _ref("inline_init"),

@@ -17,14 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# What a key holds: the schema types it, ``list`` describes it, the builder checks it.
+# What a key holds: the schema types it, ``list`` describes it, the builder checks it. NODE, NODES
+# and ENTRIES hold nodes (built as modules); NAME_LIST and NAMES are wiring (names of a Graph's
+# inputs, entries and params); every value may also be an interpolation or a $(expression).
 NODE = "node"  # one node
 NODES = "nodes"  # a list of nodes, or a mapping name: node (in order)
 ENTRIES = "entries"  # a Graph's entries: name: module node, op or call
 PARAMS = "params"  # name: {shape, init, frozen}
 NAME_LIST = "name list"  # a list of names
 NAMES = "names"  # a name or a list of names
-NAME = "name"  # a name
 COUNT = "count"  # a positive integer
 FORMAT = "format"  # a format string of {i}
 INLINE_INIT = "inline init"  # parameter: initializer
@@ -32,8 +33,6 @@ INITIALIZER = "initializer"  # a bare name or {type: name, <kwargs>}
 FLAG = "flag"  # true or false
 SHAPE = "shape"  # a list of positive integers
 POSITIONAL = "positional"  # a list of positional arguments
-
-HOLDS_NODES = frozenset({NODE, NODES, ENTRIES})  # kinds whose values are built as modules
 
 # How ``list`` shows each kind.
 KIND_TEXT = {
@@ -43,7 +42,6 @@ KIND_TEXT = {
     PARAMS: "name: {shape, init, frozen}",
     NAME_LIST: "list of str",
     NAMES: "str or list of str",
-    NAME: "str",
     COUNT: "int",
     FORMAT: "str, a format string of {i}",
     INLINE_INIT: "parameter: initializer",
@@ -101,9 +99,6 @@ class Form:
     def reserved(self) -> tuple[str, ...]:
         """The marker and the form's own keys: what is not an argument."""
         return (self.marker, *(key.name for key in self.keys))
-
-    def key(self, name: str) -> Key | None:
-        return next((key for key in self.keys if key.name == name), None)
 
 
 REF = Form("ref", "ref", "the instance built from shared.<name>, the same object wherever referenced; no other keys")
