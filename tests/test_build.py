@@ -188,6 +188,16 @@ def test_bad_arguments_list_valid_names():
     assert path == "model" and "missing required argument 'out_features'" in message
 
 
+def test_a_constructor_taking_args_and_kwargs_is_checked_as_it_documents():
+    """LSTM(*args, **kwargs) parses its arguments by hand: a typo gets its key path and the
+    closest name, as a Linear's does, not "LSTM(...) raised TypeError"."""
+    found = problems({"type": "LSTM", "input_sizee": 4, "hidden_size": 8})
+    assert found[0][0] == "model.input_sizee" and "did you mean 'input_size'" in found[0][1]
+    assert found[1] == ("model", "LSTM is missing required argument 'input_size'")
+    [(path, message)] = problems({"type": "Tanh", "inplace": True})  # inherits nn.Module.__init__: takes nothing
+    assert path == "model.inplace" and message.startswith("Tanh takes no argument 'inplace'")
+
+
 def test_wrong_value_types():
     found = dict(problems({"type": "Sequential", "layers": [
         {"type": "Linear", "in_features": "four", "out_features": 2},

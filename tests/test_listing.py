@@ -62,8 +62,12 @@ def test_initializers_with_their_arguments():
     assert rows(list_text("inits", "kaiming_uniform"))["mode"] == ["'fan_in'", "'fan_in' | 'fan_out'"]
 
 
-def test_ops_from_a_registry_or_none_yet():
-    assert "no op registry yet" in list_text("ops")
+def test_ops_from_a_registry():
+    assert "  transpose(dim0, dim1)" in list_text("ops").splitlines()  # the builder's op registry by default
+    transpose = list_text("ops", "transpose")
+    assert "in: input" in transpose and rows(transpose)["dim0"] == ["required", "int"]  # not "no kwargs"
+    add = list_text("ops", "add")
+    assert "in: input, other" in add and "other: an input or an argument" in add and rows(add)["alpha"][0] == "1"
 
     def flatten(x, start_dim: int = 0, end_dim: int = -1):
         """Flatten dims start_dim..end_dim."""

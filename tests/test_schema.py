@@ -7,7 +7,12 @@ import pytest
 import yaml
 from torch import nn
 
+from composer import ConfigError, build_from_config
+from composer.describe.listing import list_text
 from composer.describe.schema import recipe_schema
+from composer.modules.ops import OPS, op_problems
+from composer.modules.signatures import op_arguments
+from composer.recipe.grammar import ENTRY, OP, TYPE_FORMS
 from tests.recipes import MODELS, ROOT, model_recipe
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -39,7 +44,37 @@ def linear(**kwargs) -> dict:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_packaged_recipe_validates(validator, name):
+    """Against the schema ``python -m composer schema`` prints: op nodes checked against the ops'
+    own arguments (transpose's dim0, getitem's index are keys, not tensor inputs)."""
     assert errors(validator, yaml.safe_load(model_recipe(name).read_text())) == []
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_list_ops_and_the_schema_agree_with_the_builder(validator, name):
+    """For every op: the keys the builder accepts are the schema's properties and what ``list ops
+    NAME`` shows; the keys the builder requires are the schema's required ones."""
+    fn = OPS.lookup(name, "op")
+    op_def = validator.schema["$defs"][f"op.{name}"]
+    keys = set(op_def["properties"]) - set(OP.reserved)
+    signature = op_arguments(fn)
+    candidates = keys | {a.name for a in signature.slots} | {"training", "typo"}
+    accepted = {k for k in candidates if not any(p == f"p.{k}" for p, _ in op_problems(name, fn, {k: 0}, None, "p"))}
+    assert accepted == keys
+    text = list_text("ops", name)
+    either = text.split("\n")[-1].split(":")[0].split(", ") if "an input or an argument" in text else []
+    assert {k for k in rows_of(text)} | set(either) == keys
+    inputs = len(signature.slots) + bool(signature.rest)
+    missing = {m.split("'")[3] for _, m in op_problems(name, fn, {}, inputs, "p") if "(an argument)" in m}
+    assert missing == set(op_def.get("required", []))
+    node = {"op": name, **dict.fromkeys(missing, "$v")}  # an interpolation stands for any value
+    assert errors(validator, {"model": {"type": "Sequential", "layers": [node]}}) == []
+
+
+def rows_of(text: str) -> list[str]:
+    """The argument names of a ``list`` table."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.split()[:1] == ["argument"]), None)
+    return [] if start is None else [line.split()[0] for line in lines[start + 1 :] if line.startswith("  ")]
 
 
 @pytest.mark.parametrize("name", INITS)
@@ -177,3 +212,15 @@ def test_schema_is_json_and_its_size():
     text = json.dumps(recipe_schema())
     assert json.loads(text)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert len(text.encode()) < 512_000, len(text.encode())  # an editor loads it on every keystroke's check
+
+
+def test_the_forms_come_from_one_grammar(validator):
+    """Each form of ``type:`` has the keys the grammar gives it in the builder, the schema and
+    ``list``: a key added there reaches all three."""
+    for name, form in TYPE_FORMS.items():
+        properties = validator.schema["$defs"][f"type.{name}"]["properties"]
+        assert set(properties) == {*form.reserved, *(key.name for key in ENTRY)}
+        assert set(rows_of(list_text("types", name))) == {key.name for key in form.keys} - {"init", "frozen"}
+        with pytest.raises(ConfigError) as info:
+            build_from_config({"model": {"type": name, "typo": 1}})
+        assert f"valid: {', '.join(form.reserved)}" in next(m for p, m in info.value.problems if p == "model.typo")

@@ -215,7 +215,7 @@ def check_model_file(recipe: dict[str, Any], name: str | None) -> None:
     """A model file that holds a whole recipe (``model:``, ``input_shape:`` ...) without the
     ``# @package _global_`` header lands entirely under ``model``: say so, rather than report
     ``model.model`` as an unknown key."""
-    from composer.recipe.read import is_node  # noqa: PLC0415
+    from composer.recipe.grammar import is_node  # noqa: PLC0415
 
     node = recipe.get("model")
     if not isinstance(node, dict) or is_node(node):
@@ -381,8 +381,8 @@ def _unknown_nested_key(key: str, plus: str, parent: Any) -> str:
 
 def _arguments_of(type_name: str) -> list[str] | None:
     """The argument names of a registered type (torch: only when an override named a missing key)."""
-    from composer.modules.arguments import arguments  # noqa: PLC0415
     from composer.modules.registry import MODULES  # noqa: PLC0415
+    from composer.modules.signatures import arguments  # noqa: PLC0415
 
     if type_name not in MODULES:
         return None

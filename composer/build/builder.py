@@ -1,7 +1,7 @@
 """Recipe tree -> modules: one walk over a plain tree, building each node once.
 
-Each node form is a small handler in a table (``FORMS`` by ``type``, plus the ``ref`` and call
-forms), so a new form is a new entry. Sharing falls out of memoization: ``{ref: name}`` builds
+Each node form of ``recipe.grammar`` has a small handler in ``HANDLERS``, so a new form is a new
+entry there and here. Sharing falls out of memoization: ``{ref: name}`` builds
 ``shared.name`` on first use and returns that same instance ever after, while ``${blocks.x}``
 (resolved earlier, in ``recipe``) pastes a copy that builds into a new module. Problems are
 collected along the walk, each with its key path, and raised together at the end.
@@ -31,15 +31,34 @@ from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpE
 from composer.modules.ops import OPS, make_op, op_problems
 from composer.build.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
 from composer.recipe.plain import SCALARS
-from composer.recipe.read import Recipe, dtype_of, is_node
+from composer.recipe.grammar import (
+    CALL,
+    CALLED,
+    GRAPH,
+    IN,
+    OP,
+    PARAM_KEYS,
+    REF,
+    REPEAT,
+    SEQUENTIAL,
+    TARGET,
+    TYPE_FORMS,
+    USE,
+    Form,
+    arguments_of,
+    form_of,
+    is_node,
+)
+from composer.recipe.read import Recipe, dtype_of
+from composer.recipe.walk import Visits, child_path
 from composer.modules.registry import MODULES
 from composer.modules.signatures import describe, is_int, signature_of
-from composer.modules.targets import resolve_target
+from composer.modules.registry import resolve_target
 from composer.recipe.templates import Template, expand, parse_templates, split_use, substitute_index
 from composer.build.twins import copier
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.modules.blocks.")
-_RESERVED = frozenset({"type", "_target_", "_args_", "init", "frozen"})
+_RESERVED = frozenset({*CALLED.reserved, *TARGET.reserved})  # a called node's keys that are not its kwargs
 
 # A class built without its input size becomes its Lazy counterpart, which infers it.
 LAZY: dict[type[nn.Module], tuple[type[nn.Module], str]] = {
@@ -76,15 +95,14 @@ class Builder:
         self.real_device = real_device
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
-        self._shared: dict[str, nn.Module | None] = {}
-        self._resolving: list[str] = []
+        self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
         self.templates: dict[str, Template] = {}
         try:
             blocks = recipe.get("blocks")
             self.templates = parse_templates(blocks if isinstance(blocks, Mapping) else None)
         except ConfigError as e:
             self.problems += e.problems
-        self._using: list[str] = []  # templates being expanded: a cycle is an error
+        self._using: Visits[str, None] = Visits()  # templates being expanded: a cycle is an error
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
@@ -126,11 +144,10 @@ class Builder:
         """A child of a container: its key path is only formatted where the fast path misses."""
         self.built += 1
         if self.built > self.max_modules:
-            where = f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}"
-            self.too_many(where, "the number of modules built")
+            self.too_many(child_path(parent, index), "the number of modules built")
         module = self._from_checked(node)
         if module is None:
-            module = self._build(node, f"{parent}[{index}]" if isinstance(index, int) else f"{parent}.{index}")
+            module = self._build(node, child_path(parent, index))
         return module
 
     def _from_checked(self, node: Any) -> nn.Module | None:
@@ -170,26 +187,15 @@ class Builder:
         if not is_node(node):
             self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {describe(node)}")
             return None
-        module = self._handler(node, path)(self, node, path)
-        if module is not None and "ref" not in node:
+        form = form_of(node)
+        handler = _conflict if form is TARGET and CALLED.marker in node else HANDLERS[form]
+        module = handler(self, node, path)
+        if module is not None and form is not REF:
             self._extras(node, module, path)
         return module
 
-    def _handler(self, node: Mapping, path: str) -> Callable[[Builder, Mapping, str], nn.Module | None]:
-        """The handler of the node's form: ``ref``, a form of ``FORMS``, or a call of a class."""
-        if "ref" in node:
-            return _ref
-        if "use" in node:
-            return _use
-        if "op" in node:
-            return _op
-        if "type" in node and "_target_" in node:
-            return _conflict
-        kind = node.get("type")
-        return FORMS.get(kind, _call) if isinstance(kind, str) else _call
-
     def _extras(self, node: Mapping, module: nn.Module, path: str) -> None:
-        """The keys any node may carry: inline ``init:`` and ``frozen``."""
+        """The keys any node may carry (``grammar.COMMON``): inline ``init:`` and ``frozen``."""
         if "init" in node:
             if isinstance(node["init"], Mapping):
                 self.notes.inline_init.append((module, f"{path}.init", node["init"]))
@@ -203,17 +209,13 @@ class Builder:
 
     def _shared_module(self, name: str) -> nn.Module | None:
         """The one instance of ``shared.name``, built on first use; a cycle of refs is reported."""
+        if name in self._shared.done:
+            return self._shared.done[name]
         if name in self._shared:
-            return self._shared[name]
-        if name in self._resolving:
-            cycle = " -> ".join([*self._resolving[self._resolving.index(name) :], name])
-            self.fail(f"shared.{name}", f"shared module refers to itself: {cycle}")
+            self.fail(f"shared.{name}", f"shared module refers to itself: {self._shared.cycle(name)}")
             return None
-        self._resolving.append(name)
-        module = self.build(self.shared_nodes[name], f"shared.{name}")
-        self._resolving.pop()
-        self._shared[name] = module
-        return module
+        self._shared.enter(name)
+        return self._shared.finish(name, self.build(self.shared_nodes[name], f"shared.{name}"))
 
     def value(self, value: Any, path: str) -> Any:
         """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
@@ -222,9 +224,9 @@ class Builder:
         if is_node(value):
             return self.build(value, path)
         if isinstance(value, list):
-            return [self.value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [self.value(v, child_path(path, i)) for i, v in enumerate(value)]
         if isinstance(value, Mapping):
-            return {k: self.value(v, f"{path}.{k}") for k, v in value.items()}
+            return {k: self.value(v, child_path(path, k)) for k, v in value.items()}
         return value
 
     def remember_checked(self, node: Mapping, cls: type) -> None:
@@ -275,9 +277,9 @@ def _conflict(builder: Builder, node: Mapping, path: str) -> None:
 def _ref(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{ref: name}``: the one instance built from ``shared.name``."""
     for key in node:
-        if key != "ref":
+        if key != REF.marker:
             builder.fail(f"{path}.{key}", "a ref node has no other keys: configure the module in shared")
-    name = node["ref"]
+    name = node[REF.marker]
     if not isinstance(name, str) or name not in builder.shared_nodes:
         shared = ", ".join(builder.shared_nodes) or "none"
         hint = did_you_mean(str(name), builder.shared_nodes)
@@ -311,7 +313,7 @@ def _class_of(builder: Builder, node: Mapping, path: str) -> tuple[str, type] | 
     """The node's label and class: a registered ``type`` or an allowed ``_target_``."""
     try:
         if "type" in node:
-            return node["type"], MODULES.lookup(node["type"], f"{path}.type", also_valid=FORMS)
+            return node["type"], MODULES.lookup(node["type"], f"{path}.type", also_valid=TYPE_FORMS)
         return node["_target_"], resolve_target(node["_target_"], builder.allow_targets, f"{path}._target_")
     except ConfigError as e:
         builder.problems += e.problems
@@ -338,7 +340,7 @@ def _arguments(builder: Builder, node: Mapping, path: str) -> tuple[list, dict]:
 
 def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{type: Sequential, layers: [...]}`` or ``layers: {name: node}``: an ``nn.Sequential``."""
-    _only_keys(builder, node, path, "Sequential", ("layers",))
+    _only_keys(builder, node, path, SEQUENTIAL)
     layers = node.get("layers", [])
     if isinstance(layers, list):
         children = [builder.build_item(n, f"{path}.layers", i) for i, n in enumerate(layers)]
@@ -356,7 +358,7 @@ def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
 
 def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{type: Repeat, times: N, names: "block {i}", body: node}``: N independent copies."""
-    _only_keys(builder, node, path, "Repeat", ("times", "names", "body"))
+    _only_keys(builder, node, path, REPEAT)
     times, names = node.get("times"), node.get("names", "{i}")
     if not is_int(times) or times < 1:
         builder.fail(f"{path}.times", f"expected a positive integer, got {describe(times)}")
@@ -454,40 +456,35 @@ def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         builder.fail(f"{path}.use", unknown("template", name, builder.templates))
         return None
     if name in builder._using:
-        cycle = " -> ".join([*builder._using[builder._using.index(name) :], name])
-        builder.fail(f"{path}.use", f"templates use each other in a cycle: {cycle}")
+        builder.fail(f"{path}.use", f"templates use each other in a cycle: {builder._using.cycle(name)}")
         return None
     try:
         body = expand(template, args, path)
     except ConfigError as e:
         builder.problems += e.problems
         return None
-    builder._using.append(name)
+    builder._using.enter(name)
     try:
         return builder.build(body, f"{template.key_path}.body")
     finally:
-        builder._using.pop()
-
-
-_OP_EXTRAS = ("op", "in", "init", "frozen")
+        builder._using.leave(name)
 
 
 def _op(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{op: name, <kwargs>}`` where a module stands (a Sequential's item): an ``Op`` module."""
     try:
-        return make_op(node["op"], {k: v for k, v in node.items() if k not in _OP_EXTRAS}, path)
+        return make_op(node[OP.marker], arguments_of(node, OP), path)
     except ConfigError as e:
         builder.problems += e.problems
         return None
 
 
-_GRAPH_KEYS = ("inputs", "nodes", "output", "params")
-_PARAM_KEYS = ("shape", "init", "frozen")
+_PARAM_KEYS = tuple(key.name for key in PARAM_KEYS)
 
 
 def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{type: Graph, inputs, nodes, output, params}``: children wired by name (see ``graph``)."""
-    _only_keys(builder, node, path, "Graph", _GRAPH_KEYS)
+    _only_keys(builder, node, path, GRAPH)
     inputs = node.get("inputs", ["x"])
     if not (isinstance(inputs, list) and inputs and all(isinstance(n, str) for n in inputs)):
         builder.fail(f"{path}.inputs", f"expected a list of input names such as [x], got {describe(inputs)}")
@@ -520,27 +517,28 @@ def _graph_entry(builder: Builder, name: str, entry: Any, path: str) -> Any:
     if not isinstance(entry, Mapping):
         builder.fail(path, f"expected a node, an op or a call, got {describe(entry)}")
         return None
-    inputs = entry.get("in")
+    inputs = entry.get(IN.name)
     if isinstance(inputs, str):
         inputs = [inputs]
     elif inputs is not None and not (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
         builder.fail(f"{path}.in", f"expected a name or a list of names, got {describe(inputs)}")
         inputs = None
-    if "call" in entry:
+    form = form_of(entry, entry=True)
+    if form is CALL:
         for key in entry:
-            if key not in ("call", "in"):
+            if key not in CALL.reserved:
                 builder.fail(f"{path}.{key}", "a call entry has only 'call' and 'in'")
-        return CallEntry(name, entry["call"], inputs)
-    if "op" in entry:
-        label = entry["op"]
+        return CallEntry(name, entry[CALL.marker], inputs)
+    if form is OP:
+        label = entry[OP.marker]
         if not isinstance(label, str) or label not in OPS:
             builder.fail(f"{path}.op", unknown("op", label, OPS, listed=False))
             return None
         fn = OPS.lookup(label, f"{path}.op")
-        kwargs = {k: v for k, v in entry.items() if k not in _OP_EXTRAS}
+        kwargs = arguments_of(entry, OP)
         builder.problems += op_problems(label, fn, kwargs, len(inputs) if inputs is not None else 1, path)
         return OpEntry(name, fn, kwargs, inputs, label=label)
-    module = builder.build({k: v for k, v in entry.items() if k != "in"}, path)
+    module = builder.build({k: v for k, v in entry.items() if k != IN.name}, path)
     return ModuleEntry(name, module, inputs)
 
 
@@ -562,19 +560,25 @@ def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parame
     return nn.Parameter(torch.empty(shape), requires_grad=not frozen)
 
 
-FORMS: dict[str, Callable[[Builder, Mapping, str], nn.Module | None]] = {
-    "Sequential": _sequential,
-    "Repeat": _repeat,
-    "Graph": _graph,
+# The handler of each form of ``recipe.grammar`` (``call`` is a Graph's, in ``_graph_entry``).
+HANDLERS: dict[Form, Callable[[Builder, Mapping, str], nn.Module | None]] = {
+    REF: _ref,
+    USE: _use,
+    OP: _op,
+    TARGET: _call,
+    CALLED: _call,
+    SEQUENTIAL: _sequential,
+    REPEAT: _repeat,
+    GRAPH: _graph,
 }
 
 
-def _only_keys(builder: Builder, node: Mapping, path: str, form: str, keys: tuple[str, ...]) -> None:
-    valid = ("type", *keys, "init", "frozen")
+def _only_keys(builder: Builder, node: Mapping, path: str, form: Form) -> None:
+    valid = form.reserved
     for key in node:
         if key not in valid:
             hint = did_you_mean(str(key), valid)
-            builder.fail(f"{path}.{key}", f"{form} takes no key {key!r}{hint}; valid: {', '.join(valid)}")
+            builder.fail(f"{path}.{key}", f"{form.name} takes no key {key!r}{hint}; valid: {', '.join(valid)}")
 
 
 def tie_parameters(model: nn.Module, ties: Mapping[str, str]) -> None:

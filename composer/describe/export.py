@@ -31,12 +31,11 @@ from torch.nn import functional as F
 from torch.nn.parameter import UninitializedTensorMixin
 
 from composer.errors import ConfigError
-from composer.modules import arguments as args_of
+from composer.modules import signatures as args_of
 from composer.modules.blocks import MyLinear, MySequential
 from composer.modules.registry import MODULES
+from composer.recipe.grammar import RESERVED
 
-# Keys a node gives their own meaning: an argument of that name goes positionally, in ``_args_``.
-NODE_KEYS = frozenset({"type", "ref", "_target_", "_args_", "use", "op", "call", "in", "init", "frozen"})
 # nn.Module's own bookkeeping, and the record a build attaches: not set by a constructor.
 _MODULE_STATE = frozenset(vars(nn.Module())) | {"composer_record"}
 _HOOKS = tuple(sorted(k for k in _MODULE_STATE if k.endswith("hooks")))
@@ -257,7 +256,7 @@ def _module_list(ex: _Exporter, module: nn.Module, path: str, frozen: bool) -> d
 
 
 def _module_dict(ex: _Exporter, module: nn.Module, path: str, frozen: bool) -> dict[str, Any]:
-    clash = [k for k in module._modules if k in NODE_KEYS]
+    clash = [k for k in module._modules if k in RESERVED]
     if clash:
         raise _Refusal(f"a key named {clash[0]!r} would make its mapping read as a node")
     nodes = _children(ex, module, path, frozen)
@@ -410,7 +409,7 @@ def _compact(raw: dict[str, Any], module: nn.Module, collapse: bool = False) -> 
 
 def _positional(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Arguments named like a node key (``PReLU``'s ``init``) go positionally, in ``_args_``."""
-    clash = [k for k in kwargs if k in NODE_KEYS]
+    clash = [k for k in kwargs if k in RESERVED]
     if not clash:
         return kwargs
     signature = args_of.arguments(cls)

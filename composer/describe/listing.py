@@ -19,22 +19,27 @@ import yaml
 from composer.build.builder import LAZY
 from composer.errors import ConfigError, did_you_mean
 from composer.init.initializers import INITIALIZERS
-from composer.modules import arguments as args_of
-from composer.modules.arguments import EMPTY
+from composer.modules import signatures as args_of
+from composer.modules.ops import OPS
 from composer.modules.registry import MODULES
+from composer.modules.signatures import EMPTY
+from composer.recipe import grammar as g
 
 KINDS = ("types", "inits", "ops", "templates", "recipes")
 WIDTH = 100
-# The builder's own forms (contract, sections 2 and 7): their keys, as the list shows them.
-FORMS = {
-    "Sequential": ("nn.Sequential of the children in order", [("layers", "list of nodes, or name: node", "[]")]),
-    "Repeat": ("nn.Sequential of N independent copies of body", [
-        ("times", "int", "required"), ("names", "str, a format string of {i}", "'{i}'"), ("body", "node", "required")]),
-    "Graph": ("children wired by name: residuals, skips, several inputs", [
-        ("inputs", "list of str", "[x]"), ("nodes", "name: module, op or call entry", "required"),
-        ("output", "str or list of str", "the last entry"), ("params", "name: {shape, init, frozen}", "{}")]),
-}  # fmt: skip
-EXTRAS = "every node also takes: init (inline initializers), frozen; _args_ (positional arguments); in (in a Graph)"
+EXTRAS = (
+    f"every node also takes: {', '.join(key.name for key in g.COMMON)}; "
+    f"a called type {g.ARGS.name} ({g.ARGS.doc}); an entry of a Graph {g.IN.name}"
+)
+
+
+def _key_rows(form: g.Form) -> list[tuple[str, str, str]]:
+    """A form's own keys (not those every node takes), as ``list`` shows them."""
+    return [
+        (key.name, g.KIND_TEXT[key.kind], "required" if key.required else key.default)
+        for key in form.keys
+        if key not in g.COMMON
+    ]
 
 
 def list_text(
@@ -44,14 +49,14 @@ def list_text(
     conf_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     modules: Any = MODULES,
     initializers: Any = INITIALIZERS,
-    ops: Any | None = None,
+    ops: Any = OPS,
 ) -> str:
     """The answer to ``list [KIND] [NAME]``; without a kind, what each kind holds.
 
     Args:
         conf_dir: the conf directory, or several (``--config-dir`` first): the first that holds
             a name wins, as a user's recipe shadows a packaged one.
-        ops: the op registry, when there is one.
+        ops: the op registry.
 
     Raises:
         ConfigError: an unknown kind or name, with the closest one.
@@ -71,12 +76,12 @@ def list_text(
     return listers[kind](name)
 
 
-def _overview(modules: Any, initializers: Any, ops: Any | None, dirs: list[Path]) -> str:
+def _overview(modules: Any, initializers: Any, ops: Any, dirs: list[Path]) -> str:
     models, inits = _recipe_files(dirs, "model"), _recipe_files(dirs, "init")
     counts = {
-        "types": f"{len(list(modules))} module types, and the forms {', '.join(FORMS)}",
+        "types": f"{len(list(modules))} module types, and the forms {', '.join(g.TYPE_FORMS)}",
         "inits": f"{len(list(initializers))} initializers",
-        "ops": f"{len(list(ops))} ops" if ops is not None else "no op registry yet",
+        "ops": f"{len(list(ops))} ops",
         "templates": _count(len(_templates(dirs)), "template") + " in the recipes",
         "recipes": f"{len(models)} model recipes, {len(inits)} init schemes",
     }
@@ -92,9 +97,9 @@ def types_text(modules: Any = MODULES, name: str | None = None) -> str:
     """Every type a node can name, grouped by where it comes from; with ``name``, its arguments."""
     types = args_of.entries(modules)
     if name is None:
-        groups: dict[str, list[str]] = {"forms of the builder": list(FORMS)}
+        groups: dict[str, list[str]] = {"forms of the builder": list(g.TYPE_FORMS)}
         for type_name, cls in types.items():
-            if type_name in FORMS:
+            if type_name in g.TYPE_FORMS:
                 continue
             where = getattr(cls, "__module__", "?")
             where = "torch.nn" if where.startswith("torch.nn") else where
@@ -105,11 +110,11 @@ def types_text(modules: Any = MODULES, name: str | None = None) -> str:
             lines += textwrap.wrap(", ".join(names), WIDTH, initial_indent="  ", subsequent_indent="  ")
         lines.append("python -m composer list types NAME shows a type's arguments")
         return "\n".join(lines)
-    if name in FORMS:
-        summary, keys = FORMS[name]
-        return "\n".join([f"{name}: {summary} (a form of the builder)", "", *_table(keys), "", EXTRAS])
+    if name in g.TYPE_FORMS:
+        form = g.TYPE_FORMS[name]
+        return "\n".join([f"{name}: {form.summary} (a form of the builder)", "", *_table(_key_rows(form)), "", EXTRAS])
     if name not in types:
-        raise ConfigError(f"unknown type {name!r}{did_you_mean(name, [*types, *FORMS])}", "list types")
+        raise ConfigError(f"unknown type {name!r}{did_you_mean(name, [*types, *g.TYPE_FORMS])}", "list types")
     cls = types[name]
     deferred = LAZY[cls][1] if cls in LAZY else None
     lines = _heading(name, cls)
@@ -146,10 +151,9 @@ def inits_text(initializers: Any = INITIALIZERS, name: str | None = None) -> str
     return "\n".join(lines)
 
 
-def ops_text(ops: Any | None = None, name: str | None = None) -> str:
-    """Each op with its kwargs; its parameters without a default are the tensors it takes (``in``)."""
-    if ops is None:
-        return "no op registry yet: op nodes ({op: name, in: ...}) come with Graph"
+def ops_text(ops: Any = OPS, name: str | None = None) -> str:
+    """Each op with its arguments, read as the builder and the schema read it
+    (``signatures.op_arguments``): ``in:`` gives the tensors, every other argument is a key."""
     fns = args_of.entries(ops)
     if name is None:
         lines = ["ops ({op: name, in: ..., <kwargs>}, in a Graph or a Sequential):"]
@@ -157,11 +161,16 @@ def ops_text(ops: Any | None = None, name: str | None = None) -> str:
         return "\n".join(lines)
     if name not in fns:
         raise ConfigError(f"unknown op {name!r}{did_you_mean(name, fns)}", "list ops")
-    signature = args_of.arguments(fns[name])
-    inputs = [a.name for a in signature.named if a.required] if signature else []
+    signature = args_of.op_arguments(fns[name])
+    inputs = signature.inputs if signature else ()
     lines = [*_heading(name, fns[name]), f"in: {', '.join(inputs) or 'none'}", ""]
     rows = [(a.name, args_of.format_annotation(a.annotation), _default(a)) for a in _op_args(fns[name]) or []]
-    lines += _table(rows) if rows else ["no kwargs"]
+    lines += _table(rows) if rows else ["no arguments besides in"]
+    either = [a.name for a in signature.keywords if a.name in inputs] if signature else []
+    if either:
+        lines.append(f"{', '.join(either)}: an input or an argument")
+    if signature is not None and signature.any_keyword:
+        lines.append("also takes any other keyword (**kwargs)")
     return "\n".join(lines)
 
 
@@ -173,8 +182,9 @@ def _initializer_args(fn: Any) -> list[args_of.Argument] | None:
 
 
 def _op_args(fn: Any) -> list[args_of.Argument] | None:
-    signature = args_of.arguments(fn)
-    return None if signature is None else [a for a in signature.named if not a.required]
+    """The arguments an op takes as keys, but the tensors ``in:`` gives."""
+    signature = args_of.op_arguments(fn)
+    return None if signature is None else [a for a in signature.keywords if a.name not in signature.inputs]
 
 
 def _call_line(name: str, named: list[args_of.Argument] | None) -> str:

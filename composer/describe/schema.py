@@ -24,14 +24,13 @@ import torch
 
 from composer.build.builder import LAZY
 from composer.init.initializers import INITIALIZERS
-from composer.modules import arguments as args_of
-from composer.modules.arguments import EMPTY
+from composer.modules import signatures as args_of
+from composer.modules.ops import OPS
 from composer.modules.registry import MODULES
+from composer.modules.signatures import EMPTY
+from composer.recipe import grammar as g
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-FORMS = ("Sequential", "Repeat", "Graph")  # built by the builder itself, not by calling a class
-NODE_KEYS = ("type", "ref", "_target_", "use", "op")  # a mapping with one of these is a node
-_EXTRAS = ("_args_", "init", "frozen", "in")  # keys any called node may carry beside its arguments
 _NOT_INITIALIZER_ARGS = frozenset({"tensor", "generator"})
 DTYPES = sorted(
     name for name, value in vars(torch).items() if isinstance(value, torch.dtype) and not name.startswith("_")
@@ -42,24 +41,24 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/$defs/{name.replace('~', '~0').replace('/', '~1')}"}
 
 
-def recipe_schema(modules: Any = MODULES, initializers: Any = INITIALIZERS, ops: Any | None = None) -> dict[str, Any]:
-    """The JSON Schema of a recipe (or of a bare node), from the registries given.
+def recipe_schema(modules: Any = MODULES, initializers: Any = INITIALIZERS, ops: Any = OPS) -> dict[str, Any]:
+    """The JSON Schema of a recipe (or of a bare node), from the grammar and the registries given.
 
     Args:
         modules: type name -> module class (``composer.modules.registry.MODULES`` or a mapping).
         initializers: initializer name -> ``fn(tensor, **kwargs)``.
-        ops: op name -> function whose parameters without a default are its tensor inputs and
-            those with one its kwargs; None: op nodes are checked for their ``op`` key only.
+        ops: op name -> function, read as the builder reads it (``signatures.op_arguments``):
+            ``in:`` fills its positional parameters, every other argument is a key.
     """
     types = args_of.entries(modules)
     inits = args_of.entries(initializers)
-    op_fns = args_of.entries(ops) if ops is not None else None
+    op_fns = args_of.entries(ops)
     defs: dict[str, Any] = {
         **_common(types, inits),
         **_node_forms(types, op_fns),
-        **{f"type.{name}": _type_def(name, cls) for name, cls in types.items() if name not in FORMS},
+        **{f"type.{name}": _type_def(name, cls) for name, cls in types.items() if name not in g.TYPE_FORMS},
         **{f"init.{name}": _initializer_def(name, fn) for name, fn in inits.items()},
-        **({f"op.{name}": _op_def(name, fn) for name, fn in op_fns.items()} if op_fns is not None else {}),
+        **{f"op.{name}": _op_def(name, fn) for name, fn in op_fns.items()},
     }
     return {
         "$schema": DIALECT,
@@ -67,7 +66,7 @@ def recipe_schema(modules: Any = MODULES, initializers: Any = INITIALIZERS, ops:
         "description": "A recipe (model, shared, blocks, init, ...) or a bare node.",
         # A mapping with a node key is a bare node; anything else a recipe (so an empty file
         # completes as a recipe, and a typo such as `sahred` is reported as a top-level key).
-        "if": {"anyOf": [{"required": [key]} for key in NODE_KEYS]},
+        "if": {"anyOf": [{"required": [key]} for key in g.NODE_MARKERS]},
         "then": _ref("node"),
         "else": _ref("recipe"),
         "$defs": defs,
@@ -76,7 +75,7 @@ def recipe_schema(modules: Any = MODULES, initializers: Any = INITIALIZERS, ops:
 
 def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any]:
     """Top-level sections and the small definitions nodes share."""
-    type_name = {"enum": sorted({*types, *FORMS})}
+    type_name = {"enum": sorted({*types, *g.TYPE_FORMS})}
     names = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
     input_spec = {
         "type": "object",
@@ -124,8 +123,8 @@ def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any
         ]},
         "type_name": type_name,
         "layer": {"anyOf": [type_name, {"type": "array", "items": type_name}]},
-        "inputs_of": {**names, "description": "graph entries only: graph inputs, earlier entries or params"},
-        "frozen": {"anyOf": [{"type": "boolean"}, _ref("interpolation")], "description": "requires_grad=False"},
+        "names": names,
+        "flag": {"anyOf": [{"type": "boolean"}, _ref("interpolation")]},
         "inline_init": {"type": "object", "description": "parameter: initializer, for this module's own parameters",
                         "additionalProperties": _ref("initializer")},
         "initializer": {
@@ -168,91 +167,93 @@ def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any
     }  # fmt: skip
 
 
-def _node_forms(types: Mapping[str, Any], ops: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The node and its forms: a called type, Sequential, Repeat, Graph, ref, _target_, use, op, call."""
-    extras = {"init": _ref("inline_init"), "frozen": _ref("frozen"), "in": _ref("inputs_of")}
-    typed_names = [n for n in types if n not in FORMS]
-    op_def: dict[str, Any] = {
+# The schema of each kind of value a key of the grammar holds.
+_KINDS: dict[str, dict[str, Any]] = {
+    g.NODE: _ref("node"),
+    g.NODES: {"anyOf": [{"type": "array", "items": _ref("node")},
+                        {"type": "object", "additionalProperties": _ref("node")}, _ref("interpolation")]},
+    g.ENTRIES: {"type": "object", "additionalProperties": _ref("graph_entry")},
+    g.PARAMS: {"type": "object", "additionalProperties": _ref("graph_param")},
+    g.NAME_LIST: {"type": "array", "items": {"type": "string"}},
+    g.NAMES: _ref("names"),
+    g.COUNT: {"anyOf": [{"type": "integer", "minimum": 1}, _ref("interpolation")]},
+    g.FORMAT: {"type": "string"},
+    g.INLINE_INIT: _ref("inline_init"),
+    g.INITIALIZER: _ref("initializer"),
+    g.FLAG: _ref("flag"),
+    g.SHAPE: _ref("shape"),
+    g.POSITIONAL: {"type": "array"},
+}  # fmt: skip
+
+
+def _keys(keys: Iterable[g.Key]) -> dict[str, Any]:
+    return {key.name: {**_KINDS[key.kind], "description": key.doc} for key in keys}
+
+
+def _form_keys(form: g.Form) -> dict[str, Any]:
+    """A form's keys, and a Graph entry's (``in``) on every form but ``ref``: any node can be an entry."""
+    entry = () if form is g.REF else g.ENTRY
+    return _keys({key.name: key for key in (*form.keys, *entry)}.values())
+
+
+def _form_def(form: g.Form, marker: dict[str, Any]) -> dict[str, Any]:
+    """A form of the grammar: its marker, its keys; closed unless its other keys are arguments."""
+    schema: dict[str, Any] = {
         "type": "object",
-        "properties": {"op": {"type": "string"}, "in": _ref("inputs_of")},
-        "required": ["op"],
+        "title": form.name,
+        "description": form.summary,
+        "properties": {form.marker: marker, **_form_keys(form)},
     }
-    if ops is not None:
-        op_def["properties"]["op"] = {"enum": sorted(ops)}
-        op_def["allOf"] = [_when("op", name, f"op.{name}") for name in ops]
+    if not form.arguments:
+        schema["additionalProperties"] = False
+    required = [key.name for key in form.keys if key.required]
+    return {**schema, "required": required} if required else schema
+
+
+def _def_name(form: g.Form) -> str:
+    return f"type.{form.type_name}" if form.type_name else form.name
+
+
+def _node_forms(types: Mapping[str, Any], ops: Mapping[str, Any]) -> dict[str, Any]:
+    """The node and each form of the grammar; a form of ``type:`` is picked by its type's name."""
+    typed_names = [*g.TYPE_FORMS, *(n for n in types if n not in g.TYPE_FORMS)]
+    marked = {form.marker: _def_name(form) for form in g.MARKED}
+    op_def = _form_def(g.OP, {"enum": sorted(ops)})
+    op_def["allOf"] = [_when(g.OP.marker, name, f"op.{name}") for name in ops]
     return {
         "node": {
             "if": {"type": "string"},
             "then": _ref("interpolation"),
             "else": {
                 "type": "object",
-                "anyOf": [{"required": [key]} for key in NODE_KEYS],
-                "allOf": [
-                    {"if": {"required": ["type"]}, "then": _ref("typed")},
-                    {"if": {"required": ["ref"]}, "then": _ref("ref")},
-                    {"if": {"required": ["_target_"]}, "then": _ref("target")},
-                    {"if": {"required": ["use"]}, "then": _ref("use")},
-                    {"if": {"required": ["op"]}, "then": _ref("op")},
-                ],
+                "anyOf": [{"required": [key]} for key in g.NODE_MARKERS],
+                "allOf": [{"if": {"required": [marker]}, "then": _ref(marked.get(marker, "typed"))}
+                          for marker in g.NODE_MARKERS],
             },
         },
         "typed": {
             "properties": {"type": _ref("type_name")},
-            "allOf": [_when("type", name, f"type.{name}") for name in [*FORMS, *typed_names]],
+            "allOf": [_when("type", name, f"type.{name}") for name in typed_names],
         },
-        "type.Sequential": _closed("Sequential", "nn.Sequential: children 0, 1, ... or named, in order", {
-            "layers": {"anyOf": [{"type": "array", "items": _ref("node")},
-                                 {"type": "object", "additionalProperties": _ref("node")}, _ref("interpolation")]},
-        }, extras),
-        "type.Repeat": _closed("Repeat", "an nn.Sequential of N independent copies of body", {
-            "times": {"anyOf": [{"type": "integer", "minimum": 1}, _ref("interpolation")]},
-            "names": {"type": "string", "default": "{i}", "description": "a format string of {i}, e.g. 'block {i}'"},
-            "body": _ref("node"),
-        }, extras, required=("times", "body")),
-        "type.Graph": _closed("Graph", "children wired by name: residuals, skips, several inputs", {
-            "inputs": {"type": "array", "items": {"type": "string"}, "default": ["x"]},
-            "nodes": {"type": "object", "additionalProperties": _ref("graph_entry")},
-            "output": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-            "params": {"type": "object", "additionalProperties": _ref("graph_param")},
-        }, extras, required=("nodes",)),
+        **{_def_name(form): _form_def(form, {"const": form.type_name}) for form in g.TYPE_FORMS.values()},
+        **{_def_name(form): _form_def(form, {"type": "string"}) for form in (g.REF, g.USE, g.TARGET, g.CALL)},
+        "op": op_def,
         "graph_entry": {
-            "if": {"type": "object", "required": ["call"]},
-            "then": {"type": "object", "properties": {"call": {"type": "string"}, "in": _ref("inputs_of")},
-                     "additionalProperties": False},
+            "if": {"type": "object", "required": [g.CALL.marker]},
+            "then": _ref(_def_name(g.CALL)),
             "else": _ref("node"),
         },
         "graph_param": {
             "type": "object",
-            "properties": {"shape": _ref("shape"), "init": _ref("initializer"), "frozen": _ref("frozen")},
-            "required": ["shape"],
+            "properties": _keys(g.PARAM_KEYS),
+            "required": [key.name for key in g.PARAM_KEYS if key.required],
             "additionalProperties": False,
         },
-        "ref": {"type": "object", "properties": {"ref": {"type": "string"}}, "additionalProperties": False,
-                "description": "the instance built from shared.<ref>; no other keys"},
-        "target": {"type": "object",
-                   "properties": {"_target_": {"type": "string"}, **extras, "_args_": {"type": "array"}},
-                   "description": "an import path under the allowlist, called with the other keys"},
-        "use": {"type": "object", "properties": {"use": {"type": "string"}, **extras},
-                "description": "a copy of blocks.<use>, its args given as the other keys"},
-        "op": op_def,
     }  # fmt: skip
 
 
 def _when(key: str, value: str, definition: str) -> dict[str, Any]:
     return {"if": {"properties": {key: {"const": value}}, "required": [key]}, "then": _ref(definition)}
-
-
-def _closed(
-    name: str, description: str, properties: dict, extras: dict, required: Iterable[str] = ()
-) -> dict[str, Any]:
-    schema = {
-        "type": "object",
-        "title": name,
-        "description": description,
-        "properties": {"type": {"const": name}, **properties, **extras},
-        "additionalProperties": False,
-    }
-    return {**schema, "required": list(required)} if required else schema
 
 
 def _titled(name: str, obj: Any) -> dict[str, Any]:
@@ -272,12 +273,10 @@ def _type_def(name: str, cls: Any) -> dict[str, Any]:
     deferred = LAZY[cls][1] if cls in LAZY else None
     properties: dict[str, Any] = {"type": {"const": name}}
     for arg in signature.named:
-        if arg.name not in NODE_KEYS and arg.name not in _EXTRAS:  # PReLU's init: only through _args_
+        if arg.name not in g.RESERVED:  # PReLU's init: only through _args_
             properties[arg.name] = _argument(arg)
-    properties.update({
-        "_args_": {"type": "array", "description": f"positional: {', '.join(signature.positional) or 'none'}"},
-        "init": _ref("inline_init"), "frozen": _ref("frozen"), "in": _ref("inputs_of"),
-    })  # fmt: skip
+    properties.update(_form_keys(g.CALLED))
+    properties["_args_"]["description"] = f"positional: {', '.join(signature.positional) or 'none'}"
     schema["properties"] = properties
     if not signature.var_keyword:
         schema["additionalProperties"] = False
@@ -303,14 +302,21 @@ def _initializer_def(name: str, fn: Any) -> dict[str, Any]:
 
 
 def _op_def(name: str, fn: Any) -> dict[str, Any]:
-    """An op: its parameters without a default are tensor inputs (``in``), the others kwargs."""
-    signature, schema = args_of.arguments(fn), _titled(name, fn)
+    """An op as the builder checks it: ``in`` fills its positional parameters, its arguments are
+    keys (``add``'s ``other`` either way), keyword-only ones without a default are required."""
+    signature, schema = args_of.op_arguments(fn), _titled(name, fn)
     if signature is None:
         return schema
-    kwargs = [a for a in signature.named if not a.required and a.name not in ("op", "in")]
-    schema["properties"] = {"op": {"const": name}, "in": _ref("inputs_of"), **{a.name: _argument(a) for a in kwargs}}
-    if not signature.var_keyword:
+    kwargs = [a for a in signature.keywords if a.name not in g.OP.reserved]
+    schema["properties"] = {
+        g.OP.marker: {"const": name},
+        **_form_keys(g.OP),
+        **{a.name: _argument(a) for a in kwargs},
+    }
+    if not signature.any_keyword:
         schema["additionalProperties"] = False
+    if signature.required_keywords:
+        schema["required"] = list(signature.required_keywords)
     return schema
 
 
@@ -344,16 +350,27 @@ def _from_annotation(annotation: Any) -> dict[str, Any] | None:
     if args_of.is_module_type(annotation) or annotation in (typing.Callable, collections.abc.Callable):
         return _ref("node")
     if args_of.is_union(annotation):
-        members = [_from_annotation(a) for a in typing.get_args(annotation)]
-        if any(m is None for m in members):
-            return None
-        flat: list[dict[str, Any]] = []
-        for m in members:
-            for option in m.get("anyOf", [m]) if set(m) == {"anyOf"} else [m]:
-                if option not in flat:
-                    flat.append(option)
-        return flat[0] if len(flat) == 1 else {"anyOf": flat}
-    origin, inner = typing.get_origin(annotation), typing.get_args(annotation)
+        return _from_union(typing.get_args(annotation))
+    if annotation in (list, tuple):
+        return {"type": "array"}
+    return _from_generic(typing.get_origin(annotation), typing.get_args(annotation))
+
+
+def _from_union(members: tuple[Any, ...]) -> dict[str, Any] | None:
+    """``X | Y``: the options of each, once; None where one member says nothing."""
+    schemas = [_from_annotation(a) for a in members]
+    if any(m is None for m in schemas):
+        return None
+    flat: list[dict[str, Any]] = []
+    for m in schemas:
+        for option in m.get("anyOf", [m]) if set(m) == {"anyOf"} else [m]:
+            if option not in flat:
+                flat.append(option)
+    return flat[0] if len(flat) == 1 else {"anyOf": flat}
+
+
+def _from_generic(origin: Any, inner: tuple[Any, ...]) -> dict[str, Any] | None:
+    """``Literal[...]``, ``Callable[...]``, ``Mapping[K, V]``, ``list[X]``, ``tuple[X, X]``."""
     if origin is typing.Literal:
         return {"enum": list(inner)}
     if origin is collections.abc.Callable:
@@ -368,8 +385,6 @@ def _from_annotation(annotation: Any) -> dict[str, Any] | None:
         if origin is tuple and inner and Ellipsis not in inner:
             schema["minItems"] = schema["maxItems"] = len(inner)
         return schema
-    if annotation in (list, tuple):
-        return {"type": "array"}
     return None
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
-import inspect
 import linecache
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError, did_you_mean, has_control
+from composer.modules.signatures import arity
 
 # --- the spec ------------------------------------------------------------------------------------
 
@@ -115,20 +115,7 @@ def _arity(module: nn.Module) -> tuple[int, int | None] | None:
     """How many positional inputs ``module.forward`` takes (min, max or None), where readable;
     read once per class (a 1,000-entry graph has a few classes)."""
     own = module.__dict__.get("forward")
-    return _arity_of(own, 0) if own is not None else _arity_of(type(module).forward, 1)
-
-
-@functools.cache
-def _arity_of(forward: Callable[..., Any], skip: int) -> tuple[int, int | None] | None:
-    try:
-        params = list(inspect.signature(forward).parameters.values())[skip:]
-    except (TypeError, ValueError):
-        return None
-    P = inspect.Parameter
-    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind is P.VAR_POSITIONAL for p in params):
-        return (sum(p.default is P.empty for p in positional), None)
-    return (sum(p.default is P.empty for p in positional), len(positional))
+    return arity(own, 0) if own is not None else arity(type(module).forward, 1)
 
 
 def _arity_problem(label: str, module: nn.Module | None, count: int) -> str | None:
@@ -157,103 +144,127 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
     entry, inputs per module where its forward's signature says, every entry's result used or
     returned, and the output defined.
     """
-    problems: list[tuple[str, str]] = []
-    seen: dict[str, str] = {}  # name -> what defines it ("input", "param", "entry")
-
-    def claim(name: Any, what: str, path: str) -> bool:
-        if not isinstance(name, str) or not name:
-            problems.append((path, f"a {what} name must be a non-empty string, got {name!r}"))
-            return False
-        if "." in name:
-            problems.append((path, f"{what} name {name!r} contains '.', which module paths reserve"))
-            return False
-        if has_control(name):
-            problems.append((path, f"{what} name {name!r} holds a control character: names reach terminals and files"))
-            return False
-        if name in RESERVED_NAMES:
-            problems.append((path, f"{what} name {name!r} is an attribute nn.Module uses; choose another name"))
-            return False
-        if name in seen:
-            problems.append((path, f"{what} name {name!r} is already used by a graph {seen[name]}"))
-            return False
-        seen[name] = what
-        return True
-
-    if isinstance(spec.inputs, str) or not isinstance(spec.inputs, Sequence):
-        problems.append((_join(key_path, "inputs"), f"expected a list of input names, got {spec.inputs!r}"))
-        inputs: Sequence[str] = ()
-    else:
-        inputs = spec.inputs
-    if not inputs:
-        problems.append((_join(key_path, "inputs"), "a Graph needs at least one input"))
-    for i, name in enumerate(inputs):
-        claim(name, "input", _join(key_path, f"inputs[{i}]"))
-    for name in spec.params:
-        claim(name, "param", _join(key_path, f"params.{name}"))
+    check = _WiringCheck(key_path)
+    inputs = check.inputs_and_params(spec)
     if not spec.entries:
-        problems.append((_join(key_path, "nodes"), "a Graph needs at least one node"))
-
-    available = {n: None for n, what in seen.items() if what != "entry"}  # ordered, for the hints
+        check.fail("nodes", "a Graph needs at least one node")
     entry_names = {e.name for e in spec.entries if isinstance(e.name, str)}
-    modules: dict[str, nn.Module | None] = {}
-    used: set[str] = set()
     for entry, names in zip(spec.entries, _resolved_inputs(GraphSpec(spec.entries, inputs)), strict=True):
-        path = _entry_path(key_path, str(entry.name))
+        check.entry(entry, names, entry_names)
+    check.outputs(spec)
+    check.unused(spec)
+    return check.problems
+
+
+class _WiringCheck:
+    """One check of a spec: the names defined so far, the modules among them, the names used."""
+
+    def __init__(self, key_path: str) -> None:
+        self.key_path = key_path
+        self.problems: list[tuple[str, str]] = []
+        self.seen: dict[str, str] = {}  # name -> what defines it ("input", "param", "entry")
+        self.available: dict[str, None] = {}  # names usable as inputs so far, ordered for the hints
+        self.modules: dict[str, nn.Module | None] = {}
+        self.used: set[str] = set()
+
+    def fail(self, suffix: str, message: str) -> None:
+        self.problems.append((_join(self.key_path, suffix), message))
+
+    def claim(self, name: Any, what: str, path: str) -> bool:
+        """Take ``name`` for an input, a param or an entry; False (reported) if it cannot be one."""
+        if not isinstance(name, str) or not name:
+            why = f"a {what} name must be a non-empty string, got {name!r}"
+        elif "." in name:
+            why = f"{what} name {name!r} contains '.', which module paths reserve"
+        elif has_control(name):
+            why = f"{what} name {name!r} holds a control character: names reach terminals and files"
+        elif name in RESERVED_NAMES:
+            why = f"{what} name {name!r} is an attribute nn.Module uses; choose another name"
+        elif name in self.seen:
+            why = f"{what} name {name!r} is already used by a graph {self.seen[name]}"
+        else:
+            self.seen[name] = what
+            return True
+        self.problems.append((path, why))
+        return False
+
+    def inputs_and_params(self, spec: GraphSpec) -> Sequence[str]:
+        """Claim the inputs and params; the inputs, or none where they are not a list."""
+        inputs: Sequence[str] = spec.inputs
+        if isinstance(inputs, str) or not isinstance(inputs, Sequence):
+            self.fail("inputs", f"expected a list of input names, got {spec.inputs!r}")
+            inputs = ()
+        if not inputs:
+            self.fail("inputs", "a Graph needs at least one input")
+        for i, name in enumerate(inputs):
+            self.claim(name, "input", _join(self.key_path, f"inputs[{i}]"))
+        for name in spec.params:
+            self.claim(name, "param", _join(self.key_path, f"params.{name}"))
+        self.available = {n: None for n in self.seen}
+        return inputs
+
+    def entry(self, entry: Entry, names: tuple[str, ...], entry_names: set[str]) -> None:
+        """One entry: its inputs defined before it, its form's own checks, its name claimed."""
+        path = _entry_path(self.key_path, str(entry.name))
         if entry.inputs is not None and (isinstance(entry.inputs, str) or not entry.inputs):
-            problems.append((f"{path}.in", f"expected a non-empty list of names, got {entry.inputs!r}"))
+            self.problems.append((f"{path}.in", f"expected a non-empty list of names, got {entry.inputs!r}"))
             names = ()
         for j, name in enumerate(names):
-            where = f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{j}]"
-            if name in available:
-                used.add(name)
+            if name in self.available:
+                self.used.add(name)
                 continue
+            where = f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{j}]"
             later = " is defined later or is this entry" if name in entry_names else ""
-            hint = did_you_mean(str(name), available)
-            known = ", ".join(available) or "none"
-            problems.append((where, f"unknown input {name!r}{later}{hint}; known here: {known}"))
-        if isinstance(entry, CallEntry):
-            if not isinstance(entry.target, str) or entry.target not in modules:
-                hint = did_you_mean(str(entry.target), modules)
-                before = ", ".join(modules) or "none"
-                message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"
-                problems.append((f"{path}.call", message))
-            elif names and (why := _arity_problem(f"call of {entry.target!r}", modules[entry.target], len(names))):
-                problems.append((f"{path}.in", why))
-        elif isinstance(entry, ModuleEntry):
-            if entry.module is not None and not isinstance(entry.module, nn.Module):
-                problems.append((path, f"expected an nn.Module, got {type(entry.module).__name__}"))
-            elif names and (why := _arity_problem(type(entry.module).__name__, entry.module, len(names))):
-                problems.append((f"{path}.in", why))
-        elif isinstance(entry, OpEntry):
-            if not callable(entry.fn):
-                problems.append((f"{path}.op", f"expected a callable, got {type(entry.fn).__name__}"))
-        else:
-            problems.append((path, f"expected a ModuleEntry, OpEntry or CallEntry, got {type(entry).__name__}"))
-        if claim(entry.name, "entry", path):
-            available[entry.name] = None
+            hint = did_you_mean(str(name), self.available)
+            known = ", ".join(self.available) or "none"
+            self.problems.append((where, f"unknown input {name!r}{later}{hint}; known here: {known}"))
+        why = self._form_problem(entry, names, path)
+        if why is not None:
+            self.problems.append(why)
+        if self.claim(entry.name, "entry", path):
+            self.available[entry.name] = None
             if isinstance(entry, ModuleEntry):
-                modules[entry.name] = entry.module
+                self.modules[entry.name] = entry.module
 
-    outputs = _output_names(spec)
-    out_path = _join(key_path, "output")
-    if isinstance(outputs, list) and not outputs:
-        problems.append((out_path, "an empty output list; name at least one entry"))
-    for j, name in enumerate(outputs or ()):
-        where = out_path if isinstance(spec.output, str) or spec.output is None else f"{out_path}[{j}]"
-        if name in available:
-            used.add(name)
-        elif spec.output is not None:  # the default output names the last entry, whose problem is reported
-            hint = did_you_mean(str(name), available)
-            problems.append((where, f"unknown output {name!r}{hint}; known: {', '.join(available) or 'none'}"))
-    for entry in spec.entries:
-        if isinstance(entry.name, str) and entry.name not in used and seen.get(entry.name) == "entry":
-            problems.append(
-                (
-                    _entry_path(key_path, entry.name),
-                    f"the result of {entry.name!r} is used by no entry and is not the output",
-                )
-            )
-    return problems
+    def _form_problem(self, entry: Entry, names: tuple[str, ...], path: str) -> tuple[str, str] | None:
+        """What is wrong with a call's target, a module, its inputs' count or an op's function."""
+        if isinstance(entry, CallEntry):
+            if not isinstance(entry.target, str) or entry.target not in self.modules:
+                hint = did_you_mean(str(entry.target), self.modules)
+                before = ", ".join(self.modules) or "none"
+                message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"
+                return f"{path}.call", message
+            why = _arity_problem(f"call of {entry.target!r}", self.modules[entry.target], len(names))
+            return (f"{path}.in", why) if names and why else None
+        if isinstance(entry, ModuleEntry):
+            if entry.module is not None and not isinstance(entry.module, nn.Module):
+                return path, f"expected an nn.Module, got {type(entry.module).__name__}"
+            why = _arity_problem(type(entry.module).__name__, entry.module, len(names))
+            return (f"{path}.in", why) if names and why else None
+        if isinstance(entry, OpEntry):
+            return None if callable(entry.fn) else (f"{path}.op", f"expected a callable, got {type(entry.fn).__name__}")
+        return path, f"expected a ModuleEntry, OpEntry or CallEntry, got {type(entry).__name__}"
+
+    def outputs(self, spec: GraphSpec) -> None:
+        """The output names defined; the default output (the last entry) is reported there."""
+        outputs = _output_names(spec)
+        out_path = _join(self.key_path, "output")
+        if isinstance(outputs, list) and not outputs:
+            self.problems.append((out_path, "an empty output list; name at least one entry"))
+        for j, name in enumerate(outputs or ()):
+            where = out_path if isinstance(spec.output, str) or spec.output is None else f"{out_path}[{j}]"
+            if name in self.available:
+                self.used.add(name)
+            elif spec.output is not None:
+                hint = did_you_mean(str(name), self.available)
+                known = ", ".join(self.available) or "none"
+                self.problems.append((where, f"unknown output {name!r}{hint}; known: {known}"))
+
+    def unused(self, spec: GraphSpec) -> None:
+        for entry in spec.entries:
+            if isinstance(entry.name, str) and entry.name not in self.used and self.seen.get(entry.name) == "entry":
+                path = _entry_path(self.key_path, entry.name)
+                self.problems.append((path, f"the result of {entry.name!r} is used by no entry and is not the output"))
 
 
 def _output_names(spec: GraphSpec) -> list[str] | None:

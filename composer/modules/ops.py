@@ -3,8 +3,9 @@ module that lets one stand in a Sequential.
 
 Every op is called as ``fn(*inputs, **kwargs)``: the inputs are the node's ``in:`` (positional, in
 order), the kwargs are the node's other keys, named as in the torch function the op wraps. Each
-built-in is a small Python function with a real signature, so ``op_problems`` can check a node's
-kwargs and inputs before anything runs; under ``torch.compile`` they inline to the torch call.
+built-in is a small Python function with a real signature, read once (``signatures.op_arguments``)
+for ``op_problems``, the schema and ``list ops``: they check and show the same inputs and
+arguments; under ``torch.compile`` they inline to the torch call.
 
 An op that needs to know whether its module is training (attention's dropout) sets
 ``fn.takes_training = True``: the graph (or ``Op``) passes ``training=self.training``.
@@ -12,7 +13,6 @@ An op that needs to know whether its module is training (attention's dropout) se
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from composer.errors import ConfigError, did_you_mean
 from composer.modules.registry import Registry
+from composer.modules.signatures import OpArguments, op_arguments
 
 OPS: Registry[Callable[..., Any]] = Registry("op")
 register_op = OPS.register
@@ -29,16 +30,12 @@ register_op = OPS.register
 
 def lookup_op(name: Any, key_path: str) -> Callable[..., Any]:
     """The op registered as ``name``; a ``ConfigError`` at ``key_path`` with the closest name if none."""
-    # TODO(integration): Registry.lookup
-    try:
-        return OPS._entries[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown op {name!r}{did_you_mean(str(name), OPS)}", key_path) from None
+    return OPS.lookup(name, key_path)
 
 
 def op_name(fn: Callable[..., Any]) -> str:
     """The name ``fn`` is registered under, else its ``__name__``."""
-    for name, registered in OPS._entries.items():
+    for name, registered in OPS.items():
         if registered is fn:
             return name
     return getattr(fn, "__name__", type(fn).__name__)
@@ -249,45 +246,45 @@ def op_problems(
     nor as a kwarg, too many inputs, an argument given both as an input and as a kwarg. An op whose
     signature cannot be read is not checked.
     """
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
+    read = op_arguments(fn)
+    if read is None:
         return []
-    P = inspect.Parameter
-    if getattr(fn, "takes_training", False):
-        params = [p for p in params if p.name != "training"]
-    slots = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
-    variadic = any(p.kind is P.VAR_POSITIONAL for p in params)
-    any_keyword = any(p.kind is P.VAR_KEYWORD for p in params)
-    keywords = [p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+    keywords = [a.name for a in read.keywords]
     problems: list[tuple[str, str]] = []
     for key in kwargs:
-        if key not in keywords and not any_keyword:
+        if key not in keywords and not read.any_keyword:
             hint = did_you_mean(str(key), keywords)
             valid = ", ".join(keywords) or "none"
             problems.append((f"{key_path}.{key}", f"op {label!r} takes no argument {key!r}{hint}; valid: {valid}"))
-    if n_inputs is None:
-        return problems
-    if n_inputs > len(slots) and not variadic:
+    if n_inputs is not None:
+        problems += _input_problems(label, read, kwargs, n_inputs, key_path)
+    return problems
+
+
+def _input_problems(
+    label: str, read: OpArguments, kwargs: Mapping[str, Any], n_inputs: int, key_path: str
+) -> list[tuple[str, str]]:
+    """Too few or too many inputs, one given twice, a required argument given neither way."""
+    problems: list[tuple[str, str]] = []
+    slots = read.slots
+    if n_inputs > len(slots) and not read.rest:
         takes = f"at most {len(slots)} input{'s' if len(slots) != 1 else ''}"
         problems.append((f"{key_path}.in", f"op {label!r} takes {takes}, got {n_inputs}"))
-    for p in slots[:n_inputs]:
-        if p.name in kwargs:
+    for a in slots[:n_inputs]:
+        if a.name in kwargs:
             problems.append(
-                (f"{key_path}.{p.name}", f"op {label!r} gets {p.name!r} both as an input and as an argument")
+                (f"{key_path}.{a.name}", f"op {label!r} gets {a.name!r} both as an input and as an argument")
             )
-    filled = {p.name for p in slots[:n_inputs]} | set(kwargs)
-    required = [p for p in params if p.default is P.empty and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
-    needed_inputs = sum(p.kind is P.POSITIONAL_ONLY for p in required)
+    filled = {a.name for a in slots[:n_inputs]} | set(kwargs)
+    needed_inputs = sum(a.required and a.positional_only for a in slots)
     if n_inputs < needed_inputs:
-        at_least = "at least " if variadic or len(slots) > needed_inputs else ""
+        at_least = "at least " if read.rest or len(slots) > needed_inputs else ""
         takes = f"{at_least}{needed_inputs} input{'s' if needed_inputs != 1 else ''}"
         problems.append((f"{key_path}.in", f"op {label!r} takes {takes}, got {n_inputs}"))
-    for p in required:
-        if p.name in filled or p.kind is P.POSITIONAL_ONLY:
-            continue
-        how = "an input or an argument" if p.kind is P.POSITIONAL_OR_KEYWORD else "an argument"
-        problems.append((key_path, f"op {label!r} is missing {p.name!r} ({how})"))
+    for a in {a.name: a for a in (*slots, *read.keywords)}.values():  # signature order, each once
+        if a.required and a.name not in filled and not a.positional_only:
+            how = "an argument" if a.keyword_only else "an input or an argument"
+            problems.append((key_path, f"op {label!r} is missing {a.name!r} ({how})"))
     return problems
 
 

@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from composer.recipe.interpolation import key_path
+from composer.recipe.grammar import REPEAT, USE, arguments_of, is_node
 from composer.recipe.plain import SCALARS
-from composer.recipe.read import is_node
-from composer.recipe.templates import USE_KEYS, Template
+from composer.recipe.templates import Template
+from composer.recipe.walk import Visits, key_path
 
 _ARG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -39,14 +39,13 @@ class _Counter:
     def __init__(self, templates: Mapping[str, Template], stop: int) -> None:
         self.templates = templates
         self.stop = stop
-        self.seen: dict[int, int] = {}  # id of a container -> its count (a YAML alias is met twice)
-        self.costs: dict[str, tuple[int, dict[str, int]]] = {}  # template -> (body count, $arg uses)
-        self.open: set[str] = set()
+        self.seen: Visits[int, int] = Visits()  # id of a container -> its count (a YAML alias is met twice)
+        self.costs: Visits[str, tuple[int, dict[str, int]]] = Visits()  # template -> (body count, $arg uses)
         self.where: tuple = ()
 
     def count(self, value: Any, where: tuple) -> int:
         kind = type(value)
-        if kind is dict and "use" not in value:
+        if kind is dict and USE.marker not in value:
             for item in value.values():
                 if type(item) not in SCALARS:
                     break
@@ -54,9 +53,9 @@ class _Counter:
                 return 1 if is_node(value) else 0
         elif kind in SCALARS or not isinstance(value, (Mapping, list)):
             return 0
-        known = self.seen.get(id(value))
+        known = self.seen.done.get(id(value))
         if known is None:
-            known = self.seen[id(value)] = min(self._count(value, where), self.stop + 1)
+            known = self.seen.done[id(value)] = min(self._count(value, where), self.stop + 1)
             if known > self.stop and not self.where:
                 self.where = where
         return known
@@ -69,9 +68,10 @@ class _Counter:
                 if total > self.stop:
                     break
             return total
-        if "use" in value and isinstance(value["use"], str) and value["use"] in self.templates:
+        name = value.get(USE.marker)
+        if isinstance(name, str) and name in self.templates:
             return 1 + self._use(value, where)
-        if value.get("type") == "Repeat":
+        if value.get(REPEAT.marker) == REPEAT.type_name:  # its body, times over
             times = value.get("times")
             n = times if isinstance(times, int) and not isinstance(times, bool) and times > 0 else 1
             body = self.count(value.get("body"), (*where, "body"))
@@ -87,27 +87,24 @@ class _Counter:
         return total
 
     def _use(self, node: Mapping, where: tuple) -> int:
-        name = node["use"]
+        name = node[USE.marker]
         base, uses = self._template(name)
         template = self.templates[name]
-        args = {**template.args, **{k: v for k, v in node.items() if k not in USE_KEYS}}
+        args = {**template.args, **arguments_of(node, USE)}
         total = base + sum(uses.get(arg, 0) * self.count(value, (*where, arg)) for arg, value in args.items())
         if total > self.stop and not self.where:
-            self.where = (*where, "use")
+            self.where = (*where, USE.marker)
         return total
 
     def _template(self, name: str) -> tuple[int, dict[str, int]]:
-        if name in self.costs:
-            return self.costs[name]
-        if name in self.open:  # a cycle of templates: the builder reports it
+        if name in self.costs.done:
+            return self.costs.done[name]
+        if name in self.costs:  # a cycle of templates: the builder reports it
             return 0, {}
-        self.open.add(name)
+        self.costs.enter(name)
         template = self.templates[name]
         where = tuple(template.key_path.split(".")) + ("body",)
-        cost = (self.count(template.body, where), _arg_uses(template.body, {}))
-        self.open.discard(name)
-        self.costs[name] = cost
-        return cost
+        return self.costs.finish(name, (self.count(template.body, where), _arg_uses(template.body, {})))
 
 
 def _arg_uses(value: Any, uses: dict[str, int]) -> dict[str, int]:

@@ -6,8 +6,8 @@ relative ``${.sibling}`` / ``${..uncle}``, a whole-string interpolation keeping 
 (``${blocks.x}`` pastes an independent copy of a subtree), interpolations inside a string
 (``"w${vars.width}"``), and ``\\${`` for a literal ``${``. A path resolves once however many
 places use it, and every value a paste copies counts against ``limits.nodes``: ``${blocks.x}``
-chains that double nine times are refused, not expanded (OmegaConf takes 20 s for a 0.5 MB recipe
-with one ``${`` in it, and forever for the chains).
+chains that double nine times are refused, not expanded (OmegaConf is slow on a large recipe with
+one ``${`` in it, and expands such chains without bound).
 
 Resolvers (``${oc.env:NAME}``, ``${now:...}``, any ``${name:args}``) read outside the recipe, so
 each is off unless named in ``resolvers`` (``build_from_config(cfg, resolvers=["oc.env"])``,
@@ -26,6 +26,8 @@ from typing import Any
 
 from composer.errors import ConfigError, did_you_mean, first_line
 from composer.limits import Limits, exceeded
+from composer.recipe.plain import plain_tree
+from composer.recipe.walk import Visits, key_path
 
 RESOLVERS_ENV = "COMPOSER_RESOLVERS"
 Path = tuple  # of str (mapping keys) and int (list indices)
@@ -67,16 +69,8 @@ def escape(text: str) -> str:
     return re.sub(r"(\\*)\$\{", lambda m: "\\" * (2 * len(m.group(1)) + 1) + "${", text)
 
 
-def key_path(path: Path) -> str:
-    """``model.layers[2].type`` for the path ``("model", "layers", 2, "type")``."""
-    out = ""
-    for key in path:
-        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
-    return out or "(recipe)"
-
-
 class _Resolver:
-    """One resolution. Each path of the recipe resolves once (``cache``); a paste copies the
+    """One resolution. Each path of the recipe resolves once (``visits``); a paste copies the
     resolved value, after checking that the copy fits the budget."""
 
     def __init__(self, root: Any, limits: Limits, resolvers: frozenset[str]) -> None:
@@ -84,8 +78,7 @@ class _Resolver:
         self.limits = limits
         self.resolvers = resolvers
         # path of a container or an interpolating string -> (resolved, expanded size, height, from a resolver)
-        self.cache: dict[Path, tuple[Any, int, int, bool]] = {}
-        self.open: list[Path] = []
+        self.visits: Visits[Path, tuple[Any, int, int, bool]] = Visits()
         self.kept: dict[Path, str] = {}  # a string a resolver fed -> its text, stored as it is
         self.literal = False  # a resolved string holds a literal ${: the stored tree escapes it
         self._omegaconf: Any = None
@@ -95,17 +88,15 @@ class _Resolver:
         kind = type(raw)
         if kind is not dict and kind is not list and not (kind is str and "${" in raw):
             return raw, 1, 0, False
-        cached = self.cache.get(path)
+        cached = self.visits.done.get(path)
         if cached is not None:
             return cached
-        if path in self.open:
-            cycle = " -> ".join(key_path(p) for p in [*self.open[self.open.index(path) :], path])
+        if path in self.visits:
+            cycle = self.visits.cycle(path, key_path)
             raise ConfigError(f"interpolations refer to each other in a cycle: {cycle}", key_path(path))
-        self.open.append(path)
+        self.visits.enter(path)
         result = self.string(raw, path) if kind is str else self.container(raw, path)
-        self.open.pop()
-        self.cache[path] = result
-        return result
+        return self.visits.finish(path, result)
 
     def container(self, raw: Any, path: Path) -> tuple[Any, int, int, bool]:
         size, height, tainted = 1, 0, False
@@ -218,8 +209,6 @@ class _Resolver:
         """What OmegaConf makes of the string at ``path`` (an enabled resolver's call)."""
         from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: PLC0415  (only for enabled resolvers)
         from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
-
-        from composer.recipe.plain import plain_tree  # noqa: PLC0415  (plain imports nothing of this module)
 
         try:
             if self._omegaconf is None:

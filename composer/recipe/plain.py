@@ -23,6 +23,7 @@ from typing import Any
 
 from composer.errors import ConfigError
 from composer.limits import Limits, exceeded
+from composer.recipe.walk import Visits, child_path
 
 MAX_INT_BITS = 256
 SCALARS = frozenset({str, int, float, bool, type(None)})  # the types of a recipe's plain values
@@ -51,9 +52,8 @@ class _Walk:
         self.nodes = 0
         self.interpolates = False
         self.problems: list[tuple[str, str]] = []
-        # id of a container already copied -> (its copy, its expanded size, its height)
-        self.seen: dict[int, tuple[Any, int, int]] = {}
-        self.open: set[int] = set()
+        # id of a container copied -> (its copy, its expanded size, its height); open: being copied
+        self.visits: Visits[int, tuple[Any, int, int]] = Visits()
         self.height = 0  # the height of the container copied last
 
     def copy(self, value: Any, path: str, depth: int) -> Any:
@@ -72,25 +72,25 @@ class _Walk:
             if "${" in value:
                 self.interpolates = True
         elif kind is int and value.bit_length() > MAX_INT_BITS:
-            where = parent if key is None else _child(parent, key)
+            where = parent if key is None else child_path(parent, key)
             self.fail(where, f"an integer of {value.bit_length()} bits is too large (at most 2**{MAX_INT_BITS})")
         return value
 
     def container(self, value: Any, path: str, depth: int) -> Any:
         key = id(value)
-        known = self.seen.get(key)
+        known = self.visits.done.get(key)
         if known is not None:  # met before (a YAML alias): counted again, not walked again
             copy, size, height = known
             self.nodes += size
             self.check(path, depth + height)
             self.height = height
             return copy
-        if key in self.open:
+        if key in self.visits:
             raise ConfigError("a value that contains itself (a recursive YAML alias)", path or "(recipe)")
         self.nodes += 1
         self.check(path, depth + 1)
         before = self.nodes - 1
-        self.open.add(key)
+        self.visits.enter(key)
         height = 0
         if isinstance(value, Mapping):
             copy: Any = {}
@@ -108,7 +108,7 @@ class _Walk:
                     copy[name] = leaf
                     height = max(height, 1)
                 else:
-                    copy[name] = self.copy(v, f"{path}.{name}" if path else name, depth + 1)
+                    copy[name] = self.copy(v, child_path(path, name), depth + 1)
                     height = max(height, self.height)
         else:
             copy = []
@@ -123,11 +123,10 @@ class _Walk:
                     copy.append(leaf)
                     height = max(height, 1)
                 else:
-                    copy.append(self.copy(v, f"{path}[{i}]", depth + 1))
+                    copy.append(self.copy(v, child_path(path, i), depth + 1))
                     height = max(height, self.height)
-        self.open.discard(key)
         self.height = height + 1
-        self.seen[key] = (copy, self.nodes - before, self.height)
+        self.visits.finish(key, (copy, self.nodes - before, self.height))
         self.check(path, depth)
         return copy
 
@@ -138,7 +137,7 @@ class _Walk:
         if leaf is not None:
             self.nodes += 1 + len(leaf)
             if self.nodes > self.max_nodes or depth + 2 > self.max_depth:
-                self.check(_child(parent, key), depth + 2)
+                self.check(child_path(parent, key), depth + 2)
         return leaf
 
     def key(self, k: Any, path: str) -> str | None:
@@ -176,11 +175,6 @@ class _Walk:
     def fail(self, path: str, message: str) -> None:
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append((path, message))
-
-
-def _child(parent: str, key: str | int) -> str:
-    """The key path of ``parent``'s item ``key``: ``layers[3]``, ``model.init``."""
-    return f"{parent}[{key}]" if type(key) is int else f"{parent}.{key}" if parent else key
 
 
 def _plain_leaf(value: dict) -> dict | None:

@@ -24,6 +24,7 @@ from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, first_line, unknown
 from composer.files import FileProblem, TooLarge, read_regular
 from composer.modules.signatures import is_int
+from composer.recipe.grammar import is_node
 from composer.recipe.interpolation import enabled_resolvers, resolve
 from composer.recipe.plain import plain_tree
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     import torch
 
 TOP_LEVEL_KEYS = ("model", "shared", "blocks", "init", "input_shape", "inputs", "tie", "dtype", "vars", "shard")
-NODE_MARKERS = ("type", "ref", "_target_", "use", "op")
 
 
 class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -101,11 +101,6 @@ DTYPES = (
     "float32", "float64", "float16", "bfloat16", "float", "double", "half",
     "int8", "int16", "int32", "int64", "uint8", "long", "int", "bool", "complex64", "complex128",
 )  # fmt: skip
-
-
-def is_node(value: Any) -> bool:
-    """A node is a mapping with ``type``, ``ref``, ``_target_``, ``use`` or ``op``."""
-    return (type(value) is dict or isinstance(value, Mapping)) and any(key in value for key in NODE_MARKERS)
 
 
 def dtype_of(name: Any, path: str) -> torch.dtype:

@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from composer.errors import ConfigError, did_you_mean
+from composer.recipe.grammar import NODE_MARKERS, REPEAT, USE, arguments_of
+from composer.recipe.walk import child_path
 
 REQUIRED = "???"  # as in OmegaConf: an argument without a default
-USE_KEYS = ("use", "in", "init", "frozen")  # the keys of a use: node that are not arguments
+USE_KEYS = USE.reserved  # the keys of a use: node that are not arguments (use, init, frozen, in)
 TEMPLATE_KEYS = ("args", "body")
 INDEX = "i"  # the copy's index, in the arguments of a use: node that is a Repeat body
 MAX_EXPRESSION = 400  # characters: longer is refused before parsing
@@ -76,19 +78,18 @@ class Template:
 
 def is_template(entry: Any) -> bool:
     """A ``blocks`` entry is a template when it has ``args`` and is not a node itself."""
-    return isinstance(entry, Mapping) and "args" in entry and not ({"type", "ref", "_target_", "use"} & entry.keys())
+    return isinstance(entry, Mapping) and "args" in entry and not any(key in entry for key in NODE_MARKERS)
 
 
 def is_use(node: Any) -> bool:
     """A ``use:`` node: a mapping with ``use``."""
-    return isinstance(node, Mapping) and "use" in node
+    return isinstance(node, Mapping) and USE.marker in node
 
 
 def split_use(node: Mapping[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """``{use: name, in: .., init: .., frozen: .., **args}`` -> ``(name, args, {in, init, frozen})``."""
-    args = {k: v for k, v in node.items() if k not in USE_KEYS}
-    extras = {k: v for k, v in node.items() if k in USE_KEYS and k != "use"}
-    return node.get("use"), args, extras
+    extras = {k: v for k, v in node.items() if k in USE_KEYS and k != USE.marker}
+    return node.get(USE.marker), arguments_of(node, USE), extras
 
 
 # --- references: $name and $(expression) ---------------------------------------------------------
@@ -225,7 +226,7 @@ Visit = Callable[[_Ref, str, bool], Any]
 
 
 def _is_repeat_of_use(node: Mapping[str, Any]) -> bool:
-    return node.get("type") == "Repeat" and is_use(node.get("body"))
+    return node.get(REPEAT.marker) == REPEAT.type_name and is_use(node.get("body"))
 
 
 def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], indexed: bool = False) -> Any:
@@ -248,14 +249,14 @@ def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], 
         repeat = _is_repeat_of_use(value)
         out = {}
         for key, item in value.items():
-            sub = f"{path}.{key}" if path else str(key)
+            sub = child_path(path, key)
             if repeat and key == "body":
                 out[key] = {k: _walk(v, f"{sub}.{k}", visit, problems, k not in USE_KEYS) for k, v in item.items()}
             else:
                 out[key] = _walk(item, sub, visit, problems, indexed)
         return out
     if isinstance(value, (list, tuple)):
-        return [_walk(item, f"{path}[{i}]", visit, problems, indexed) for i, item in enumerate(value)]
+        return [_walk(item, child_path(path, i), visit, problems, indexed) for i, item in enumerate(value)]
     return value
 
 
@@ -290,18 +291,7 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
         if key not in TEMPLATE_KEYS:
             hint = did_you_mean(str(key), TEMPLATE_KEYS)
             problems.append((f"{key_path}.{key}", f"a template takes no key {key!r}{hint}; valid: args, body"))
-    raw = entry.get("args")
-    args: dict[str, Any] = {}
-    if isinstance(raw, Mapping):
-        args = {k: (REQUIRED if v == REQUIRED else v) for k, v in raw.items()}
-    elif isinstance(raw, (list, tuple)) and not all(isinstance(arg, str) for arg in raw):
-        problems.append((f"{key_path}.args", f"expected a list of argument names, got {raw!r}"))
-    elif isinstance(raw, (list, tuple)):
-        args = dict.fromkeys(raw, REQUIRED)
-        if len(args) < len(raw):
-            problems.append((f"{key_path}.args", "an argument is listed twice"))
-    elif raw is not None:
-        problems.append((f"{key_path}.args", f"expected a mapping of name: default or a list of names, got {raw!r}"))
+    args = _declared_args(entry.get("args"), f"{key_path}.args", problems)
     declared = [arg for arg in args if isinstance(arg, str)]  # for the hints
     invalid: set[Any] = set()
     for arg in args:
@@ -336,6 +326,23 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
     if problems:
         raise ConfigError(problems)
     return Template(name, args, _copy(entry["body"]), key_path)
+
+
+def _declared_args(raw: Any, path: str, problems: list[tuple[str, str]]) -> dict[Any, Any]:
+    """``args``: a mapping of name: default (``???``: required), a list of required names, or
+    null; its problems appended at ``path``."""
+    if isinstance(raw, Mapping):
+        return {k: (REQUIRED if v == REQUIRED else v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)) and not all(isinstance(arg, str) for arg in raw):
+        problems.append((path, f"expected a list of argument names, got {raw!r}"))
+    elif isinstance(raw, (list, tuple)):
+        args = dict.fromkeys(raw, REQUIRED)
+        if len(args) < len(raw):
+            problems.append((path, "an argument is listed twice"))
+        return args
+    elif raw is not None:
+        problems.append((path, f"expected a mapping of name: default or a list of names, got {raw!r}"))
+    return {}
 
 
 def parse_templates(blocks: Mapping[str, Any] | None, key_path: str = "blocks") -> dict[str, Template]:
