@@ -45,6 +45,7 @@ from composer.build.builder import DEFAULT_TARGETS
 from composer.build.record import BuildRecord, finish, record_of
 from composer.build.shard import mesh_device, shard, swapping_params
 from composer.errors import CheckpointError
+from composer.recipe.parallel import parse_parallel
 
 FORMAT = "composer-dcp-checkpoint"
 FORMAT_VERSION = "1"
@@ -422,7 +423,7 @@ def _shard_for_load(
     Tensors a user block made for real keep their values (non-persistent buffers are not stored)."""
     for module in frozen:
         module.requires_grad_(False)
-    shard(model, recipe.get("shard"), mesh)
+    shard(model, recipe.get("shard"), mesh, parse_parallel(recipe.get("parallel")))
     if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
         kept = [
             (m, n, b.clone()) for m in model.modules() for n, b in m._buffers.items() if b is not None and not b.is_meta
