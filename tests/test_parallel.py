@@ -74,7 +74,9 @@ def test_parallel_problems_are_reported_together_with_key_paths():
 
 def test_a_single_process_build_ignores_the_section():
     plain, sectioned = build_from_config(MLP), build_from_config(with_parallel(MLP, param_dtype="bfloat16"))
-    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), sectioned.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), sectioned.state_dict().values(), strict=True)
+    )
 
 
 # --- 2 ranks ---------------------------------------------------------------------------------------
@@ -119,7 +121,7 @@ def _train_both(model: nn.Module, whole: nn.Module, steps: int = 3) -> None:
     """A few AdamW steps on both: the sharded model follows the single-process one."""
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (model, whole)]
     for step in range(steps):
-        for m, opt in zip((model, whole), optimizers):
+        for m, opt in zip((model, whole), optimizers, strict=True):
             opt.zero_grad()
             m(x_of(step)).pow(2).mean().backward()
             opt.step()
@@ -137,7 +139,7 @@ def _checkpointing(rank: int, world: int) -> None:
     plain_loss = plain(x_of()).pow(2).mean()
     plain_loss.backward()
     torch.testing.assert_close(loss, plain_loss, rtol=0, atol=1e-6)
-    for (name, got), (_, expected) in zip(grads(model).items(), grads(plain).items()):
+    for (name, got), (_, expected) in zip(grads(model).items(), grads(plain).items(), strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=name)
     assert calls == ["act", "act"]  # the block's layers run again in backward
     assert list(model.state_dict()) == list(plain.state_dict())  # keys unchanged
@@ -178,7 +180,9 @@ def _bad_plans(rank: int, world: int) -> None:
         ),
         "parallel.tp: tensor parallel needs a 2-D mesh": (with_parallel(MLP, tp={"block.up": "colwise"}), cpu_mesh()),
         "parallel.tp: a 2-D mesh": (MLP, tp_mesh()),
-        "parallel.checkpoint.layer: no module is a Conv2d": (with_parallel(MLP, checkpoint={"layer": "Conv2d"}), cpu_mesh()),
+        "parallel.checkpoint.layer: no module is a Conv2d": (
+            with_parallel(MLP, checkpoint={"layer": "Conv2d"}), cpu_mesh()
+        ),
         "parallel.checkpoint.match: 'nothing' matches no module": (
             with_parallel(MLP, checkpoint={"match": "nothing"}), cpu_mesh()
         ),
