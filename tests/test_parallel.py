@@ -5,6 +5,7 @@ checkpoint of each that loads whole in one process and on another mesh."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from composer import ConfigError, build_from_config
+from composer import ConfigError, build_from_config, load_checkpoint, save_checkpoint
 from tests.distributed import cpu_mesh, run_ranks
 
 MLP = {
@@ -197,3 +198,83 @@ def _bad_plans(rank: int, world: int) -> None:
 @pytest.mark.slow
 def test_bad_plans_fail_on_every_rank_before_any_collective():
     run_ranks(2, _bad_plans, timeout=120)
+
+
+GPT_TP = {
+    "*.attn.c_attn": {"style": "colwise", "chunks": 3},
+    "*.attn.c_proj": "rowwise",
+    "*.mlp.c_fc": "colwise",
+    "*.mlp.c_proj": "rowwise",
+}
+
+
+def gpt(parallel: dict | None = None) -> dict:
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from tests.recipes import recipe_with  # noqa: PLC0415
+
+    recipe = OmegaConf.to_container(recipe_with("gpt2_small", GPT), resolve=True)
+    recipe["init"] = {"seed": 0}
+    return {**recipe, "parallel": parallel} if parallel else recipe
+
+
+def _tensor_parallel_gpt2(rank: int, world: int) -> None:
+    model, whole = build_from_config(gpt({"tp": GPT_TP}), mesh=tp_mesh()), build_from_config(gpt())
+    block = model.transformer.h[0]
+    assert block.mlp.c_fc.weight.to_local().shape == (64, 32)  # half of 4 * 32 rows
+    assert block.attn.c_proj.weight.to_local().shape == (32, 16)  # half of the columns: this rank's heads
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(idx), whole(idx), rtol=0, atol=1e-5)
+    # SGD: an update linear in the gradients (Adam's g / sqrt(g^2) turns 1e-8 gradient noise into sign flips)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, whole)]
+    for m, opt in zip((model, whole), optimizers, strict=True):
+        nn.functional.cross_entropy(m(idx).flatten(0, 1), idx.roll(-1, 1).flatten()).backward()
+        opt.step()
+    for name, value in gathered(model).items():
+        torch.testing.assert_close(value, whole.state_dict()[name], rtol=1e-5, atol=1e-5, msg=name)
+    torch.testing.assert_close(model(idx), whole(idx), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gpt2_small_runs_tensor_parallel_with_its_fused_projection_split_by_heads():
+    run_ranks(2, _tensor_parallel_gpt2)
+
+
+# --- checkpoints: saved on 2 ranks in each mode, loaded whole in one process and on another mesh -----
+
+MODES = {
+    "mixed_precision": ({"param_dtype": "bfloat16", "reduce_dtype": "float32", "reshard_after_forward": False}, 1),
+    "cpu_offload": ({"cpu_offload": True}, 1),
+    "checkpoint": ({"checkpoint": {"layer": "Sequential"}}, 1),
+    "tensor_parallel": ({"tp": {"block.up": "colwise", "block.down": "rowwise"}}, 2),
+}
+
+
+def mesh_of(dims: int, shape: tuple[int, int] = (1, 2)):
+    return cpu_mesh() if dims == 1 else init_device_mesh("cpu", shape, mesh_dim_names=("dp", "tp"))
+
+
+def _save_mode(rank: int, world: int, folder: str, mode: str) -> None:
+    parallel, dims = MODES[mode]
+    model = build_from_config(with_parallel(MLP, **parallel), mesh=mesh_of(dims))
+    model(x_of()).float().sum().backward()  # trained state is not needed: the layout is what is saved
+    save_checkpoint(model, Path(folder, mode))
+
+
+def _load_mode(rank: int, world: int, folder: str, mode: str) -> None:
+    _, dims = MODES[mode]
+    model = load_checkpoint(Path(folder, mode), mesh=mesh_of(dims, (2, 1)))  # the other mesh: dp 2 (x tp 1)
+    whole = build_from_config(MLP)
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in gathered(model).items())
+    model(x_of()).float().sum().backward()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_mode_saves_on_two_ranks_and_loads_whole_and_on_another_mesh(mode, tmp_path):
+    run_ranks(2, _save_mode, str(tmp_path), mode)
+    whole = load_checkpoint(tmp_path / mode)  # one process, no process group
+    expected = build_from_config(MLP).state_dict()
+    assert list(whole.state_dict()) == list(expected)
+    assert all(torch.equal(v, expected[k]) for k, v in whole.state_dict().items())
+    run_ranks(2, _load_mode, str(tmp_path), mode)

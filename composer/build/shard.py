@@ -34,13 +34,13 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module
 
 from composer.errors import ConfigError, did_you_mean
 from composer.modules.graph import Graph
 from composer.init.rules import Plan, TensorFills, canonical_paths, first_paths
 from composer.init.initializers import SEED_LIMIT
 from composer.build.materialize import allocate, require_shapes
+from composer.build.tensor_parallel import apply_tp, tp_plan
 from composer.build.placement import reset_method, resets_itself
 from composer.modules.registry import MODULES
 from composer.recipe.parallel import Parallel
@@ -124,7 +124,7 @@ class Layout:
         problems: list[tuple[str, str]] = []
         fsdp_mesh, tp_mesh = _split_mesh(mesh, parallel, problems)
         entries = list(model.named_modules())
-        tp_plan = _tp_plan(entries, parallel.tp, problems)
+        plan = tp_plan(entries, parallel.tp, problems)
         checkpointed = _selected(entries, parallel.checkpoint, "parallel.checkpoint", problems)
         try:
             units = select_units(model, policy)
@@ -132,20 +132,17 @@ class Layout:
             problems = [*e.problems, *problems]
         if problems:
             raise ConfigError(problems)
-        tp = (tp_mesh, tp_plan) if tp_mesh is not None and tp_plan else None
+        tp = (tp_mesh, plan) if tp_mesh is not None and plan else None
         return cls(units, fsdp_mesh, _fsdp_options(parallel, mesh), tp, checkpointed)
 
     def apply(self, model: nn.Module) -> None:
         if self.tp is not None:
-            parallelize_module(model, self.tp[0], self.tp[1])
+            apply_tp(model, *self.tp)
         for module in self.checkpointed:
             checkpoint_activations(module)
         for module in _post_order(model):
             if id(module) in self.units:
                 fully_shard(module, mesh=self.fsdp_mesh, **self.fsdp_options)
-
-
-_TP_STYLES = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel, "sequence": SequenceParallel}
 
 
 def _split_mesh(
@@ -167,17 +164,6 @@ def _split_mesh(
         ))  # fmt: skip
         return mesh, None
     return mesh["dp"], mesh["tp"]
-
-
-def _tp_plan(entries: list[tuple[str, nn.Module]], tp: Mapping[str, str], problems: list) -> dict[str, Any]:
-    """Module path -> torch's ``ParallelStyle`` for every module a ``tp`` glob matches."""
-    plan: dict[str, Any] = {}
-    for glob, style in tp.items():
-        paths = [path for path, _ in entries if path and fnmatch.fnmatchcase(path, glob)]
-        if not paths:
-            problems.append((f"parallel.tp.{glob}", f"matches no module{did_you_mean(glob, [p for p, _ in entries if p])}"))
-        plan.update(dict.fromkeys(paths, _TP_STYLES[style]()))
-    return plan
 
 
 def _selected(

@@ -43,7 +43,7 @@ class Parallel:
     reduce_dtype: str | None = None
     reshard_after_forward: bool = True
     cpu_offload: bool = False
-    tp: dict[str, str] = field(default_factory=dict)
+    tp: dict[str, Any] = field(default_factory=dict)  # glob -> style name | {style: colwise, chunks: N}
     checkpoint: list[tuple[str, Any]] = field(default_factory=list)  # ("layer" | "match", value)
 
 
@@ -96,11 +96,25 @@ def _tp_problems(tp: Any) -> list[tuple[str, str]]:
         return []
     if not isinstance(tp, Mapping) or not tp:
         return [("parallel.tp", f"expected a mapping of module-path glob: {' | '.join(TP_STYLES)}, got {tp!r}")]
-    return [
-        (f"parallel.tp.{glob}", unknown("tp style", style, TP_STYLES))
-        for glob, style in tp.items()
-        if style not in TP_STYLES
-    ]
+    problems = []
+    for glob, spec in tp.items():
+        where = f"parallel.tp.{glob}"
+        if isinstance(spec, Mapping):
+            problems += [
+                (f"{where}.{k}", unknown("key", k, ("style", "chunks"))) for k in spec if k not in ("style", "chunks")
+            ]
+            if spec.get("style") != "colwise":
+                problems.append(
+                    (f"{where}.style", f"a fused projection (chunks) is split colwise, got {spec.get('style')!r}")
+                )
+            chunks = spec.get("chunks")
+            if not isinstance(chunks, int) or isinstance(chunks, bool) or not 1 <= chunks <= 64:
+                problems.append(
+                    (f"{where}.chunks", f"expected the number of blocks side by side (1-64), got {chunks!r}")
+                )
+        elif spec not in TP_STYLES:
+            problems.append((where, unknown("tp style", spec, TP_STYLES)))
+    return problems
 
 
 def _checkpoint_problems(raw: Any) -> list[tuple[str, str]]:
