@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from composer import ConfigError, build_from_config, load_checkpoint, save_checkpoint
+from composer import ConfigError, build_from_config, load_checkpoint, save_checkpoint, summary
 from tests.distributed import cpu_mesh, run_ranks
 
 MLP = {
@@ -91,6 +91,8 @@ def _mixed_precision(rank: int, world: int) -> None:
     out = model(x_of())
     assert seen == [torch.bfloat16] and out.dtype == torch.bfloat16  # the forward computes in bf16
     assert all(p.dtype == torch.float32 and isinstance(p, DTensor) for p in model.parameters())  # shards stay fp32
+    layout = summary(model, as_dict=True)["layout"]
+    assert layout["policy"]["param_dtype"] == "bfloat16" and layout["units"] == ["", "block", "norm", "head"]
     out.float().pow(2).mean().backward()
     # the same bf16 forward in one process, its gradients reduced in float32: what FSDP's reduction gives
     reference = copy.deepcopy(whole).to(torch.bfloat16)
@@ -161,6 +163,8 @@ def _tensor_parallel_mlp(rank: int, world: int) -> None:
     recipe = with_parallel(MLP, tp={"block.up": "colwise", "block.down": "rowwise"})
     model, whole = build_from_config(recipe, mesh=tp_mesh()), build_from_config(MLP)
     assert model.block.up.weight.to_local().shape == (16, 8)  # this rank's half of the rows
+    text = summary(model)
+    assert "layout: cpu mesh dp 1 x tp 2" in text and "  tp: block.up: colwise\n  tp: block.down: rowwise" in text
     torch.testing.assert_close(model(x_of()), whole(x_of()), rtol=0, atol=1e-5)
     assert all(torch.equal(v, whole.state_dict()[k]) for k, v in gathered(model).items())
     _train_both(model, whole)

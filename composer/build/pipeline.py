@@ -111,14 +111,16 @@ def _build(
             raise ConfigError(early)
         plan = _shape_and_initialize(model, notes, recipe, init, device)
     report = plan.report(model)
+    layout = None
     if mesh is not None:
         from composer.build.shard import shard_and_initialize  # noqa: PLC0415  (torch.distributed: only to shard)
 
         parallel = parse_parallel(recipe.get("parallel"))
-        model = shard_and_initialize(
+        model, layout = shard_and_initialize(
             model, plan, init.seed, recipe.get("shard"), mesh, notes.frozen, notes.ties, parallel
         )
-    finish(model, notes.frozen, BuildRecord(recipe, allow, report, stored if stored is not recipe else None))
+    record = BuildRecord(recipe, allow, report, stored if stored is not recipe else None, layout)
+    finish(model, notes.frozen, record)
     return model
 
 

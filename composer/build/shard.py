@@ -67,8 +67,9 @@ def shard_and_initialize(
     frozen: list[nn.Module],
     ties: Mapping[str, str] | None = None,
     parallel: Parallel | None = None,
-) -> nn.Module:
-    """Shard a model built on ``meta`` (shapes known, ``plan`` made) and fill this rank's shards.
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Shard a model built on ``meta`` (shapes known, ``plan`` made) and fill this rank's shards;
+    return it with its layout (``Layout.describe``).
 
     Every check runs before the first collective, so a bad recipe fails on every rank alike and
     none is left waiting in a collective for another.
@@ -90,13 +91,15 @@ def shard_and_initialize(
     with swapping_params():
         model.to_empty(device=device)  # this rank's shards; swapping keeps ties (one object per tensor)
     _fill(model, fills, copies, device)
-    return model
+    return model, layout.describe(model, mesh, parallel or Parallel())
 
 
-def shard(model: nn.Module, policy: Any, mesh: DeviceMesh, parallel: Parallel | None = None) -> None:
+def shard(model: nn.Module, policy: Any, mesh: DeviceMesh, parallel: Parallel | None = None) -> dict[str, Any]:
     """Tensor parallel, activation checkpointing, then ``fully_shard`` of every unit of the policy,
-    inner units first, the root last (torchtitan's order)."""
-    Layout.of(model, policy, mesh, parallel or Parallel()).apply(model)
+    inner units first, the root last (torchtitan's order). Returns the layout (``Layout.describe``)."""
+    layout = Layout.of(model, policy, mesh, parallel or Parallel())
+    layout.apply(model)
+    return layout.describe(model, mesh, parallel or Parallel())
 
 
 class Layout:
@@ -135,6 +138,27 @@ class Layout:
         tp = (tp_mesh, plan) if tp_mesh is not None and plan else None
         return cls(units, fsdp_mesh, _fsdp_options(parallel, mesh), tp, checkpointed)
 
+    def describe(self, model: nn.Module, mesh: DeviceMesh, parallel: Parallel) -> dict[str, Any]:
+        """The layout as plain data, for the summary and checkpoints: the mesh, the FSDP units with
+        their policy, the tensor-parallel styles and the checkpointed modules, by path."""
+        paths = {id(m): path for path, m in model.named_modules()}
+        return {
+            "mesh": {
+                "device": mesh.device_type,
+                "shape": list(mesh.shape),
+                "dims": list(mesh.mesh_dim_names or ()),
+            },
+            "units": [path for path, m in model.named_modules() if id(m) in self.units],
+            "policy": {
+                "param_dtype": parallel.param_dtype or "as stored",
+                "reduce_dtype": parallel.reduce_dtype or "as stored",
+                "reshard_after_forward": parallel.reshard_after_forward,
+                "cpu_offload": parallel.cpu_offload,
+            },
+            "tp": {path: _style_name(style) for path, style in (self.tp[1] if self.tp else {}).items()},
+            "checkpoint": [paths[id(m)] for m in self.checkpointed],
+        }
+
     def apply(self, model: nn.Module) -> None:
         if self.tp is not None:
             apply_tp(model, *self.tp)
@@ -143,6 +167,12 @@ class Layout:
         for module in _post_order(model):
             if id(module) in self.units:
                 fully_shard(module, mesh=self.fsdp_mesh, **self.fsdp_options)
+
+
+def _style_name(style: Any) -> str:
+    chunks = getattr(style, "chunks", None)
+    name = type(style).__name__.removesuffix("Parallel").removeprefix("Fused").lower()
+    return f"{name} (chunks {chunks})" if chunks else name
 
 
 def _split_mesh(
