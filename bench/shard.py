@@ -112,8 +112,9 @@ def run(quick: bool = False) -> list[Result]:
         for k in ("forward_fp32", "forward_bf16")
     )
     unit = WIDTH * (WIDTH + 1) * 4 / MB
-    rows.append(Result("shard", "2 ranks: forward peak, param_dtype bfloat16 / float32", "info", None, bf16 / fp32,
-                       detail=f"{bf16:.1f} MB vs {fp32:.1f} MB (one unit's full float32 weights: {unit:.1f} MB)"))  # fmt: skip
+    detail = f"{bf16:.1f} MB vs {fp32:.1f} MB (one unit's full float32 weights: {unit:.1f} MB)"
+    what = "2 ranks: forward peak, param_dtype bfloat16 / float32"
+    rows.append(Result("shard", what, "info", None, bf16 / fp32, detail=detail))
     return rows
 
 
