@@ -53,7 +53,30 @@ def _rank(rank: int, world: int, folder: str, rounds: int) -> None:
             seconds = time.perf_counter() - started
             runs[variant].append({"seconds": seconds, "peak": peak.peak})
             del model
+    if world == 2:
+        runs.update(_forward_peaks(mesh, rounds))
     Path(folder, f"{world}-{rank}.json").write_text(json.dumps(runs))
+
+
+def _forward_peaks(mesh, rounds: int) -> dict[str, list[dict]]:
+    """Bytes a forward allocates at its peak, float32 parameters against ``param_dtype: bfloat16``:
+    each FSDP unit gathers its full weights for its forward, in the dtype the policy names."""
+    import torch
+
+    from composer import build_from_config
+    from tests.distributed import PeakMemory
+
+    peaks: dict[str, list[dict]] = {}
+    x = torch.randn(8, WIDTH)
+    for name, parallel in (("forward_fp32", {}), ("forward_bf16", {"param_dtype": "bfloat16"})):
+        model = build_from_config({**RECIPE, "parallel": parallel}, mesh=mesh)
+        peaks[name] = []
+        for _ in range(rounds):
+            with torch.no_grad(), PeakMemory() as peak:
+                model(x)
+            peaks[name].append({"peak": peak.peak})
+        del model
+    return peaks
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -84,6 +107,14 @@ def run(quick: bool = False) -> list[Result]:
         rows.append(Result("shard", f"{what}: peak allocated per rank", "info", None, peak_mb, unit="MB", detail=share))
         timing = f"{seconds:.2f} s vs {single_s:.2f} s"
         rows.append(Result("shard", f"{what}: time / single-process", "info", None, seconds / single_s, detail=timing))
+    fp32, bf16 = (
+        max(r["peak"] for rank in range(2) for r in results[(2, rank)][k]) / MB
+        for k in ("forward_fp32", "forward_bf16")
+    )
+    unit = WIDTH * (WIDTH + 1) * 4 / MB
+    detail = f"{bf16:.1f} MB vs {fp32:.1f} MB (one unit's full float32 weights: {unit:.1f} MB)"
+    what = "2 ranks: forward peak, param_dtype bfloat16 / float32"
+    rows.append(Result("shard", what, "info", None, bf16 / fp32, detail=detail))
     return rows
 
 

@@ -24,6 +24,7 @@ from composer.build.gc_pause import gc_paused
 from composer.init.rules import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.init.initializers import SEED_LIMIT
 from composer.build.materialize import forward_zeros, has_lazy, require_shapes
+from composer.recipe.parallel import parse_parallel
 from composer.recipe.read import Recipe, example_inputs, read_recipe_and_stored, top_level_problems
 from composer.build.record import BuildRecord, finish
 
@@ -110,11 +111,16 @@ def _build(
             raise ConfigError(early)
         plan = _shape_and_initialize(model, notes, recipe, init, device)
     report = plan.report(model)
+    layout = None
     if mesh is not None:
         from composer.build.shard import shard_and_initialize  # noqa: PLC0415  (torch.distributed: only to shard)
 
-        model = shard_and_initialize(model, plan, init.seed, recipe.get("shard"), mesh, notes.frozen, notes.ties)
-    finish(model, notes.frozen, BuildRecord(recipe, allow, report, stored if stored is not recipe else None))
+        parallel = parse_parallel(recipe.get("parallel"))
+        model, layout = shard_and_initialize(
+            model, plan, init.seed, recipe.get("shard"), mesh, notes.frozen, notes.ties, parallel
+        )
+    record = BuildRecord(recipe, allow, report, stored if stored is not recipe else None, layout)
+    finish(model, notes.frozen, record)
     return model
 
 

@@ -26,6 +26,8 @@ class BuildRecord:
     # The recipe to write into files where it differs from ``recipe``: what enabled interpolation
     # resolvers read (``${oc.env:...}``) stays unresolved there (``interpolation.resolve``).
     stored: dict[str, Any] | None = None
+    # How a sharded model is spread over its mesh (``shard.Layout.describe``); None in one process.
+    layout: dict[str, Any] | None = None
 
     @property
     def recipe_to_store(self) -> dict[str, Any]:

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -39,8 +40,10 @@ from composer.modules.graph import Graph
 from composer.init.rules import Plan, TensorFills, canonical_paths, first_paths
 from composer.init.initializers import SEED_LIMIT
 from composer.build.materialize import allocate, require_shapes
+from composer.build.tensor_parallel import apply_tp, tp_plan
 from composer.build.placement import reset_method, resets_itself
 from composer.modules.registry import MODULES
+from composer.recipe.parallel import Parallel
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -63,33 +66,166 @@ def shard_and_initialize(
     mesh: DeviceMesh,
     frozen: list[nn.Module],
     ties: Mapping[str, str] | None = None,
-) -> nn.Module:
-    """Shard a model built on ``meta`` (shapes known, ``plan`` made) and fill this rank's shards.
+    parallel: Parallel | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Shard a model built on ``meta`` (shapes known, ``plan`` made) and fill this rank's shards;
+    return it with its layout (``Layout.describe``).
+
+    Every check runs before the first collective, so a bad recipe fails on every rank alike and
+    none is left waiting in a collective for another.
 
     Raises:
         ConfigError: lazy layers without shapes, a policy that selects nothing or splits a shared
-            parameter, or a user block whose tensors only its constructor can make.
+            parameter, a ``parallel:`` entry that selects nothing or a mesh that does not fit it, or
+            a user block whose tensors only its constructor can make.
     """
     require_shapes(model, "a sharded build")
+    layout = Layout.of(model, policy, mesh, parallel or Parallel())
     fills = TensorFills(model, plan, _agreed_seed(seed), ties)
     _check_refillable(model, fills)
     copies = _whole_copies(model, fills)  # full-size stand-ins of whole-reset blocks, on meta for now
     for module in frozen:
         module.requires_grad_(False)
-    shard(model, policy, mesh)
+    layout.apply(model)
     device = mesh_device(mesh)
     with swapping_params():
         model.to_empty(device=device)  # this rank's shards; swapping keeps ties (one object per tensor)
     _fill(model, fills, copies, device)
-    return model
+    return model, layout.describe(model, mesh, parallel or Parallel())
 
 
-def shard(model: nn.Module, policy: Any, mesh: DeviceMesh) -> None:
-    """``fully_shard`` every unit of the policy, inner units first, the root last."""
-    units = select_units(model, policy)
-    for module in _post_order(model):
-        if id(module) in units:
-            fully_shard(module, mesh=mesh)
+def shard(model: nn.Module, policy: Any, mesh: DeviceMesh, parallel: Parallel | None = None) -> dict[str, Any]:
+    """Tensor parallel, activation checkpointing, then ``fully_shard`` of every unit of the policy,
+    inner units first, the root last (torchtitan's order). Returns the layout (``Layout.describe``)."""
+    layout = Layout.of(model, policy, mesh, parallel or Parallel())
+    layout.apply(model)
+    return layout.describe(model, mesh, parallel or Parallel())
+
+
+class Layout:
+    """How a model is spread over a mesh: its FSDP units and their policies, its tensor-parallel
+    plan and its checkpointed modules, all selected (and checked) before anything is applied."""
+
+    def __init__(
+        self,
+        units: set[int],
+        fsdp_mesh: DeviceMesh,
+        fsdp_options: dict[str, Any],
+        tp: tuple[DeviceMesh, dict[str, Any]] | None,
+        checkpointed: list[nn.Module],
+    ) -> None:
+        self.units, self.fsdp_mesh, self.fsdp_options = units, fsdp_mesh, fsdp_options
+        self.tp, self.checkpointed = tp, checkpointed
+
+    @classmethod
+    def of(cls, model: nn.Module, policy: Any, mesh: DeviceMesh, parallel: Parallel) -> Layout:
+        """Select and check everything; touch nothing.
+
+        Raises:
+            ConfigError: every problem at once, each with its key path.
+        """
+        problems: list[tuple[str, str]] = []
+        fsdp_mesh, tp_mesh = _split_mesh(mesh, parallel, problems)
+        entries = list(model.named_modules())
+        plan = tp_plan(entries, parallel.tp, problems)
+        checkpointed = _selected(entries, parallel.checkpoint, "parallel.checkpoint", problems)
+        try:
+            units = select_units(model, policy)
+        except ConfigError as e:
+            problems = [*e.problems, *problems]
+        if problems:
+            raise ConfigError(problems)
+        tp = (tp_mesh, plan) if tp_mesh is not None and plan else None
+        return cls(units, fsdp_mesh, _fsdp_options(parallel, mesh), tp, checkpointed)
+
+    def describe(self, model: nn.Module, mesh: DeviceMesh, parallel: Parallel) -> dict[str, Any]:
+        """The layout as plain data, for the summary and checkpoints: the mesh, the FSDP units with
+        their policy, the tensor-parallel styles and the checkpointed modules, by path."""
+        paths = {id(m): path for path, m in model.named_modules()}
+        return {
+            "mesh": {
+                "device": mesh.device_type,
+                "shape": list(mesh.shape),
+                "dims": list(mesh.mesh_dim_names or ()),
+            },
+            "units": [path for path, m in model.named_modules() if id(m) in self.units],
+            "policy": {
+                "param_dtype": parallel.param_dtype or "as stored",
+                "reduce_dtype": parallel.reduce_dtype or "as stored",
+                "reshard_after_forward": parallel.reshard_after_forward,
+                "cpu_offload": parallel.cpu_offload,
+            },
+            "tp": {path: _style_name(style) for path, style in (self.tp[1] if self.tp else {}).items()},
+            "checkpoint": [paths[id(m)] for m in self.checkpointed],
+        }
+
+    def apply(self, model: nn.Module) -> None:
+        if self.tp is not None:
+            apply_tp(model, *self.tp)
+        for module in self.checkpointed:
+            checkpoint_activations(module)
+        for module in _post_order(model):
+            if id(module) in self.units:
+                fully_shard(module, mesh=self.fsdp_mesh, **self.fsdp_options)
+
+
+def _style_name(style: Any) -> str:
+    chunks = getattr(style, "chunks", None)
+    name = type(style).__name__.removesuffix("Parallel").removeprefix("Fused").lower()
+    return f"{name} (chunks {chunks})" if chunks else name
+
+
+def _split_mesh(
+    mesh: DeviceMesh, parallel: Parallel, problems: list[tuple[str, str]]
+) -> tuple[DeviceMesh, DeviceMesh | None]:
+    """The mesh FSDP shards over and the one tensor parallel splits over: a 1-D mesh is all FSDP;
+    with ``tp``, a 2-D mesh whose dims are named ``dp`` and ``tp``."""
+    names = tuple(mesh.mesh_dim_names or ())
+    if not parallel.tp:
+        if mesh.ndim != 1:
+            problems.append(("parallel.tp", f"a {mesh.ndim}-D mesh {names or ''} needs a tensor-parallel plan (tp:)"))
+        return mesh, None
+    if mesh.ndim != 2 or set(names) != {"dp", "tp"}:
+        shape = "x".join(map(str, mesh.shape))
+        problems.append((
+            "parallel.tp",
+            f"tensor parallel needs a 2-D mesh with dims named ('dp', 'tp'), e.g. "
+            f"init_device_mesh('cpu', (1, 2), mesh_dim_names=('dp', 'tp')); got a {shape} mesh named {names or None}",
+        ))  # fmt: skip
+        return mesh, None
+    return mesh["dp"], mesh["tp"]
+
+
+def _selected(
+    entries: list[tuple[str, nn.Module]], selectors: list[tuple[str, Any]], where: str, problems: list
+) -> list[nn.Module]:
+    """The modules ``{layer: Name}`` or ``{match: glob}`` entries select (the outermost of a match)."""
+    found: dict[int, nn.Module] = {}
+    for i, (key, value) in enumerate(selectors):
+        at = f"{where}[{i}].{key}" if len(selectors) > 1 else f"{where}.{key}"
+        try:
+            modules = _by_layer(entries, value, at) if key == "layer" else _by_match(entries, str(value))
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        modules = [m for m in modules if m is not entries[0][1]]
+        if not modules:
+            problems.append((at, _nothing_selected(entries, key, value).replace(" holding parameters", "")))
+        found.update((id(m), m) for m in modules)
+    return list(found.values())
+
+
+def _fsdp_options(parallel: Parallel, mesh: DeviceMesh) -> dict[str, Any]:
+    """``fully_shard``'s keyword arguments from the section: dtype policy, resharding, offload."""
+    dtype = lambda name: getattr(torch, name) if name else None  # noqa: E731
+    offload: OffloadPolicy = OffloadPolicy()
+    if parallel.cpu_offload:  # pinned memory needs an accelerator ("Cannot access accelerator device")
+        offload = CPUOffloadPolicy(pin_memory=mesh.device_type != "cpu")
+    return {
+        "mp_policy": MixedPrecisionPolicy(param_dtype=dtype(parallel.param_dtype), reduce_dtype=dtype(parallel.reduce_dtype)),
+        "reshard_after_forward": parallel.reshard_after_forward,
+        "offload_policy": offload,
+    }
 
 
 @contextlib.contextmanager

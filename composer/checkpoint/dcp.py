@@ -45,6 +45,7 @@ from composer.build.builder import DEFAULT_TARGETS
 from composer.build.record import BuildRecord, finish, record_of
 from composer.build.shard import mesh_device, shard, swapping_params
 from composer.errors import CheckpointError
+from composer.recipe.parallel import parse_parallel
 
 FORMAT = "composer-dcp-checkpoint"
 FORMAT_VERSION = "1"
@@ -259,8 +260,9 @@ def load_sharded(
     _, _, model, frozen = _rebuild({"recipe": json.dumps(info["recipe"])}, allow, device, path, budget.current(), None)
     stored = _stored_shapes(metadata, info["aliases"], path)
     _check_keys(model, stored, path)
+    layout = None
     if mesh is not None:
-        _shard_for_load(model, info["recipe"], mesh, frozen, device)
+        layout = _shard_for_load(model, info["recipe"], mesh, frozen, device)
         state, _ = _canonical(model)
         _read(path, info, metadata, state, no_dist=False)
     else:
@@ -270,7 +272,7 @@ def load_sharded(
         _read(path, info, metadata, state, no_dist=True)
         state.update({alias: state[key] for alias, key in info["aliases"].items()})
         _place(model, state)
-    finish(model, frozen, BuildRecord(info["recipe"], allow, info.get("init_schemes", {})))
+    finish(model, frozen, BuildRecord(info["recipe"], allow, info.get("init_schemes", {}), layout=layout))
     return model
 
 
@@ -417,12 +419,13 @@ def _stored_shapes(metadata: Metadata, aliases: Mapping[str, str], path: Path) -
 
 def _shard_for_load(
     model: nn.Module, recipe: dict, mesh: DeviceMesh, frozen: list[nn.Module], device: torch.device
-) -> None:
-    """Shard the rebuilt tree and give its ``meta`` tensors this rank's storage (to be read into).
-    Tensors a user block made for real keep their values (non-persistent buffers are not stored)."""
+) -> dict[str, Any]:
+    """Shard the rebuilt tree and give its ``meta`` tensors this rank's storage (to be read into);
+    return its layout. Tensors a user block made for real keep their values (non-persistent
+    buffers are not stored)."""
     for module in frozen:
         module.requires_grad_(False)
-    shard(model, recipe.get("shard"), mesh)
+    layout = shard(model, recipe.get("shard"), mesh, parse_parallel(recipe.get("parallel")))
     if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
         kept = [
             (m, n, b.clone()) for m in model.modules() for n, b in m._buffers.items() if b is not None and not b.is_meta
@@ -432,6 +435,7 @@ def _shard_for_load(
         with torch.no_grad():
             for module, name, value in kept:
                 module._buffers[name].copy_(value)
+    return layout
 
 
 class _TensorsOnly(dcp.DefaultLoadPlanner):

@@ -55,6 +55,7 @@ class Summary:
     depth: int | None = None
     hidden: int = 0  # rows below ``depth``
     extra: list[str] = field(default_factory=list)
+    layout: dict[str, Any] | None = None  # a sharded model's (``BuildRecord.layout``)
 
     def text(self) -> str:
         cells = [_HEADER, *(_cells(row) for row in self.rows)]
@@ -68,6 +69,8 @@ class Summary:
             described = ", ".join(describe_input(spec) for spec in self.inputs)
             why = f" (output shapes unavailable: {self.error.problems[0][1]})" if self.error is not None else ""
             lines.append(f"input shape: {described}{why}")
+        if self.layout is not None:
+            lines += layout_lines(self.layout)
         if self.init is not None:
             lines.append(str(self.init))
         return "\n".join(lines)
@@ -82,6 +85,7 @@ class Summary:
             "output_shape": self.output_shape,
             "output_shapes_unavailable": None if self.error is None else self.error.problems[0][1],
             "init": None if self.init is None else dict(self.init),
+            "layout": self.layout,
         }
 
 
@@ -148,7 +152,29 @@ def summarize(
         init=init_report(model) if record is not None else None,
         depth=depth,
         hidden=len(rows) - len(shown),
+        layout=record.layout if record is not None else None,
     )
+
+
+def layout_lines(layout: dict[str, Any]) -> list[str]:
+    """How a sharded model is spread: its mesh, FSDP units and their dtype policy, tensor-parallel
+    styles and checkpointed modules."""
+    mesh, policy = layout["mesh"], layout["policy"]
+    dims = " x ".join(
+        f"{n} {s}" if n else str(s)
+        for n, s in zip(mesh["dims"] or [""] * len(mesh["shape"]), mesh["shape"], strict=True)
+    )
+    lines = [
+        f"layout: {mesh['device']} mesh {dims}",
+        f"  fsdp units: {', '.join(u or '(model)' for u in layout['units'])}",
+        f"  dtypes: parameters {policy['param_dtype']} in forward, gradients reduced in {policy['reduce_dtype']}; "
+        f"reshard after forward: {'yes' if policy['reshard_after_forward'] else 'no'}; "
+        f"cpu offload: {'yes' if policy['cpu_offload'] else 'no'}",
+    ]
+    lines += [f"  tp: {path}: {style}" for path, style in layout["tp"].items()]
+    if layout["checkpoint"]:
+        lines.append(f"  activation checkpointing: {', '.join(layout['checkpoint'])}")
+    return lines
 
 
 def _rows(model: nn.Module, shapes: dict[int, Any]) -> list[Row]:

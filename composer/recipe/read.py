@@ -26,12 +26,25 @@ from composer.files import FileProblem, TooLarge, read_regular
 from composer.modules.signatures import is_int
 from composer.recipe.grammar import is_node
 from composer.recipe.interpolation import enabled_resolvers, resolve
+from composer.recipe.parallel import parallel_problems
 from composer.recipe.plain import plain_tree
 
 if TYPE_CHECKING:
     import torch
 
-TOP_LEVEL_KEYS = ("model", "shared", "blocks", "init", "input_shape", "inputs", "tie", "dtype", "vars", "shard")
+TOP_LEVEL_KEYS = (
+    "model",
+    "shared",
+    "blocks",
+    "init",
+    "input_shape",
+    "inputs",
+    "tie",
+    "dtype",
+    "vars",
+    "shard",
+    "parallel",
+)
 
 
 class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -255,6 +268,7 @@ def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
         except ConfigError as e:
             problems += e.problems
     problems += _shard_problems(recipe.get("shard"))
+    problems += parallel_problems(recipe.get("parallel"))
     return problems
 
 

@@ -1,0 +1,284 @@
+"""The recipe's ``parallel:`` section on 2 gloo ranks: mixed precision, resharding, CPU offload,
+tensor parallel and activation checkpointing, each against the single-process build, and a
+checkpoint of each that loads whole in one process and on another mesh."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+
+from composer import ConfigError, build_from_config, load_checkpoint, save_checkpoint, summary
+from tests.distributed import cpu_mesh, run_ranks
+
+MLP = {
+    "model": {
+        "type": "Sequential",
+        "layers": {
+            "block": {
+                "type": "Sequential",
+                "layers": {
+                    "up": {"type": "Linear", "in_features": 8, "out_features": 32},
+                    "act": {"type": "GELU"},
+                    "down": {"type": "Linear", "in_features": 32, "out_features": 8},
+                },
+            },
+            "norm": {"type": "LayerNorm", "normalized_shape": 8},
+            "head": {"type": "Linear", "in_features": 8, "out_features": 4},
+        },
+    },
+    "init": {"seed": 0},
+    "input_shape": [4, 8],
+}
+GPT = {"vars.n_layer": 2, "vars.n_embd": 32, "vars.n_head": 4, "vars.vocab_size": 64, "vars.block_size": 16}
+
+
+def with_parallel(recipe: dict, **parallel) -> dict:
+    return {**copy.deepcopy(recipe), "parallel": parallel}
+
+
+def gathered(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad for n, p in model.named_parameters()}
+
+
+def x_of(rank_seed: int = 0) -> torch.Tensor:
+    return torch.randn(4, 8, generator=torch.Generator().manual_seed(rank_seed))
+
+
+# --- one process: the section is read and checked with key paths ------------------------------------
+
+
+def test_parallel_problems_are_reported_together_with_key_paths():
+    bad = with_parallel(
+        MLP, param_dtype="int64", reduce_dtype="bfloat61", cpu_offload="yes", tp={"block.up": "colwize"}, checkpint=1
+    )
+    with pytest.raises(ConfigError) as e:
+        build_from_config(bad)
+    lines = str(e.value)
+    assert "parallel.param_dtype: unknown floating dtype 'int64'" in lines
+    assert "parallel.reduce_dtype: unknown floating dtype 'bfloat61' (did you mean 'bfloat16'?)" in lines
+    assert "parallel.cpu_offload: expected true or false" in lines
+    assert "parallel.tp.block.up: unknown tp style 'colwize' (did you mean 'colwise'?)" in lines
+    assert "parallel.checkpint: unknown key 'checkpint' (did you mean 'checkpoint'?)" in lines
+
+
+def test_a_single_process_build_ignores_the_section():
+    plain, sectioned = build_from_config(MLP), build_from_config(with_parallel(MLP, param_dtype="bfloat16"))
+    assert all(
+        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), sectioned.state_dict().values(), strict=True)
+    )
+
+
+# --- 2 ranks ---------------------------------------------------------------------------------------
+
+
+def _mixed_precision(rank: int, world: int) -> None:
+    recipe = with_parallel(MLP, param_dtype="bfloat16", reduce_dtype="float32")
+    model, whole = build_from_config(recipe, mesh=cpu_mesh()), build_from_config(MLP)
+    seen = []
+    model.block.up.register_forward_pre_hook(lambda m, args: seen.append(m.weight.dtype))
+    out = model(x_of())
+    assert seen == [torch.bfloat16] and out.dtype == torch.bfloat16  # the forward computes in bf16
+    assert all(p.dtype == torch.float32 and isinstance(p, DTensor) for p in model.parameters())  # shards stay fp32
+    layout = summary(model, as_dict=True)["layout"]
+    assert layout["policy"]["param_dtype"] == "bfloat16" and layout["units"] == ["", "block", "norm", "head"]
+    out.float().pow(2).mean().backward()
+    # the same bf16 forward in one process, its gradients reduced in float32: what FSDP's reduction gives
+    reference = copy.deepcopy(whole).to(torch.bfloat16)
+    reference(x_of().to(torch.bfloat16)).float().pow(2).mean().backward()
+    for name, grad in grads(model).items():
+        assert grad.dtype == torch.float32
+        expected = dict(reference.named_parameters())[name].grad.float()
+        torch.testing.assert_close(grad, expected, rtol=0, atol=0, msg=name)
+
+
+def _reshard_after_forward(rank: int, world: int) -> None:
+    kept = build_from_config(with_parallel(MLP, reshard_after_forward=False), mesh=cpu_mesh())
+    default = build_from_config(MLP, mesh=cpu_mesh())
+    for model, gathered_after in ((kept, True), (default, False)):
+        model(x_of())
+        unsharded = all(not isinstance(p, DTensor) for p in model.block.up.parameters())
+        assert unsharded == gathered_after  # no reshard: the root's full parameters stay after forward
+
+
+def _cpu_offload(rank: int, world: int) -> None:
+    model = build_from_config(with_parallel(MLP, cpu_offload=True), mesh=cpu_mesh())
+    whole = build_from_config(MLP)
+    assert isinstance(model, FSDPModule)
+    assert torch.equal(model(x_of()), whole(x_of()))
+    _train_both(model, whole)
+
+
+def _train_both(model: nn.Module, whole: nn.Module, steps: int = 3) -> None:
+    """A few AdamW steps on both: the sharded model follows the single-process one."""
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (model, whole)]
+    for step in range(steps):
+        for m, opt in zip((model, whole), optimizers, strict=True):
+            opt.zero_grad()
+            m(x_of(step)).pow(2).mean().backward()
+            opt.step()
+    for name, value in gathered(model).items():
+        torch.testing.assert_close(value, whole.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _checkpointing(rank: int, world: int) -> None:
+    recipe = with_parallel(MLP, checkpoint={"match": "block"})
+    model, plain = build_from_config(recipe, mesh=cpu_mesh()), build_from_config(MLP, mesh=cpu_mesh())
+    calls = []
+    model.block.act.register_forward_hook(lambda *_: calls.append("act"))
+    loss = model(x_of()).pow(2).mean()
+    loss.backward()
+    plain_loss = plain(x_of()).pow(2).mean()
+    plain_loss.backward()
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=1e-6)
+    for (name, got), (_, expected) in zip(grads(model).items(), grads(plain).items(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=name)
+    assert calls == ["act", "act"]  # the block's layers run again in backward
+    assert list(model.state_dict()) == list(plain.state_dict())  # keys unchanged
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in plain.named_parameters()]
+
+    model = build_from_config(with_parallel(MLP, checkpoint={"layer": "Sequential"}), mesh=cpu_mesh())
+    calls.clear()
+    model.block.act.register_forward_hook(lambda *_: calls.append("act"))
+    model(x_of()).sum().backward()
+    assert calls == ["act", "act"]  # the root is never checkpointed: only the inner Sequential
+
+
+def tp_mesh():
+    return init_device_mesh("cpu", (1, 2), mesh_dim_names=("dp", "tp"))
+
+
+def _tensor_parallel_mlp(rank: int, world: int) -> None:
+    recipe = with_parallel(MLP, tp={"block.up": "colwise", "block.down": "rowwise"})
+    model, whole = build_from_config(recipe, mesh=tp_mesh()), build_from_config(MLP)
+    assert model.block.up.weight.to_local().shape == (16, 8)  # this rank's half of the rows
+    text = summary(model)
+    assert "layout: cpu mesh dp 1 x tp 2" in text and "  tp: block.up: colwise\n  tp: block.down: rowwise" in text
+    torch.testing.assert_close(model(x_of()), whole(x_of()), rtol=0, atol=1e-5)
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in gathered(model).items())
+    _train_both(model, whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "check", [_mixed_precision, _reshard_after_forward, _cpu_offload, _checkpointing, _tensor_parallel_mlp]
+)
+def test_parallel_modes_on_two_ranks(check):
+    run_ranks(2, check)
+
+
+def _bad_plans(rank: int, world: int) -> None:
+    cases = {
+        "parallel.tp.block.upp: matches no module (did you mean 'block.up'?)": (
+            with_parallel(MLP, tp={"block.upp": "colwise"}), tp_mesh()
+        ),
+        "parallel.tp: tensor parallel needs a 2-D mesh": (with_parallel(MLP, tp={"block.up": "colwise"}), cpu_mesh()),
+        "parallel.tp: a 2-D mesh": (MLP, tp_mesh()),
+        "parallel.checkpoint.layer: no module is a Conv2d": (
+            with_parallel(MLP, checkpoint={"layer": "Conv2d"}), cpu_mesh()
+        ),
+        "parallel.checkpoint.match: 'nothing' matches no module": (
+            with_parallel(MLP, checkpoint={"match": "nothing"}), cpu_mesh()
+        ),
+    }  # fmt: skip
+    for message, (recipe, mesh) in cases.items():
+        with pytest.raises(ConfigError) as e:
+            build_from_config(recipe, mesh=mesh)
+        assert message in str(e.value), str(e.value)
+    dist.barrier()  # every rank got here: none was left in a collective
+
+
+@pytest.mark.slow
+def test_bad_plans_fail_on_every_rank_before_any_collective():
+    run_ranks(2, _bad_plans, timeout=120)
+
+
+GPT_TP = {
+    "*.attn.c_attn": {"style": "colwise", "chunks": 3},
+    "*.attn.c_proj": "rowwise",
+    "*.mlp.c_fc": "colwise",
+    "*.mlp.c_proj": "rowwise",
+}
+
+
+def gpt(parallel: dict | None = None) -> dict:
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from tests.recipes import recipe_with  # noqa: PLC0415
+
+    recipe = OmegaConf.to_container(recipe_with("gpt2_small", GPT), resolve=True)
+    recipe["init"] = {"seed": 0}
+    return {**recipe, "parallel": parallel} if parallel else recipe
+
+
+def _tensor_parallel_gpt2(rank: int, world: int) -> None:
+    model, whole = build_from_config(gpt({"tp": GPT_TP}), mesh=tp_mesh()), build_from_config(gpt())
+    block = model.transformer.h[0]
+    assert block.mlp.c_fc.weight.to_local().shape == (64, 32)  # half of 4 * 32 rows
+    assert block.attn.c_proj.weight.to_local().shape == (32, 16)  # half of the columns: this rank's heads
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(idx), whole(idx), rtol=0, atol=1e-5)
+    # SGD: an update linear in the gradients (Adam's g / sqrt(g^2) turns 1e-8 gradient noise into sign flips)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, whole)]
+    for m, opt in zip((model, whole), optimizers, strict=True):
+        nn.functional.cross_entropy(m(idx).flatten(0, 1), idx.roll(-1, 1).flatten()).backward()
+        opt.step()
+    for name, value in gathered(model).items():
+        torch.testing.assert_close(value, whole.state_dict()[name], rtol=1e-5, atol=1e-5, msg=name)
+    torch.testing.assert_close(model(idx), whole(idx), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gpt2_small_runs_tensor_parallel_with_its_fused_projection_split_by_heads():
+    run_ranks(2, _tensor_parallel_gpt2)
+
+
+# --- checkpoints: saved on 2 ranks in each mode, loaded whole in one process and on another mesh -----
+
+MODES = {
+    "mixed_precision": ({"param_dtype": "bfloat16", "reduce_dtype": "float32", "reshard_after_forward": False}, 1),
+    "cpu_offload": ({"cpu_offload": True}, 1),
+    "checkpoint": ({"checkpoint": {"layer": "Sequential"}}, 1),
+    "tensor_parallel": ({"tp": {"block.up": "colwise", "block.down": "rowwise"}}, 2),
+}
+
+
+def mesh_of(dims: int, shape: tuple[int, int] = (1, 2)):
+    return cpu_mesh() if dims == 1 else init_device_mesh("cpu", shape, mesh_dim_names=("dp", "tp"))
+
+
+def _save_mode(rank: int, world: int, folder: str, mode: str) -> None:
+    parallel, dims = MODES[mode]
+    model = build_from_config(with_parallel(MLP, **parallel), mesh=mesh_of(dims))
+    model(x_of()).float().sum().backward()  # trained state is not needed: the layout is what is saved
+    save_checkpoint(model, Path(folder, mode))
+
+
+def _load_mode(rank: int, world: int, folder: str, mode: str) -> None:
+    _, dims = MODES[mode]
+    model = load_checkpoint(Path(folder, mode), mesh=mesh_of(dims, (2, 1)))  # the other mesh: dp 2 (x tp 1)
+    whole = build_from_config(MLP)
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in gathered(model).items())
+    model(x_of()).float().sum().backward()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_mode_saves_on_two_ranks_and_loads_whole_and_on_another_mesh(mode, tmp_path):
+    run_ranks(2, _save_mode, str(tmp_path), mode)
+    whole = load_checkpoint(tmp_path / mode)  # one process, no process group
+    expected = build_from_config(MLP).state_dict()
+    assert list(whole.state_dict()) == list(expected)
+    assert all(torch.equal(v, expected[k]) for k, v in whole.state_dict().items())
+    run_ranks(2, _load_mode, str(tmp_path), mode)
