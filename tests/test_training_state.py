@@ -106,6 +106,9 @@ def test_the_checkpoint_holds_json_and_tensors_only(tmp_path: Path) -> None:
     assert training["optimizer"]["groups"] == [["0.weight", "3.weight"], ["0.bias", "3.bias"]]
     assert set(training["rng"]) >= {"torch", "python"}
     assert ".optimizer.state[0].exp_avg" in header and ".optimizer.state[3].step" in header
+    for key, entry in header.items():  # the 4-byte step counters go last: every other tensor starts aligned
+        start, end = entry["data_offsets"] if key != "__metadata__" else (0, 0)
+        assert (end - start) % 64 or start % 64 == 0, key
     assert load_checkpoint(tmp_path / "run.safetensors").state_dict().keys() == model.state_dict().keys()
 
 
@@ -163,7 +166,7 @@ def test_save_tensors_round_trips_an_optimizer_state_dict(tmp_path: Path) -> Non
         same(loaded["state"][index], values)
     fresh = make_optimizer("adamw", model)
     fresh.load_state_dict(loaded)  # torch takes it back as it gave it
-    with pytest.raises(TypeError, match=r"^state\[0\]\.step: a object"):
+    with pytest.raises(TypeError, match=r"^state\[0\]\.step: an object"):
         save_tensors({"state": {0: {"step": object()}}}, tmp_path / "bad.safetensors")
     with pytest.raises(TypeError, match=r"^state: a key of type float"):
         save_tensors({"state": {0.5: 1}}, tmp_path / "bad.safetensors")

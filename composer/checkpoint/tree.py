@@ -47,7 +47,9 @@ def flatten(obj: Any, store: Callable[[str, torch.Tensor], str], where: str = ""
             return {"dict": dict(items)}
         return {"items": [list(pair) for pair in items]}
     allowed = "tensors, None, bool, int, float, str and lists, tuples and dicts of them"
-    raise TypeError(f"{where or 'the value'}: a {type(obj).__name__}: only {allowed}")
+    name = type(obj).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    raise TypeError(f"{where or 'the value'}: {article} {name}: only {allowed}")
 
 
 def _child(where: str, key: str | int) -> str:
