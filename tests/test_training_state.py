@@ -110,6 +110,9 @@ def test_the_checkpoint_holds_json_and_tensors_only(tmp_path: Path) -> None:
         start, end = entry["data_offsets"] if key != "__metadata__" else (0, 0)
         assert (end - start) % 64 or start % 64 == 0, key
     assert load_checkpoint(tmp_path / "run.safetensors").state_dict().keys() == model.state_dict().keys()
+    other = build_from_config(MLP)
+    load_weights(other, tmp_path / "run.safetensors")  # the weights alone: the training state is not a key
+    same(other.state_dict(), model.state_dict())
 
 
 def test_training_state_that_does_not_fit_says_why(tmp_path: Path) -> None:
@@ -218,8 +221,11 @@ def _sharded_resume(rank: int, world: int, folder: str) -> None:
         same(_full(resumed), expected)
         assert resumed.lm_head.weight is resumed.transformer.wte.weight
         dist.barrier()
-    whole = load_checkpoint(Path(folder, "adamw-ckpt"))  # the weights alone, in one process
+    optimizer = make_optimizer("adamw", build_from_config(gpt_recipe(), device="meta"))
+    whole = load_checkpoint(Path(folder, "adamw-ckpt"), optimizer=optimizer)  # whole, in one process
     assert not any(isinstance(p, DTensor) for p in whole.parameters())
+    assert len(optimizer.state) == len(list(whole.parameters()))
+    assert all(s["step"].item() == 2 and not isinstance(s["exp_avg"], DTensor) for s in optimizer.state.values())
 
 
 @pytest.mark.slow
