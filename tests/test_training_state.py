@@ -303,3 +303,26 @@ def test_load_weights_reports_missing_unexpected_and_mis_shaped_together(tmp_pat
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match="a torch file of list, not a dict of name -> tensor"):
         load_weights(tied, tmp_path / "list.pt")
+
+
+def test_a_crafted_training_state_is_a_checkpoint_error(tmp_path: Path) -> None:
+    from tests.attacks import write_checkpoint  # noqa: PLC0415
+
+    model = build_from_config(MLP)
+    save_checkpoint(model, tmp_path / "real.safetensors", optimizer=make_optimizer("sgd", model))
+    raw = (tmp_path / "real.safetensors").read_bytes()
+    real = json.loads(json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]["training"])
+    optimizer = make_optimizer("sgd", build_from_config(MLP, device="meta"))
+    crafted = {
+        "groups of lists": {**real, "optimizer": {**real["optimizer"], "groups": [[["0.weight"]], []]}},
+        "state_dict a number": {**real, "optimizer": {**real["optimizer"], "state_dict": {"value": 3}}},
+        "rng not base64": {**real, "rng": {**real["rng"], "torch": "@@"}},
+        "a missing tensor": {**real, "optimizer": {**real["optimizer"], "state_dict": {"tensor": "nowhere"}}},
+    }
+    load_checkpoint(tmp_path / "real.safetensors", optimizer=optimizer)  # the real one loads
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    for i, training in enumerate(crafted.values()):
+        extra = {"training": json.dumps(training)}
+        path = write_checkpoint(tmp_path / f"{i}.safetensors", json.loads(json.dumps(MLP)), extra, tensors)
+        with pytest.raises(CheckpointError, match="the file is corrupted"):
+            load_checkpoint(path, optimizer=optimizer)

@@ -359,7 +359,7 @@ def _load_training(
     _read(path, info, metadata, tensors, no_dist=no_dist)
     optimizer_state = training.restore(trained, tensors, path, state)
     if optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, optimizer_state)
+        training.load_optimizer(lambda osd: set_optimizer_state_dict(model, optimizer, osd), optimizer_state, path)
 
 
 def rebuild_sharded_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:

@@ -115,7 +115,7 @@ def load_single(
         optimizer_state = training.restore(info, tensors, path, state)
         if optimizer is not None:
             training.rebind(optimizer, groups, dict(model.named_parameters()))
-            optimizer.load_state_dict(optimizer_state)
+            training.load_optimizer(optimizer.load_state_dict, optimizer_state, path)
     return model
 
 

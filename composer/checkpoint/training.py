@@ -129,16 +129,18 @@ def check_optimizer(
             f"{path}: holds no optimizer state (saved without optimizer=): load it without optimizer= "
             "and start the optimizer afresh"
         )
-    if not isinstance(stored, dict) or not isinstance(stored.get("groups"), list):
+    groups = stored.get("groups") if isinstance(stored, dict) else None
+    if not isinstance(groups, list) or not all(
+        isinstance(g, list) and all(isinstance(name, str) for name in g) for g in groups
+    ):
         raise CheckpointError(f"{path}: its training state is malformed: the file is corrupted")
     if stored.get("type") != type_name(optimizer):
         raise CheckpointError(
             f"{path}: its optimizer state is a {stored.get('type')}'s, not a {type_name(optimizer)}'s: "
             "build the optimizer it was saved from"
         )
-    groups = stored["groups"]
     ours = [len(g["params"]) for g in optimizer.param_groups]
-    theirs = [len(g) if isinstance(g, list) else -1 for g in groups]
+    theirs = [len(g) for g in groups]
     if ours != theirs:
         raise CheckpointError(
             f"{path}: its optimizer has {_groups(theirs)}, this one has {_groups(ours)}: "
@@ -160,6 +162,19 @@ def check_optimizer(
 def _groups(sizes: list[int]) -> str:
     counts = ", ".join(map(str, sizes))
     return f"{len(sizes)} group{'s' if len(sizes) != 1 else ''} of {counts} parameters"
+
+
+def load_optimizer(set_state: Callable[[Any], None], optimizer_state: Any, path: str | os.PathLike) -> None:
+    """``set_state(optimizer_state)`` (``optimizer.load_state_dict``, or ``set_optimizer_state_dict``
+    for a sharded model), torch's refusal of what the file stored reported as corruption.
+
+    Raises:
+        CheckpointError: torch refuses the stored state (a malformed file).
+    """
+    try:
+        set_state(optimizer_state)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its optimizer state does not load ({e}): the file is corrupted") from None
 
 
 def rebind(optimizer: torch.optim.Optimizer, groups: list[list[str]], params: Mapping[str, nn.Parameter]) -> None:
