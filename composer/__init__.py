@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "build_from_config": "composer.build.pipeline",
     "init_report": "composer.build.record",
-    "save_checkpoint": "composer.checkpoint.file",
-    "load_checkpoint": "composer.checkpoint.file",
-    "load_weights": "composer.checkpoint.file",
+    "save_checkpoint": "composer.checkpoint.api",
+    "load_checkpoint": "composer.checkpoint.api",
+    "load_weights": "composer.checkpoint.weights",
     "save_tensors": "composer.checkpoint.file",
     "load_tensors": "composer.checkpoint.file",
     "summary": "composer.describe.summarize",
@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from composer import limits
     from composer.build.pipeline import build_from_config
     from composer.build.record import init_report
-    from composer.checkpoint.file import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
+    from composer.checkpoint.api import load_checkpoint, save_checkpoint
+    from composer.checkpoint.file import load_tensors, save_tensors
+    from composer.checkpoint.weights import load_weights
     from composer.describe.export import to_recipe
     from composer.describe.summarize import summary
     from composer.errors import CheckpointError, ConfigError

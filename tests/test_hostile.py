@@ -411,12 +411,14 @@ def test_inspect_runs_no_model_code_and_shows_what_the_file_stores(tmp_path: Pat
     from composer.app.inspect import main  # noqa: PLC0415
 
     model = looping_model()
-    with limits.using(seconds=0.3):
-        save_checkpoint(model, tmp_path / "loop.safetensors")
+    save_checkpoint(model, tmp_path / "loop.safetensors")  # no summary stored: inspect makes one on meta
     with guard(5):
         assert main([str(tmp_path / "loop.safetensors")]) == 0
     out = capsys.readouterr().out
-    assert "FixedHiddenMLP" in out and "limit seconds=0.3" in out and "linear.weight: default" in out
+    assert "FixedHiddenMLP" in out and "rebuilt on meta: no forward" in out and "linear.weight: default" in out
+    save_checkpoint(model, tmp_path / "stored.safetensors", summary="the summary the app printed")
+    assert main([str(tmp_path / "stored.safetensors")]) == 0
+    assert "the summary the app printed" in capsys.readouterr().out
 
 
 # --- secrets: resolvers are off unless enabled, and what they read is never stored ---------------

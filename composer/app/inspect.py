@@ -1,9 +1,11 @@
 """``python -m composer inspect CKPT [CKPT ...]``: what a checkpoint holds, without running it.
 
 Prints what the file stores: the recipe (YAML), the summary and the init report as they were when
-it was saved, after checking the file's checksum. It runs no model code and builds nothing by
-default: a checkpoint is data from anywhere, and a model's forward may not end (a
-``FixedHiddenMLP`` whose weights are inf loops forever). ``--rebuild`` also rebuilds the model the
+it was saved, after checking the file's checksum. A file that stores no summary (one saved from
+Python without ``summary=``) gets one from its recipe rebuilt on ``meta``, without output shapes:
+no weight is used and no forward runs. It runs no model code by default: a checkpoint is data
+from anywhere, and a model's forward may not end (a ``FixedHiddenMLP`` whose weights are inf loops
+forever). ``--rebuild`` also rebuilds the model the
 way ``load_checkpoint`` does (nothing in the file is executed, no initializer runs) and prints its
 summary now, with a forward pass of zeros within ``COMPOSER_MAX_SECONDS``. Every budget of
 ``composer.limits`` applies (``COMPOSER_MAX_HEADER_BYTES``, ...).
@@ -74,7 +76,7 @@ def _describe_directory(path: str, verify: bool, recipe_only: bool, depth: int |
     import yaml  # noqa: PLC0415
 
     from composer.build.record import record_of  # noqa: PLC0415
-    from composer.checkpoint.dcp import rebuild_on_meta  # noqa: PLC0415
+    from composer.checkpoint.api import rebuild_on_meta  # noqa: PLC0415
     from composer.describe.summarize import summary  # noqa: PLC0415
 
     model = rebuild_on_meta(path, verify)
@@ -85,13 +87,30 @@ def _describe_directory(path: str, verify: bool, recipe_only: bool, depth: int |
     return "\n".join([f"# {path}", "# recipe", text, "# summary", summary(model, depth=depth)])
 
 
+def _summary_on_meta(path: str, depth: int | None) -> str | None:
+    """The summary of the stored recipe rebuilt on ``meta``, without a forward (so without output
+    shapes); ``None`` for a recipe
+    that does not rebuild (a budget exceeded, an unregistered type: ``--rebuild`` says why), as the
+    rest of what the file holds is still worth printing."""
+    from composer.checkpoint.api import rebuild_on_meta  # noqa: PLC0415
+    from composer.describe.summarize import summarize  # noqa: PLC0415
+    from composer.errors import CheckpointError, ConfigError  # noqa: PLC0415
+
+    try:
+        return summarize(rebuild_on_meta(path, verify=False), depth=depth, shapes={}).text()
+    except (CheckpointError, ConfigError):
+        return None
+
+
 def _describe(path: str, verify: bool, rebuild: bool, recipe_only: bool, depth: int | None) -> str:
     """The stored recipe, summary and init report of one checkpoint, as text."""
     import json  # noqa: PLC0415
 
     import yaml  # noqa: PLC0415
 
-    from composer.checkpoint.file import json_field, load_checkpoint, read_metadata  # noqa: PLC0415
+    from composer.checkpoint.api import load_checkpoint  # noqa: PLC0415
+    from composer.checkpoint.common import json_field  # noqa: PLC0415
+    from composer.checkpoint.file import read_metadata  # noqa: PLC0415
     from composer.describe.summarize import summary  # noqa: PLC0415
     from composer.errors import CheckpointError  # noqa: PLC0415
 
@@ -107,8 +126,13 @@ def _describe(path: str, verify: bool, rebuild: bool, recipe_only: bool, depth: 
     else:
         lines += ["# recipe", "(none: this file holds weights only)"]
     stored = metadata.get("summary")
-    lines += ["# summary (stored when the file was written)", stored.rstrip() if stored else "(none stored)"]
-    if stored is None and "init_schemes" in metadata:
+    if stored is None and "recipe" in metadata:
+        stored = _summary_on_meta(path, depth)
+        heading = "# summary (of its recipe, rebuilt on meta: no forward, no output shapes)"
+        lines += [heading, stored or "(none: it does not rebuild)"]
+    else:
+        lines += ["# summary (stored when the file was written)", stored.rstrip() if stored else "(none stored)"]
+    if not stored and "init_schemes" in metadata:
         schemes = json_field(metadata, "init_schemes", dict, path)
         lines += ["initialization:", *(f"  {name}: {json.dumps(scheme)}" for name, scheme in schemes.items())]
     if rebuild:

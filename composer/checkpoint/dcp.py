@@ -27,7 +27,7 @@ import shutil
 import uuid
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,14 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 
-from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS
 from composer.build.record import BuildRecord, finish, record_of
 from composer.build.shard import mesh_device, shard, swapping_params
+from composer.checkpoint import training
+from composer.checkpoint.common import check_keys, place, rebuild, version
 from composer.errors import CheckpointError
 from composer.recipe.parallel import parse_parallel
 
@@ -55,16 +57,20 @@ _MAX_INFO = 256 * 1024 * 1024
 _CHUNK = 16 * 1024 * 1024
 
 
-def is_checkpoint_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory (a sharded checkpoint, or something else to refuse)."""
-    return Path(path).is_dir()
-
-
 # --- saving ------------------------------------------------------------------------------------------
 
 
-def save_sharded(model: nn.Module, path: str | os.PathLike) -> None:
+def save_sharded(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> None:
     """Write a sharded model to the directory ``path``; called on every rank of the process group.
+    The optimizer's state goes through ``get_optimizer_state_dict`` (keyed by parameter name, its
+    tensors sharded as the parameters are), its plain values and ``state`` into ``composer.json``
+    with each rank's RNG states.
 
     Raises:
         CheckpointError: ``path`` exists and is not a checkpoint directory (it is never replaced),
@@ -78,10 +84,11 @@ def save_sharded(model: nn.Module, path: str | os.PathLike) -> None:
         raise CheckpointError(f"{path}: {e}") from None
     if refusal:
         raise CheckpointError(refusal)
-    state, aliases = _canonical(model)
+    state_dict, aliases = _canonical(model)
+    trained = _training_info(model, optimizer, state, state_dict)
     try:
         # DCP writes and syncs every rank's file, then rank 0 writes .metadata, before save returns
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, overwrite=False))
+        dcp.save(state_dict, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True, overwrite=False))
         files = _on_rank0(lambda: sorted(p.name for p in tmp.iterdir() if p.suffix == ".distcp"))
         every: list = [None] * world  # each rank checksums a share of the files
         dist.all_gather_object(every, _crcs(tmp, files[rank::world]))
@@ -89,12 +96,38 @@ def save_sharded(model: nn.Module, path: str | os.PathLike) -> None:
         failed = [f"{name}: {crc}" for name, crc in crcs.items() if isinstance(crc, str)]
         if failed:
             raise OSError("; ".join(failed))
-        _on_rank0(lambda: _write_info(tmp, _info(model, aliases, {**crcs, **_crcs(tmp, [_DCP_METADATA])}, world)))
+        info = _info(model, aliases, {**crcs, **_crcs(tmp, [_DCP_METADATA])}, world)
+        if trained is not None:
+            info[training.FIELD] = trained
+        _on_rank0(lambda: _write_info(tmp, info))
         _on_rank0(lambda: _swap_in(tmp, path))
     except (CheckpointException, RuntimeError, OSError) as e:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{path}: saving failed, the previous checkpoint is kept: {_reason(e)}") from None
+
+
+def _training_info(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: Mapping[str, Any] | None,
+    state_dict: dict[str, torch.Tensor],
+) -> dict[str, Any] | None:
+    """The training state's JSON part (its tensors added to ``state_dict``), with every rank's RNG
+    states (``rng_ranks``); ``None`` without an optimizer or a state."""
+    if optimizer is None and state is None:
+        return None
+    osd, groups = None, None
+    if optimizer is not None:
+        training.slots(model, optimizer)  # every slot is one of the model's parameters
+        osd = get_optimizer_state_dict(model, optimizer)
+        groups = [list(group["params"]) for group in osd["param_groups"]]
+    tensors, info = training.capture(osd, optimizer, groups, state)
+    state_dict.update(tensors)
+    ranks: list = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, info.pop("rng"))
+    info["rng_ranks"] = ranks
+    return info
 
 
 def _on_rank0(action: Callable[[], Any]) -> Any:
@@ -147,12 +180,10 @@ def _canonical(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def _info(model: nn.Module, aliases: dict[str, str], crcs: dict[str, int], world: int) -> dict[str, Any]:
-    from composer.checkpoint.file import _version  # noqa: PLC0415  (checkpoint imports this module)
-
     info: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "composer_version": _version(),
+        "composer_version": version(),
         "torch_version": torch.__version__,
         "world_size": world,
         "aliases": aliases,
@@ -238,16 +269,19 @@ def load_sharded(
     verify: bool = True,
     allow_targets: Sequence[str] | None = None,
     mesh: DeviceMesh | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: MutableMapping[str, Any] | None = None,
 ) -> nn.Module:
     """Rebuild the model of a checkpoint directory and load its weights: sharded over ``mesh``
-    (called on every rank; any world size) or, without one, whole in this process.
+    (called on every rank; any world size) or, without one, whole in this process; with
+    ``optimizer`` or ``state``, its training state too (as ``load_checkpoint``).
 
     Raises:
         CheckpointError: not a composer checkpoint directory, corrupted (with ``verify``), weights
-            only, a recipe that cannot be rebuilt, or keys that do not fit.
+            only, a recipe that cannot be rebuilt, or keys that do not fit; an optimizer that does
+            not fit the stored state.
     """
-    from composer.checkpoint.file import _check_keys, _rebuild  # noqa: PLC0415  (checkpoint imports this module)
-
     path = Path(path)
     info = read_info(path, verify)
     if verify:
@@ -257,30 +291,82 @@ def load_sharded(
         raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and load it with DCP")
     allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
     device = mesh_device(mesh) if mesh is not None else torch.device(map_location)
-    _, _, model, frozen = _rebuild({"recipe": json.dumps(info["recipe"])}, allow, device, path, budget.current(), None)
-    stored = _stored_shapes(metadata, info["aliases"], path)
-    _check_keys(model, stored, path)
-    layout = None
-    if mesh is not None:
-        layout = _shard_for_load(model, info["recipe"], mesh, frozen, device)
-        state, _ = _canonical(model)
-        _read(path, info, metadata, state, no_dist=False)
-    else:
-        state = {
-            k: torch.empty(t.shape, dtype=t.dtype, device=device) for k, t in stored.items() if k not in info["aliases"]
-        }
-        _read(path, info, metadata, state, no_dist=True)
-        state.update({alias: state[key] for alias, key in info["aliases"].items()})
-        _place(model, state)
+    _, _, model, frozen = rebuild(json.dumps(info["recipe"]), allow, device, path)
+    every = _stored_shapes(metadata, info["aliases"], path)
+    stored = {k: v for k, v in every.items() if not training.is_training_key(k)}
+    trained = info.get(training.FIELD)
+    if optimizer is not None:
+        training.require(trained, path)
+    check_keys(model, stored, path)
+    if optimizer is not None:
+        groups = training.check_optimizer(trained, optimizer, {n: p.shape for n, p in model.named_parameters()}, path)
+    layout = _load_weights(path, info, metadata, model, stored, mesh, frozen, device)
     finish(model, frozen, BuildRecord(info["recipe"], allow, info.get("init_schemes", {}), layout=layout))
+    if isinstance(trained, dict) and (optimizer is not None or state is not None):
+        if optimizer is not None:
+            training.rebind(optimizer, groups, dict(model.named_parameters()))
+        _load_training(path, info, metadata, model, optimizer, state, every, no_dist=mesh is None)
     return model
 
 
-def rebuild_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
+def _load_weights(
+    path: Path,
+    info: Mapping[str, Any],
+    metadata: Metadata,
+    model: nn.Module,
+    stored: Mapping[str, torch.Tensor],
+    mesh: DeviceMesh | None,
+    frozen: list[nn.Module],
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """The stored weights into the rebuilt model: sharded over ``mesh`` (returns its layout), or whole."""
+    if mesh is not None:
+        layout = _shard_for_load(model, info["recipe"], mesh, frozen, device)
+        weights, _ = _canonical(model)
+        _read(path, info, metadata, weights, no_dist=False)
+        return layout
+    weights = {
+        k: torch.empty(t.shape, dtype=t.dtype, device=device) for k, t in stored.items() if k not in info["aliases"]
+    }
+    _read(path, info, metadata, weights, no_dist=True)
+    weights.update({alias: weights[key] for alias, key in info["aliases"].items()})
+    place(model, weights)
+    return None
+
+
+def _load_training(
+    path: Path,
+    info: Mapping[str, Any],
+    metadata: Metadata,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: MutableMapping[str, Any] | None,
+    shapes: Mapping[str, torch.Tensor],
+    no_dist: bool,
+) -> None:
+    """Read the training state into tensors shaped as this rank needs them: the optimizer's as
+    ``get_optimizer_state_dict`` lays them out for the (re)sharded model, the user's whole."""
+    trained = dict(info[training.FIELD])
+    ranks = trained.pop("rng_ranks", None)
+    if isinstance(ranks, list) and ranks:
+        rank = dist.get_rank() if not no_dist else 0
+        trained["rng"] = ranks[rank] if len(ranks) == (1 if no_dist else dist.get_world_size()) else ranks[0]
+    tensors: dict[str, torch.Tensor] = {
+        key: torch.empty(t.shape, dtype=t.dtype)
+        for key, t in shapes.items()
+        if training.is_training_key(key) and not key.startswith(training.OPTIMIZER + ".")
+    }
+    if optimizer is not None:
+        tensors.update(training.optimizer_tensors(get_optimizer_state_dict(model, optimizer)))
+    _read(path, info, metadata, tensors, no_dist=no_dist)
+    optimizer_state = training.restore(trained, tensors, path, state)
+    if optimizer is not None:
+        training.load_optimizer(lambda osd: set_optimizer_state_dict(model, optimizer, osd), optimizer_state, path)
+
+
+def rebuild_sharded_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
     """The model a checkpoint directory describes, on ``meta`` with its record and no weights:
     what ``python -m composer inspect DIR`` summarizes without reading the shards."""
-    from composer.checkpoint.file import _check_keys, _rebuild  # noqa: PLC0415
-
     path = Path(path)
     info = read_info(path, verify)
     if verify:
@@ -288,11 +374,11 @@ def rebuild_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
     if "recipe" not in info:
         raise CheckpointError(f"{path}: holds weights only, no recipe")
     metadata = read_dcp_metadata(path, info)
-    meta, limits = torch.device("meta"), budget.current()
-    _, _, model, frozen = _rebuild({"recipe": json.dumps(info["recipe"])}, DEFAULT_TARGETS, meta, path, limits, None)
-    stored = _stored_shapes(metadata, info["aliases"], path)
-    _check_keys(model, stored, path)
-    _place(model, stored)
+    _, _, model, frozen = rebuild(json.dumps(info["recipe"]), DEFAULT_TARGETS, torch.device("meta"), path)
+    every = _stored_shapes(metadata, info["aliases"], path)
+    stored = {k: v for k, v in every.items() if not training.is_training_key(k)}
+    check_keys(model, stored, path)
+    place(model, stored)
     finish(model, frozen, BuildRecord(info["recipe"], DEFAULT_TARGETS, info.get("init_schemes", {})))
     return model
 
@@ -468,13 +554,3 @@ def _read(
             dcp.load(state, storage_reader=_SafeReader(path, metadata), planner=_TensorsOnly(), no_dist=no_dist)
     except CheckpointException as e:
         raise CheckpointError(f"{path}: loading failed: {_reason(e)}") from None
-
-
-def _place(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """The loaded tensors as the model's (ties kept): assigned where it was rebuilt on ``meta``."""
-    from composer.build.materialize import assign  # noqa: PLC0415
-
-    if any(p.is_meta for p in model.parameters()):
-        assign(model, state)
-    else:
-        model.load_state_dict(state, strict=True)

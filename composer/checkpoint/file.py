@@ -1,11 +1,12 @@
-"""Checkpoint and tensor files: safetensors with a self-describing header, written atomically.
+"""Single-file checkpoints and tensor files: safetensors with a self-describing header, written
+atomically.
 
-A checkpoint holds the weights (each tied tensor once), the resolved recipe, the summary and the
-init report as they were at save time, versions and a checksum (xxh3-64) of the metadata and the
-tensor data. Loading reads
-only JSON and raw tensor bytes, so a crafted file cannot run code; it rebuilds the model on the
-``meta`` device from the recipe and places the stored tensors as its parameters, so no
-initializer runs and nothing is copied twice.
+A checkpoint holds the weights (each tied tensor once), the resolved recipe, the init report,
+optionally the summary the caller printed and the training state (``training``), versions and a
+checksum (xxh3-64) of the metadata and the tensor data. Loading reads only JSON and raw tensor
+bytes, so a crafted file cannot run code; it rebuilds the model on the ``meta`` device from the
+recipe and places the stored tensors as its parameters, so no initializer runs and nothing is
+copied twice.
 
 A file is data from anywhere: only a regular file is opened (a FIFO would block forever), its
 header is read only within ``limits.header_bytes``, and its recipe passes the same budgets as
@@ -19,12 +20,11 @@ import json
 import os
 import shutil
 import struct
-import sys
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import xxhash
@@ -33,213 +33,148 @@ from safetensors.torch import load_file
 from torch import nn
 
 from composer import limits as budget
-from composer.build.builder import DEFAULT_TARGETS, construct
-from composer.build.gc_pause import gc_paused
-from composer.build.materialize import assign, require_shapes
-from composer.build.placement import device_of, holds_meta
+from composer.build.builder import DEFAULT_TARGETS
+from composer.build.materialize import require_shapes
+from composer.build.placement import holds_meta
 from composer.build.record import BuildRecord, finish, record_of
-from composer.describe.summarize import summary as summarize
-from composer.errors import CheckpointError, ConfigError
+from composer.checkpoint import training
+from composer.checkpoint.common import check_keys, json_field, place, rebuild, version
+from composer.checkpoint.tree import flatten, unflatten
+from composer.errors import CheckpointError
 from composer.files import FileProblem, fd_path, open_regular, replacing
-from composer.recipe.read import Recipe, read_recipe_and_stored, top_level_problems
 
 FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
 FORMAT_VERSION = "3"  # 2: a CRC-32 covers the metadata too; 3: an xxh3-64 digest instead (BENCHMARKS.md)
 _ALIGN = 64
 
-if TYPE_CHECKING:
-    from torch.distributed.device_mesh import DeviceMesh
 
-TensorTree = torch.Tensor | list | dict
-
-
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, summary: str | None = None) -> None:
-    """Write weights and, for a built model, its recipe, to one file.
-
-    Args:
-        model: a model built by ``build_from_config`` (saved with its recipe, so
-            ``load_checkpoint`` rebuilds it) or any other module (saved with its weights only).
-        path: the file to write. It is written atomically: a crash at any point leaves the
-            previous file or the new one, never a truncated one. The new file is written as
-            ``.composer-<8 hex>.tmp`` in the same folder and renamed over ``path``; a temporary
-            that a killed save left there is removed by the next save into that folder.
-        summary: the model's summary table, stored for ``python -m composer inspect`` to show
-            without running the model; by default ``summary(model)`` (a forward pass of zeros
-            when the recipe gives input shapes, within ``limits.seconds``).
-
-    Raises:
-        ConfigError: lazy layers have no shapes yet.
-        CheckpointError: the model is on the ``meta`` device, or the file cannot be written (no
-            space left, too large for the file system: the previous file stays as it was; the
-            ``OSError`` is the cause).
-    """
-    if _is_sharded(model):
-        from composer.checkpoint.dcp import save_sharded  # noqa: PLC0415  (torch.distributed.checkpoint: only when sharded)
-
-        save_sharded(model, path)
-        return
+def save_single(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    summary: str | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> None:
+    """``save_checkpoint`` of a model in one process: one file (see there)."""
     require_shapes(model, "a checkpoint")
     if holds_meta([*model.parameters(), *model.buffers()]):
         raise CheckpointError(
             "the model is on the meta device (built to check its recipe): it holds no weights to save"
         )
-    tensors, aliases = _dedupe(model.state_dict())
-    metadata = {"aliases": json.dumps(aliases)}
+    state_dict = model.state_dict()
+    metadata: dict[str, str] = {}
     record = record_of(model)
     if record is not None:
         metadata["recipe"] = json.dumps(record.recipe_to_store)
         metadata["allow_targets"] = json.dumps(list(record.allow_targets))
         metadata["init_schemes"] = json.dumps(record.schemes)
-    metadata["summary"] = summary if summary is not None else _summary_of(model)
+    if summary is not None:
+        metadata["summary"] = summary
+    if optimizer is not None or state is not None:
+        groups = training.slots(model, optimizer) if optimizer is not None else None
+        extra, info = training.capture(
+            optimizer.state_dict() if optimizer is not None else None, optimizer, groups, state
+        )
+        state_dict.update(extra)
+        metadata[training.FIELD] = json.dumps(info)
+    tensors, aliases = _dedupe(state_dict)
+    metadata["aliases"] = json.dumps(aliases)
     _write(path, FORMAT, tensors, metadata)
 
 
-def _summary_of(model: nn.Module) -> str:
-    try:
-        return summarize(model)
-    except ConfigError as e:
-        return f"(no summary: {'; '.join(e.lines())})"
-
-
-@gc_paused()
-def load_checkpoint(
+def load_single(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
     verify: bool = True,
     *,
     allow_targets: Sequence[str] | None = None,
-    mesh: DeviceMesh | None = None,
-    limits: budget.LimitsArg = None,
     resolvers: Collection[str] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: MutableMapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Rebuild the model from the recipe inside the file and load its weights strictly.
-
-    Ties come back, outputs equal the saved model's bit for bit, and no initializer runs.
-
-    Args:
-        path: a checkpoint written by ``save_checkpoint``.
-        map_location: the device the weights are placed on.
-        verify: check the stored checksum of the data and metadata first.
-        allow_targets: ``_target_`` prefixes beyond the default allowlist; the file's own list is
-            never trusted, since importing a module runs its code.
-        mesh: for a checkpoint directory (a sharded model's): a ``DeviceMesh`` to shard the
-            model over, called on every rank, whatever the world size that saved it. Without
-            one the whole model is loaded in this process, on ``map_location``.
-        limits: budgets beyond the defaults (``composer.limits``), e.g. ``{"header_bytes": 2**26}``:
-            the stored recipe is checked against them before anything is built from it.
-        resolvers: the interpolation resolvers a stored recipe may call (a recipe built with
-            ``resolvers=["oc.env"]`` stores ``${oc.env:...}`` unresolved, never what it read).
-
-    Returns:
-        The model, as ``build_from_config`` returned it when it was saved.
-
-    Raises:
-        CheckpointError: not a checkpoint, corrupted, weights only, a budget exceeded, or a
-            recipe that cannot be rebuilt (an unregistered type: import the module that
-            registers it first).
-    """
-    if Path(path).is_dir():
-        from composer.checkpoint.dcp import load_sharded  # noqa: PLC0415  (torch.distributed.checkpoint: only for directories)
-
-        return load_sharded(path, map_location, verify, allow_targets, mesh)
-    if mesh is not None:
-        raise CheckpointError(f"{path}: a single-file checkpoint loads whole; a checkpoint directory loads with a mesh")
-    with budget.using(limits) as chosen:
-        metadata, state = _read(path, FORMAT, map_location, verify)
-        if "recipe" not in metadata:
-            raise CheckpointError(
-                f"{path}: holds weights only, no recipe: build the model yourself and use load_weights"
-            )
-        allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
-        recipe, stored, model, frozen = _rebuild(metadata, allow, torch.device(map_location), path, chosen, resolvers)
-        _check_keys(model, state, path)
-        if any(p.is_meta for p in model.parameters()):
-            assign(model, state)
-        else:
-            model.load_state_dict(state, strict=True)
-        schemes = json_field(metadata, "init_schemes", dict, path, default="{}")
-        finish(model, frozen, BuildRecord(recipe, allow, schemes, stored if stored is not recipe else None))
+    """``load_checkpoint`` of one file, within the current budgets (see there)."""
+    metadata, tensors = read_tensors(path, FORMAT, map_location, verify)
+    if "recipe" not in metadata:
+        raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and use load_weights")
+    info = json_field(metadata, training.FIELD, dict, path, default="{}")
+    if optimizer is not None:
+        training.require(info, path)
+    weights = {k: v for k, v in tensors.items() if not training.is_training_key(k)}
+    allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
+    recipe, stored, model, frozen = rebuild(metadata["recipe"], allow, torch.device(map_location), path, resolvers)
+    check_keys(model, weights, path)
+    if optimizer is not None:
+        shapes = {name: p.shape for name, p in model.named_parameters()}
+        groups = training.check_optimizer(info, optimizer, shapes, path)
+    place(model, weights)
+    schemes = json_field(metadata, "init_schemes", dict, path, default="{}")
+    finish(model, frozen, BuildRecord(recipe, allow, schemes, stored if stored is not recipe else None))
+    if optimizer is not None or state is not None:
+        optimizer_state = training.restore(info, tensors, path, state)
+        if optimizer is not None:
+            training.rebind(optimizer, groups, dict(model.named_parameters()))
+            training.load_optimizer(optimizer.load_state_dict, optimizer_state, path)
     return model
 
 
-def _is_sharded(model: nn.Module) -> bool:
-    """Whether any parameter is a ``DTensor`` (none can be before ``torch.distributed.tensor`` is
-    imported, which takes 0.6 s: single-process saves never pay for it)."""
-    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
-    return dtensor is not None and any(isinstance(p, dtensor) for p in model.parameters())
+def rebuild_single_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
+    """The model a checkpoint file describes, on ``meta`` with its record and no weights: what
+    ``python -m composer inspect`` summarizes when the file stores no summary.
 
-
-def _rebuild(
-    metadata: Mapping[str, str],
-    allow: Sequence[str],
-    device: torch.device,
-    path: str | os.PathLike,
-    limits: budget.Limits,
-    resolvers: Collection[str] | None,
-) -> tuple[Recipe, Recipe, nn.Module, list]:
-    """The stored recipe, read within the budgets, and its module tree, on ``meta`` where the
-    file can fill every tensor."""
-    text = metadata["recipe"]
-    if len(text) > limits.recipe_bytes:
-        raise CheckpointError(f"{path}: {budget.exceeded('recipe_bytes', f'its recipe of {len(text):,} bytes')}")
-    raw = json_field(metadata, "recipe", dict, path)
-    try:
-        recipe, stored = read_recipe_and_stored(raw, resolvers=resolvers)
-        problems = top_level_problems(recipe)
-        if problems:
-            raise ConfigError(problems)
-        model, notes, _ = construct(recipe, allow, device, "load")
-    except ConfigError as e:
-        unknown_type = any(message.startswith("unknown type") for _, message in e.problems)
-        hint = " (import the module that registers it before loading)" if unknown_type else ""
-        raise CheckpointError(f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())}{hint}") from None
-    return recipe, stored, model, notes.frozen
+    Raises:
+        CheckpointError: as ``load_checkpoint``.
+    """
+    metadata = read_metadata(path, verify)
+    if "recipe" not in metadata:
+        raise CheckpointError(f"{path}: holds weights only, no recipe")
+    meta = torch.device("meta")
+    recipe, _, model, frozen = rebuild(metadata["recipe"], DEFAULT_TARGETS, meta, path)
+    schemes = json_field(metadata, "init_schemes", dict, path, default="{}")
+    finish(model, frozen, BuildRecord(recipe, DEFAULT_TARGETS, schemes))
+    return model
 
 
 def read_metadata(path: str | os.PathLike, verify: bool = True, *, limits: budget.LimitsArg = None) -> dict[str, str]:
     """The metadata a file stores (recipe, summary, init report, versions, all JSON or text),
-    checked against its CRC when ``verify``; nothing is built.
+    checked against its checksum when ``verify``; nothing is built.
 
     Raises:
         CheckpointError: not a composer file, corrupted, or a header past ``limits.header_bytes``.
     """
     with budget.using(limits):
-        metadata, _ = _read(path, FORMAT, "cpu", verify)
+        metadata, _ = read_tensors(path, FORMAT, "cpu", verify)
     return metadata
 
 
-def load_weights(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, *, limits: budget.LimitsArg = None
-) -> None:
-    """Copy a checkpoint's weights into an existing model.
+def save_tensors(obj: Any, path: str | os.PathLike) -> None:
+    """Tensors and plain values (``None``, bool, int, float, str) nested in lists, tuples and dicts
+    (str or int keys: an optimizer's ``state_dict``), in one file; ``load_tensors`` returns it exactly.
 
     Raises:
-        CheckpointError: not a checkpoint, corrupted, a header past ``limits.header_bytes``, or
-            keys that do not fit: missing, unexpected (both only when ``strict``) and
-            mis-shaped ones, all listed by name.
+        TypeError: a value of another type, named by its key path (``state[0].step: a set``).
+        CheckpointError: the file cannot be written.
     """
-    with budget.using(limits):
-        _, state = _read(path, FORMAT, device_of(model), verify=True)
-    _check_keys(model, state, path, names_only=not strict)
-    model.load_state_dict(state, strict=strict)
-
-
-def save_tensors(obj: TensorTree, path: str | os.PathLike) -> None:
-    """A tensor, a list of tensors or a dict from strings to tensors (nested too), in one file."""
     flat: dict[str, torch.Tensor] = {}
-    structure = _flatten(obj, flat)
+
+    def store(_where: str, tensor: torch.Tensor) -> str:
+        key = str(len(flat))
+        flat[key] = tensor
+        return key
+
+    structure = flatten(obj, store)
     tensors, aliases = _dedupe(flat)
     _write(path, TENSORS_FORMAT, tensors, {"structure": json.dumps(structure), "aliases": json.dumps(aliases)})
 
 
-def load_tensors(path: str | os.PathLike, *, limits: budget.LimitsArg = None) -> TensorTree:
-    """What ``save_tensors`` wrote: same structure, dtypes, shapes and values."""
+def load_tensors(path: str | os.PathLike, *, limits: budget.LimitsArg = None) -> Any:
+    """What ``save_tensors`` wrote: same structure (int keys, tuples), dtypes, shapes and values."""
     with budget.using(limits):
-        metadata, flat = _read(path, TENSORS_FORMAT, "cpu", verify=True)
+        metadata, flat = read_tensors(path, TENSORS_FORMAT, "cpu", verify=True)
     try:
-        return _unflatten(json_field(metadata, "structure", dict, path), flat)
-    except (KeyError, TypeError, AttributeError, RecursionError):
+        return unflatten(json_field(metadata, "structure", dict, path), flat)
+    except (ValueError, RecursionError):
         raise CheckpointError(f"{path}: its structure does not match its tensors: the file is corrupted") from None
 
 
@@ -250,7 +185,7 @@ def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor],
     metadata = {
         "format": kind,
         "format_version": FORMAT_VERSION,
-        "composer_version": _version(),
+        "composer_version": version(),
         "torch_version": torch.__version__,
         **metadata,
     }
@@ -274,7 +209,10 @@ def _serialize(fd: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str,
     placeholder in the header."""
     field, digest = _CHECKSUMS[FORMAT_VERSION]
     placeholder = metadata[field]
-    keys = sorted(tensors)
+    # Tensors whose size is a multiple of 64 bytes first: each of them then starts aligned (an
+    # optimizer's 4-byte step counters in key order would leave every tensor after them misaligned,
+    # to be copied on load); the checksum covers keys in name order, whatever the layout.
+    keys = sorted(tensors, key=lambda k: (tensors[k].numel() * tensors[k].element_size() % _ALIGN != 0, k))
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for key in keys:
@@ -337,10 +275,15 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp.path)
 
 
-def _read(
+def read_tensors(
     path: str | os.PathLike, kind: str, device: str | torch.device, verify: bool
 ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Check the header, load the tensors, verify their checksum, and restore aliased (tied) keys."""
+    """A ``kind`` file's metadata and tensors: the header checked, the tensors loaded onto
+    ``device``, their checksum verified (with ``verify``), and aliased (tied) keys restored.
+
+    Raises:
+        CheckpointError: not a ``kind`` file, unreadable, corrupted, or a header past the budget.
+    """
     try:
         fd = open_regular(path)
     except FileProblem as e:
@@ -368,28 +311,6 @@ def _read(
             raise CheckpointError(f"{path}: alias {alias!r} names a missing tensor {key!r}: the file is corrupted")
         tensors[alias] = tensors[key]
     return metadata, tensors
-
-
-def json_field(
-    metadata: Mapping[str, str], key: str, kind: type, path: str | os.PathLike, default: str | None = None
-) -> Any:
-    """A JSON-encoded metadata field, checked to be a ``kind``."""
-    try:
-        value = json.loads(metadata[key] if default is None else metadata.get(key, default), object_pairs_hook=_unique)
-    except (KeyError, TypeError, ValueError, RecursionError):  # ValueError: a 5,000-digit number too
-        value = None
-    if not isinstance(value, kind):
-        raise CheckpointError(f"{path}: its {key!r} field is missing or malformed: the file is corrupted")
-    return value
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are distinct: a key given twice in a stored recipe (the last
-    silently winning) is as wrong as in a recipe file. A ``ValueError``, reported as corruption."""
-    found = dict(pairs)
-    if len(found) < len(pairs):
-        raise ValueError("a key is given twice")
-    return found
 
 
 def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
@@ -420,8 +341,8 @@ def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
     if not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: its metadata holds values that are not strings: the file is corrupted")
     if metadata.get("format_version") not in _CHECKSUMS:
-        version, readable = metadata.get("format_version"), ", ".join(_CHECKSUMS)
-        raise CheckpointError(f"{path}: format version {version} is not supported (composer reads {readable})")
+        found, readable = metadata.get("format_version"), ", ".join(_CHECKSUMS)
+        raise CheckpointError(f"{path}: format version {found} is not supported (composer reads {readable})")
     return metadata
 
 
@@ -484,58 +405,3 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
         )
         storages.add(pointer)
     return tensors, aliases
-
-
-def _check_keys(
-    model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, names_only: bool = False
-) -> None:
-    """Missing, unexpected and mis-shaped keys, all listed; ``names_only`` lists only mis-shaped
-    ones, which even a non-strict ``load_state_dict`` refuses."""
-    expected = model.state_dict(keep_vars=True)
-    missing = [] if names_only else [k for k in expected if k not in state]
-    unexpected = [] if names_only else [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
-        for k in expected
-        if k in state and not _fits(expected[k], state[k])
-    ]
-    problems = [
-        f"{label}: {', '.join(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", mismatched))
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
-
-
-def _fits(target: torch.Tensor, stored: torch.Tensor) -> bool:
-    return isinstance(target, nn.parameter.UninitializedTensorMixin) or target.shape == stored.shape
-
-
-def _flatten(obj: Any, flat: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        key = str(len(flat))
-        flat[key] = obj
-        return {"tensor": key}
-    if isinstance(obj, (list, tuple)):
-        return {"list": [_flatten(item, flat) for item in obj]}
-    if isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj):
-        return {"dict": {k: _flatten(v, flat) for k, v in obj.items()}}
-    raise TypeError(f"save_tensors takes tensors, lists of them and dicts from str to them, not {type(obj).__name__}")
-
-
-def _unflatten(structure: Any, flat: Mapping[str, torch.Tensor]) -> Any:
-    if "tensor" in structure:
-        return flat[structure["tensor"]]
-    if "list" in structure:
-        return [_unflatten(item, flat) for item in structure["list"]]
-    return {k: _unflatten(v, flat) for k, v in structure["dict"].items()}
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415  (only when saving)
-
-    try:
-        return version("torch-recipe-composer")
-    except PackageNotFoundError:
-        return "unknown"
