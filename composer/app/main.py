@@ -84,9 +84,10 @@ def run(cfg: DictConfig, out: Path) -> None:
 
     import json  # noqa: PLC0415
 
-    from composer import build_from_config, save_checkpoint  # noqa: PLC0415  (torch)
     from composer import limits as budget  # noqa: PLC0415
+    from composer.build.pipeline import build_from_config  # noqa: PLC0415  (torch)
     from composer.build.record import record_of  # noqa: PLC0415
+    from composer.checkpoint.api import save_checkpoint  # noqa: PLC0415
     from composer.describe.probe import PROBE_FILE, probe  # noqa: PLC0415
     from composer.describe.summarize import summarize  # noqa: PLC0415
 

@@ -175,7 +175,7 @@ def read_job(folder: Path) -> Job:
 
 def checkpoint_stats(path: Path) -> list[ParamStats]:
     """Statistics of every parameter of a checkpoint (a tied one once), in float64."""
-    from composer import load_checkpoint  # noqa: PLC0415  (torch: only once there is a report to make)
+    from composer.checkpoint.api import load_checkpoint  # noqa: PLC0415  (torch: only once there is a report to make)
 
     model = load_checkpoint(path)
     stats = []

@@ -25,12 +25,14 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedTensorMixin
 
 from composer import limits as budget
+from composer.build.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
+from composer.build.twins import copier
 from composer.errors import ConfigError, did_you_mean, has_control, unknown
-from composer.recipe.count import count_modules
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.modules.ops import OPS, make_op, op_problems
-from composer.build.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
-from composer.recipe.plain import SCALARS
+from composer.modules.registry import MODULES, resolve_target
+from composer.modules.signatures import describe, is_int, signature_of
+from composer.recipe.count import count_modules
 from composer.recipe.grammar import (
     CALL,
     CALLED,
@@ -49,13 +51,10 @@ from composer.recipe.grammar import (
     form_of,
     is_node,
 )
+from composer.recipe.plain import SCALARS
 from composer.recipe.read import Recipe, dtype_of
-from composer.recipe.walk import Visits, child_path
-from composer.modules.registry import MODULES
-from composer.modules.signatures import describe, is_int, signature_of
-from composer.modules.registry import resolve_target
 from composer.recipe.templates import Template, expand, parse_templates, split_use, substitute_index
-from composer.build.twins import copier
+from composer.recipe.walk import Visits, child_path
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.modules.blocks.")
 _RESERVED = frozenset({*CALLED.reserved, *TARGET.reserved})  # a called node's keys that are not its kwargs

@@ -19,8 +19,8 @@ from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer import limits as budget
-from composer.errors import ConfigError, first_line
 from composer.build.placement import device_of
+from composer.errors import ConfigError, first_line
 from composer.recipe.read import InputSpec
 
 

@@ -19,14 +19,14 @@ from torch import nn
 
 from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS, BuildNotes, construct
-from composer.errors import ConfigError
 from composer.build.gc_pause import gc_paused
-from composer.init.rules import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
-from composer.init.initializers import SEED_LIMIT
 from composer.build.materialize import forward_zeros, has_lazy, require_shapes
+from composer.build.record import BuildRecord, finish
+from composer.errors import ConfigError
+from composer.init.initializers import SEED_LIMIT
+from composer.init.rules import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.recipe.parallel import parse_parallel
 from composer.recipe.read import Recipe, example_inputs, read_recipe_and_stored, top_level_problems
-from composer.build.record import BuildRecord, finish
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh

@@ -35,13 +35,13 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-from composer.errors import ConfigError, did_you_mean
-from composer.modules.graph import Graph
-from composer.init.rules import Plan, TensorFills, canonical_paths, first_paths
-from composer.init.initializers import SEED_LIMIT
 from composer.build.materialize import allocate, require_shapes
-from composer.build.tensor_parallel import apply_tp, tp_plan
 from composer.build.placement import reset_method, resets_itself
+from composer.build.tensor_parallel import apply_tp, tp_plan
+from composer.errors import ConfigError, did_you_mean
+from composer.init.initializers import SEED_LIMIT
+from composer.init.rules import Plan, TensorFills, canonical_paths, first_paths
+from composer.modules.graph import Graph
 from composer.modules.registry import MODULES
 from composer.recipe.parallel import Parallel
 
@@ -222,7 +222,9 @@ def _fsdp_options(parallel: Parallel, mesh: DeviceMesh) -> dict[str, Any]:
     if parallel.cpu_offload:  # pinned memory needs an accelerator ("Cannot access accelerator device")
         offload = CPUOffloadPolicy(pin_memory=mesh.device_type != "cpu")
     return {
-        "mp_policy": MixedPrecisionPolicy(param_dtype=dtype(parallel.param_dtype), reduce_dtype=dtype(parallel.reduce_dtype)),
+        "mp_policy": MixedPrecisionPolicy(
+            param_dtype=dtype(parallel.param_dtype), reduce_dtype=dtype(parallel.reduce_dtype)
+        ),
         "reshard_after_forward": parallel.reshard_after_forward,
         "offload_policy": offload,
     }

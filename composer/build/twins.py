@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from composer.init.defaults import default_table
 from composer.build.placement import resets_itself, skipping
+from composer.init.defaults import default_table
 
 # What nn.Module.__init__ makes: (name, type); its containers (hooks, children, tensors) are made
 # anew, empty, in each copy.
