@@ -5,6 +5,8 @@ checkpoint of each that loads whole in one process and on another mesh."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -282,3 +284,9 @@ def test_each_mode_saves_on_two_ranks_and_loads_whole_and_on_another_mesh(mode, 
     assert list(whole.state_dict()) == list(expected)
     assert all(torch.equal(v, expected[k]) for k, v in whole.state_dict().items())
     run_ranks(2, _load_mode, str(tmp_path), mode)
+    if mode == "tensor_parallel":  # the directory's metadata keeps the layout it was saved with
+        shown = subprocess.run(
+            [sys.executable, "-m", "composer", "inspect", str(tmp_path / mode)], capture_output=True, text=True
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "layout: cpu mesh dp 1 x tp 2" in shown.stdout and "tp: block.up: colwise" in shown.stdout

@@ -192,7 +192,36 @@ def _info(model: nn.Module, aliases: dict[str, str], crcs: dict[str, int], world
     record = record_of(model)
     if record is not None:
         info.update(recipe=record.recipe, allow_targets=list(record.allow_targets), init_schemes=record.schemes)
+        if record.layout is not None:
+            info["layout"] = record.layout
     return info
+
+
+def _layout(info: Mapping[str, Any], path: Path) -> dict[str, Any] | None:
+    """The layout the saving ranks had (``shard.Layout.describe``), checked for its shape: it is
+    only shown, but a crafted file must not make the summary fail."""
+    layout = info.get("layout")
+    if layout is None:
+        return None
+    strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    ok = (
+        isinstance(layout, dict)
+        and isinstance(layout.get("mesh"), dict)
+        and isinstance(layout["mesh"].get("device"), str)
+        and isinstance(layout["mesh"].get("shape"), list)
+        and all(isinstance(n, int) for n in layout["mesh"]["shape"])
+        and strings(layout["mesh"].get("dims"))
+        and len(layout["mesh"]["dims"]) in (0, len(layout["mesh"]["shape"]))
+        and strings(layout.get("units"))
+        and isinstance(layout.get("policy"), dict)
+        and set(layout["policy"]) == {"param_dtype", "reduce_dtype", "reshard_after_forward", "cpu_offload"}
+        and isinstance(layout.get("tp"), dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in layout["tp"].items())
+        and strings(layout.get("checkpoint"))
+    )
+    if not ok:
+        raise CheckpointError(f"{path}: its layout field is malformed: the checkpoint is corrupted")
+    return layout
 
 
 def _write_info(folder: Path, info: dict[str, Any]) -> None:
@@ -379,7 +408,8 @@ def rebuild_sharded_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.
     stored = {k: v for k, v in every.items() if not training.is_training_key(k)}
     check_keys(model, stored, path)
     place(model, stored)
-    finish(model, frozen, BuildRecord(info["recipe"], DEFAULT_TARGETS, info.get("init_schemes", {})))
+    record = BuildRecord(info["recipe"], DEFAULT_TARGETS, info.get("init_schemes", {}), layout=_layout(info, path))
+    finish(model, frozen, record)
     return model
 
 
