@@ -41,7 +41,7 @@ from composer.modules.signatures import is_int
 from composer.recipe.read import TOP_LEVEL_KEYS as RECIPE_KEYS
 from composer.recipe.read import example_inputs
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # the packaged recipes, inside the package
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the packaged recipes, inside the package
 APP_KEYS = ("seed", "check", "probe")  # the app's own settings: not part of the recipe
 CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)
 RECIPE, SUMMARY = "recipe.yaml", "summary.txt"
