@@ -85,6 +85,10 @@ def test_containers_hold_subtotals_and_depth_limits_the_rows():
     assert list(rows(shallow)) == ["(model)", "0", "1"]
     assert "(20 module(s) below depth 1 not shown; their parameters are in the subtotals)" in shallow
     assert "total parameters: 309 (1.2 KB)" in shallow
+    # the init report groups what lies below the depth: one line per ancestor and scheme
+    grouped = "initialization:\n  0.*:      default (16 tensors)\n  1.weight: default\n  1.bias:   default"
+    assert shallow.endswith(grouped)
+    assert summary(model, depth=0).endswith("initialization:\n  *: default (18 tensors)")
     assert [row["path"] for row in summary(model, depth=0, as_dict=True)["rows"]] == [""]
     with pytest.raises(ValueError, match="depth"):
         summary(model, depth=-1)

@@ -79,7 +79,7 @@ class Job:
     num: int
     overrides: list[str]
     choices: dict[str, str]
-    status: str = "ok"  # ok | failed | checked
+    status: str = "ok"  # ok | failed | checked | unsaved (save=false: no checkpoint, no weight statistics)
     error: str = ""
     params: list[ParamStats] = field(default_factory=list)
     short: str = ""  # the overrides that differ from the other jobs'
@@ -163,9 +163,11 @@ def read_job(folder: Path) -> Job:
             job.status, job.error = "failed", f"cannot read {CHECKPOINT}: {first_line(str(e))}"
     elif job_cfg.get("check"):
         job.status = "checked"
+    elif job_cfg.get("save") is False:
+        job.status = "unsaved"
     else:
         job.status, job.error = "failed", f"no {CHECKPOINT}: the job did not finish (see its log in {folder})"
-    if job.status == "ok" and (folder / PROBE).exists():
+    if job.status in ("ok", "unsaved") and (folder / PROBE).exists():
         try:
             job.probe = json.loads((folder / PROBE).read_text())
         except (OSError, ValueError) as e:
