@@ -230,3 +230,21 @@ def test_an_input_one_dimension_short_says_input_shape_includes_the_batch():
     assert "input_shape includes the batch dimension" in text
     ok = {**recipe, "input_shape": [2, 1, 28, 28]}
     assert "batch dimension" not in summary(build_from_config(ok))
+
+
+def test_the_batch_hint_comes_whatever_layer_fails_first():
+    """Conv2d runs an unbatched [C, H, W] input; the BatchNorm2d after it is what fails (as in
+    resnet18 with input_shape [3, 224, 224]): the hint names the model's input all the same."""
+    layers = [
+        {"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3},
+        {"type": "BatchNorm2d", "num_features": 4},
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 2},
+    ]
+    with pytest.raises(ConfigError) as e:
+        build_from_config({"model": {"type": "Sequential", "layers": layers}, "input_shape": [3, 8, 8]})
+    assert "failed in module '1': ValueError: expected 4D input (got 3D input)" in str(e.value)
+    assert (
+        "(input_shape includes the batch dimension: BatchNorm2d takes 4 dims, [batch, channels, size, size], "
+        "and [3, 8, 8] has 3, e.g. [2, 3, 8, 8])" in str(e.value)
+    )
