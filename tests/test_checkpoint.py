@@ -67,8 +67,13 @@ def test_tensor_files_keep_dtype_shape_nesting_and_views(tmp_path):
     }
     save_tensors(obj, tmp_path / "t.safetensors")
     assert_same_tensors(load_tensors(tmp_path / "t.safetensors"), obj)
-    with pytest.raises(TypeError, match="not int"):
-        save_tensors({"x": 3}, tmp_path / "bad")
+    with pytest.raises(TypeError) as error:
+        save_tensors({"x": [torch.zeros(1), {1.5}]}, tmp_path / "bad")
+    assert str(error.value).startswith("save_tensors: obj['x'][1] is {1.5}, a set; it takes tensors, lists of them")
+    with pytest.raises(TypeError) as error:  # where in the tree, and what was found there
+        save_tensors({"state": {("w", 0): torch.zeros(1)}}, tmp_path / "bad")
+    assert str(error.value).startswith("save_tensors: obj['state'] has the key ('w', 0), a tuple; it takes")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_tutorial_clone_reproduces_outputs(tmp_path):

@@ -512,16 +512,28 @@ def _fits(target: torch.Tensor, stored: torch.Tensor) -> bool:
     return isinstance(target, nn.parameter.UninitializedTensorMixin) or target.shape == stored.shape
 
 
-def _flatten(obj: Any, flat: dict[str, torch.Tensor]) -> Any:
+def _flatten(obj: Any, flat: dict[str, torch.Tensor], where: str = "obj") -> Any:
+    """The structure of ``obj`` with its tensors moved into ``flat``; what it cannot store is a
+    ``TypeError`` naming where in ``obj`` it was found (``obj['state'] has the key 0``)."""
     if isinstance(obj, torch.Tensor):
         key = str(len(flat))
         flat[key] = obj
         return {"tensor": key}
     if isinstance(obj, (list, tuple)):
-        return {"list": [_flatten(item, flat) for item in obj]}
-    if isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj):
-        return {"dict": {k: _flatten(v, flat) for k, v in obj.items()}}
-    raise TypeError(f"save_tensors takes tensors, lists of them and dicts from str to them, not {type(obj).__name__}")
+        return {"list": [_flatten(item, flat, f"{where}[{i}]") for i, item in enumerate(obj)]}
+    if isinstance(obj, Mapping):
+        key = next((k for k in obj if not isinstance(k, str)), None)
+        if key is None:
+            return {"dict": {k: _flatten(v, flat, f"{where}[{k!r}]") for k, v in obj.items()}}
+        found = f"{where} has the key {_preview(key)}, a {type(key).__name__}"
+    else:
+        found = f"{where} is {_preview(obj)}, a {type(obj).__name__}"
+    raise TypeError(f"save_tensors: {found}; it takes tensors, lists of them and dicts from str to them")
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _unflatten(structure: Any, flat: Mapping[str, torch.Tensor]) -> Any:
