@@ -497,6 +497,8 @@ def test_help_lists_the_groups_and_the_subcommands(quick):
     assert "model: centered, chimera, deep_mlp" in text
     assert "nncompose list [types|inits|ops|templates|recipes] [NAME]" in text
     assert 'eval "$(nncompose -sc install=bash)"' in text
+    assert "save=false (no\ncheckpoint), summary.depth=N (print the summary's first N levels)" in text
+    assert "save: true\nsummary:\n  depth: null\n" in text  # the config section, as Hydra prints it
 
 
 def test_list_and_schema_subcommands(quick):

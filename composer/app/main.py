@@ -1,8 +1,9 @@
 """The Hydra app: ``python -m composer model=mlp init=xavier``.
 
 A job builds the recipe composed from ``conf/`` (plus ``--config-dir``), prints its summary and
-the output shape of a forward pass on ``input_shape``, and writes ``model.safetensors``,
-``recipe.yaml`` and ``summary.txt`` into Hydra's output folder. ``check=true`` builds on the
+the output shape of a forward pass on ``input_shape``, and writes ``model.safetensors`` (unless
+``save=false``), ``recipe.yaml`` and ``summary.txt`` into Hydra's output folder; ``summary.depth=N``
+prints the summary's first N levels only. ``check=true`` builds on the
 ``meta`` device instead and writes nothing but Hydra's own files. A multirun leaves one folder per
 job; ``composer.app.report.SweepReport`` (a Hydra callback) then compares them at the sweep's root.
 
