@@ -1,11 +1,13 @@
-"""Build GPT-2 small sharded over every rank (FSDP2) from its recipe, train it a few steps, save it.
+r"""Build GPT-2 small sharded over every rank (FSDP2) from its recipe, train it a few steps, save it.
 
     torchrun --nproc_per_node 2 examples/train_gpt2_sharded.py                      # GPT-2 small, 124 M
-    torchrun --nproc_per_node 2 examples/train_gpt2_sharded.py vars.n_layer=2 vars.n_embd=128 --steps 20
+    torchrun --nproc_per_node 2 examples/train_gpt2_sharded.py \
+        vars.n_layer=2 vars.n_embd=128 vars.n_head=2 --steps 20 --save ckpt_tiny          # tiny, ~20 s on CPUs
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-endpoint HOST:29500 examples/train_gpt2_sharded.py --save ckpt
 
 On GPUs each rank takes its own device and NCCL; on CPUs, gloo. Overrides are OmegaConf dot-list
-entries on ``composer/conf/model/gpt2_small.yaml`` (its ``vars`` shrink the model). Each rank builds only
+entries on the packaged ``composer/conf/model/gpt2_small.yaml`` (its ``vars`` shrink the model; ``n_embd``
+must be a multiple of ``n_head``, so a smaller ``n_embd`` takes a smaller ``n_head``). Each rank builds only
 its shards: one FSDP unit per transformer block, the root holding the tied embedding and head.
 The data is a synthetic next-token task (each sequence counts up from a random start), so the loss
 falls within a few steps; each rank draws its own batches, as data parallelism does.
@@ -24,9 +26,11 @@ from omegaconf import OmegaConf
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn import functional as F
 
+import composer
 from composer import build_from_config, load_checkpoint, save_checkpoint
 
-RECIPE = Path(__file__).resolve().parent.parent / "conf" / "model" / "gpt2_small.yaml"
+# The recipe inside the installed package (a wheel carries composer/conf/), not a checkout's path.
+RECIPE = Path(composer.__file__).resolve().parent / "conf" / "model" / "gpt2_small.yaml"
 INIT = {  # GPT-2's: weights N(0, 0.02), biases zero (the tied head follows the embedding)
     "seed": 0,
     "rules": [

@@ -222,7 +222,8 @@ def test_every_recipe_sweep_has_a_report(every_recipe):
     rows = read_csv(every_recipe / "report.csv")
     assert {r["model"] for r in rows} == set(MODELS)
     assert all(r["status"] == "ok" for r in rows)
-    assert is_png(every_recipe / "report.png") and is_png(every_recipe / "signal.png")
+    pages = sorted(every_recipe.glob("report*.png"))  # every weight of every model: several pages
+    assert len(pages) > 1 and all(is_png(page) for page in pages) and is_png(every_recipe / "signal.png")
     assert {r["model"] for r in read_csv(every_recipe / "signal.csv")} == set(MODELS)
 
 
@@ -496,6 +497,8 @@ def test_help_lists_the_groups_and_the_subcommands(quick):
     assert "model: centered, chimera, deep_mlp" in text
     assert "nncompose list [types|inits|ops|templates|recipes] [NAME]" in text
     assert 'eval "$(nncompose -sc install=bash)"' in text
+    assert "save=false (no\ncheckpoint), summary.depth=N (print the summary's first N levels)" in text
+    assert "save: true\nsummary:\n  depth: null\n" in text  # the config section, as Hydra prints it
 
 
 def test_list_and_schema_subcommands(quick):

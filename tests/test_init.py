@@ -42,6 +42,22 @@ def test_constant_scheme(model):
     assert (net[2].weight == 1).all()
 
 
+@pytest.mark.parametrize("scheme", ["normal", "constant"])
+def test_normal_and_constant_reach_linear_layers_only(scheme):
+    """As the tutorial's ``init_normal``/``init_constant`` (``type(m) == nn.Linear``): a norm's gain
+    stays 1 and its bias 0, convolutions keep their defaults, only ``fc`` takes the scheme."""
+    net = build_from_config(with_init("resnet18", scheme))
+    assert torch.equal(net.bn1.weight, torch.ones(64)) and torch.equal(net.bn1.bias, torch.zeros(64))
+    assert torch.equal(net.layer4[1].bn2.weight, torch.ones(512))
+    report = init_report(net)
+    assert report["conv1.weight"] == "default" and report["bn1.weight"] == "default"
+    assert report["fc.weight"].startswith(scheme) and report["fc.bias"].startswith("zeros")
+    if scheme == "constant":
+        assert (net.fc.weight == 1).all()
+    else:
+        assert abs(net.fc.weight.std().item() - 0.01) < 0.001
+
+
 def test_mixed_xavier_on_0_and_42_on_2():
     net = build_from_config(with_init("mlp", "mixed"))
     assert (net[2].weight == 42).all()

@@ -49,6 +49,12 @@ def test_the_installed_wheel_runs_recipes_from_any_folder(installed, tmp_path):
     python = str(installed / "python")
     where = run([python, "-c", "import composer; print(composer.__file__)"], tmp_path).stdout
     assert str(ROOT) not in where  # the wheel's copy, not the checkout
+    licence = (
+        "from importlib.metadata import metadata, files; dist = 'torch-recipe-composer'; "
+        "print(metadata(dist)['License-Expression']); print([str(f) for f in files(dist) if 'LICENSE' in str(f)])"
+    )
+    expression, licence_files = run([python, "-c", licence], tmp_path).stdout.splitlines()
+    assert expression == "Apache-2.0" and "licenses/LICENSE" in licence_files  # the full text travels too
     result = run(
         [str(installed / "nncompose"), "model=rgnet", "init=xavier", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path
     )

@@ -11,7 +11,16 @@ import yaml
 from omegaconf import OmegaConf
 
 from composer import build_from_config, save_checkpoint
-from composer.app.report import SweepReport, last_failures, read_jobs, write_report
+from composer.app.plots import _tail, _zeros
+from composer.app.report import (
+    SweepReport,
+    last_failures,
+    read_jobs,
+    signal_groups,
+    signal_payload,
+    weight_pages,
+    write_report,
+)
 from composer.build.record import record_of
 from composer.describe.probe import probe
 from tests.recipes import model_recipe
@@ -102,8 +111,63 @@ def test_signal_propagation_is_plotted_and_flagged(tmp_path):
     assert "## Signal propagation of `deep` at init" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| 4 | `3` | Linear |"))
     assert row.endswith("↓ `init=tiny` |")  # flagged: the orthogonal job keeps its std (x1)
-    assert "![activation std and gradient norm against depth, one line per job](signal.png)" in markdown
+    assert "(signal.png)" in markdown and "- `signal.png`: activation std and weight-gradient norm" in markdown
     assert is_png(sweep / "signal.png") and is_png(sweep / "report.png")
+    [group] = signal_payload(sweep / "signal.png", signal_groups(read_jobs(sweep)))["groups"]
+    assert group["title"] == "deep"  # plain text in the plot; `deep` in the Markdown
+
+
+def test_the_report_plots_every_weight_of_deep_mlp_on_pages(tmp_path):
+    """deep_mlp's 21 weights under two schemes: three pages of 8 rows, each row one weight across
+    both jobs, each histogram on its own range; report.md says what each page shows."""
+    sweep = tmp_path / "sweep"
+    recipe = yaml.safe_load(model_recipe("deep_mlp").read_text())
+    for num, (init, rules) in enumerate([("default", []), ("custom", [{"layer": "Linear", "weight": "piecewise"}])]):
+        model = build_from_config({**recipe, "init": {"seed": 0, "rules": rules}})
+        folder = job_folder(sweep, num, ["model=deep_mlp", f"init={init}"], {"model": "deep_mlp", "init": init})
+        save_checkpoint(model, folder / "model.safetensors")
+    weights = [name for name, p in model.named_parameters() if p.dim() == 2]
+    assert len(weights) == 21
+    jobs = read_jobs(sweep)
+    pages = weight_pages(sweep, jobs, rows_per_page=8, columns_per_page=8)
+    rows = [row for page in pages for row in page.data["rows"]]
+    assert [row["label"] for row in rows] == weights  # every weight, in order, none dropped
+    for row in rows:
+        default, custom = row["columns"]
+        assert (default["title"], custom["title"]) == ("init=default", "init=custom")
+        assert default["edges"][-1] < 1 < 5 < custom["edges"][-1]  # each job on its own scale
+        assert abs(sum(default["shares"]) - 1) < 1e-9
+    written = [p.name for p in write_report(sweep, jobs)]
+    assert written[-3:] == ["report-1.png", "report-2.png", "report-3.png"] and "report.png" not in written
+    assert all(is_png(sweep / name) for name in written[-3:])
+    markdown = (sweep / "report.md").read_text()
+    assert "- `report-3.png`: weight histograms, page 3 of 3, 5 of 21 rows (32.weight … 40.weight)" in markdown
+    assert "(report-1.png)" in markdown and "(report-2.png)" in markdown
+
+
+def test_a_model_that_one_job_built_fills_its_rows_with_its_weights(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, name in enumerate(["rgnet", "mlp"]):
+        model = build_from_config(model_recipe(name))
+        folder = job_folder(sweep, num, [f"model={name}"], {"model": name, "init": "default"})
+        save_checkpoint(model, folder / "model.safetensors")
+    [page] = weight_pages(sweep, read_jobs(sweep), rows_per_page=8, columns_per_page=4)
+    labels = [row["label"] for row in page.data["rows"]]
+    assert labels == [
+        "rgnet: 0.block 0.0.weight to 0.block 1.2.weight",
+        "rgnet: 0.block 2.0.weight to 0.block 3.2.weight",
+        "rgnet: 1.weight",
+        "mlp: 0.weight to 2.weight",
+    ]
+    assert [c["title"] for c in page.data["rows"][3]["columns"]] == ["0.weight 256x20", "2.weight 10x256"]
+
+
+def test_signal_plot_labels_show_the_end_of_a_path_and_name_zero_gradients():
+    assert _tail("transformer.h.11.attn.c_attn.weight", 24) == "…h.11.attn.c_attn.weight"
+    assert _tail("transformer.wte.weight", 24) == "transformer.wte.weight"
+    assert _zeros([0.0, 0.0, None], some=True) == "all 2"
+    assert _zeros([0.0, 0.0, 3.0], some=True) == "2 of 3"
+    assert _zeros([0.0, 0.0, 3.0], some=False) == "" and _zeros([1.0], some=True) == ""
 
 
 def is_png(path: Path) -> bool:

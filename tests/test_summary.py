@@ -85,6 +85,10 @@ def test_containers_hold_subtotals_and_depth_limits_the_rows():
     assert list(rows(shallow)) == ["(model)", "0", "1"]
     assert "(20 module(s) below depth 1 not shown; their parameters are in the subtotals)" in shallow
     assert "total parameters: 309 (1.2 KB)" in shallow
+    # the init report groups what lies below the depth: one line per ancestor and scheme
+    grouped = "initialization:\n  0.*:      default (16 tensors)\n  1.weight: default\n  1.bias:   default"
+    assert shallow.endswith(grouped)
+    assert summary(model, depth=0).endswith("initialization:\n  *: default (18 tensors)")
     assert [row["path"] for row in summary(model, depth=0, as_dict=True)["rows"]] == [""]
     with pytest.raises(ValueError, match="depth"):
         summary(model, depth=-1)
@@ -226,3 +230,21 @@ def test_an_input_one_dimension_short_says_input_shape_includes_the_batch():
     assert "input_shape includes the batch dimension" in text
     ok = {**recipe, "input_shape": [2, 1, 28, 28]}
     assert "batch dimension" not in summary(build_from_config(ok))
+
+
+def test_the_batch_hint_comes_whatever_layer_fails_first():
+    """Conv2d runs an unbatched [C, H, W] input; the BatchNorm2d after it is what fails (as in
+    resnet18 with input_shape [3, 224, 224]): the hint names the model's input all the same."""
+    layers = [
+        {"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3},
+        {"type": "BatchNorm2d", "num_features": 4},
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 2},
+    ]
+    with pytest.raises(ConfigError) as e:
+        build_from_config({"model": {"type": "Sequential", "layers": layers}, "input_shape": [3, 8, 8]})
+    assert "failed in module '1': ValueError: expected 4D input (got 3D input)" in str(e.value)
+    assert (
+        "(input_shape includes the batch dimension: BatchNorm2d takes 4 dims, [batch, channels, size, size], "
+        "and [3, 8, 8] has 3, e.g. [2, 3, 8, 8])" in str(e.value)
+    )

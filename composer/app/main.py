@@ -1,8 +1,9 @@
 """The Hydra app: ``python -m composer model=mlp init=xavier``.
 
 A job builds the recipe composed from ``conf/`` (plus ``--config-dir``), prints its summary and
-the output shape of a forward pass on ``input_shape``, and writes ``model.safetensors``,
-``recipe.yaml`` and ``summary.txt`` into Hydra's output folder. ``check=true`` builds on the
+the output shape of a forward pass on ``input_shape``, and writes ``model.safetensors`` (unless
+``save=false``), ``recipe.yaml`` and ``summary.txt`` into Hydra's output folder; ``summary.depth=N``
+prints the summary's first N levels only. ``check=true`` builds on the
 ``meta`` device instead and writes nothing but Hydra's own files. A multirun leaves one folder per
 job; ``composer.app.report.SweepReport`` (a Hydra callback) then compares them at the sweep's root.
 
@@ -42,7 +43,7 @@ from composer.recipe.read import TOP_LEVEL_KEYS as RECIPE_KEYS
 from composer.recipe.read import example_inputs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the packaged recipes, inside the package
-APP_KEYS = ("seed", "check", "probe")  # the app's own settings: not part of the recipe
+APP_KEYS = ("seed", "check", "probe", "save", "summary")  # the app's own settings: not part of the recipe
 CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)
 RECIPE, SUMMARY = "recipe.yaml", "summary.txt"
 SEED_LIMIT = 2**32  # the app's seed seeds random, torch and numpy: numpy takes [0, 2**32)
@@ -122,10 +123,12 @@ def run(cfg: DictConfig, out: Path) -> None:
         raise result.error  # the forward on the example inputs failed
     if options is not None and signal is None:
         print(probe_error, file=sys.stderr)
-    table = result.text()
+    shown = result if settings["depth"] is None else result.to_depth(settings["depth"])
+    table, printed = result.text(), shown.text()  # the files keep every level; summary.depth is what prints
     if result.output_shape is not None and not check:
         table += f"\noutput shape: {result.output_shape}"
-    print(printable(table))
+        printed += f"\noutput shape: {result.output_shape}"
+    print(printable(printed))
     if check:
         print(check_line(model))
         return
@@ -133,11 +136,12 @@ def run(cfg: DictConfig, out: Path) -> None:
     import yaml  # noqa: PLC0415
 
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, out / CHECKPOINT, summary=table)
+    if settings["save"]:
+        save_checkpoint(model, out / CHECKPOINT, summary=table)
     stored = record_of(model).recipe_to_store  # never what an enabled resolver read
     (out / RECIPE).write_text(yaml.safe_dump(stored, sort_keys=False, default_flow_style=None))
     (out / SUMMARY).write_text(table + "\n")
-    written = [CHECKPOINT, RECIPE, SUMMARY]
+    written = [*([CHECKPOINT] if settings["save"] else []), RECIPE, SUMMARY]
     if signal is not None:
         (out / PROBE_FILE).write_text(json.dumps(signal) + "\n")
         written.append(PROBE_FILE)
@@ -151,13 +155,41 @@ PROBE_DEFAULTS = {"batch": 64, "max_macs": 4e9}  # as in config.yaml; probe=true
 
 
 def app_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``seed``, ``check`` and ``probe`` (None when off), checked; every problem at once."""
-    problems = []
-    seed, check, raw = cfg.get("seed"), cfg.get("check"), cfg.get("probe", True)
+    """``seed``, ``check``, ``save``, ``probe`` (None when off) and ``depth`` (``summary.depth``),
+    checked; every problem at once."""
+    problems: list[tuple[str, str]] = []
+    seed, check, save = cfg.get("seed"), cfg.get("check"), cfg.get("save", True)
     if seed is not None and not (is_int(seed) and 0 <= seed < SEED_LIMIT):
         problems.append(("seed", f"expected an integer in [0, 2**32) or null, got {seed!r}"))
-    if not isinstance(check, bool):
-        problems.append(("check", f"expected true or false, got {check!r}"))
+    for key, value in (("check", check), ("save", save)):
+        if not isinstance(value, bool):
+            problems.append((key, f"expected true or false, got {value!r}"))
+    probe = _probe_setting(cfg.get("probe", True), problems)
+    depth = _summary_depth(cfg.get("summary"), problems)
+    if problems:
+        raise ConfigError(problems)
+    return {"seed": seed, "check": check, "save": save, "probe": probe, "depth": depth}
+
+
+def _summary_depth(raw: Any, problems: list[tuple[str, str]]) -> int | None:
+    """``summary.depth``: the levels of the summary a job prints (None: all of them)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, DictConfig):
+        problems.append(("summary", f"expected a mapping such as {{depth: 1}}, got {raw!r}"))
+        return None
+    for key in raw:
+        if key != "depth":
+            problems.append((f"summary.{key}", f"unknown setting{did_you_mean(str(key), ['depth'])}; valid: depth"))
+    depth = raw.get("depth")
+    if depth is not None and not (is_int(depth) and depth >= 0):
+        problems.append(("summary.depth", f"expected a non-negative integer or null, got {depth!r}"))
+        return None
+    return depth
+
+
+def _probe_setting(raw: Any, problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """``probe``: true (the defaults), false or null (off), or a mapping over the defaults."""
     probe: dict[str, Any] | None = dict(PROBE_DEFAULTS)
     if raw is False or raw is None:
         probe = None
@@ -179,9 +211,7 @@ def app_settings(cfg: DictConfig) -> dict[str, Any]:
             problems.append(("probe.max_macs", f"expected a positive number or null, got {limit!r}"))
     elif raw is not True:
         problems.append(("probe", f"expected true, false or a mapping of {', '.join(PROBE_DEFAULTS)}, got {raw!r}"))
-    if problems:
-        raise ConfigError(problems)
-    return {"seed": seed, "check": check, "probe": probe}
+    return probe
 
 
 def probe_line(signal: dict[str, Any]) -> str:

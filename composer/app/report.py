@@ -6,9 +6,11 @@ on a cluster), it reads every job folder under the sweep's root — ``.hydra/ove
 and writes at the root:
 
 - ``report.csv``: one row per job and parameter: mean, std (population), min, max, fraction of zeros;
-- ``report.md``: the jobs, the same statistics as a table per layer across jobs, the failed jobs;
-- ``report.png``: histograms of each weight (one row per layer, one column per job, a shared x
-  axis per layer);
+- ``report.md``: the jobs, what each file shows, the same statistics as a table per layer across
+  jobs, the failed jobs;
+- ``report.png`` (or ``report-1.png``, ``report-2.png``, ... where one page would hold more than
+  ``rows_per_page`` weights or ``columns_per_page`` jobs): a histogram of every weight of every job,
+  one row per weight and one column per job, each on its own x range;
 - ``signal.csv`` and ``signal.png``, where the jobs probed their models (``probe.json``): each leaf
   module's output std against depth and each weight's gradient norm against depth, one line per
   job, log scale; ``report.md`` then flags the layers whose std grew or shrank more than 10x from
@@ -79,7 +81,7 @@ class Job:
     num: int
     overrides: list[str]
     choices: dict[str, str]
-    status: str = "ok"  # ok | failed | checked
+    status: str = "ok"  # ok | failed | checked | unsaved (save=false: no checkpoint, no weight statistics)
     error: str = ""
     params: list[ParamStats] = field(default_factory=list)
     short: str = ""  # the overrides that differ from the other jobs'
@@ -93,10 +95,10 @@ class Job:
 class SweepReport(Callback):
     """Writes ``report.csv``, ``report.md`` and ``report.png`` at the root of a finished sweep."""
 
-    def __init__(self, plot: bool = True, max_plot_rows: int = 8, max_plot_columns: int = 8) -> None:
+    def __init__(self, plot: bool = True, rows_per_page: int = 8, columns_per_page: int = 8) -> None:
         self.plot = plot
-        self.max_plot_rows = max_plot_rows
-        self.max_plot_columns = max_plot_columns
+        self.rows_per_page = rows_per_page
+        self.columns_per_page = columns_per_page
         self._plotter: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -116,7 +118,7 @@ class SweepReport(Callback):
         _last_failures[:] = [f"#{j.num} ({j.label}): {j.error}" for j in jobs if j.status == "failed"]
         plotter, self._plotter = self._plotter, None
         try:
-            written = write_report(sweep_dir, jobs, self.plot, self.max_plot_rows, self.max_plot_columns, plotter)
+            written = write_report(sweep_dir, jobs, self.plot, self.rows_per_page, self.columns_per_page, plotter)
         finally:
             if plotter is not None:
                 plotter.close()
@@ -163,9 +165,11 @@ def read_job(folder: Path) -> Job:
             job.status, job.error = "failed", f"cannot read {CHECKPOINT}: {first_line(str(e))}"
     elif job_cfg.get("check"):
         job.status = "checked"
+    elif job_cfg.get("save") is False:
+        job.status = "unsaved"
     else:
         job.status, job.error = "failed", f"no {CHECKPOINT}: the job did not finish (see its log in {folder})"
-    if job.status == "ok" and (folder / PROBE).exists():
+    if job.status in ("ok", "unsaved") and (folder / PROBE).exists():
         try:
             job.probe = json.loads((folder / PROBE).read_text())
         except (OSError, ValueError) as e:
@@ -222,22 +226,24 @@ def write_report(
     sweep_dir: Path,
     jobs: list[Job],
     plot: bool = True,
-    max_rows: int = 8,
-    max_columns: int = 8,
+    rows_per_page: int = 8,
+    columns_per_page: int = 8,
     plotter: Any = None,
 ) -> list[Path]:
     """Write the CSVs, the Markdown and (with matplotlib) the PNGs; return their paths.
 
-    ``plotter``: a ``composer.app.plots.Plotter`` started when the sweep did; without one the plots
-    are drawn in this process.
+    ``rows_per_page`` weights and ``columns_per_page`` jobs make one page of weight histograms;
+    every weight of every job is drawn, on as many pages as that takes. ``plotter``: a
+    ``composer.app.plots.Plotter`` started when the sweep did; without one the plots are drawn in
+    this process.
     """
     written = [write_csv(sweep_dir / "report.csv", jobs)]
     groups = signal_groups(jobs)
     if groups:
         written.append(write_signal_csv(sweep_dir / "signal.csv", groups))
-    pngs = draw(sweep_dir, jobs, groups, max_rows, max_columns, plotter) if plot else {}
-    written.append(write_markdown(sweep_dir / "report.md", sweep_dir, jobs, groups, pngs))
-    return [*written, *pngs.values()]
+    plots = draw(sweep_dir, jobs, groups, rows_per_page, columns_per_page, plotter) if plot else []
+    written.append(write_markdown(sweep_dir / "report.md", sweep_dir, jobs, groups, plots))
+    return [*written, *(p.path for p in plots)]
 
 
 def write_csv(path: Path, jobs: list[Job]) -> Path:
@@ -263,9 +269,19 @@ def write_csv(path: Path, jobs: list[Job]) -> Path:
 class SignalGroup:
     """Jobs that probed the same architecture (the same leaf calls in the same order)."""
 
-    title: str
+    model: str  # the model choice ("" where unknown)
     jobs: list[Job]
     layers: list[tuple[str, str]]  # (path, type) of each leaf call, in forward order
+    suffix: str = ""  # " (jobs 0, 2)" where one model probed several architectures
+
+    @property
+    def title(self) -> str:
+        """Plain text, for a plot's title."""
+        return (self.model or "the model") + self.suffix
+
+    @property
+    def markdown_title(self) -> str:
+        return (f"`{_md(self.model)}`" if self.model else "the model") + self.suffix
 
     def stds(self, job: Job) -> list[float | None]:
         """Depth 0: the input's std (or the first layer's, for integer inputs); then each layer's."""
@@ -295,12 +311,12 @@ def signal_groups(jobs: list[Job]) -> list[SignalGroup]:
         model = job.choices.get("model", "")
         key = (model, tuple(layers))
         if key not in groups:
-            groups[key] = SignalGroup(f"`{model}`" if model else "the model", [], layers)
+            groups[key] = SignalGroup(model, [], layers)
         groups[key].jobs.append(job)
-    titles = [g.title for g in groups.values()]
+    models = [g.model for g in groups.values()]
     for group in groups.values():
-        if titles.count(group.title) > 1:  # one model, several architectures (a swept vars.depth)
-            group.title += f" (jobs {', '.join(str(j.num) for j in group.jobs)})"
+        if models.count(group.model) > 1:  # one model, several architectures (a swept vars.depth)
+            group.suffix = f" (jobs {', '.join(str(j.num) for j in group.jobs)})"
     return list(groups.values())
 
 
@@ -330,13 +346,13 @@ def write_signal_csv(path: Path, groups: list[SignalGroup]) -> Path:
     return path
 
 
-def _signal_markdown(groups: list[SignalGroup], png: Path | None) -> list[str]:
+def _signal_markdown(groups: list[SignalGroup], png: Plot | None) -> list[str]:
     lines: list[str] = []
     for group in groups:
         batch = sorted({j.probe.get("batch") for j in group.jobs}, key=str)
         lines += [
             "",
-            f"## Signal propagation of {group.title} at init",
+            f"## Signal propagation of {group.markdown_title} at init",
             "",
             f"Each leaf module's output std for a standard-normal batch of {', '.join(map(str, batch))} "
             f"(`probe.json`), as a multiple of the input's std; **bold** and flagged where it grew or shrank "
@@ -368,16 +384,14 @@ def _signal_markdown(groups: list[SignalGroup], png: Path | None) -> list[str]:
             loss = job.probe.get("loss")
             lines.append(f"| {job.num} | `{_md(job.label)}` | {job.probe.get('batch')} | {_num(loss)} | {span} |")
     if png is not None:
-        lines += ["", f"![activation std and gradient norm against depth, one line per job]({png.name})"]
+        lines += ["", f"![{png.what}]({png.path.name})"]
     return lines
 
 
 # --- Markdown ---------------------------------------------------------------------------------
 
 
-def write_markdown(
-    path: Path, sweep_dir: Path, jobs: list[Job], groups: list[SignalGroup], pngs: dict[str, Path]
-) -> Path:
+def write_markdown(path: Path, sweep_dir: Path, jobs: list[Job], groups: list[SignalGroup], plots: list[Plot]) -> Path:
     failed = [j for j in jobs if j.status == "failed"]
     lines = [
         "# Sweep report",
@@ -388,7 +402,8 @@ def write_markdown(
         "| --- | --- | --- | --- |",
         *(f"| {j.num} | `{_md(j.label)}` | {j.status} | `{_md(_relative(j.folder, sweep_dir))}` |" for j in jobs),
     ]
-    lines += _signal_markdown(groups, pngs.get("signal"))
+    lines += _files_markdown(groups, plots)
+    lines += _signal_markdown(groups, next((p for p in plots if p.kind == "signal"), None))
     by_model: dict[str, list[Job]] = {}
     for job in jobs:
         if job.params:
@@ -409,15 +424,29 @@ def write_markdown(
     if failed:
         lines += ["", "## Failed jobs", "", "| job | overrides | error |", "| ---: | --- | --- |"]
         lines += [f"| {j.num} | `{_md(j.label)}` | {_md(j.error)} |" for j in failed]
-    if "weights" in pngs:
-        lines += [
-            "",
-            "## Weight distributions",
-            "",
-            f"![weight distributions per layer and job]({pngs['weights'].name})",
-        ]
+    pages = [p for p in plots if p.kind == "weights"]
+    if pages:
+        lines += ["", "## Weight distributions", ""]
+        lines += [f"{p.what}:\n\n![{p.what}]({p.path.name})\n" for p in pages]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _files_markdown(groups: list[SignalGroup], plots: list[Plot]) -> list[str]:
+    """What each file at the sweep's root holds."""
+    lines = [
+        "",
+        "## Files",
+        "",
+        "- `report.csv`: per job and parameter, its mean, std, min, max and fraction of zeros (failed jobs: "
+        "their error).",
+    ]
+    if groups:
+        lines.append(
+            "- `signal.csv`: per job and leaf module call, the output's mean and std, and its ratio to the input's."
+        )
+    lines += [f"- `{p.path.name}`: {p.what}." for p in plots]
+    return lines
 
 
 # --- plots: the data; composer.app.plots draws it ----------------------------------------------
@@ -425,18 +454,37 @@ def write_markdown(
 HISTOGRAM_BINS = 40
 
 
+@dataclass
+class Plot:
+    """A figure of the report: its file, what it is (``weights`` or ``signal``) and what it shows."""
+
+    path: Path
+    kind: str
+    what: str
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
 def draw(
-    sweep_dir: Path, jobs: list[Job], groups: list[SignalGroup], max_rows: int, max_columns: int, plotter: Any = None
-) -> dict[str, Path]:
-    """``report.png`` (weights) and ``signal.png`` (probes), as far as there is data and matplotlib."""
-    payload = {
-        "weights": weights_payload(sweep_dir / "report.png", jobs, max_rows, max_columns),
-        "signal": signal_payload(sweep_dir / "signal.png", groups[:max_rows]),
-    }
-    if not any(payload.values()):
+    sweep_dir: Path,
+    jobs: list[Job],
+    groups: list[SignalGroup],
+    rows_per_page: int = 8,
+    columns_per_page: int = 8,
+    plotter: Any = None,
+) -> list[Plot]:
+    """The weight pages (``report.png``, or ``report-1.png`` ... when there are several) and
+    ``signal.png``, as far as there is data and matplotlib; the figures written."""
+    plots = weight_pages(sweep_dir, jobs, rows_per_page, columns_per_page)
+    signal = signal_payload(sweep_dir / "signal.png", groups)
+    if signal is not None:
+        titles = ", ".join(g.title for g in groups)
+        what = f"activation std and weight-gradient norm against depth at init, one line per job ({titles})"
+        plots.append(Plot(sweep_dir / "signal.png", "signal", what, signal))
+    if not plots:
         if plotter is not None:
             plotter.close()
-        return {}
+        return []
+    payload = {"figures": [{"kind": p.kind, **p.data} for p in plots]}
     written = plotter.draw(payload) if plotter is not None else None
     if written is None:
         try:
@@ -447,38 +495,88 @@ def draw(
             written = []
     if not written:
         log.warning("matplotlib is not installed (pip install 'torch-recipe-composer[report]'): no plots")
-    names = {str(sweep_dir / "report.png"): "weights", str(sweep_dir / "signal.png"): "signal"}
-    return {names[path]: Path(path) for path in written if path in names}
+    done = set(written)
+    return [p for p in plots if str(p.path) in done]
 
 
-def weights_payload(path: Path, jobs: list[Job], max_rows: int, max_columns: int) -> dict[str, Any] | None:
-    """Per weight row: the jobs' histograms over one shared range (40 bins), with titles."""
-    import torch  # noqa: PLC0415  (there are checkpoints: torch is loaded already)
-
+def weight_pages(sweep_dir: Path, jobs: list[Job], rows_per_page: int, columns_per_page: int) -> list[Plot]:
+    """Every weight of every job that saved one: rows of at most ``columns_per_page`` jobs (a
+    weight of a sweep with more jobs takes several rows), ``rows_per_page`` rows a page. A model
+    that only one job built has nothing to compare across: its weights fill the rows instead."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         if any(p.sample is not None for p in job.params):
             groups.setdefault(job.choices.get("model", ""), []).append(job)
+    width = max(1, columns_per_page)
     rows = []
     for model, group in groups.items():
-        for name in _weight_names(group):
-            params = [next((p for p in job.params if p.name == name), None) for job in group[:max_columns]]
-            samples = [p.sample for p in params if p is not None and p.sample is not None]
-            lo, hi = min(float(t.min()) for t in samples), max(float(t.max()) for t in samples)
-            if hi - lo < 1e-12 * max(1.0, abs(lo)):  # every job the same constant
-                lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
-            edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1, dtype=torch.float64)
-            columns = []
-            for job, p in zip(group[:max_columns], params, strict=True):
-                if p is None or p.sample is None:
-                    columns.append(None)
-                    continue
-                counts = torch.histogram(p.sample.double(), bins=edges).hist
-                columns.append({"title": job.short, "counts": counts.tolist(), "edges": edges.tolist()})
-            label = f"{model}: {name}" if len(groups) > 1 else name
-            shape = "x".join(str(d) for d in next(p for p in params if p is not None).shape)
-            rows.append({"label": label, "shape": shape, "lo": lo, "hi": hi, "columns": columns})
-    return {"path": str(path), "rows": rows[:max_rows]} if rows else None
+        names = _weight_names(group)
+        if len(group) == 1:  # one row holds several weights of the job
+            for i in range(0, len(names), width):
+                chunk = names[i : i + width]
+                label = f"{model or group[0].short}: {chunk[0]}" + (f" to {chunk[-1]}" if len(chunk) > 1 else "")
+                rows.append({**_histogram_row(label, [(group[0], name, name) for name in chunk]), "across": "weights"})
+            continue
+        chunks = [group[i : i + width] for i in range(0, len(group), width)]
+        for chunk in chunks:
+            for name in names:
+                label = f"{model}: {name}" if len(groups) > 1 else name
+                if len(chunks) > 1:
+                    label += f" (jobs {chunk[0].num}-{chunk[-1].num})"
+                rows.append({**_histogram_row(label, [(job, name, job.short) for job in chunk]), "across": "jobs"})
+    pages = [rows[i : i + max(1, rows_per_page)] for i in range(0, len(rows), max(1, rows_per_page))]
+    plots = []
+    for k, page in enumerate(pages, 1):
+        path = sweep_dir / ("report.png" if len(pages) == 1 else f"report-{k}.png")
+        where = page[0]["label"] if len(page) == 1 else f"{page[0]['label']} … {page[-1]['label']}"
+        what = (
+            f"weight histograms{f', page {k} of {len(pages)}' if len(pages) > 1 else ''}, "
+            f"{len(page)} of {len(rows)} rows ({where}), each on its own x range"
+        )
+        title = _PAGE_TITLES[frozenset(row["across"] for row in page)]
+        plots.append(Plot(path, "weights", what, {"path": str(path), "rows": page, "title": title}))
+    return plots
+
+
+_PAGE_TITLES = {
+    frozenset({"jobs"}): "weight histograms: one row per weight, one column per job",
+    frozenset({"weights"}): "weight histograms of models that one job built: each row holds a model's weights",
+    frozenset({"jobs", "weights"}): "weight histograms: a row per weight across jobs, or, for a model that one job "
+    "built, a row of its weights",
+}
+
+
+def _histogram_row(label: str, cells: list[tuple[Job, str, str]]) -> dict[str, Any]:
+    """One row of histograms, a cell per ``(job, weight name, title)``: the share of the weight's
+    values in 40 bins over its own range (None where the job has no such weight)."""
+    import torch  # noqa: PLC0415  (there are checkpoints: torch is loaded already)
+
+    columns: list[dict[str, Any] | None] = []
+    shapes = []
+    for job, name, title in cells:
+        p = next((p for p in job.params if p.name == name), None)
+        if p is None or p.sample is None:
+            columns.append(None)
+            continue
+        shapes.append("x".join(str(d) for d in p.shape))
+        sample = p.sample.double()
+        lo, hi = float(sample.min()), float(sample.max())
+        constant = hi - lo <= 1e-12 * max(1.0, abs(lo))
+        if constant:  # one value: a single bar in the middle of a range around it
+            lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+        edges = torch.linspace(lo, hi, HISTOGRAM_BINS + 1, dtype=torch.float64)
+        share = torch.histogram(sample, bins=edges).hist / sample.numel()
+        columns.append({
+            "title": title if title != name else f"{name} {shapes[-1]}",
+            "shares": share.tolist(),
+            "edges": edges.tolist(),
+            "mean": p.mean,
+            "std": p.std,
+            "constant": p.min if constant else None,
+            "zero_fraction": p.zero_fraction,
+        })  # fmt: skip
+    shape = shapes[0] if len(set(shapes)) == 1 and cells[0][1] != cells[0][2] else ""  # one weight: its shape
+    return {"label": label, "shape": shape, "columns": columns}
 
 
 def signal_payload(path: Path, groups: list[SignalGroup]) -> dict[str, Any] | None:
@@ -488,7 +586,7 @@ def signal_payload(path: Path, groups: list[SignalGroup]) -> dict[str, Any] | No
         "path": str(path),
         "groups": [
             {
-                "title": group.title.strip("`"),
+                "title": group.title,
                 "layers": [f"{p} ({t})" for p, t in group.layers],
                 "weights": [name for name, _ in group.weight_grads(group.jobs[0])],
                 "jobs": [

@@ -68,10 +68,15 @@ def forward_zeros(
                 raise ConfigError(budget.exceeded("tensor_elements", what, chosen.tensor_elements), key)
     paths = {id(m): p for p, m in model.named_modules()}
     running: list[tuple[str, nn.Module, Any]] = []
+    given = {tuple(spec.shape) for spec in inputs}
+    first_spatial: list[tuple[str, nn.Module, Any]] = []  # the first N-d layer called on a model input
 
     def enter(module: nn.Module, args: Any) -> None:
         first = args[0] if args else None
-        running.append((paths[id(module)], module, tuple(first.shape) if isinstance(first, torch.Tensor) else None))
+        call = (paths[id(module)], module, tuple(first.shape) if isinstance(first, torch.Tensor) else None)
+        running.append(call)
+        if not first_spatial and call[2] in given and _spatial_dims(module) is not None:
+            first_spatial.append(call)
 
     def leave(_module: nn.Module, _args: Any, _output: Any) -> None:
         running.pop()
@@ -93,7 +98,7 @@ def forward_zeros(
         where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
         message = f"a forward pass of zeros shaped {shapes} failed{where}: {type(e).__name__}: {first_line(e)}"
-        hint = _batch_hint(running[-1], inputs, key) if running else ""
+        hint = _batch_hint(running[-1], first_spatial[0] if first_spatial else None, key) if running else ""
         raise ConfigError(message + hint, key) from None
     finally:
         for handle in handles:
@@ -104,22 +109,32 @@ def forward_zeros(
             del module.__dict__["forward"]
 
 
-def _batch_hint(running: tuple[str, nn.Module, Any], inputs: Sequence[InputSpec], key: str) -> str:
-    """Where a layer of N spatial dims (``Conv2d``, ``BatchNorm2d``, ``MaxPool2d``, ...) failed on
-    the model's own input and that input is one dimension short of [batch, channels, *spatial]:
-    the shape was most likely written without its batch dimension."""
-    _path, module, shape = running
+def _spatial_dims(module: nn.Module) -> int | None:
+    """N of a layer over N spatial dims (``Conv2d``, ``BatchNorm2d``, ``MaxPool2d``, ...), else None."""
     match = re.search(r"(\d)d$", type(module).__name__)
-    if match is None or shape is None or shape not in {tuple(spec.shape) for spec in inputs}:
+    return int(match.group(1)) if match else None
+
+
+def _batch_hint(failed: tuple[str, nn.Module, Any], first: tuple[str, nn.Module, Any] | None, key: str) -> str:
+    """Where a layer of N spatial dims failed on an input one dimension short of
+    [batch, channels, *spatial], and so was the model's input that the first such layer took: the
+    shape was most likely written without its batch dimension. The failing layer need not be that
+    first one: a ``Conv2d`` runs an unbatched [C, H, W] input and the ``BatchNorm2d`` after it fails.
+    The example completes the shape the way the first layer's channels say it is short."""
+    _path, module, shape = failed
+    spatial = _spatial_dims(module)
+    if spatial is None or shape is None or first is None or len(shape) != spatial + 1:
         return ""
-    dims = int(match.group(1)) + 2
-    if len(shape) != dims - 1:
+    _first_path, first_module, given = first
+    if len(given) != spatial + 1:
         return ""
-    channels = getattr(module, "in_channels", None) or getattr(module, "num_features", None)
-    example = f", e.g. {[shape[0], channels, *shape[1:]]}" if isinstance(channels, int) else ""
+    channels = getattr(first_module, "in_channels", None) or getattr(first_module, "num_features", None)
+    example = ""
+    if isinstance(channels, int):  # [C, *spatial] lacks the batch; [B, *spatial] lacks the channels
+        example = f", e.g. {[2, *given] if given[0] == channels else [given[0], channels, *given[1:]]}"
     return (
-        f" ({key} includes the batch dimension: {type(module).__name__} takes {dims} dims, "
-        f"[batch, channels, {', '.join(['size'] * (dims - 2))}], and {list(shape)} has {len(shape)}{example})"
+        f" ({key} includes the batch dimension: {type(module).__name__} takes {spatial + 2} dims, "
+        f"[batch, channels, {', '.join(['size'] * spatial)}], and {list(given)} has {len(given)}{example})"
     )
 
 

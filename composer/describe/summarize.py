@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -72,8 +72,16 @@ class Summary:
         if self.layout is not None:
             lines += layout_lines(self.layout)
         if self.init is not None:
-            lines.append(str(self.init))
+            lines.append(str(self.init) if self.depth is None else _init_to_depth(self.init, self.depth))
         return "\n".join(lines)
+
+    def to_depth(self, depth: int) -> Summary:
+        """The same summary showing modules down to ``depth`` only, and its init report grouped there:
+        a whole GPT-2 prints in a dozen lines, its files can keep every level."""
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"depth: expected a non-negative integer or None, got {depth!r}")
+        shown = [row for row in self.rows if row.depth <= depth]
+        return replace(self, rows=shown, depth=depth, hidden=self.hidden + len(self.rows) - len(shown))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -141,19 +149,34 @@ def summarize(
     error = None
     if shapes is None:
         shapes, error = _output_shapes(model, inputs, key) if inputs is not None else ({}, None)
-    rows = _rows(model, shapes)
-    shown = [row for row in rows if depth is None or row.depth <= depth]
-    return Summary(
-        rows=shown,
+    result = Summary(
+        rows=_rows(model, shapes),
         totals=totals(model),
         inputs=inputs,
         output_shape=shapes.get(id(model)),
         error=error,
         init=init_report(model) if record is not None else None,
-        depth=depth,
-        hidden=len(rows) - len(shown),
         layout=record.layout if record is not None else None,
     )
+    return result if depth is None else result.to_depth(depth)
+
+
+def _init_to_depth(init: dict[str, str], depth: int) -> str:
+    """The init report with the parameters of modules below ``depth`` counted under their ancestor
+    at ``depth``, one line per scheme: ``transformer.*: default (146 tensors)``."""
+    groups: dict[str, dict[str, int]] = {}
+    for path, scheme in init.items():
+        module = path.split(".")[:-1]
+        key = ".".join([*module[:depth], "*"]) if len(module) > depth else path  # depth 0: "*", the model
+        schemes = groups.setdefault(key, {})
+        schemes[scheme] = schemes.get(scheme, 0) + 1
+    width = max((len(key) for key in groups), default=0)
+    lines = ["initialization:"]
+    for key, schemes in groups.items():
+        for scheme, n in schemes.items():
+            count = f" ({n} tensors)" if key.endswith("*") else ""
+            lines.append(f"  {key + ':':<{width + 1}} {scheme}{count}")
+    return "\n".join(lines)
 
 
 def layout_lines(layout: dict[str, Any]) -> list[str]:
