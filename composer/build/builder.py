@@ -51,9 +51,8 @@ from composer.recipe.grammar import (
 )
 from composer.recipe.read import Recipe, dtype_of
 from composer.recipe.walk import Visits, child_path
-from composer.modules.registry import MODULES
+from composer.modules.registry import MODULES, resolve_target
 from composer.modules.signatures import describe, is_int, signature_of
-from composer.modules.registry import resolve_target
 from composer.recipe.templates import Template, expand, parse_templates, split_use, substitute_index
 from composer.build.twins import copier
 
