@@ -13,6 +13,7 @@ Nothing here imports torch: the command line reads recipes before it pays for it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,7 @@ class Form:
     type_name: str | None = None
     entry_only: bool = False
 
-    @property
+    @functools.cached_property  # read per node the builder walks
     def reserved(self) -> tuple[str, ...]:
         """The marker and the form's own keys: what is not an argument."""
         return (self.marker, *(key.name for key in self.keys))
