@@ -290,3 +290,16 @@ def test_each_mode_saves_on_two_ranks_and_loads_whole_and_on_another_mesh(mode, 
         )
         assert shown.returncode == 0, shown.stderr
         assert "layout: cpu mesh dp 1 x tp 2" in shown.stdout and "tp: block.up: colwise" in shown.stdout
+
+
+def test_the_schema_takes_a_parallel_section_and_flags_a_bad_style():
+    import jsonschema  # noqa: PLC0415
+
+    from composer.describe.schema import recipe_schema  # noqa: PLC0415
+
+    validator = jsonschema.Draft202012Validator(recipe_schema())
+    good = with_parallel(
+        MLP, param_dtype="bfloat16", tp={"*.c_attn": {"style": "colwise", "chunks": 3}, "x": "rowwise"}
+    )
+    assert list(validator.iter_errors(good)) == []
+    assert list(validator.iter_errors(with_parallel(MLP, tp={"x": "colwize"})))

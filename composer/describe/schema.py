@@ -29,6 +29,7 @@ from composer.modules.ops import OPS
 from composer.modules.registry import MODULES
 from composer.modules.signatures import EMPTY
 from composer.recipe import grammar as g
+from composer.recipe.parallel import TP_STYLES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _NOT_INITIALIZER_ARGS = frozenset({"tensor", "generator"})
@@ -73,6 +74,36 @@ def recipe_schema(modules: Any = MODULES, initializers: Any = INITIALIZERS, ops:
     }
 
 
+def _parallel_def() -> dict[str, Any]:
+    """The ``parallel:`` section (``composer.recipe.parallel``)."""
+    floating = {"enum": ["float32", "float16", "bfloat16", "float64"]}
+    selector = {"anyOf": [
+        {"type": "object", "properties": {"layer": _ref("layer")}, "required": ["layer"],
+         "additionalProperties": False},
+        {"type": "object", "properties": {"match": {"type": "string"}}, "required": ["match"],
+         "additionalProperties": False},
+    ]}  # fmt: skip
+    fused = {
+        "type": "object",
+        "properties": {"style": {"const": "colwise"}, "chunks": {"type": "integer", "minimum": 1, "maximum": 64}},
+        "required": ["style", "chunks"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "description": "FSDP2 mixed precision, resharding, CPU offload, tensor parallel, activation checkpointing",
+        "properties": {
+            "param_dtype": floating,
+            "reduce_dtype": floating,
+            "reshard_after_forward": {"type": "boolean"},
+            "cpu_offload": {"type": "boolean"},
+            "tp": {"type": "object", "additionalProperties": {"anyOf": [{"enum": list(TP_STYLES)}, fused]}},
+            "checkpoint": {"anyOf": [selector, {"type": "array", "items": selector}]},
+        },
+        "additionalProperties": False,
+    }
+
+
 def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any]:
     """Top-level sections and the small definitions nodes share."""
     type_name = {"enum": sorted({*types, *g.TYPE_FORMS})}
@@ -111,6 +142,7 @@ def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any
                     ]}}},
                     "additionalProperties": False,
                 },
+                "parallel": _parallel_def(),
             },
             "required": ["model"],
             "additionalProperties": False,
