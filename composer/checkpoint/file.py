@@ -34,7 +34,6 @@ from torch import nn
 
 from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS, construct
-from composer.build.gc_pause import gc_paused
 from composer.build.materialize import assign, require_shapes
 from composer.build.placement import device_of, holds_meta
 from composer.build.record import BuildRecord, finish, record_of
@@ -102,7 +101,6 @@ def _summary_of(model: nn.Module) -> str:
         return f"(no summary: {'; '.join(e.lines())})"
 
 
-@gc_paused()
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -189,7 +187,7 @@ def _rebuild(
         problems = top_level_problems(recipe)
         if problems:
             raise ConfigError(problems)
-        model, notes, _ = construct(recipe, allow, device, "load")
+        model, notes = construct(recipe, allow, device, "load")
     except ConfigError as e:
         unknown_type = any(message.startswith("unknown type") for _, message in e.problems)
         hint = " (import the module that registers it before loading)" if unknown_type else ""

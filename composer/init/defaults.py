@@ -24,7 +24,6 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.rnn import RNNBase, RNNCellBase
 
-from composer.build.placement import skip_reset
 from composer.modules.graph import Graph
 
 Fill = Callable[[torch.Tensor, torch.Generator], object]
@@ -119,8 +118,7 @@ def _prelu(m: nn.PReLU) -> Table:
 
 
 # The classes whose reset is written here, by the class that defines it and its name. Keyed by
-# that reset function (wrapped by ``placement.skip_reset``: a build skips it, as initialization
-# writes every tensor it would), so a subclass that overrides its reset is not covered.
+# that reset function, so a subclass that overrides its reset is not covered.
 _WRITTEN: dict[tuple[type, str], Callable[[nn.Module], Table]] = {
     (nn.Linear, "reset_parameters"): _linear,
     (_ConvNd, "reset_parameters"): _linear,
@@ -139,7 +137,7 @@ _WRITTEN: dict[tuple[type, str], Callable[[nn.Module], Table]] = {
     (Graph, "reset_parameters"): _graph,
 }
 TABLES: dict[Callable, Callable[[nn.Module], Table]] = {
-    skip_reset(owner, name): make for (owner, name), make in _WRITTEN.items()
+    vars(owner)[name]: make for (owner, name), make in _WRITTEN.items()
 }
 
 
