@@ -26,7 +26,7 @@ from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, has_control, unknown
 from composer.recipe.count import count_modules
 from composer.build.materialize import allocate
-from composer.init.defaults import default_table
+from composer.init.defaults import writes_defaults
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.modules.ops import OPS, make_op, op_problems
 from composer.build.placement import META, can_load_on_meta, free_meta_fills, on_meta, refilled, resets_itself
@@ -638,8 +638,7 @@ def construct(
         with free_meta_fills():
             model = builder.build_model(recipe["model"])
         real = device.type != "meta"
-        fits = can_load_on_meta(model) if purpose == "load" else refilled(model, default_table)
-        if real and not fits:
+        if real and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
             builder = Builder(recipe, allow, device, known_on_meta=False)
             model = builder.build_model(recipe["model"])
     ties = recipe.get("tie") or {}

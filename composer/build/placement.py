@@ -105,11 +105,17 @@ def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
         return cls(*args, **kwargs)
 
 
-def refilled(model: nn.Module, table: Callable[[nn.Module], object | None]) -> bool:
+def refilled(model: nn.Module, writes_defaults: Callable[[type], bool]) -> bool:
     """Whether initialization writes every tensor of a ``meta`` build once it is allocated: each
-    module holding a ``meta`` tensor has per-tensor defaults (``table``) or a reset of its own."""
+    module holding a ``meta`` tensor has per-tensor defaults (``writes_defaults`` of its class) or
+    a reset of its own."""
+    known: dict[type, bool] = {}
     for module in model.modules():
-        own = [*module._parameters.values(), *module._buffers.values()]
-        if holds_meta(own) and table(module) is None and reset_method(module) is None:
+        if not (module._parameters or module._buffers):
+            continue
+        cls = type(module)
+        if cls not in known:
+            known[cls] = writes_defaults(cls) or reset_method(module) is not None
+        if not known[cls] and holds_meta([*module._parameters.values(), *module._buffers.values()]):
             return False
     return True

@@ -148,6 +148,11 @@ def default_table(module: nn.Module) -> Table | None:
     return make(module) if make is not None else None
 
 
+def writes_defaults(cls: type) -> bool:
+    """Whether ``cls``'s defaults are written here per tensor (its reset is in ``TABLES``)."""
+    return _maker(cls) is not None
+
+
 @functools.cache
 def _maker(cls: type) -> Callable[[nn.Module], Table] | None:
     reset = getattr(cls, "reset_parameters", None) or getattr(cls, "_reset_parameters", None)
