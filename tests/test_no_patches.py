@@ -180,3 +180,25 @@ def test_hydra_searchpath_folders_are_read_the_guarded_way(tmp_path, entry):
     assert result.returncode == 1
     assert "evil.yaml: hydra: a model file holds a recipe only" in result.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+class _KnownWithoutReset(nn.Module):
+    """A class of a known package whose constructor computes a tensor that no reset refills."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("steps", torch.arange(width, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.steps
+
+
+_KnownWithoutReset.__module__ = "composer.modules.blocks"  # known to the builder: built on meta first
+
+
+def test_a_known_layer_whose_tensors_nothing_refills_is_built_for_real():
+    with registry_scope():
+        register_module("KnownWithoutReset")(_KnownWithoutReset)
+        model = build_from_config({"type": "KnownWithoutReset", "width": 3})
+        assert build_from_config({"type": "KnownWithoutReset", "width": 3}, device="meta").steps.is_meta
+    assert torch.equal(model.steps, torch.arange(3, dtype=torch.float32))
