@@ -4,11 +4,13 @@ budgets, and keeps recipe files (``model/``, ``init/``) to recipes.
 Hydra composes before the job runs, and a file it composes can set Hydra's own keys: a
 ``--config-dir`` recipe with ``hydra: {callbacks: {x: {_target_: ...}}}`` (or ``# @package
 hydra.callbacks``, or a ``defaults`` entry that overrides ``/hydra/...``) has Hydra import and
-call what it names before our code runs. So every ``file://`` config Hydra loads is read the
-guarded way, once ``install()`` gave Hydra's file config source these methods:
+call what it names before our code runs. So the app's config folders are read by
+``GuardedConfigSource``, a config source of its own scheme (``composer-file://``) registered
+through Hydra's plugin registry; the app's search-path plugin (``main.UserConfigFirst``) names
+the folders with that scheme (``guarded``). Hydra's own classes stay as they are.
 
-- it must be a regular file within ``limits.recipe_bytes`` (a FIFO blocks forever), UTF-8 YAML
-  read by composer's loader (duplicate keys refused), within ``limits.nodes`` and
+- A file must be a regular file within ``limits.recipe_bytes`` (a FIFO blocks forever), UTF-8
+  YAML read by composer's loader (duplicate keys refused), within ``limits.nodes`` and
   ``limits.depth`` once its aliases are expanded (a nine-level alias bomb is 10^9 nodes);
 - a file of the ``model`` or ``init`` group holds a recipe or a scheme only: it lands in its
   group's package or in ``_global_`` (no ``# @package hydra...``); in ``_global_`` its top-level
@@ -19,7 +21,8 @@ guarded way, once ``install()`` gave Hydra's file config source these methods:
   (a ``config.yaml``, launcher configs) keep Hydra's order, after the packaged ones.
 
 Each problem is a ``ConfigError`` naming the file, raised while Hydra composes: before any
-callback, launcher or sweeper is instantiated.
+callback, launcher or sweeper is instantiated. A launcher's workers in other processes (joblib)
+restore Hydra's registries from the parent, this class with them, and compose the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hydra._internal.core_plugins import file_config_source
+from hydra._internal.core_plugins.file_config_source import FileConfigSource
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from omegaconf import OmegaConf
@@ -38,40 +41,67 @@ from composer.errors import ConfigError
 from composer.files import FileProblem, TooLarge, read_regular
 from composer.recipe.interpolation import enabled_resolvers, resolver_calls
 from composer.recipe.plain import plain_tree
+from composer.recipe.read import TOP_LEVEL_KEYS as RECIPE_KEYS
 from composer.recipe.read import parse_yaml
 
 RECIPE_GROUPS = ("model", "init")
 USER_PROVIDER = "composer-config-dir"  # the provider name of the --config-dir entry put first
+SCHEME = "composer-file"
+APP_KEYS = ("seed", "check", "probe", "save", "summary")  # the app's own settings: not part of the recipe
+CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)  # what a ``_global_`` recipe file may set
 _FORBIDDEN = ("hydra", "defaults")
 
-_allowed_global_keys: tuple[str, ...] = ()
+
+def guarded(path: str) -> str:
+    """``path`` (a folder, or a ``file://`` search-path entry) as an entry this source reads."""
+    return f"{SCHEME}://{path.removeprefix('file://')}"
 
 
-def install(global_keys: Iterable[str]) -> None:
-    """Read every ``file://`` config the guarded way from now on (see the module), allowing
-    ``global_keys`` (recipe keys and app settings) at the top of a ``_global_`` recipe file.
+class GuardedConfigSource(FileConfigSource):
+    """Hydra's file config source, reading each file the guarded way (see the module). A subclass
+    under its own scheme: Hydra's ``file`` source stays registered and unchanged beside it."""
 
-    Hydra's ``FileConfigSource`` itself takes the guarded methods, rather than a subclass taking
-    its place in Hydra's registry: a launcher's worker restores that registry and registers
-    Hydra's class again, which a different class under the ``file`` scheme makes fail.
-    """
-    global _allowed_global_keys
-    _allowed_global_keys = tuple(global_keys)
-    cls = file_config_source.FileConfigSource
-    if cls.__dict__.get("_composer_guarded"):
-        return
-    for name, guarded in _GUARDED.items():
-        _ORIGINAL[name] = cls.__dict__[name]
-        setattr(cls, name, guarded)
-    cls._composer_guarded = True
+    @staticmethod
+    def scheme() -> str:
+        return SCHEME
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        """A config file, read the way composer reads a recipe; a recipe file checked as one."""
+        name = self._normalize_file_name(config_path)
+        full_path = os.path.realpath(os.path.join(self.path, name))
+        if not os.path.exists(full_path):
+            raise ConfigLoadError(f"Config not found : {full_path}")
+        data, header = _read(full_path)
+        group = name.split("/", 1)[0] if "/" in name else ""
+        if group in RECIPE_GROUPS:
+            check_recipe_file(group, header.get("package"), data, full_path)
+        return ConfigResult(
+            config=OmegaConf.create(data if data is not None else {}),
+            path=f"{self.scheme()}://{self.path}",
+            provider=self.provider,
+            header=header,
+        )
+
+    # The user's --config-dir, searched first, serves the recipe groups only.
+
+    def _serves(self, config_path: str) -> bool:
+        return self.provider != USER_PROVIDER or config_path.strip("/").split("/", 1)[0] in RECIPE_GROUPS
+
+    def is_group(self, config_path: str) -> bool:
+        return (config_path == "" or self._serves(config_path)) and super().is_group(config_path)
+
+    def is_config(self, config_path: str) -> bool:
+        return self._serves(config_path) and super().is_config(config_path)
+
+    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
+        found = super().list(config_path, results_filter)
+        if self.provider == USER_PROVIDER and config_path.strip("/") == "":
+            return [item for item in found if item in RECIPE_GROUPS]
+        return found if self._serves(config_path) else []
 
 
-def _load_config(self: ConfigSource, config_path: str) -> ConfigResult:
-    """A config file, read the way composer reads a recipe; a recipe file checked as one."""
-    name = self._normalize_file_name(config_path)
-    full_path = os.path.realpath(os.path.join(self.path, name))
-    if not os.path.exists(full_path):
-        raise ConfigLoadError(f"Config not found : {full_path}")
+def _read(full_path: str) -> tuple[Any, dict[str, str]]:
+    """A config file's plain tree and its header, within the budgets."""
     limits = budget.current()
     try:
         raw = read_regular(full_path, limits.recipe_bytes)
@@ -88,41 +118,7 @@ def _load_config(self: ConfigSource, config_path: str) -> ConfigResult:
         data, _ = plain_tree(parse_yaml(text, full_path), limits)
     except ConfigError as e:
         raise ConfigError([(_in_file(full_path, p), m) for p, m in e.problems]) from None
-    group = name.split("/", 1)[0] if "/" in name else ""
-    if group in RECIPE_GROUPS:
-        check_recipe_file(group, header.get("package"), data, full_path)
-    return ConfigResult(
-        config=OmegaConf.create(data if data is not None else {}),
-        path=f"{self.scheme()}://{self.path}",
-        provider=self.provider,
-        header=header,
-    )
-
-
-# The user's --config-dir, searched first, serves the recipe groups only.
-
-
-def _serves(self: ConfigSource, config_path: str) -> bool:
-    return self.provider != USER_PROVIDER or config_path.strip("/").split("/", 1)[0] in RECIPE_GROUPS
-
-
-def _is_group(self: ConfigSource, config_path: str) -> bool:
-    return (config_path == "" or _serves(self, config_path)) and _ORIGINAL["is_group"](self, config_path)
-
-
-def _is_config(self: ConfigSource, config_path: str) -> bool:
-    return _serves(self, config_path) and _ORIGINAL["is_config"](self, config_path)
-
-
-def _list(self: ConfigSource, config_path: str, results_filter: ObjectType | None) -> list[str]:
-    found = _ORIGINAL["list"](self, config_path, results_filter)
-    if self.provider == USER_PROVIDER and config_path.strip("/") == "":
-        return [item for item in found if item in RECIPE_GROUPS]
-    return found if _serves(self, config_path) else []
-
-
-_GUARDED = {"load_config": _load_config, "is_group": _is_group, "is_config": _is_config, "list": _list}
-_ORIGINAL: dict[str, Any] = {}
+    return data, header
 
 
 def _in_file(file: str, key: str) -> str:
@@ -148,8 +144,8 @@ def check_recipe_file(group: str, package: str | None, data: Any, where: str) ->
             if key in _FORBIDDEN:
                 hint = "Hydra settings belong on the command line or in your own primary config"
                 problems.append((f"{where}: {key}", f"{a_file} holds a recipe only, no {key!r} key ({hint})"))
-            elif package == "_global_" and key not in _allowed_global_keys:
-                valid = ", ".join(_allowed_global_keys)
+            elif package == "_global_" and key not in CONFIG_KEYS:
+                valid = ", ".join(CONFIG_KEYS)
                 problems.append((f"{where}: {key}", f"not a recipe key or an app setting; valid: {valid}"))
     enabled = enabled_resolvers(None)
     for key, text in _strings(data, ""):

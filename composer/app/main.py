@@ -14,14 +14,13 @@ the sweep then exits non-zero.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import re
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer.app.confsource import install as guard_config_files
+from composer.app.confsource import APP_KEYS, CONFIG_KEYS, USER_PROVIDER, GuardedConfigSource, guarded
 from composer.app.report import CHECKPOINT, ERROR
 from composer.errors import CheckpointError, ConfigError, did_you_mean, first_line, printable
 from composer.modules.signatures import is_int
@@ -43,8 +42,6 @@ from composer.recipe.read import TOP_LEVEL_KEYS as RECIPE_KEYS
 from composer.recipe.read import example_inputs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the packaged recipes, inside the package
-APP_KEYS = ("seed", "check", "probe", "save", "summary")  # the app's own settings: not part of the recipe
-CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)
 RECIPE, SUMMARY = "recipe.yaml", "summary.txt"
 SEED_LIMIT = 2**32  # the app's seed seeds random, torch and numpy: numpy takes [0, 2**32)
 
@@ -445,23 +442,40 @@ _OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=", "value_type
 
 
 class UserConfigFirst(SearchPathPlugin):
-    """Search ``--config-dir DIR`` before the packaged ``conf/``, so the user's ``DIR/model/x.yaml``
-    shadows ours. Hydra itself adds it after the app's own path (hydra #2758), and only after the
-    search-path plugins ran, so this reads it from the command line with Hydra's own parser."""
+    """The app's config folders, read the guarded way (``confsource``), and ``--config-dir DIR``
+    searched before the packaged ``conf/``, so the user's ``DIR/model/x.yaml`` shadows ours.
+
+    Hydra itself adds ``--config-dir`` after the app's own path (hydra #2758), and only after the
+    search-path plugins ran, with its own file source; so this reads it from the command line with
+    Hydra's own parser and puts it in twice, guarded: first (its recipe groups only) and where
+    Hydra puts it (all of it). Hydra's own entry comes after that second one, with the same files:
+    every file it could serve is served, guarded, before it."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        user_dir = _config_dir_argument(sys.argv[1:])
+        for entry in search_path.get_path():
+            if entry.path is not None and (entry.path.startswith("file://") or "://" not in entry.path):
+                entry.path = guarded(entry.path)
+        user_dir, extra = _command_line(sys.argv[1:])
         if user_dir is not None and os.path.isdir(user_dir):
-            path = f"file://{os.path.abspath(user_dir)}"
-            search_path.prepend(provider="composer-config-dir", path=path, anchor=SearchPathQuery(provider="main"))
+            path = guarded(os.path.abspath(user_dir))
+            search_path.prepend(provider=USER_PROVIDER, path=path, anchor=SearchPathQuery(provider="main"))
+            search_path.append(provider="composer-config-dir-rest", path=path)
+        # hydra.searchpath=[...]: Hydra appends these after the plugins ran, with its own file
+        # source; the guarded copies, appended here, come before them in the same order
+        for entry in extra:
+            if entry.startswith("file://") or "://" not in entry:
+                search_path.append(provider="composer-searchpath", path=guarded(entry))
 
 
 class _ArgumentError(Exception):
     pass
 
 
-def _config_dir_argument(argv: Sequence[str]) -> str | None:
+def _command_line(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``--config-dir`` and the entries of a ``hydra.searchpath=[...]`` override, read with Hydra's
+    own parsers (a malformed command line gives neither: Hydra reports it itself, later)."""
     from hydra._internal.utils import get_args_parser  # noqa: PLC0415  (Hydra's own flags, exactly)
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
 
     parser = get_args_parser()
 
@@ -471,9 +485,12 @@ def _config_dir_argument(argv: Sequence[str]) -> str | None:
     parser.error = error  # type: ignore[method-assign]  # Hydra reports bad flags itself, later
     try:
         args, _ = parser.parse_known_args(list(argv))
-    except (_ArgumentError, SystemExit):
-        return None
-    return args.config_dir
+        overrides = OverridesParser.create().parse_overrides(list(args.overrides or []))
+    except (_ArgumentError, SystemExit, HydraException):
+        return None, []
+    paths = next((o.value() for o in overrides if o.get_key_element() == "hydra.searchpath"), None)
+    listed = [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+    return args.config_dir, listed
 
 
 # --- subcommands: list and schema, without Hydra ---------------------------------------------
@@ -569,13 +586,12 @@ def main() -> None:
     if subcommand is not None:
         sys.exit(subcommand(sys.argv[1:]))
     global _full_error
+    Plugins.instance().register(GuardedConfigSource)  # recipe files hold recipes: no Hydra keys, within budgets
     Plugins.instance().register(UserConfigFirst)
-    guard_config_files(CONFIG_KEYS)  # recipe files hold recipes: no Hydra keys, within the budgets
     _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, instead of printing a trimmed traceback
     try:
-        with compose_each_job_once():
-            _hydra_main()
+        _hydra_main()
     except Exception as e:  # noqa: BLE001
         sys.exit(fail(e))
     finally:
@@ -586,46 +602,6 @@ def main() -> None:
     if failed:
         print(f"error: {len(failed)} job(s) of the sweep failed: " + "; ".join(failed), file=sys.stderr)
         sys.exit(1)
-
-
-@contextlib.contextmanager
-def compose_each_job_once() -> Iterator[None]:
-    """Compose each job's config once in a sweep, not twice.
-
-    Hydra's sweepers compose every job's config to validate the batch (so a bad override fails
-    before any job runs) and discard it; the basic launcher then composes it again: ~80 ms a job,
-    a third of a small job's time. Here the validation keeps what it composed and the launcher's
-    identical call (same loader, master config and overrides) takes it, once. Launchers that
-    compose in other processes (joblib, submitit) compose as before.
-    """
-    try:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: PLC0415
-        from hydra.plugins.sweeper import Sweeper  # noqa: PLC0415
-    except ImportError:
-        yield
-        return
-    validated: dict[tuple[int, int, tuple[str, ...]], Any] = {}
-    original_validate, original_load = Sweeper.validate_batch_is_legal, ConfigLoaderImpl.load_sweep_config
-
-    def validate(self: Any, batch: Sequence[Sequence[str]]) -> None:
-        context = getattr(self, "hydra_context", None)
-        loader = context.config_loader if context is not None else self.config_loader
-        if not isinstance(loader, ConfigLoaderImpl):
-            return original_validate(self, batch)
-        for overrides in batch:
-            composed = original_load(loader, self.config, list(overrides))
-            validated[(id(loader), id(self.config), tuple(overrides))] = composed
-
-    def load(self: Any, master_config: Any, sweep_overrides: list[str]) -> Any:
-        composed = validated.pop((id(self), id(master_config), tuple(sweep_overrides)), None)
-        return composed if composed is not None else original_load(self, master_config, sweep_overrides)
-
-    Sweeper.validate_batch_is_legal, ConfigLoaderImpl.load_sweep_config = validate, load
-    try:
-        yield
-    finally:
-        Sweeper.validate_batch_is_legal, ConfigLoaderImpl.load_sweep_config = original_validate, original_load
-        validated.clear()
 
 
 def fail(e: BaseException) -> int:

@@ -10,8 +10,6 @@ collected along the walk, each with its key path, and raised together at the end
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 import re
 import string
 from collections import OrderedDict
@@ -25,9 +23,10 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedTensorMixin
 
 from composer import limits as budget
-from composer.build.placement import can_load_on_meta, own_fills, resets_itself, skipping_fills
-from composer.build.twins import copier
+from composer.build.materialize import allocate
+from composer.build.placement import META, can_load_on_meta, free_meta_fills, on_meta, refilled, resets_itself
 from composer.errors import ConfigError, did_you_mean, has_control, unknown
+from composer.init.defaults import writes_defaults
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.modules.ops import OPS, make_op, op_problems
 from composer.modules.registry import MODULES, resolve_target
@@ -86,12 +85,21 @@ class Builder:
         self,
         recipe: Recipe,
         allow_targets: Sequence[str] = DEFAULT_TARGETS,
-        real_device: torch.device | None = None,
+        device: torch.device = META,
+        known_on_meta: bool = True,
+        lazy_on_device: bool = True,
     ) -> None:
         shared = recipe.get("shared")  # not a mapping: top_level_problems reports it
         self.shared_nodes: Mapping[str, Any] = shared if isinstance(shared, Mapping) else {}
         self.allow_targets = tuple(allow_targets)
-        self.real_device = real_device
+        self.device = device
+        # where known layers make their tensors (``placement``): on meta, unless this walk builds
+        # everything for real (a load whose file cannot fill a meta build)
+        self.known_device = META if known_on_meta else device
+        # a lazy layer of a build materializes on ``device`` (its first forward); a load's takes
+        # the file's tensors on meta, as known layers do
+        self.lazy_device = device if lazy_on_device else self.known_device
+        self._where: dict[type, torch.device] = {}  # each class's device, as _instantiate chooses it
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
@@ -105,7 +113,6 @@ class Builder:
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
         self._checked: dict[tuple, type] = {}
-        self._copies: dict[tuple, Callable[[], nn.Module | None]] = {}  # leaf node (shape, values) -> its next twin
         # The modules budget: nodes built so far, and the copies the enclosing Repeats ask for.
         self.max_modules = budget.current().modules
         self.built = 0
@@ -150,37 +157,20 @@ class Builder:
         return module
 
     def _from_checked(self, node: Any) -> nn.Module | None:
-        """A leaf node of a shape already checked, built directly (a copy of its twin where one was
-        built before it and can be copied: ``twins``); None to take the full path."""
+        """A leaf node of a shape already checked, built directly; None to take the full path."""
         if type(node) is not dict or type(node.get("type")) is not str:
             return None
         shape = _leaf_key(node)
         cls = self._checked.get(shape)
         if cls is None:
             return None
-        same = (shape, tuple(node.values()))
-        if float in shape[2]:  # -0.0 == 0.0, and they hash alike: the signs keep them apart
-            same += tuple(math.copysign(1.0, v) for v in node.values() if type(v) is float)
-        copy = self._copies.get(same)
-        if copy is not None:
-            try:
-                module = copy()
-            except Exception:
-                return None  # the full path reports it, with its key path
-            if module is not None:
-                return module
         kwargs = dict(node)
         del kwargs["type"]
-        known = self.real_device is None or resets_itself(cls)  # else a user's block: built for real
         try:
-            module = cls(**kwargs) if known else self._instantiate(cls, [], kwargs)
+            module = self._instantiate(cls, [], kwargs)
         except Exception:
             return None  # the full path reports it, with its key path
-        if not isinstance(module, nn.Module):
-            return None
-        if known:
-            self._copies[same] = copier(module) or functools.partial(cls, **kwargs)
-        return module
+        return module if isinstance(module, nn.Module) else None
 
     def _build(self, node: Any, path: str) -> nn.Module | None:
         if not is_node(node):
@@ -252,13 +242,23 @@ class Builder:
         return module
 
     def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:
-        """``cls(*args, **kwargs)`` where the walk builds. A class not known to reset itself (a
-        user's block) is built for real on ``real_device``, with its own fills: its constructor
-        may compute from data (on ``meta`` that fails, or imports seconds of torch's meta kernels)
-        or make a constant its reset leaves alone."""
-        if self.real_device is None or resets_itself(cls):
+        """``cls(*args, **kwargs)`` where the walk builds: a known layer on ``meta`` (its tensors
+        are allocated and filled afterwards), and a user's block for real on ``device``, with its
+        own fills: its constructor may compute from data (on ``meta`` that fails, or imports
+        seconds of torch's meta kernels) or make a constant its reset leaves alone. A build's lazy
+        layer is made on ``device`` too: its first forward materializes it there."""
+        where = self._where.get(cls)
+        if where is None:
+            if resets_itself(cls):
+                where = self.lazy_device if issubclass(cls, LazyModuleMixin) else self.known_device
+            else:
+                where = self.device
+            self._where[cls] = where
+        if where.type == "meta":
+            return on_meta(cls, args, kwargs)
+        if where.type == "cpu":
             return cls(*args, **kwargs)
-        with torch.device(self.real_device), own_fills():
+        with torch.device(where):
             return cls(*args, **kwargs)
 
 
@@ -556,7 +556,7 @@ def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parame
     frozen = spec.get("frozen", False)
     if not isinstance(frozen, bool):
         builder.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
-    return nn.Parameter(torch.empty(shape), requires_grad=not frozen)
+    return nn.Parameter(torch.empty(shape, device=builder.known_device), requires_grad=not frozen)
 
 
 # The handler of each form of ``recipe.grammar`` (``call`` is a Graph's, in ``_graph_entry``).
@@ -626,34 +626,30 @@ def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
 
 def construct(
     recipe: Recipe, allow: Sequence[str], device: torch.device, purpose: Literal["init", "load"]
-) -> tuple[nn.Module, BuildNotes, bool]:
+) -> tuple[nn.Module, BuildNotes]:
     """The module tree alone, on ``device``, ties applied: no shapes, no rules.
 
-    ``init``: known classes skip their default fills (their tensors are allocated empty, to be
-    filled once by initialization); user blocks are built as they are written. ``load``: on
-    ``meta`` where the file can fill every tensor (user blocks for real on ``device``), else for
-    real with the fills constructors make. The flag says whether the
-    tree was built on ``meta`` for a load.
+    Known layers are constructed on ``meta`` and user blocks for real (``placement``). ``init``:
+    every ``meta`` tensor is then allocated on ``device`` (ties kept), empty, to be filled once by
+    initialization; where some tensor would stay unwritten (a known module with neither per-tensor
+    defaults nor a reset), everything is built for real instead. ``load``: left on ``meta`` where
+    the file can fill every tensor, else built for real with the fills constructors make.
     """
     dtype = dtype_of(recipe["dtype"], "dtype") if recipe.get("dtype") is not None else None
     with default_dtype(dtype):
-        if purpose == "init":
-            real = None if device.type == "meta" else device
-            builder = Builder(recipe, allow, real_device=real)
-            with skipping_fills(device):
-                model, on_meta = builder.build_model(recipe["model"]), False
-        else:
-            builder = Builder(recipe, allow, real_device=device)
-            with skipping_fills(torch.device("meta")):
-                model, on_meta = builder.build_model(recipe["model"]), True
-            if not can_load_on_meta(model):
-                builder = Builder(recipe, allow)
-                with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
-                    model, on_meta = builder.build_model(recipe["model"]), False
+        builder = Builder(recipe, allow, device, lazy_on_device=purpose == "init")
+        with free_meta_fills():
+            model = builder.build_model(recipe["model"])
+        real = device.type != "meta"
+        if real and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
+            builder = Builder(recipe, allow, device, known_on_meta=False)
+            model = builder.build_model(recipe["model"])
     ties = recipe.get("tie") or {}
     if not (isinstance(ties, Mapping) and all(isinstance(v, str) for v in ties.values())):
         ties = {}  # top_level_problems reports it
     if ties:
         tie_parameters(model, ties)
     builder.notes.ties = dict(ties)
-    return model, builder.notes, on_meta
+    if purpose == "init" and real:
+        allocate(model, device)
+    return model, builder.notes

@@ -1,7 +1,7 @@
 """``build_from_config``: recipe -> modules -> concrete shapes -> initialized model.
 
-Layers are constructed with their default fills skipped (``placement.skipping_fills``): their
-tensors are allocated, not written. The init rules are then checked against the real shapes, and
+Known layers are constructed on ``meta`` and their tensors then allocated, not written
+(``placement``); users' blocks are built for real. The init rules are then checked against the real shapes, and
 each tensor is filled once, from its own random stream: by the scheme that wins for it, or by its
 module's default (see ``initialization``). On ``meta`` nothing is allocated or filled.
 """
@@ -19,7 +19,6 @@ from torch import nn
 
 from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS, BuildNotes, construct
-from composer.build.gc_pause import gc_paused
 from composer.build.materialize import forward_zeros, has_lazy, require_shapes
 from composer.build.record import BuildRecord, finish
 from composer.errors import ConfigError
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
 
-@gc_paused()
 def build_from_config(
     cfg: str | os.PathLike | Mapping | DictConfig,
     allow_targets: Sequence[str] | None = None,
@@ -104,7 +102,7 @@ def _build(
         device = torch.device("meta")
     with seeded(init.seed):
         try:
-            model, notes, _ = construct(recipe, allow, device, "init")
+            model, notes = construct(recipe, allow, device, "init")
         except ConfigError as e:
             raise ConfigError([*early, *e.problems]) from None
         if early:
@@ -142,7 +140,10 @@ def _shape_and_initialize(
         initialize(model, Plan(), base, notes.ties)
     example = example_inputs(recipe)
     if example is not None and (lazy or not real):  # on meta: the shape check a real run makes
-        forward_zeros(model, example[1], device, key=example[0], shapes_only=not real)
+        # lazy layers materialize with their own resets, which draw from the global generators:
+        # the values come from the streams below, and the caller's RNG state stays as it was
+        with torch.random.fork_rng(devices=_cuda_devices(device)) if lazy else contextlib.nullcontext():
+            forward_zeros(model, example[1], device, key=example[0], shapes_only=not real)
         lazy = has_lazy(model)
     if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")
@@ -152,6 +153,12 @@ def _shape_and_initialize(
     else:
         check_plan(plan)
     return plan
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose generators a build on ``device`` draws from (none on CPU, and
+    none initialized for a CPU build)."""
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
 
 
 @contextlib.contextmanager

@@ -36,9 +36,10 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from composer.build.materialize import allocate, require_shapes
-from composer.build.placement import reset_method, resets_itself
+from composer.build.placement import resets_itself
 from composer.build.tensor_parallel import apply_tp, tp_plan
 from composer.errors import ConfigError, did_you_mean
+from composer.init.defaults import reset_method
 from composer.init.initializers import SEED_LIMIT
 from composer.init.rules import Plan, TensorFills, canonical_paths, first_paths
 from composer.modules.graph import Graph

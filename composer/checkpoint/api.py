@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from composer import limits as budget
-from composer.build.gc_pause import gc_paused
 from composer.checkpoint.common import is_sharded
 from composer.checkpoint.file import load_single, rebuild_single_on_meta, save_single
 from composer.errors import CheckpointError
@@ -71,7 +70,6 @@ def save_checkpoint(
     save_single(model, path, summary=summary, optimizer=optimizer, state=state)
 
 
-@gc_paused()
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",

@@ -90,7 +90,7 @@ def rebuild(
         problems = top_level_problems(recipe)
         if problems:
             raise ConfigError(problems)
-        model, notes, _ = construct(recipe, allow, device, "load")
+        model, notes = construct(recipe, allow, device, "load")
     except ConfigError as e:
         unknown_type = any(message.startswith("unknown type") for _, message in e.problems)
         hint = " (import the module that registers it before loading)" if unknown_type else ""

@@ -24,11 +24,15 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.rnn import RNNBase, RNNCellBase
 
-from composer.build.placement import skip_reset
 from composer.modules.graph import Graph
 
 Fill = Callable[[torch.Tensor, torch.Generator], object]
 Table = dict[str, Fill]
+
+
+def reset_method(module: nn.Module) -> Callable[[], None] | None:
+    """The module's own reset of its tensors (``MultiheadAttention`` names it ``_reset_parameters``)."""
+    return getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
 
 
 def _zeros(t: torch.Tensor, _g: torch.Generator) -> None:
@@ -119,8 +123,7 @@ def _prelu(m: nn.PReLU) -> Table:
 
 
 # The classes whose reset is written here, by the class that defines it and its name. Keyed by
-# that reset function (wrapped by ``placement.skip_reset``: a build skips it, as initialization
-# writes every tensor it would), so a subclass that overrides its reset is not covered.
+# that reset function, so a subclass that overrides its reset is not covered.
 _WRITTEN: dict[tuple[type, str], Callable[[nn.Module], Table]] = {
     (nn.Linear, "reset_parameters"): _linear,
     (_ConvNd, "reset_parameters"): _linear,
@@ -139,7 +142,7 @@ _WRITTEN: dict[tuple[type, str], Callable[[nn.Module], Table]] = {
     (Graph, "reset_parameters"): _graph,
 }
 TABLES: dict[Callable, Callable[[nn.Module], Table]] = {
-    skip_reset(owner, name): make for (owner, name), make in _WRITTEN.items()
+    vars(owner)[name]: make for (owner, name), make in _WRITTEN.items()
 }
 
 
@@ -148,6 +151,11 @@ def default_table(module: nn.Module) -> Table | None:
     tensor (a user's block, a subclass with its own reset): it then resets as a whole."""
     make = _maker(type(module))
     return make(module) if make is not None else None
+
+
+def writes_defaults(cls: type) -> bool:
+    """Whether ``cls``'s defaults are written here per tensor (its reset is in ``TABLES``)."""
+    return _maker(cls) is not None
 
 
 @functools.cache

@@ -25,9 +25,8 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedTensorMixin
 
-from composer.build.placement import reset_method
 from composer.errors import ConfigError, did_you_mean, unknown
-from composer.init.defaults import Fill, default_table
+from composer.init.defaults import Fill, default_table, reset_method
 from composer.init.initializers import INITIALIZERS, SEED_LIMIT, Scheme, Streams, parse_scheme
 from composer.init.threads import run_split
 from composer.modules.registry import MODULES
