@@ -17,6 +17,7 @@ _EXPORTS = {
     "load_weights": "composer.checkpoint.file",
     "save_tensors": "composer.checkpoint.file",
     "load_tensors": "composer.checkpoint.file",
+    "param_groups": "composer.train.groups",
     "summary": "composer.describe.summarize",
     "to_recipe": "composer.describe.export",
     "registry_scope": "composer.modules.registry",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from composer.errors import CheckpointError, ConfigError
     from composer.init.initializers import register_init
     from composer.modules.registry import register_module, registry_scope
+    from composer.train.groups import param_groups
 
 
 def __getattr__(name: str) -> Any:

@@ -27,6 +27,7 @@ from composer.init.initializers import INITIALIZERS
 from composer.modules import arguments as args_of
 from composer.modules.arguments import EMPTY
 from composer.modules.registry import MODULES
+from composer.recipe.optim import KINDS, OPTIMIZER_OPTIONS, SETTINGS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 FORMS = ("Sequential", "Repeat", "Graph")  # built by the builder itself, not by calling a class
@@ -101,7 +102,22 @@ def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any
                 "tie": {"type": "object", "description": "dst: src parameter paths, one tensor",
                         "additionalProperties": {"type": "string"}},
                 "dtype": _ref("dtype"),
-                "vars": {"type": "object", "description": "free values for ${vars.name}"},
+                "vars": {"type": "object", "description": "free values for ${vars.name} and $(vars.name * 2)"},
+                "optim": {
+                    "type": "object",
+                    "description": "parameter groups for torch.optim: param_groups(model, lr=...)",
+                    "properties": {"groups": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {
+                            "match": {"type": "string"}, "layer": _ref("layer"),
+                            "kind": {"anyOf": [{"enum": list(KINDS)}, {"type": "array", "items": {"enum": list(KINDS)}}]},  # noqa: E501
+                            "frozen": {"type": "boolean"},
+                            **{key: {} for key in (*SETTINGS, *OPTIMIZER_OPTIONS) if key != "frozen"},
+                        },
+                        "additionalProperties": False,
+                    }}},
+                    "additionalProperties": False,
+                },
                 "shard": {
                     "type": "object",
                     "properties": {"units": {"type": "array", "items": {"anyOf": [

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from composer.build.materialize import forward_zeros, require_shapes
-from composer.build.record import init_report, record_of
+from composer.build.record import InitReport, init_report, record_of
 from composer.errors import ConfigError
 from composer.recipe.read import InputSpec, example_inputs
+from composer.train.groups import assign
 
 _HEADER = ("module", "type", "output shape", "params", "bytes", "dtype", "shared")
 
@@ -70,6 +71,7 @@ class Summary:
             lines.append(f"input shape: {described}{why}")
         if self.init is not None:
             lines.append(str(self.init))
+        lines += self.extra
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,6 +84,8 @@ class Summary:
             "output_shape": self.output_shape,
             "output_shapes_unavailable": None if self.error is None else self.error.problems[0][1],
             "init": None if self.init is None else dict(self.init),
+            "groups": None if self.init is None else self.init.groups,
+            "warnings": list(self.extra),
         }
 
 
@@ -139,16 +143,30 @@ def summarize(
         shapes, error = _output_shapes(model, inputs, key) if inputs is not None else ({}, None)
     rows = _rows(model, shapes)
     shown = [row for row in rows if depth is None or row.depth <= depth]
+    init, warnings = _init_and_groups(model) if record is not None else (None, [])
     return Summary(
         rows=shown,
         totals=totals(model),
         inputs=inputs,
         output_shape=shapes.get(id(model)),
         error=error,
-        init=init_report(model) if record is not None else None,
+        init=init,
         depth=depth,
         hidden=len(rows) - len(shown),
+        extra=warnings,
     )
+
+
+def _init_and_groups(model: nn.Module) -> tuple[InitReport, list[str]]:
+    """The init report, with each parameter's optimizer group where the recipe has ``optim.groups``,
+    and a warning for each group that selects nothing (a typo in a glob must not pass silently)."""
+    report = init_report(model)
+    groups = (record_of(model).recipe.get("optim") or {}).get("groups")
+    if not groups:
+        return report, []
+    assignment = assign(model, groups)
+    report.groups = assignment.labels()
+    return report, assignment.warnings()
 
 
 def _rows(model: nn.Module, shapes: dict[int, Any]) -> list[Row]:

@@ -65,8 +65,8 @@ def _walk(value: Any, path: str, env: dict[str, Any], problems: list[tuple[str, 
 def _resolve(text: str, path: str, env: dict[str, Any], problems: list[tuple[str, str]]) -> Any:
     inner = text[2:-1] if text.endswith(")") else None
     if inner is None or not _balanced(inner):
-        problems.append((path, f"{text!r} does not close its parentheses: in a YAML flow mapping ({{...}}) a "
-                         "comma ends the value, so quote an expression that holds one (\"$(max(1, c // 4))\")"))  # fmt: skip
+        why = "in a YAML flow mapping ({...}) a comma ends the value: quote an expression that holds one"
+        problems.append((path, f'{text!r} does not close its parentheses: {why} ("$(max(1, c // 4))")'))
         return text
     if len(inner) > MAX_EXPRESSION:
         problems.append((path, f"expression longer than {MAX_EXPRESSION} characters"))
@@ -106,9 +106,7 @@ class _Fill(ast.NodeTransformer):
             return self.generic_visit(node)
         if node.attr not in self.env:
             known = ", ".join(self.env) or "none"
-            self.problems.append(
-                (self.path, f"no var {node.attr!r}{did_you_mean(node.attr, self.env)}; vars: {known}")
-            )
+            self.problems.append((self.path, f"no var {node.attr!r}{did_you_mean(node.attr, self.env)}; vars: {known}"))
             return ast.Constant(0)
         value = self.env[node.attr]
         if type(value) not in (int, float):

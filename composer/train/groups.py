@@ -44,7 +44,6 @@ _NORMS: tuple[type[nn.Module], ...] = (
     nn.CrossMapLRN2d,
 )
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-_RANK = {kind: i for i, kind in enumerate(KINDS)}  # bias, norm, embedding, weight
 _PRECEDENCE = ("norm", "embedding", "bias", "weight")  # a tensor with several holders: the first that fits
 _NOT_OPTIONS = ("frozen",)  # settings that never reach the optimizer
 
