@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,7 +26,7 @@ from composer import (
 from composer.recipe.optim import GROUP_KEYS
 from composer.recipe.read import read_recipe
 from tests.distributed import cpu_mesh, run_ranks
-from tests.recipes import model_recipe
+from tests.recipes import ROOT, model_recipe
 
 SMALL_GPT = {"vocab_size": 1000, "block_size": 64, "n_layer": 2, "n_head": 4, "n_embd": 64}
 GROUPS = [
@@ -295,3 +299,35 @@ def _sharded_groups(rank: int, world: int) -> None:
 @pytest.mark.slow
 def test_param_groups_of_a_sharded_model_are_those_of_the_single_process_one():
     run_ranks(2, _sharded_groups)
+
+
+# --- the example ------------------------------------------------------------------------------------
+
+EXAMPLE = ROOT / "examples" / "train_resnet_cifar_like.py"
+TRAINING_STATE = "optimizer" in inspect.signature(save_checkpoint).parameters  # the checkpoint branch's part
+
+
+def test_the_examples_build_groups_and_steps_train():
+    spec = importlib.util.spec_from_file_location("train_resnet_cifar_like", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    vars_ = {**example.VARS, "width": 8}
+    model = build_from_config("resnet18", vars=vars_)
+    optimizer = example.make_optimizer(model)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0]
+    assert {p for g in optimizer.param_groups for p in g["params"]} == set(model.parameters())
+    batches = example.random_batches(vars_, count=1, size=8)
+    images, labels = batches[0]
+    before = nn.functional.cross_entropy(model(images), labels).item()
+    example.train(model, optimizer, batches, 1, 4)
+    assert nn.functional.cross_entropy(model(images), labels).item() < before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TRAINING_STATE, reason="save_checkpoint(optimizer=...) comes with the checkpoint branch")
+def test_the_example_resumes_bit_for_bit(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(EXAMPLE), "vars.width=8", "--steps", "6"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from step 3: outputs equal" in result.stdout
