@@ -90,6 +90,8 @@ def test_functions_and_bounds_of_expressions():
         "pow(2, 3)",
         "vars.x.y",
         "sqrt()",
+        "round(5, -10 ** 9)",
+        "round(2.5, 0.5)",
     ]:
         with pytest.raises(ConfigError) as info:
             read_recipe({"vars": {"x": 1}, "model": {"type": "Linear", "in_features": f"$({expression})"}})
@@ -189,6 +191,19 @@ def test_param_groups_follow_the_recipe_kinds_later_groups_win_and_a_tied_parame
         nn.functional.cross_entropy(model(tokens)[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
         optimizer.step()
     assert torch.equal(before, model.transformer.wpe.weight)
+
+
+def test_a_checkpoint_keeps_the_recipes_groups(tmp_path):
+    model = small_gpt_with_groups()
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+
+    def layout(m):
+        names = {id(p): n for n, p in m.named_parameters()}
+        return [({k: v for k, v in g.items() if k != "params"}, [names[id(p)] for p in g["params"]])
+                for g in param_groups(m, lr=1e-3)]  # fmt: skip
+
+    assert layout(loaded) == layout(model)
 
 
 def test_kinds_of_tensors_across_layers_and_groups_given_in_python():

@@ -198,6 +198,8 @@ def _arith(node: ast.expr, env: Mapping[str, Any]) -> int | float:
         return _bounded(_UNARY[type(node.op)](_arith(node.operand, env)))
     if isinstance(node, ast.Call):
         args = [_arith(a, env) for a in node.args]
+        if node.func.id == "round" and len(args) == 2 and not (type(args[1]) is int and abs(args[1]) <= 400):
+            raise ConfigError(f"round's digits are an integer in [-400, 400], not {args[1]!r}")  # 10**-10**9: hours
         try:
             return _bounded(_FUNCTIONS[node.func.id](*args))
         except (ValueError, OverflowError) as e:  # sqrt(-1), log(0), exp(1000), round(x, 10**9)
