@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "build_from_config": "composer.build.pipeline",
-    "init_report": "composer.build.record",
+    "init_report": "composer.train.groups",
     "save_checkpoint": "composer.checkpoint.file",
     "load_checkpoint": "composer.checkpoint.file",
     "load_weights": "composer.checkpoint.file",
@@ -32,14 +32,13 @@ __all__ = sorted([*_EXPORTS, *_MODULES])
 if TYPE_CHECKING:
     from composer import limits
     from composer.build.pipeline import build_from_config
-    from composer.build.record import init_report
     from composer.checkpoint.file import load_checkpoint, load_tensors, load_weights, save_checkpoint, save_tensors
     from composer.describe.export import to_recipe
     from composer.describe.summarize import summary
     from composer.errors import CheckpointError, ConfigError
     from composer.init.initializers import register_init
     from composer.modules.registry import register_module, registry_scope
-    from composer.train.groups import param_groups
+    from composer.train.groups import init_report, param_groups
 
 
 def __getattr__(name: str) -> Any:

@@ -273,6 +273,9 @@ def test_the_summary_shows_each_parameters_group_and_warns_of_a_group_that_selec
     assert "warning: optim.groups[4] selects no parameter" in text.splitlines()
     assert summary(model, as_dict=True)["warnings"] == ["warning: optim.groups[4] selects no parameter"]
     assert "optimizer group" not in summary(build_from_config("mlp"))
+    report = init_report(model)  # a dict of schemes, whose table has the group column too
+    assert report["transformer.h.0.ln_1.bias"] == "default" and report.groups["transformer.wpe.weight"] == "frozen"
+    assert str(report).splitlines()[0] == "initialization (and optimizer group):"
 
 
 def test_the_optimizer_options_list_holds_every_torch_optim_keyword():

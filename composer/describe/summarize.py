@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from composer.build.materialize import forward_zeros, require_shapes
-from composer.build.record import InitReport, init_report, record_of
+from composer.build.record import record_of
 from composer.errors import ConfigError
 from composer.recipe.read import InputSpec, example_inputs
-from composer.train.groups import assign
+from composer.train.groups import assign, init_report, recipe_groups
 
 _HEADER = ("module", "type", "output shape", "params", "bytes", "dtype", "shared")
 
@@ -143,7 +143,9 @@ def summarize(
         shapes, error = _output_shapes(model, inputs, key) if inputs is not None else ({}, None)
     rows = _rows(model, shapes)
     shown = [row for row in rows if depth is None or row.depth <= depth]
-    init, warnings = _init_and_groups(model) if record is not None else (None, [])
+    init = init_report(model) if record is not None else None
+    groups = recipe_groups(model)
+    warnings = assign(model, groups).warnings() if groups else []
     return Summary(
         rows=shown,
         totals=totals(model),
@@ -155,18 +157,6 @@ def summarize(
         hidden=len(rows) - len(shown),
         extra=warnings,
     )
-
-
-def _init_and_groups(model: nn.Module) -> tuple[InitReport, list[str]]:
-    """The init report, with each parameter's optimizer group where the recipe has ``optim.groups``,
-    and a warning for each group that selects nothing (a typo in a glob must not pass silently)."""
-    report = init_report(model)
-    groups = (record_of(model).recipe.get("optim") or {}).get("groups")
-    if not groups:
-        return report, []
-    assignment = assign(model, groups)
-    report.groups = assignment.labels()
-    return report, assignment.warnings()
 
 
 def _rows(model: nn.Module, shapes: dict[int, Any]) -> list[Row]:

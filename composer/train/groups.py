@@ -30,7 +30,8 @@ from typing import Any
 
 from torch import nn
 
-from composer.build.record import record_of
+from composer.build.record import InitReport, record_of
+from composer.build.record import init_report as schemes_report
 from composer.errors import ConfigError
 from composer.init.rules import _layer_classes, _select  # the selection of init rules, shared
 from composer.recipe.optim import KINDS, optim_problems
@@ -111,6 +112,29 @@ def assign(model: nn.Module, groups: Sequence[Mapping[str, Any]], where: str = "
     return Assignment(paths, params, kinds, settings, reached)
 
 
+def init_report(model: nn.Module) -> InitReport:
+    """Parameter path -> the scheme that set it (a rule, an inline spec, or ``default``): a ``dict``
+    that prints as a table (``print(init_report(model))``), as ``summary`` prints its own; where
+    the recipe has ``optim.groups``, the table has a column with each parameter's optimizer group
+    (``groups``: path -> group, as ``param_groups`` makes them).
+
+    Raises:
+        ValueError: the model was not built by ``build_from_config`` or ``load_checkpoint``.
+    """
+    report = schemes_report(model)
+    groups = recipe_groups(model)
+    if groups:
+        report.groups = assign(model, groups).labels()
+    return report
+
+
+def recipe_groups(model: nn.Module) -> list[Mapping[str, Any]]:
+    """The ``optim.groups`` of the recipe a model was built from; none for any other module."""
+    record = record_of(model)
+    section = (record.recipe.get("optim") if record is not None else None) or {}
+    return list(section.get("groups") or [])
+
+
 def param_groups(
     model: nn.Module,
     lr: float | None = None,
@@ -140,9 +164,7 @@ def param_groups(
         ConfigError: a malformed group, or an ``lr_scale`` with no learning rate to scale.
     """
     if groups is None:
-        record = record_of(model)
-        section = (record.recipe.get("optim") if record is not None else None) or {}
-        groups = section.get("groups") or []
+        groups = recipe_groups(model)
     assignment = assign(model, groups)
     out: dict[tuple, dict[str, Any]] = {}
     for path in assignment.paths:
