@@ -232,6 +232,13 @@ def test_kinds_of_tensors_across_layers_and_groups_given_in_python():
     assert [(len(g["params"]), g["lr"]) for g in by_layer] == [(5, 0.2), (11, 0.1)]  # out_proj is a Linear too
 
 
+def test_a_parameter_unfrozen_by_a_later_group_shares_the_group_of_its_equals():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    groups = [{"match": "0", "frozen": True}, {"match": "0", "layer": "Linear", "frozen": False}]
+    (group,) = param_groups(model, groups=groups)
+    assert len(group["params"]) == 4 and all(p.requires_grad for p in model.parameters())
+
+
 def test_a_shared_module_reached_by_two_paths_is_one_parameter_in_one_group():
     model = build_from_config({
         "shared": {"proj": {"type": "Linear", "in_features": 4, "out_features": 4}},

@@ -256,4 +256,5 @@ def _plain(value: Any) -> Any:
 
 
 def _key(settings: dict[str, Any]) -> tuple:
-    return tuple(sorted(settings.items()))
+    """What makes two parameters share an optimizer group: their options (``frozen`` is not one)."""
+    return tuple(sorted((k, v) for k, v in settings.items() if k not in _NOT_OPTIONS))
