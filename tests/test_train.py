@@ -91,6 +91,7 @@ def test_functions_and_bounds_of_expressions():
         "vars.x.y",
         "sqrt()",
         "round(5, -10 ** 9)",
+        "log(2, 1)",
         "round(2.5, 0.5)",
     ]:
         with pytest.raises(ConfigError) as info:

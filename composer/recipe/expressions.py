@@ -22,7 +22,7 @@ import ast
 from typing import Any
 
 from composer.errors import ConfigError, did_you_mean
-from composer.recipe.templates import MAX_EXPRESSION, _parse_ref, evaluate
+from composer.recipe.templates import MAX_EXPRESSION, _copy, _parse_ref, evaluate
 
 VARS = "vars"
 
@@ -79,7 +79,7 @@ def _resolve(text: str, path: str, env: dict[str, Any], problems: list[tuple[str
     reads = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and _is_vars(n.value)]
     if isinstance(tree, ast.Attribute) and reads == [tree]:  # $(vars.x): its value, any value
         if tree.attr in env:
-            return env[tree.attr]
+            return _copy(env[tree.attr])  # a copy: no container in two places of the tree
     filled = _Fill(env, path, problems).visit(tree)
     if not reads and _free_names(filled):
         return text  # a template's arguments or Repeat's i only: theirs to evaluate

@@ -242,14 +242,19 @@ def recipe_path(cfg: str | os.PathLike) -> Path:
     """
     path = Path(cfg)
     text = str(cfg)
-    if path.exists() or os.sep in text or "/" in text or path.suffix in (".yaml", ".yml"):
+    if not isinstance(cfg, str) or os.sep in text or "/" in text or path.suffix in (".yaml", ".yml"):
         return path
-    packaged = PACKAGED / f"{text}.yaml"
-    if packaged.is_file():
-        return packaged
+    try:
+        if path.exists():
+            return path
+    except OSError:  # a name too long for a file name: not a file, and no recipe's name either
+        pass
     names = packaged_recipes()
+    if text in names:
+        return PACKAGED / f"{text}.yaml"
+    shown = text if len(text) <= 80 else f"{text[:80]}..."
     raise ConfigError(
-        f"no recipe file {text!r} here and no packaged recipe of that name{did_you_mean(text, names)}; "
+        f"no recipe file {shown!r} here and no packaged recipe of that name{did_you_mean(text, names)}; "
         f"packaged: {', '.join(names)}"
     )
 

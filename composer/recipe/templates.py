@@ -202,7 +202,7 @@ def _arith(node: ast.expr, env: Mapping[str, Any]) -> int | float:
             raise ConfigError(f"round's digits are an integer in [-400, 400], not {args[1]!r}")  # 10**-10**9: hours
         try:
             return _bounded(_FUNCTIONS[node.func.id](*args))
-        except (ValueError, OverflowError) as e:  # sqrt(-1), log(0), exp(1000), round(x, 10**9)
+        except (ValueError, OverflowError, ZeroDivisionError) as e:  # sqrt(-1), log(0), exp(1000), log(2, 1)
             raise ConfigError(f"{ast.unparse(node)} fails for {', '.join(map(repr, args))}: {e}") from None
     if isinstance(node, ast.BinOp):
         left, right = _arith(node.left, env), _arith(node.right, env)
