@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "build_from_config": "composer.build.pipeline",
-    "init_report": "composer.build.record",
+    "init_report": "composer.train.groups",
     "save_checkpoint": "composer.checkpoint.api",
     "load_checkpoint": "composer.checkpoint.api",
     "load_weights": "composer.checkpoint.weights",
     "save_tensors": "composer.checkpoint.file",
     "load_tensors": "composer.checkpoint.file",
+    "param_groups": "composer.train.groups",
     "summary": "composer.describe.summarize",
     "to_recipe": "composer.describe.export",
     "registry_scope": "composer.modules.registry",
@@ -31,7 +32,6 @@ __all__ = sorted([*_EXPORTS, *_MODULES])
 if TYPE_CHECKING:
     from composer import limits
     from composer.build.pipeline import build_from_config
-    from composer.build.record import init_report
     from composer.checkpoint.api import load_checkpoint, save_checkpoint
     from composer.checkpoint.file import load_tensors, save_tensors
     from composer.checkpoint.weights import load_weights
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from composer.errors import CheckpointError, ConfigError
     from composer.init.initializers import register_init
     from composer.modules.registry import register_module, registry_scope
+    from composer.train.groups import init_report, param_groups
 
 
 def __getattr__(name: str) -> Any:

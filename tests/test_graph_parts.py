@@ -612,7 +612,7 @@ def test_evaluator_runs_nothing(tmp_path):
     for expression in [
         f"__import__('os').system('touch {target}')",
         "c.__class__", "c[0]", "(lambda: 1)()", "[c for c in 1]", "'a' * c", "c if c else 1", "c < 2",
-        "abs(c)", "min(c, key=c)", "c << 2", "c & 1", "not c", "{}", "f'{c}'", "c := 2",
+        "pow(c, 2)", "min(c, key=c)", "c << 2", "c & 1", "not c", "{}", "f'{c}'", "c := 2",
     ]:  # fmt: skip
         with pytest.raises(ConfigError) as info:
             parse_template("t", {"args": ["c"], "body": {"v": f"$({expression})"}})

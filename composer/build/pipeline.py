@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
@@ -40,12 +40,15 @@ def build_from_config(
     mesh: DeviceMesh | None = None,
     limits: budget.LimitsArg = None,
     resolvers: Collection[str] | str | None = None,
+    vars: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build the model a recipe describes.
 
     Args:
-        cfg: a path to a YAML file, a ``dict``, an OmegaConf ``DictConfig`` (such as Hydra
-            composes), or a bare node (``{type: Linear, ...}``), read as ``{model: node}``.
+        cfg: a packaged recipe's name (``"resnet18"``, ``"gpt2_small"``: ``composer/conf/model``,
+            as ``timm.create_model`` takes a name), a path to a YAML file, a ``dict``, an OmegaConf
+            ``DictConfig`` (such as Hydra composes), or a bare node (``{type: Linear, ...}``), read
+            as ``{model: node}``.
         allow_targets: import prefixes that ``_target_`` nodes may use beyond the default
             ``torch.nn.`` and ``composer.modules.blocks.``; nothing outside them is imported.
         device: where the parameters are made. ``"meta"`` checks the recipe, its shapes and its
@@ -63,6 +66,8 @@ def build_from_config(
             default (``COMPOSER_RESOLVERS`` where set), as they read outside the recipe. What
             they read is used for the build, and never stored: the model's recipe (in its
             checkpoint, in ``recipe.yaml``) keeps their ``${...}`` unresolved.
+        vars: values over the recipe's ``vars`` (``{"n_layer": 2}``), as a sweep's ``vars.n_layer=2``;
+            each must be one of the recipe's vars. The model's recipe holds them.
 
     Returns:
         Plain ``torch.nn`` modules (no wrapper in the forward path), with concrete shapes where
@@ -71,10 +76,11 @@ def build_from_config(
 
     Raises:
         ConfigError: every problem of the recipe at once, each with its key path; a budget
-            exceeded, naming the limit and how to raise it.
+            exceeded, naming the limit and how to raise it; an unknown recipe name or var, with
+            the closest one.
     """
     with budget.using(limits):
-        return _build(cfg, allow_targets, torch.device(device), dtype, mesh, resolvers)
+        return _build(cfg, allow_targets, torch.device(device), dtype, mesh, resolvers, vars)
 
 
 def _build(
@@ -84,8 +90,9 @@ def _build(
     dtype: str | torch.dtype | None,
     mesh: DeviceMesh | None,
     resolvers: Collection[str] | str | None,
+    overrides: Mapping[str, Any] | None,
 ) -> nn.Module:
-    recipe, stored = read_recipe_and_stored(cfg, resolvers=resolvers)
+    recipe, stored = read_recipe_and_stored(cfg, resolvers=resolvers, vars=overrides)
     if dtype is not None:
         recipe["dtype"] = str(dtype).removeprefix("torch.")
     allow = (*DEFAULT_TARGETS, *((allow_targets,) if isinstance(allow_targets, str) else allow_targets or ()))

@@ -51,13 +51,25 @@ def finish(model: nn.Module, frozen: Iterable[nn.Module], record: BuildRecord) -
 
 
 class InitReport(dict):
-    """Parameter path -> scheme: a ``dict``, which prints as the summary's ``initialization:`` lines."""
+    """Parameter path -> scheme: a ``dict``, which prints as the summary's ``initialization:`` lines.
+
+    ``groups`` (path -> optimizer group, set by the summary, which reads the recipe's ``optim``
+    section) adds a column: the group each parameter is in.
+    """
+
+    groups: dict[str, str] | None = None
 
     def __str__(self) -> str:
         width = max((len(path) for path in self), default=0)
-        return "\n".join(
-            ["initialization:", *(f"  {path + ':':<{width + 1}} {scheme}" for path, scheme in self.items())]
-        )
+        if not self.groups:
+            rows = [f"  {path + ':':<{width + 1}} {scheme}" for path, scheme in self.items()]
+            return "\n".join(["initialization:", *rows])
+        schemes = max((len(scheme) for scheme in self.values()), default=0)
+        rows = [
+            f"  {path + ':':<{width + 1}} {scheme:<{schemes}}  group {self.groups.get(path, '(tied)')}".rstrip()
+            for path, scheme in self.items()
+        ]
+        return "\n".join(["initialization (and optimizer group):", *rows])
 
 
 def init_report(model: nn.Module) -> InitReport:

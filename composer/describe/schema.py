@@ -29,6 +29,7 @@ from composer.modules.ops import OPS
 from composer.modules.registry import MODULES
 from composer.modules.signatures import EMPTY
 from composer.recipe import grammar as g
+from composer.recipe.optim import KINDS, OPTIMIZER_OPTIONS, SETTINGS
 from composer.recipe.parallel import TP_STYLES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -131,7 +132,22 @@ def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any
                 "tie": {"type": "object", "description": "dst: src parameter paths, one tensor",
                         "additionalProperties": {"type": "string"}},
                 "dtype": _ref("dtype"),
-                "vars": {"type": "object", "description": "free values for ${vars.name}"},
+                "vars": {"type": "object", "description": "free values for ${vars.name} and $(vars.name * 2)"},
+                "optim": {
+                    "type": "object",
+                    "description": "parameter groups for torch.optim: param_groups(model, lr=...)",
+                    "properties": {"groups": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {
+                            "match": {"type": "string"}, "layer": _ref("layer"),
+                            "kind": {"anyOf": [{"enum": list(KINDS)}, {"type": "array", "items": {"enum": list(KINDS)}}]},  # noqa: E501
+                            "frozen": {"type": "boolean"},
+                            **{key: {} for key in (*SETTINGS, *OPTIMIZER_OPTIONS) if key != "frozen"},
+                        },
+                        "additionalProperties": False,
+                    }}},
+                    "additionalProperties": False,
+                },
                 "shard": {
                     "type": "object",
                     "properties": {"units": {"type": "array", "items": {"anyOf": [

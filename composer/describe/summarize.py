@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from composer.build.materialize import forward_zeros, require_shapes
-from composer.build.record import init_report, record_of
+from composer.build.record import record_of
 from composer.errors import ConfigError
 from composer.recipe.read import InputSpec, example_inputs
+from composer.train.groups import assign, init_report, recipe_groups
 
 _HEADER = ("module", "type", "output shape", "params", "bytes", "dtype", "shared")
 
@@ -73,6 +74,7 @@ class Summary:
             lines += layout_lines(self.layout)
         if self.init is not None:
             lines.append(str(self.init) if self.depth is None else _init_to_depth(self.init, self.depth))
+        lines += self.extra
         return "\n".join(lines)
 
     def to_depth(self, depth: int) -> Summary:
@@ -94,6 +96,8 @@ class Summary:
             "output_shapes_unavailable": None if self.error is None else self.error.problems[0][1],
             "init": None if self.init is None else dict(self.init),
             "layout": self.layout,
+            "groups": None if self.init is None else self.init.groups,
+            "warnings": list(self.extra),
         }
 
 
@@ -149,13 +153,17 @@ def summarize(
     error = None
     if shapes is None:
         shapes, error = _output_shapes(model, inputs, key) if inputs is not None else ({}, None)
+    init = init_report(model) if record is not None else None
+    groups = recipe_groups(model)
+    warnings = assign(model, groups).warnings() if groups else []
     result = Summary(
         rows=_rows(model, shapes),
         totals=totals(model),
         inputs=inputs,
         output_shape=shapes.get(id(model)),
         error=error,
-        init=init_report(model) if record is not None else None,
+        init=init,
+        extra=warnings,
         layout=record.layout if record is not None else None,
     )
     return result if depth is None else result.to_depth(depth)

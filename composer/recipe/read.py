@@ -24,8 +24,10 @@ from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, first_line, unknown
 from composer.files import FileProblem, TooLarge, read_regular
 from composer.modules.signatures import is_int
+from composer.recipe.expressions import resolve_expressions
 from composer.recipe.grammar import is_node
 from composer.recipe.interpolation import enabled_resolvers, resolve
+from composer.recipe.optim import layer_problems, optim_problems
 from composer.recipe.parallel import parallel_problems
 from composer.recipe.plain import plain_tree
 
@@ -44,6 +46,7 @@ TOP_LEVEL_KEYS = (
     "vars",
     "shard",
     "parallel",
+    "optim",
 )
 
 
@@ -158,20 +161,24 @@ def read_recipe(
     *,
     limits: budget.LimitsArg = None,
     resolvers: Collection[str] | str | None = None,
+    vars: Mapping[str, Any] | None = None,
 ) -> Recipe:
-    """Read and resolve interpolations; a bare node becomes ``{model: node}``.
+    """Read, resolve interpolations and ``$(...)`` over ``vars``; a bare node becomes ``{model: node}``.
 
     Args:
-        cfg: a YAML path, a mapping or a DictConfig.
+        cfg: a YAML path, a mapping or a DictConfig; or a packaged recipe's name (``"resnet18"``:
+            ``composer/conf/model/resnet18.yaml``).
         limits: budgets beyond those in force (``composer.limits``).
         resolvers: the interpolation resolvers (``oc.env``, ...) the recipe may call; default:
             those named in ``COMPOSER_RESOLVERS``, none if unset.
+        vars: values over the recipe's ``vars`` (each must be one of its vars), before anything
+            reads them.
 
     Raises:
         ConfigError: unreadable, not YAML, a budget exceeded, a bad key or value, an interpolation
-            that does not resolve.
+            that does not resolve, an unknown recipe name or var (with the closest one).
     """
-    return read_recipe_and_stored(cfg, limits=limits, resolvers=resolvers)[0]
+    return read_recipe_and_stored(cfg, limits=limits, resolvers=resolvers, vars=vars)[0]
 
 
 def read_recipe_and_stored(
@@ -179,9 +186,21 @@ def read_recipe_and_stored(
     *,
     limits: budget.LimitsArg = None,
     resolvers: Collection[str] | str | None = None,
+    vars: Mapping[str, Any] | None = None,
 ) -> tuple[Recipe, Recipe]:
     """``(recipe, stored)``: the recipe to build, and the one to write into files, in which what
     enabled resolvers read stays unresolved (``interpolation.resolve``); most often the same object."""
+    recipe, stored = _read(cfg, limits, resolvers, vars)
+    resolve_expressions(recipe)
+    return recipe, stored
+
+
+def _read(
+    cfg: str | os.PathLike | Mapping | DictConfig,
+    limits: budget.LimitsArg,
+    resolvers: Collection[str] | str | None,
+    overrides: Mapping[str, Any] | None,
+) -> tuple[Recipe, Recipe]:
     with budget.using(limits) as chosen:
         if isinstance(cfg, DictConfig):
             try:
@@ -190,13 +209,15 @@ def read_recipe_and_stored(
                 key = getattr(e, "full_key", "") or ""
                 raise ConfigError(f"cannot read the config: {first_line(getattr(e, 'msg', None) or e)}", key) from None
         elif isinstance(cfg, (str, os.PathLike)):
-            data = _read_yaml(Path(cfg), chosen)
+            data = _read_yaml(recipe_path(cfg), chosen)
         elif isinstance(cfg, Mapping):
             data = cfg
         else:
             raise ConfigError(f"a recipe is a YAML path, a dict or a DictConfig, not {type(cfg).__name__}")
         if not isinstance(data, Mapping):
             raise ConfigError(f"a recipe is a mapping, not {type(data).__name__}")
+        if overrides is not None:
+            data = with_vars(data, overrides)
         recipe, interpolates = plain_tree(data, chosen)
         stored = recipe
         if interpolates:
@@ -207,6 +228,64 @@ def read_recipe_and_stored(
         wrapped = {"model": recipe}
         return wrapped, wrapped if stored is recipe else {"model": stored}
     return recipe, stored
+
+
+PACKAGED = Path(__file__).resolve().parent.parent / "conf" / "model"  # the recipes shipped with composer
+
+
+def packaged_recipes() -> list[str]:
+    """The names ``build_from_config`` accepts for the recipes shipped in ``composer/conf/model``."""
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
+def recipe_path(cfg: str | os.PathLike) -> Path:
+    """A path as given; a bare name (no folder, no ``.yaml``, no such file) is a packaged recipe's.
+
+    The packaged files are Hydra config files (``# @package _global_``, a comment to YAML): they
+    read as recipes as they are.
+
+    Raises:
+        ConfigError: a bare name no packaged recipe has, with the closest one.
+    """
+    path = Path(cfg)
+    text = str(cfg)
+    if not isinstance(cfg, str) or os.sep in text or "/" in text or path.suffix in (".yaml", ".yml"):
+        return path
+    try:
+        if path.exists():
+            return path
+    except OSError:  # a name too long for a file name: not a file, and no recipe's name either
+        pass
+    names = packaged_recipes()
+    if text in names:
+        return PACKAGED / f"{text}.yaml"
+    shown = text if len(text) <= 80 else f"{text[:80]}..."
+    raise ConfigError(
+        f"no recipe file {shown!r} here and no packaged recipe of that name{did_you_mean(text, names)}; "
+        f"packaged: {', '.join(names)}"
+    )
+
+
+def with_vars(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow copy of ``data`` whose ``vars`` take ``overrides`` (``build_from_config(vars=...)``).
+
+    Raises:
+        ConfigError: an override that is not one of the recipe's vars (a typo would else be
+        ignored), with the closest name.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"vars= takes a mapping of name: value, not {type(overrides).__name__}")
+    declared = data.get("vars")
+    declared = declared if isinstance(declared, Mapping) else {}
+    problems = [
+        (f"vars.{name}", f"the recipe has no var {name!r}{did_you_mean(str(name), declared)}; "
+         f"vars: {', '.join(declared) or 'none'}")
+        for name in overrides
+        if name not in declared
+    ]  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
+    return {**data, "vars": {**declared, **overrides}}
 
 
 def _read_yaml(path: Path, limits: budget.Limits) -> Any:
@@ -269,6 +348,7 @@ def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
             problems += e.problems
     problems += _shard_problems(recipe.get("shard"))
     problems += parallel_problems(recipe.get("parallel"))
+    problems += optim_problems(recipe.get("optim"))
     return problems
 
 
@@ -293,20 +373,10 @@ def _shard_problems(raw: Any) -> list[tuple[str, str]]:
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 problems.append((f"{path}.match", f"expected a glob over module paths, got {value!r}"))
         elif key == "layer":
-            problems += _layer_problems(value, f"{path}.layer")
+            problems += layer_problems(value, f"{path}.layer")
         else:
             problems.append((f"{path}.{key}", unknown("key", key, ("layer", "match"))))
     return problems
-
-
-def _layer_problems(value: Any, path: str) -> list[tuple[str, str]]:
-    """A class name or a list of them, each registered."""
-    from composer.modules.registry import MODULES  # noqa: PLC0415  (it imports torch; few recipes shard)
-
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        return [(path, f"expected a class name or a list of them, got {value!r}")]
-    return [(path, unknown("layer class", n, MODULES, listed=False)) for n in names if n not in MODULES]
 
 
 def _is_shape(shape: Any) -> bool:

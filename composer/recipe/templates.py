@@ -5,8 +5,10 @@ every reference its body makes, each checked against the arguments. ``expand`` t
 independent copy of the body with each whole-string value replaced: ``$name`` by the argument's
 value (any YAML value), ``$(expression)`` by the value of a small arithmetic evaluator over the
 arguments. The evaluator walks a Python ``ast`` of the expression and allows numbers, argument
-names, ``+ - * / // % **``, unary ``-`` and ``+``, parentheses, ``min`` and ``max``: anything else is
-refused before anything is evaluated, and nothing ever reaches ``eval`` or ``exec``.
+names, ``+ - * / // % **``, unary ``-`` and ``+``, parentheses, ``min``, ``max`` and math's ``abs``,
+``round``, ``int``, ``float``, ``sqrt``, ``log``, ``exp``, ``floor``, ``ceil`` (bounded results):
+anything else is refused before anything is evaluated, and nothing ever reaches ``eval`` or ``exec``.
+``composer.recipe.expressions`` uses it for ``$(...)`` over ``vars`` anywhere in a recipe.
 
 A Repeat whose body is a ``use:`` node may pass the copy's index to that node's arguments as ``$i``
 or inside an expression: ``substitute_index(use_node, i, key_path)`` fills it in for copy ``i``.
@@ -42,7 +44,11 @@ MAX_BITS = 256  # an integer result larger than 2**256 in magnitude is refused
 
 _NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _EXPR = re.compile(r"\$\((.*)\)", re.DOTALL)
-_FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "min": min, "max": max, "abs": abs, "round": round, "int": int, "float": float,
+    "sqrt": math.sqrt, "log": math.log, "exp": math.exp, "floor": math.floor, "ceil": math.ceil,
+}  # fmt: skip
+_ARITY = {"min": (2, None), "max": (2, None), "round": (1, 2), "log": (1, 2)}  # (least, most); others: (1, 1)
 _BINARY = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
@@ -147,20 +153,25 @@ def _check_node(node: ast.AST, text: str) -> None:
     elif isinstance(node, ast.Call):
         if not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS) or node.keywords:
             called = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-            raise ConfigError(f"calling {called} is not allowed {where}; the functions are min and max")
-        if len(node.args) < 2 or any(isinstance(a, ast.Starred) for a in node.args):
-            raise ConfigError(f"{node.func.id} takes two or more numbers {where}")
+            raise ConfigError(f"calling {called} is not allowed {where}; the functions are {', '.join(_FUNCTIONS)}")
+        least, most = _ARITY.get(node.func.id, (1, 1))
+        count = len(node.args)
+        if count < least or (most is not None and count > most) or any(isinstance(a, ast.Starred) for a in node.args):
+            wanted = f"{least} or more" if most is None else f"{least}" if least == most else f"{least} or {most}"
+            raise ConfigError(f"{node.func.id} takes {wanted} number{'s' if most != 1 else ''} {where}")
     elif isinstance(node, (ast.operator, ast.unaryop, ast.expr_context)):
         pass  # the operator and context leaves of the nodes checked above
     else:
         what = {ast.Attribute: "attribute access", ast.Subscript: "subscripting", ast.Lambda: "lambda"}.get(
             type(node), type(node).__name__
         )
-        raise ConfigError(f"{what} is not allowed {where}; allowed: numbers, argument names, + - * / // % **, min, max")
+        raise ConfigError(
+            f"{what} is not allowed {where}; allowed: numbers, argument names, + - * / // % **, {', '.join(_FUNCTIONS)}"
+        )
 
 
 def _names(tree: ast.expr) -> list[str]:
-    """The argument names an expression reads (not the function names min and max)."""
+    """The argument names an expression reads (not the names of the functions it calls)."""
     calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     return [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in calls]
 
@@ -187,7 +198,13 @@ def _arith(node: ast.expr, env: Mapping[str, Any]) -> int | float:
     if isinstance(node, ast.UnaryOp):
         return _bounded(_UNARY[type(node.op)](_arith(node.operand, env)))
     if isinstance(node, ast.Call):
-        return _FUNCTIONS[node.func.id](*(_arith(a, env) for a in node.args))
+        args = [_arith(a, env) for a in node.args]
+        if node.func.id == "round" and len(args) == 2 and not (type(args[1]) is int and abs(args[1]) <= 400):
+            raise ConfigError(f"round's digits are an integer in [-400, 400], not {args[1]!r}")  # 10**-10**9: hours
+        try:
+            return _bounded(_FUNCTIONS[node.func.id](*args))
+        except (ValueError, OverflowError, ZeroDivisionError) as e:  # sqrt(-1), log(0), exp(1000), log(2, 1)
+            raise ConfigError(f"{ast.unparse(node)} fails for {', '.join(map(repr, args))}: {e}") from None
     if isinstance(node, ast.BinOp):
         left, right = _arith(node.left, env), _arith(node.right, env)
         try:
