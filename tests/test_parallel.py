@@ -303,3 +303,50 @@ def test_the_schema_takes_a_parallel_section_and_flags_a_bad_style():
     )
     assert list(validator.iter_errors(good)) == []
     assert list(validator.iter_errors(with_parallel(MLP, tp={"x": "colwize"})))
+
+
+# --- parameter groups and training state on these models ---------------------------------------------
+
+ALL_MODES = {
+    "param_dtype": "bfloat16",
+    "reduce_dtype": "float32",
+    "checkpoint": {"match": "block"},
+    "tp": {"block.up": "colwise", "block.down": "rowwise"},
+}
+GROUPS = [{"weight_decay": 0.1}, {"kind": ["bias", "norm"], "weight_decay": 0.0}]
+
+
+def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, first: int, last: int) -> None:
+    for step in range(first, last):
+        optimizer.zero_grad()
+        model(x_of(step)).float().pow(2).mean().backward()
+        optimizer.step()
+
+
+def _groups_and_resume(rank: int, world: int, folder: str) -> None:
+    from composer import param_groups  # noqa: PLC0415
+
+    recipe = with_parallel(MLP, **ALL_MODES)
+    model = build_from_config(recipe, mesh=tp_mesh())
+    groups = param_groups(model, lr=1e-2, groups=GROUPS)
+    decayed = {id(p) for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[i] for i in decayed) == ["block.down.weight", "block.up.weight", "head.weight"]
+    assert all(isinstance(p, DTensor) for g in groups for p in g["params"])
+    optimizer = torch.optim.AdamW(groups)
+    _steps(model, optimizer, 0, 2)
+    save_checkpoint(model, Path(folder, "ckpt"), optimizer=optimizer, state={"step": 2})
+    _steps(model, optimizer, 2, 4)  # never stopping
+    fresh = build_from_config(recipe, mesh=tp_mesh())
+    optimizer_again = torch.optim.AdamW(param_groups(fresh, lr=1e-2, groups=GROUPS))
+    state: dict = {}
+    resumed = load_checkpoint(Path(folder, "ckpt"), mesh=tp_mesh(), optimizer=optimizer_again, state=state)
+    assert state == {"step": 2}
+    _steps(resumed, optimizer_again, 2, 4)
+    for name, value in gathered(model).items():
+        assert torch.equal(value, gathered(resumed)[name]), name
+
+
+@pytest.mark.slow
+def test_param_groups_and_a_bitwise_resume_with_every_mode_at_once(tmp_path):
+    run_ranks(2, _groups_and_resume, str(tmp_path))
