@@ -305,3 +305,15 @@ def test_yaml_1_2_numbers_and_vars(tmp_path):
     path.write_text("vars: {width: 6}\nmodel: {type: LayerNorm, normalized_shape: '${vars.width}', eps: 1e-5}\n")
     model = build_from_config(path)
     assert model.eps == 1e-5 and model.normalized_shape == (6,)
+
+
+@pytest.mark.parametrize(
+    ("output", "where"), [({}, "model.output"), ({"a": 1}, "model.output"), ([["a"]], "model.output[0]")]
+)
+def test_an_output_that_is_no_name_is_a_config_error(output, where):
+    with pytest.raises(ConfigError) as e:
+        build_from_config({"model": {"type": "Graph", "nodes": {"a": {"type": "Identity"}}, "output": output}})
+    assert (
+        f"{where}: expected an entry name (or a list of them), got {output if where == 'model.output' else ['a']!r}"
+        in str(e.value)
+    )

@@ -252,8 +252,11 @@ class _WiringCheck:
         if isinstance(outputs, list) and not outputs:
             self.problems.append((out_path, "an empty output list; name at least one entry"))
         for j, name in enumerate(outputs or ()):
-            where = out_path if isinstance(spec.output, str) or spec.output is None else f"{out_path}[{j}]"
-            if name in self.available:
+            listed = isinstance(spec.output, Sequence) and not isinstance(spec.output, str)
+            where = f"{out_path}[{j}]" if listed else out_path
+            if not isinstance(name, str):  # a mapping or a nested list: what a name cannot be
+                self.problems.append((where, f"expected an entry name (or a list of them), got {name!r}"))
+            elif name in self.available:
                 self.used.add(name)
             elif spec.output is not None:
                 hint = did_you_mean(str(name), self.available)
@@ -274,7 +277,7 @@ def _output_names(spec: GraphSpec) -> list[str] | None:
         return [spec.output]
     if isinstance(spec.output, Sequence):
         return list(spec.output)
-    return [spec.output]  # reported as unknown
+    return [spec.output]  # reported: not a name
 
 
 # --- code generation -----------------------------------------------------------------------------
