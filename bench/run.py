@@ -2,7 +2,7 @@
 
     python -m bench                   # everything (a few minutes on a 2-core machine)
     python -m bench --quick           # fewer rounds: a rough look in about two and a half minutes
-    python -m bench --only 1,4        # some figures (1-7, shard, gpu)
+    python -m bench --only 1,4        # some figures (1-8, shard, gpu)
     python -m bench --markdown out.md --json out.json
 
 Every ratio compares variants measured in this run, interleaved; see ``bench/common.py``.
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [ALIASES.get(s.strip().lower(), s.strip().lower()) for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
-        parser.error(f"unknown figure(s) {', '.join(unknown)}; choose from 1-7 or gpu")
+        parser.error(f"unknown figure(s) {', '.join(unknown)}; choose from 1-8, shard or gpu")
     chosen = [s for s in SECTIONS if not chosen or s in chosen]
 
     info = machine()

@@ -23,6 +23,7 @@ _EXPORTS = {
     "registry_scope": "composer.modules.registry",
     "register_module": "composer.modules.registry",
     "register_init": "composer.init.initializers",
+    "register_op": "composer.modules.ops",
     "ConfigError": "composer.errors",
     "CheckpointError": "composer.errors",
 }
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from composer.describe.summarize import summary
     from composer.errors import CheckpointError, ConfigError
     from composer.init.initializers import register_init
+    from composer.modules.ops import register_op
     from composer.modules.registry import register_module, registry_scope
     from composer.train.groups import init_report, param_groups
 

@@ -275,6 +275,13 @@ def _load_mode(rank: int, world: int, folder: str, mode: str) -> None:
     model(x_of()).float().sum().backward()
 
 
+def _load_on_a_mesh_without_tp(rank: int, world: int, folder: str) -> None:
+    from composer import CheckpointError  # noqa: PLC0415
+
+    with pytest.raises(CheckpointError, match="plan does not fit this mesh: parallel.tp: tensor parallel needs"):
+        load_checkpoint(folder, mesh=cpu_mesh())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_each_mode_saves_on_two_ranks_and_loads_whole_and_on_another_mesh(mode, tmp_path):
@@ -284,6 +291,8 @@ def test_each_mode_saves_on_two_ranks_and_loads_whole_and_on_another_mesh(mode, 
     assert list(whole.state_dict()) == list(expected)
     assert all(torch.equal(v, expected[k]) for k, v in whole.state_dict().items())
     run_ranks(2, _load_mode, str(tmp_path), mode)
+    if mode == "tensor_parallel":
+        run_ranks(2, _load_on_a_mesh_without_tp, str(tmp_path / mode))
     if mode == "tensor_parallel":  # the directory's metadata keeps the layout it was saved with
         shown = subprocess.run(
             [sys.executable, "-m", "composer", "inspect", str(tmp_path / mode)], capture_output=True, text=True
@@ -350,3 +359,22 @@ def _groups_and_resume(rank: int, world: int, folder: str) -> None:
 @pytest.mark.slow
 def test_param_groups_and_a_bitwise_resume_with_every_mode_at_once(tmp_path):
     run_ranks(2, _groups_and_resume, str(tmp_path))
+
+
+def _save_with_a_resolver(rank: int, world: int, folder: str) -> None:
+    import os  # noqa: PLC0415
+
+    os.environ["COMPOSER_TEST_SECRET"] = "AKIA-hunter2-do-not-store"
+    recipe = with_parallel(MLP)
+    recipe["blocks"] = {"unused": {"type": "Identity", "token": "${oc.env:COMPOSER_TEST_SECRET}"}}
+    model = build_from_config(recipe, mesh=cpu_mesh(), resolvers=["oc.env"])
+    save_checkpoint(model, Path(folder, "ckpt"))
+    again = load_checkpoint(Path(folder, "ckpt"), mesh=cpu_mesh(), resolvers=["oc.env"])
+    assert torch.equal(again(x_of()), model(x_of()))
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_never_stores_what_a_resolver_read(tmp_path):
+    run_ranks(2, _save_with_a_resolver, str(tmp_path))
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "ckpt").iterdir())
+    assert b"AKIA-hunter2" not in stored and b"${oc.env:COMPOSER_TEST_SECRET}" in stored

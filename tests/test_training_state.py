@@ -326,3 +326,11 @@ def test_a_crafted_training_state_is_a_checkpoint_error(tmp_path: Path) -> None:
         path = write_checkpoint(tmp_path / f"{i}.safetensors", json.loads(json.dumps(MLP)), extra, tensors)
         with pytest.raises(CheckpointError, match="the file is corrupted"):
             load_checkpoint(path, optimizer=optimizer)
+
+
+def test_state_from_a_checkpoint_without_training_state_stays_empty(tmp_path: Path) -> None:
+    model = build_from_config(MLP)
+    save_checkpoint(model, tmp_path / "weights.safetensors")
+    state: dict = {}
+    load_checkpoint(tmp_path / "weights.safetensors", state=state)  # nothing to restore: not an error
+    assert state == {}

@@ -3,7 +3,7 @@
 Prints what the file stores: the recipe (YAML), the summary and the init report as they were when
 it was saved, after checking the file's checksum. A file that stores no summary (one saved from
 Python without ``summary=``) gets one from its recipe rebuilt on ``meta``, without output shapes:
-no weight is used and no forward runs. It runs no model code by default: a checkpoint is data
+no weight is used and no forward runs. It runs no forward by default: a checkpoint is data
 from anywhere, and a model's forward may not end (a ``FixedHiddenMLP`` whose weights are inf loops
 forever). ``--rebuild`` also rebuilds the model the
 way ``load_checkpoint`` does (nothing in the file is executed, no initializer runs) and prints its

@@ -493,13 +493,13 @@ def _command_line(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return args.config_dir, listed
 
 
-# --- subcommands: list and schema, without Hydra ---------------------------------------------
+# --- subcommands: list, schema and inspect, without Hydra--------------------------------------------
 
 SUBCOMMANDS = ("list", "schema", "inspect")
 
 
 def _subcommand(argv: Sequence[str]) -> Any:
-    """The function of ``list`` or ``schema`` when the first word after ``--config-dir DIR`` is one
+    """The function of ``list``, ``schema`` or ``inspect`` when the first word after ``--config-dir DIR`` is one
     (a Hydra override always holds ``=``, so the words cannot be mistaken for one); else None."""
     rest = _without_config_dir(argv)
     if rest and rest[0] in SUBCOMMANDS:
@@ -580,7 +580,7 @@ _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_n
 
 
 def main() -> None:
-    """``python -m composer`` (or ``nncompose``): the subcommands ``list`` and ``schema``, else the
+    """``python -m composer`` (or ``nncompose``): the subcommands ``list``, ``schema`` and ``inspect``, else the
     Hydra app, with one-line errors and a non-zero exit for a sweep in which a job failed."""
     subcommand = _subcommand(sys.argv[1:])
     if subcommand is not None:

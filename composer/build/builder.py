@@ -219,7 +219,7 @@ class Builder:
         return value
 
     def remember_checked(self, node: Mapping, cls: type) -> None:
-        """Note a plain leaf node's shape as checked, so its twins skip the checks."""
+        """Note a plain leaf node's shape as checked, so the identical nodes after it skip the checks."""
         if (
             "type" in node
             and not (node.keys() & _RESERVED - {"type"})

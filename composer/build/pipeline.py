@@ -3,7 +3,7 @@
 Known layers are constructed on ``meta`` and their tensors then allocated, not written
 (``placement``); users' blocks are built for real. The init rules are then checked against the real shapes, and
 each tensor is filled once, from its own random stream: by the scheme that wins for it, or by its
-module's default (see ``initialization``). On ``meta`` nothing is allocated or filled.
+module's default (see ``composer.init.rules``). On ``meta`` nothing is allocated or filled.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Past one machine: a built model sharded with FSDP2 (``fully_shard``) over a ``DeviceMesh``.
 
 The single-process pipeline with the tensors left out until the end: the tree is built on
-``meta``, lazy shapes are inferred and the init plan is made there (``compose``); then every unit
+``meta``, lazy shapes are inferred and the init plan is made there (``pipeline``); then every unit
 of the recipe's ``shard:`` policy is wrapped with ``fully_shard``, each rank allocates only its
 shards, and each tensor is filled by making its full tensor from its own stream, exactly as
-``initialization.initialize`` fills it, and keeping this rank's slice. So with ``init.seed`` the
+``init.rules.initialize`` fills it, and keeping this rank's slice. So with ``init.seed`` the
 full tensors equal the single-process build's bit for bit, whatever the world size, and a rank
 holds one full tensor at a time besides its shards (a user block that resets as a whole: that
 block's tensors, while it resets).
@@ -45,11 +45,6 @@ from composer.init.rules import Plan, TensorFills, canonical_paths, first_paths
 from composer.modules.graph import Graph
 from composer.modules.registry import MODULES
 from composer.recipe.parallel import Parallel
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether the model's parameters are ``DTensor``s (a sharded build or load)."""
-    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def mesh_device(mesh: DeviceMesh) -> torch.device:
@@ -373,7 +368,7 @@ def _agreed_seed(seed: int | None) -> int:
 
 def _first_tensors(model: nn.Module, fills: TensorFills) -> dict[str, torch.Tensor]:
     """Each parameter and buffer once, by the path it is known by: its first path, a tied
-    parameter's ``src`` (``initialization.first_paths``; read again here, since sharding replaces
+    parameter's ``src`` (``init.rules.first_paths``; read again here, since sharding replaces
     the parameter objects)."""
     modules = list(model.named_modules(remove_duplicate=False))
     tensors = {id(t): t for _, m in modules for t in [*m._parameters.values(), *m._buffers.values()] if t is not None}

@@ -121,7 +121,9 @@ def load_checkpoint(
         if Path(path).is_dir():
             from composer.checkpoint.dcp import load_sharded  # noqa: PLC0415  (torch.distributed.checkpoint: only for directories)
 
-            return load_sharded(path, map_location, verify, allow_targets, mesh, optimizer=optimizer, state=state)
+            return load_sharded(
+                path, map_location, verify, allow_targets, mesh, optimizer=optimizer, state=state, resolvers=resolvers
+            )
         if mesh is not None:
             raise CheckpointError(
                 f"{path}: a single-file checkpoint loads whole; a checkpoint directory loads with a mesh"

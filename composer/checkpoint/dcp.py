@@ -27,7 +27,7 @@ import shutil
 import uuid
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from composer.build.record import BuildRecord, finish, record_of
 from composer.build.shard import mesh_device, shard, swapping_params
 from composer.checkpoint import training
 from composer.checkpoint.common import check_keys, place, rebuild, version
-from composer.errors import CheckpointError
+from composer.errors import CheckpointError, ConfigError
 from composer.recipe.parallel import parse_parallel
 
 FORMAT = "composer-dcp-checkpoint"
@@ -191,7 +191,10 @@ def _info(model: nn.Module, aliases: dict[str, str], crcs: dict[str, int], world
     }
     record = record_of(model)
     if record is not None:
-        info.update(recipe=record.recipe, allow_targets=list(record.allow_targets), init_schemes=record.schemes)
+        # never what an enabled resolver read (``${oc.env:...}`` stays unresolved), as in a file
+        info.update(
+            recipe=record.recipe_to_store, allow_targets=list(record.allow_targets), init_schemes=record.schemes
+        )
         if record.layout is not None:
             info["layout"] = record.layout
     return info
@@ -301,6 +304,7 @@ def load_sharded(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     state: MutableMapping[str, Any] | None = None,
+    resolvers: Collection[str] | None = None,
 ) -> nn.Module:
     """Rebuild the model of a checkpoint directory and load its weights: sharded over ``mesh``
     (called on every rank; any world size) or, without one, whole in this process; with
@@ -320,7 +324,7 @@ def load_sharded(
         raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and load it with DCP")
     allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
     device = mesh_device(mesh) if mesh is not None else torch.device(map_location)
-    _, _, model, frozen = rebuild(json.dumps(info["recipe"]), allow, device, path)
+    recipe, as_stored, model, frozen = rebuild(json.dumps(info["recipe"]), allow, device, path, resolvers)
     every = _stored_shapes(metadata, info["aliases"], path)
     stored = {k: v for k, v in every.items() if not training.is_training_key(k)}
     trained = info.get(training.FIELD)
@@ -330,7 +334,8 @@ def load_sharded(
     if optimizer is not None:
         groups = training.check_optimizer(trained, optimizer, {n: p.shape for n, p in model.named_parameters()}, path)
     layout = _load_weights(path, info, metadata, model, stored, mesh, frozen, device)
-    finish(model, frozen, BuildRecord(info["recipe"], allow, info.get("init_schemes", {}), layout=layout))
+    kept = as_stored if as_stored is not recipe else None
+    finish(model, frozen, BuildRecord(recipe, allow, info.get("init_schemes", {}), kept, layout))
     if isinstance(trained, dict) and (optimizer is not None or state is not None):
         if optimizer is not None:
             training.rebind(optimizer, groups, dict(model.named_parameters()))
@@ -350,7 +355,7 @@ def _load_weights(
 ) -> dict[str, Any] | None:
     """The stored weights into the rebuilt model: sharded over ``mesh`` (returns its layout), or whole."""
     if mesh is not None:
-        layout = _shard_for_load(model, info["recipe"], mesh, frozen, device)
+        layout = _shard_for_load(model, info["recipe"], mesh, frozen, device, path)
         weights, _ = _canonical(model)
         _read(path, info, metadata, weights, no_dist=False)
         return layout
@@ -534,14 +539,18 @@ def _stored_shapes(metadata: Metadata, aliases: Mapping[str, str], path: Path) -
 
 
 def _shard_for_load(
-    model: nn.Module, recipe: dict, mesh: DeviceMesh, frozen: list[nn.Module], device: torch.device
+    model: nn.Module, recipe: dict, mesh: DeviceMesh, frozen: list[nn.Module], device: torch.device, path: Path
 ) -> dict[str, Any]:
     """Shard the rebuilt tree and give its ``meta`` tensors this rank's storage (to be read into);
     return its layout. Tensors a user block made for real keep their values (non-persistent
     buffers are not stored)."""
     for module in frozen:
         module.requires_grad_(False)
-    layout = shard(model, recipe.get("shard"), mesh, parse_parallel(recipe.get("parallel")))
+    try:
+        layout = shard(model, recipe.get("shard"), mesh, parse_parallel(recipe.get("parallel")))
+    except ConfigError as e:
+        plan = "; ".join(e.lines())
+        raise CheckpointError(f"{path}: its recipe's shard or parallel plan does not fit this mesh: {plan}") from e
     if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
         kept = [
             (m, n, b.clone()) for m in model.modules() for n, b in m._buffers.items() if b is not None and not b.is_meta

@@ -111,7 +111,7 @@ def load_single(
     place(model, weights)
     schemes = json_field(metadata, "init_schemes", dict, path, default="{}")
     finish(model, frozen, BuildRecord(recipe, allow, schemes, stored if stored is not recipe else None))
-    if optimizer is not None or state is not None:
+    if optimizer is not None or (state is not None and info):
         optimizer_state = training.restore(info, tensors, path, state)
         if optimizer is not None:
             training.rebind(optimizer, groups, dict(model.named_parameters()))

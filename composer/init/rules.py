@@ -7,7 +7,7 @@ earlier one, and a node's inline ``init:`` wins over every rule.
 
 Each tensor is filled once, from its own random stream (``initializers.stream_seed`` of the build's
 seed and the tensor's first path): by the scheme that wins for it, or else by its module's default
-(``init_defaults``, written per tensor for torch.nn's layers). A module whose reset is not
+(``init.defaults``, written per tensor for torch.nn's layers). A module whose reset is not
 written per tensor (a user's block) runs its own reset once, from the stream of its path, with
 the tensors a scheme covers swapped out. So a tensor's values depend only on the seed, its path,
 the scheme that sets it and its shape: not on other rules, build order, or a ``meta`` build.
