@@ -378,3 +378,52 @@ def test_a_sharded_checkpoint_never_stores_what_a_resolver_read(tmp_path):
     run_ranks(2, _save_with_a_resolver, str(tmp_path))
     stored = b"".join(p.read_bytes() for p in (tmp_path / "ckpt").iterdir())
     assert b"AKIA-hunter2" not in stored and b"${oc.env:COMPOSER_TEST_SECRET}" in stored
+
+
+# --- what a sharded save may replace (issue 23's data loss) -------------------------------------------
+
+
+def _save_over(rank: int, world: int, folder: str) -> None:
+    from composer import CheckpointError  # noqa: PLC0415
+
+    model = build_from_config(MLP, mesh=cpu_mesh())
+    for name in ("php", "extra"):
+        with pytest.raises(CheckpointError, match="exists and is not a composer checkpoint directory"):
+            save_checkpoint(model, Path(folder, name))
+    save_checkpoint(model, Path(folder, "empty"))  # an empty folder is taken
+    save_checkpoint(model, Path(folder, "empty"))  # and a checkpoint of composer's own replaced
+
+
+@pytest.mark.slow
+def test_a_sharded_save_never_replaces_a_folder_that_is_not_only_a_checkpoint(tmp_path):
+    php = tmp_path / "php"  # every PHP project has a composer.json
+    php.mkdir()
+    (php / "composer.json").write_text('{"require": {"php": ">=8.1"}}')
+    (php / "index.php").write_text("<?php echo 'mine';")
+    run_ranks(1, _save_over_prepare, str(tmp_path))  # a real checkpoint, then a file of the user's in it
+    (tmp_path / "extra" / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    run_ranks(2, _save_over, str(tmp_path))
+    assert (php / "index.php").read_text() == "<?php echo 'mine';" and (php / "composer.json").exists()
+    assert (tmp_path / "extra" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "empty" / "composer.json").exists()
+
+
+def _save_over_prepare(rank: int, world: int, folder: str) -> None:
+    save_checkpoint(build_from_config(MLP, mesh=cpu_mesh()), Path(folder, "extra"))
+
+
+def test_a_composer_json_that_is_a_fifo_or_a_link_is_refused_at_once(tmp_path):
+    import os  # noqa: PLC0415
+
+    from composer import CheckpointError  # noqa: PLC0415
+
+    fifo, link = tmp_path / "fifo", tmp_path / "link"
+    fifo.mkdir(), link.mkdir()
+    os.mkfifo(fifo / "composer.json")
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (link / "composer.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(CheckpointError, match="composer.json: not a regular file"):
+        load_checkpoint(fifo)
+    with pytest.raises(CheckpointError, match="composer.json is a symbolic link"):
+        load_checkpoint(link)

@@ -47,6 +47,7 @@ from composer.build.shard import mesh_device, shard, swapping_params
 from composer.checkpoint import training
 from composer.checkpoint.common import check_keys, place, rebuild, version
 from composer.errors import CheckpointError, ConfigError
+from composer.files import FileProblem, TooLarge, read_regular
 from composer.recipe.parallel import parse_parallel
 
 FORMAT = "composer-dcp-checkpoint"
@@ -157,11 +158,22 @@ def _crcs(folder: Path, names: Sequence[str]) -> dict[str, int | str]:
 
 
 def _refusal(path: Path) -> str | None:
-    """Why ``path`` must not be replaced: something there that is not a checkpoint directory."""
+    """Why ``path`` must not be replaced: anything there but an empty directory or a composer
+    checkpoint directory, which is one whose ``composer.json`` says so (format and version) and
+    which holds nothing beyond it and the files it lists. A folder that merely holds a file named
+    ``composer.json`` (PHP's Composer writes one into every project) is never replaced."""
     if not path.exists() and not path.is_symlink():
         return None
-    if path.is_dir() and not path.is_symlink() and (not any(path.iterdir()) or (path / INFO).exists()):
-        return None
+    if path.is_dir() and not path.is_symlink():
+        names = set(os.listdir(path))
+        if not names:
+            return None
+        try:
+            listed = {INFO, *read_info(path, verify=False)["files"]}
+        except CheckpointError:
+            listed = set()
+        if names <= listed:
+            return None
     return f"{path} exists and is not a composer checkpoint directory: it is not replaced"
 
 
@@ -421,15 +433,19 @@ def rebuild_sharded_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.
 def read_info(path: Path, verify: bool) -> dict[str, Any]:
     """``composer.json``, its fields checked (and its CRC, with ``verify``)."""
     file = Path(path) / INFO
+    if file.is_symlink():  # a link may point anywhere: a checkpoint's files are its own
+        raise CheckpointError(f"{path}: {INFO} is a symbolic link: refused")
     try:
-        if file.stat().st_size > _MAX_INFO:
-            raise CheckpointError(f"{path}: {INFO} is too large to be composer's")
-        info = json.loads(file.read_text())
+        info = json.loads(read_regular(file, _MAX_INFO))  # a FIFO or a device is refused, not read
+    except TooLarge:
+        raise CheckpointError(f"{path}: {INFO} is too large to be composer's") from None
+    except FileProblem as e:
+        raise CheckpointError(f"{path}: {INFO}: {e}") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not a composer checkpoint directory (no {INFO})") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read {INFO}: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: {INFO} is not valid JSON: the checkpoint is corrupted") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a composer checkpoint directory")
