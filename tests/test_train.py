@@ -284,6 +284,9 @@ def test_the_summary_shows_each_parameters_group_and_warns_of_a_group_that_selec
     report = init_report(model)  # a dict of schemes, whose table has the group column too
     assert report["transformer.h.0.ln_1.bias"] == "default" and report.groups["transformer.wpe.weight"] == "frozen"
     assert str(report).splitlines()[0] == "initialization (and optimizer group):"
+    shallow = summary(model, depth=1)  # the init report grouped at depth 1 keeps the groups
+    assert "initialization (and optimizer group):" in shallow
+    assert any("transformer.*:" in line and "group 1 (weight_decay=0.0)" in line for line in shallow.splitlines())
 
 
 def test_the_optimizer_options_list_holds_every_torch_optim_keyword():

@@ -171,19 +171,22 @@ def summarize(
 
 def _init_to_depth(init: dict[str, str], depth: int) -> str:
     """The init report with the parameters of modules below ``depth`` counted under their ancestor
-    at ``depth``, one line per scheme: ``transformer.*: default (146 tensors)``."""
-    groups: dict[str, dict[str, int]] = {}
+    at ``depth``, one line per scheme (and optimizer group, where the recipe has ``optim.groups``):
+    ``transformer.*: default (146 tensors)``."""
+    groups = getattr(init, "groups", None)
+    counts: dict[str, dict[str, int]] = {}
     for path, scheme in init.items():
         module = path.split(".")[:-1]
         key = ".".join([*module[:depth], "*"]) if len(module) > depth else path  # depth 0: "*", the model
-        schemes = groups.setdefault(key, {})
-        schemes[scheme] = schemes.get(scheme, 0) + 1
-    width = max((len(key) for key in groups), default=0)
-    lines = ["initialization:"]
-    for key, schemes in groups.items():
-        for scheme, n in schemes.items():
+        label = f"{scheme}, group {groups.get(path, '(tied)')}" if groups else scheme
+        schemes = counts.setdefault(key, {})
+        schemes[label] = schemes.get(label, 0) + 1
+    width = max((len(key) for key in counts), default=0)
+    lines = ["initialization (and optimizer group):" if groups else "initialization:"]
+    for key, schemes in counts.items():
+        for label, n in schemes.items():
             count = f" ({n} tensors)" if key.endswith("*") else ""
-            lines.append(f"  {key + ':':<{width + 1}} {scheme}{count}")
+            lines.append(f"  {key + ':':<{width + 1}} {label}{count}")
     return "\n".join(lines)
 
 
