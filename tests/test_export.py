@@ -7,8 +7,7 @@ import torch
 import yaml
 from torch import nn
 
-from composer import ConfigError, build_from_config, register_module
-from composer.describe.export import to_recipe
+from composer import ConfigError, build_from_config, register_module, to_recipe
 from composer.modules.blocks import FixedHiddenMLP, MyLinear, MySequential, NestMLP
 from tests.recipes import MODELS, model_recipe
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from composer.errors import ConfigError
+from composer import ConfigError
 from composer.modules.graph import RESERVED_NAMES, CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry, graph_problems
 from composer.modules.ops import OPS, Op, check_op, lookup_op, make_op, op_problems, register_op
 from composer.recipe.templates import REQUIRED, expand, is_template, parse_template, parse_templates, substitute_index
