@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+SHOWN_PROBLEMS = 50  # a 1 MB recipe can hold 30,000 bad names: its message lists the first ones
+
 
 class ConfigError(ValueError):
     """A problem in a recipe: one or more ``(key path, message)`` pairs."""
@@ -19,9 +21,13 @@ class ConfigError(ValueError):
 
     def lines(self) -> list[str]:
         """One ``path: message`` line per problem, control characters escaped (a key or a name
-        from a hostile recipe must not reach a terminal as an escape sequence)."""
-        lines = (f"{path}: {message}" if path else message for path, message in self.problems)
-        return [printable(line, keep_newlines=False) for line in lines]
+        from a hostile recipe must not reach a terminal as an escape sequence); past
+        ``SHOWN_PROBLEMS``, one line says how many more (``problems`` keeps them all)."""
+        shown = self.problems[:SHOWN_PROBLEMS]
+        lines = [printable(f"{path}: {message}" if path else message, keep_newlines=False) for path, message in shown]
+        if len(self.problems) > SHOWN_PROBLEMS:
+            lines.append(f"... and {len(self.problems) - SHOWN_PROBLEMS} more problem(s)")
+        return lines
 
     @property
     def path(self) -> str:
@@ -60,11 +66,21 @@ def first_line(text: object) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
+# Characters a terminal or an editor obeys rather than shows: C0 and C1 controls, the bidirectional
+# overrides and isolates (U+202E shows "gpj.exe" as "exe.jpg"), and the line and paragraph separators.
+_BIDI_AND_SEPARATORS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
+def _is_control(c: str) -> bool:
+    return ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _BIDI_AND_SEPARATORS
+
+
 def has_control(text: str) -> bool:
-    """Whether a name holds a control character (ESC, BEL, a newline...), which a terminal obeys."""
+    """Whether a name holds a control character (ESC, BEL, a newline, a bidirectional override...),
+    which a terminal obeys."""
     if text.isprintable():  # C speed; False for every control character (and some others: scanned)
         return False
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+    return any(_is_control(c) for c in text)
 
 
 def printable(text: object, keep_newlines: bool = True) -> str:
@@ -74,4 +90,8 @@ def printable(text: object, keep_newlines: bool = True) -> str:
     if not has_control(text):
         return text
     kept = "\n\t" if keep_newlines else ""
-    return "".join(c if c in kept or not (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) else f"\\x{ord(c):02x}" for c in text)
+    return "".join(c if c in kept or not _is_control(c) else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"

@@ -580,3 +580,31 @@ def test_a_key_given_twice_in_a_stored_recipe_is_a_checkpoint_error(tmp_path: Pa
     path = write_checkpoint(tmp_path / "r.safetensors", None, {"recipe": recipe, "allow_targets": "[]"})
     with pytest.raises(CheckpointError, match="'recipe' field is missing or malformed"):
         load_checkpoint(path)
+
+
+def test_bidi_overrides_and_line_separators_are_escaped_as_control_characters_are() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_from_config({"model": {"type": "Lin\u202eear\u2028x"}})
+    assert "Lin\\u202eear\\u2028x" in str(e.value) and "\u202e" not in str(e.value) and "\u2028" not in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "bool"])
+def test_a_model_dtype_that_is_not_floating_is_a_config_error(dtype: str) -> None:
+    with pytest.raises(ConfigError, match=f"dtype: a model's dtype is a floating one .*got '{dtype}'"):
+        build_from_config({"model": {"type": "Linear", "in_features": 2, "out_features": 2}, "dtype": dtype})
+
+
+def test_a_tie_across_dtypes_is_a_config_error() -> None:
+    layers = [{"type": "Linear", "in_features": 2, "out_features": 2}] * 2
+    recipe = {"model": {"type": "Sequential", "layers": [layers[0], {**layers[1], "dtype": "float64"}]}}
+    with pytest.raises(ConfigError, match=r"tie.1.weight: cannot tie 1.weight to 0.weight: dtypes differ"):
+        build_from_config({**recipe, "tie": {"1.weight": "0.weight"}})
+
+
+def test_a_message_lists_fifty_problems_then_says_how_many_more() -> None:
+    nodes = {f"n{i}": {"type": f"Nope{i}"} for i in range(120)}
+    with pytest.raises(ConfigError) as e:
+        build_from_config({"model": {"type": "Sequential", "layers": nodes}})
+    assert len(e.value.problems) >= 120
+    lines = str(e.value).splitlines()
+    assert len(lines) == 51 and lines[-1] == f"... and {len(e.value.problems) - 50} more problem(s)"

@@ -584,7 +584,7 @@ def tie_parameters(model: nn.Module, ties: Mapping[str, str]) -> None:
     """``tie: {dst: src}``: each ``dst`` parameter becomes the ``src`` parameter object.
 
     Raises:
-        ConfigError: a path that names no parameter (with the closest one), or shapes that differ.
+        ConfigError: a path that names no parameter (with the closest one), or shapes or dtypes that differ.
     """
     params = dict(model.named_parameters(remove_duplicate=False))
     problems = []
@@ -602,6 +602,10 @@ def tie_parameters(model: nn.Module, ties: Mapping[str, str]) -> None:
         if params[dst].shape != params[src].shape:
             shapes = f"{list(params[dst].shape)} vs {list(params[src].shape)}"
             problems.append((f"tie.{dst}", f"cannot tie {dst} to {src}: shapes differ ({shapes})"))
+            continue
+        if params[dst].dtype != params[src].dtype:  # one tensor cannot hold both
+            dtypes = f"{params[dst].dtype} vs {params[src].dtype}".replace("torch.", "")
+            problems.append((f"tie.{dst}", f"cannot tie {dst} to {src}: dtypes differ ({dtypes})"))
             continue
         owner, _, leaf = dst.rpartition(".")
         model.get_submodule(owner).register_parameter(leaf, params[src])
@@ -636,6 +640,8 @@ def construct(
     the file can fill every tensor, else built for real with the fills constructors make.
     """
     dtype = dtype_of(recipe["dtype"], "dtype") if recipe.get("dtype") is not None else None
+    if dtype is not None and not dtype.is_floating_point:
+        dtype = None  # top_level_problems reports it; the tree is still walked for its own problems
     with default_dtype(dtype):
         builder = Builder(recipe, allow, device, lazy_on_device=purpose == "init")
         with free_meta_fills():

@@ -343,7 +343,11 @@ def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(("tie", f"expected a mapping of dst: src parameter paths, got {tie!r}"))
     if recipe.get("dtype") is not None:
         try:
-            dtype_of(recipe["dtype"], "dtype")
+            if not dtype_of(recipe["dtype"], "dtype").is_floating_point:  # the default dtype of every tensor made
+                floating = ("float32", "bfloat16", "float16", "float64")
+                problems.append(
+                    ("dtype", f"a model's dtype is a floating one ({', '.join(floating)}), got {recipe['dtype']!r}")
+                )
         except ConfigError as e:
             problems += e.problems
     problems += _shard_problems(recipe.get("shard"))
