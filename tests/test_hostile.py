@@ -608,3 +608,21 @@ def test_a_message_lists_fifty_problems_then_says_how_many_more() -> None:
     assert len(e.value.problems) >= 120
     lines = str(e.value).splitlines()
     assert len(lines) == 51 and lines[-1] == f"... and {len(e.value.problems) - 50} more problem(s)"
+
+
+@pytest.mark.parametrize(
+    ("model", "where"),
+    [
+        ({"type": "Repeat", "times": 2, "names": "{i:" + "9" * 5000 + "}", "body": {"type": "ReLU"}}, "model.names"),
+        ({"type": "Graph", "nodes": {"a": {"type": "Identity"}}, "params": [1, 2]}, "model.params"),
+        (
+            {"type": "Graph", "nodes": {"a": {"type": "Identity"}}, "params": {"p": {"shape": [2**62, 4]}}},
+            "model.params.p.shape",
+        ),
+    ],
+)
+def test_malformed_graph_and_repeat_fields_are_config_errors_with_their_key_path(model: dict, where: str) -> None:
+    for device in ("meta", "cpu"):
+        with pytest.raises(ConfigError) as e:
+            build_from_config({"model": model}, device=device)
+        assert e.value.path == where

@@ -25,7 +25,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 from composer import limits as budget
 from composer.build.materialize import allocate
 from composer.build.placement import META, can_load_on_meta, free_meta_fills, on_meta, refilled, resets_itself
-from composer.errors import ConfigError, did_you_mean, has_control, unknown
+from composer.errors import ConfigError, did_you_mean, first_line, has_control, unknown
 from composer.init.defaults import writes_defaults
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.modules.ops import OPS, make_op, op_problems
@@ -415,7 +415,8 @@ def _labels(names: Any, times: int) -> list[str] | None:
     for _literal, name, spec, _conversion in fields:
         if name is None:
             continue
-        if name != "i" or "{" in (spec or "") or any(int(n) > _MAX_WIDTH for n in re.findall(r"\d+", spec or "")):
+        widths = re.findall(r"\d+", spec or "")  # a 5,000-digit width is no int Python will read
+        if name != "i" or "{" in (spec or "") or any(len(n) > 9 or int(n) > _MAX_WIDTH for n in widths):
             return None
     try:
         return [names.format(i=i) for i in range(times)]
@@ -492,11 +493,16 @@ def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     if not isinstance(nodes, Mapping) or not nodes:
         builder.fail(f"{path}.nodes", f"expected a mapping of name: entry, got {describe(nodes)}")
         return None
+    raw_params = node.get("params") or {}
+    if not isinstance(raw_params, Mapping):
+        builder.fail(
+            f"{path}.params", f"expected a mapping of name: {{shape: [...], init: ...}}, got {describe(raw_params)}"
+        )
+        return None
     before = len(builder.problems)
     entries = [_graph_entry(builder, str(name), entry, f"{path}.nodes.{name}") for name, entry in nodes.items()]
     params = {
-        name: _graph_param(builder, str(name), spec, f"{path}.params.{name}")
-        for name, spec in (node.get("params") or {}).items()
+        name: _graph_param(builder, str(name), spec, f"{path}.params.{name}") for name, spec in raw_params.items()
     }
     if len(builder.problems) > before:
         return None
@@ -505,7 +511,7 @@ def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     except ConfigError as e:
         builder.problems += e.problems
         return None
-    for name, spec in (node.get("params") or {}).items():
+    for name, spec in raw_params.items():
         if "init" in spec:
             builder.notes.inline_init.append((graph, f"{path}.params.{name}", {name: spec["init"]}))
     return graph
@@ -556,7 +562,11 @@ def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parame
     frozen = spec.get("frozen", False)
     if not isinstance(frozen, bool):
         builder.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
-    return nn.Parameter(torch.empty(shape, device=builder.known_device), requires_grad=not frozen)
+    try:
+        return nn.Parameter(torch.empty(shape, device=builder.known_device), requires_grad=not frozen)
+    except (RuntimeError, OverflowError) as e:  # more elements than a tensor can count
+        builder.fail(f"{path}.shape", f"cannot make a tensor of shape {shape}: {first_line(e)}")
+        return None
 
 
 # The handler of each form of ``recipe.grammar`` (``call`` is a Graph's, in ``_graph_entry``).
