@@ -34,10 +34,11 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+from torch.distributed.tensor.parallel import parallelize_module
 
 from composer.build.materialize import allocate, require_shapes
 from composer.build.placement import resets_itself
-from composer.build.tensor_parallel import apply_tp, tp_plan
+from composer.build.tensor_parallel import tp_plan
 from composer.errors import ConfigError, did_you_mean
 from composer.init.defaults import reset_method
 from composer.init.initializers import SEED_LIMIT
@@ -157,7 +158,7 @@ class Layout:
 
     def apply(self, model: nn.Module) -> None:
         if self.tp is not None:
-            apply_tp(model, *self.tp)
+            parallelize_module(model, *self.tp)
         for module in self.checkpointed:
             checkpoint_activations(module)
         for module in _post_order(model):
@@ -206,7 +207,7 @@ def _selected(
             continue
         modules = [m for m in modules if m is not entries[0][1]]
         if not modules:
-            problems.append((at, _nothing_selected(entries, key, value).replace(" holding parameters", "")))
+            problems.append((at, _nothing_selected(entries, key, value, holding="")))
         found.update((id(m), m) for m in modules)
     return list(found.values())
 
@@ -312,13 +313,17 @@ def _by_match(entries: list[tuple[str, nn.Module]], glob: str) -> list[nn.Module
     return list(found.values())
 
 
-def _nothing_selected(entries: list[tuple[str, nn.Module]], key: str, value: Any) -> str:
+def _nothing_selected(
+    entries: list[tuple[str, nn.Module]], key: str, value: Any, holding: str = " holding parameters"
+) -> str:
+    """Why an entry selects nothing: the closest path, or the classes there are (those holding
+    parameters). ``holding`` is dropped where any module will do (activation checkpointing)."""
     if key == "match":
         hint = did_you_mean(str(value), [p for p, _ in entries if p])
-        return f"{value!r} matches no module holding parameters{hint}"
+        return f"{value!r} matches no module{holding}{hint}"
     kinds = ", ".join(sorted({type(m).__name__ for _, m in entries if _holds_parameters(m)}))
     names = " or ".join([value] if isinstance(value, str) else value)
-    return f"no module holding parameters is a {names} (there: {kinds})"
+    return f"no module{holding} is a {names} (there: {kinds})"
 
 
 def _splits(entries: list[tuple[str, nn.Module]], units: set[int]) -> list[tuple[str, list[str], list[int]]]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_module
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
 from torch.distributed.tensor.parallel.style import ParallelStyle
 
 from composer.errors import did_you_mean
@@ -87,7 +87,3 @@ def style_of(spec: Any) -> ParallelStyle:
     if isinstance(spec, Mapping):
         return FusedColwiseParallel(spec["chunks"])
     return _STYLES[spec]()
-
-
-def apply_tp(model: nn.Module, mesh: DeviceMesh, plan: dict[str, ParallelStyle]) -> None:
-    parallelize_module(model, mesh, plan)
