@@ -214,9 +214,31 @@ _MANY = re.compile(r"(Sequence|tuple|list|Iterable)\[(Tensor|torch\.Tensor)\b")
 _SKIP = frozenset({"training"})  # the module's own state: passed as ``training=self.training``
 
 
+_PRIVATE_ALIAS = re.compile(r"(?<![\w.])_(?=[a-z])|\btorch\.(?=Tensor\b)|\btyping\.")
+
+
 def _param(name: str, default: Any, annotation: str, keyword_only: bool) -> Param:
     many = bool(_MANY.search(annotation))
-    return Param(name, default, annotation, keyword_only, tensor=bool(_TENSOR.search(annotation)) or many, many=many)
+    tensor = bool(_TENSOR.search(annotation)) or many
+    shown = _PRIVATE_ALIAS.sub("", annotation)  # the stubs' _int, _bool, _dtype: int, bool, dtype
+    return Param(name, default, shown, keyword_only, tensor=tensor, many=many)
+
+
+def _merged(overloads: list[Overload]) -> tuple[Overload, ...]:
+    """Overloads that differ in types only, once: an argument typed as each of them says
+    (``pow(input, exponent: Tensor)`` and ``pow(input, exponent: Number)``)."""
+    by_text: dict[str, Overload] = {}
+    for o in overloads:
+        seen = by_text.get(o.text())
+        if seen is None:
+            by_text[o.text()] = o
+            continue
+        params = []
+        for a, b in zip(seen.params, o.params, strict=True):
+            types = " | ".join(dict.fromkeys([*a.annotation.split(" | "), *b.annotation.split(" | ")]))
+            params.append(Param(a.name, a.default, types, a.keyword_only, a.tensor or b.tensor, a.many or b.many))
+        by_text[o.text()] = Overload(tuple(params), seen.rest)
+    return tuple(by_text.values())
 
 
 def _stub_default(node: ast.expr | None) -> Any:
@@ -294,8 +316,7 @@ def _read(fn: Callable[..., Any], name: str, where: str) -> tuple[Overload, ...]
     for relative, cls in stubs:
         defs = _stubs(relative, cls, name)
         if defs:
-            read = {o.text(): o for d in defs if (o := _from_stub(d, method=bool(cls))) is not None}
-            return tuple(read.values())  # overloads that differ in types only, once
+            return _merged([o for d in defs if (o := _from_stub(d, method=bool(cls))) is not None])
     return ()
 
 
@@ -493,11 +514,26 @@ def _plan(order: list[str], filled: list[str], positional: bool) -> list[tuple[i
 
 
 def overload_rows(op: TorchOp) -> list[tuple[str, str, str, str]]:
-    """Every argument of every overload: (name, annotation, default, tensor?), once each, in order."""
+    """Every argument of every overload, once, in order: (name, annotation, default, "in" where
+    ``in:`` may fill it); an argument only some overloads take says so."""
     seen: dict[str, tuple[str, str, str, str]] = {}
     for o in op.overloads:
         for p in o.params:
             if p.name not in seen:
                 default = "required" if p.required else repr(p.default)
+                if any(other.get(p.name) is None for other in op.overloads):
+                    default += " (some forms)"
                 seen[p.name] = (p.name, p.annotation or format_annotation(EMPTY), default, "in" if p.tensor else "")
+        if o.rest and f"*{o.rest}" not in seen:
+            seen[f"*{o.rest}"] = (f"*{o.rest}", "Tensor", "", "in")
     return list(seen.values())
+
+
+def required_keys(op: TorchOp) -> tuple[str, ...]:
+    """Arguments every overload requires that ``in:`` cannot give: keys a node must have."""
+    first = op.overloads[0].params
+    return tuple(
+        p.name
+        for p in first
+        if all((q := o.get(p.name)) is not None and q.required and not q.tensor for o in op.overloads)
+    )
