@@ -463,54 +463,60 @@ def _budget_problems(label: str, keys: Mapping[str, Any], key_path: str) -> list
 
 
 def bind(op: TorchOp, keys: Mapping[str, Any], inputs: Inputs) -> Callable[..., Any]:
-    """The callable a node runs as ``fn(*inputs, **keys)`` (or ``fn(**named_inputs, **keys)``):
-    the torch function itself where the inputs are its leading arguments, else a closure that
-    places them (a key before them, a list argument, a method's ``self`` by name). An op that takes
-    ``training`` gets ``training=self.training`` from its module."""
+    """The callable a node runs as ``fn(*inputs, **keys)`` (or ``fn(**named_inputs, **keys)``).
+
+    The torch function itself where the inputs are its leading arguments (``cos``, ``topk``,
+    ``masked_fill``) or all go by name; else a closure that only places them: a key before them
+    (``pow``'s ``self``), several inputs as one list argument, inputs after a gap by name, a
+    method's ``self`` first. An op that takes ``training`` gets ``training=self.training`` from
+    its module (dropout applies in training only)."""
     overload, filled, _ = _best(op, keys, inputs)
     fn = op.fn
     order = [p.name for p in overload.params]
-    takes_training = any(p.name == "training" for p in overload.params)
-    named = [n for n in filled if n in order]
-    leading = named == order[: len(named)] and not (
-        overload.rest and len(named) < len(filled) and len(named) < _n_positional(overload)
-    )
-    if isinstance(inputs, int) and leading and not takes_training:
-        return fn  # fn(*inputs, **keys): inputs are the leading arguments
-    if not isinstance(inputs, int) and inputs is not None and "self" not in inputs and not takes_training:
-        return fn  # fn(**named_inputs, **keys)
-    last = max((order.index(n) for n in named), default=-1)
-    if len(named) < len(filled):  # inputs reach *rest: every positional argument is placed first
-        last = _n_positional(overload) - 1
-    plan = _plan(order[: last + 1], filled, isinstance(inputs, int))
-    rest = overload.rest
-    consumed = len(named)
+    takes_training = "training" in order
+    if not isinstance(inputs, int):  # by name, or unknown
+        if not takes_training and (inputs is None or "self" not in inputs):
+            return fn
+        plan: list[tuple[int, Any]] = [(2, "self")] if inputs is not None and "self" in inputs else []
+        return _closure(op, plan, [], None, takes_training)
+    slots = [n for n in filled if n in order]
+    if slots == order[: len(slots)] and len(set(slots)) == len(slots) and not takes_training:
+        if len(slots) == len(filled) or len(slots) == _n_positional(overload):
+            return fn  # fn(*inputs, **keys): the inputs are the leading arguments (then *rest)
+    plan, placed = [], set()
+    for name in order[: _n_positional(overload)]:
+        if name in filled:
+            plan.append((1 if filled.count(name) > 1 else 0, filled.index(name)))
+            placed.add(name)
+        elif name in keys:
+            plan.append((2, name))
+        else:
+            break  # a gap: later inputs go by name
+    by_name = [(i, n) for i, n in enumerate(filled) if n in order and n not in placed]
+    return _closure(op, plan, by_name, len(slots) if overload.rest else None, takes_training)
+
+
+def _closure(
+    op: TorchOp, plan: list[tuple[int, Any]], by_name: list[tuple[int, str]], rest: int | None, training: bool
+) -> Callable[..., Any]:
+    """``fn`` with its inputs placed: ``plan`` gives its leading arguments, each (0, input index),
+    (1, first of the inputs that form a list) or (2, a key's name); ``by_name`` the inputs passed
+    by keyword; ``rest`` the first input of ``*args``."""
+    fn = op.fn
 
     def bound(*xs: Any, **kw: Any) -> Any:
         args = [xs[v] if kind == 0 else list(xs[v:]) if kind == 1 else kw.pop(v) for kind, v in plan]
-        if rest:
-            args += xs[consumed:]
-        return fn(*args, **kw)
+        for i, name in by_name:
+            kw[name] = xs[i]
+        return fn(*args, *xs[rest:], **kw) if rest is not None else fn(*args, **kw)
 
     bound.__name__ = bound.__qualname__ = op.name
-    bound.takes_training = takes_training  # type: ignore[attr-defined]
+    bound.takes_training = training  # type: ignore[attr-defined]
     return bound
 
 
 def _n_positional(overload: Overload) -> int:
     return sum(not p.keyword_only for p in overload.params)
-
-
-def _plan(order: list[str], filled: list[str], positional: bool) -> list[tuple[int, Any]]:
-    """Each leading argument as (0, input index), (1, first input of a list) or (2, key name)."""
-    plan: list[tuple[int, Any]] = []
-    for name in order:
-        if positional and name in filled:
-            at = filled.index(name)
-            plan.append((1, at) if filled.count(name) > 1 else (0, at))
-        else:
-            plan.append((2, name))  # a key, or a named input: both arrive in **kw
-    return plan
 
 
 def overload_rows(op: TorchOp) -> list[tuple[str, str, str, str]]:
