@@ -82,7 +82,7 @@ def _overview(modules: Any, initializers: Any, ops: Any, dirs: list[Path]) -> st
     counts = {
         "types": f"{len(list(modules))} module types, and the forms {', '.join(g.TYPE_FORMS)}",
         "inits": f"{len(list(initializers))} initializers",
-        "ops": f"{len(list(ops))} named ops, and torch's {len(torch_ops.derived_names())} functions by name",
+        "ops": f"{len(list(ops))} ops, and torch's {len(torch_ops.derived_names())} functions under their own names",
         "templates": _count(len(_templates(dirs)), "template") + " in the recipes",
         "recipes": f"{len(models)} model recipes, {len(inits)} init schemes",
     }
