@@ -185,11 +185,14 @@ def _torch_op_text(name: str, op: Any) -> str:
         raise ConfigError(f"unknown op {name!r}", "list ops")
     where = "torch.Tensor" if op.where == "Tensor" else op.where
     lines = [f"{name}: {where}.{name} (torch's own; in: fills the 'in' arguments no key gives, in order)", ""]
-    lines += [f"  {name}{o.text()}" for o in op.overloads if "training" not in {p.name for p in o.params}]
+    follows = op.follows_training
+    lines += [f"  {name}{o.text()}" for o in op.overloads if not (follows and o.get("training"))]
     lines += [
-        f"  {name}{o.text().replace('training=True', 'training=<train()>')}" for o in op.overloads if o.get("training")
+        f"  {name}{o.text().replace('training=True', 'training=<train()>')}"
+        for o in op.overloads
+        if follows and o.get("training")
     ]
-    rows = [r for r in torch_ops.overload_rows(op) if r[0] != "training"]
+    rows = [r for r in torch_ops.overload_rows(op) if not (follows and r[0] == "training")]
     width = [max(len(r[i]) for r in [("argument", "", "default", ""), *rows]) for i in range(3)]
     lines += ["", f"  {'argument':<{width[0]}}  {'default':<{width[2]}}  in  type"]
     lines += [f"  {a:<{width[0]}}  {d:<{width[2]}}  {i or '  '}  {t}".rstrip() for a, t, d, i in rows]
