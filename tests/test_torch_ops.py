@@ -229,6 +229,8 @@ def test_refused_keys_private_names_and_unknown_ops():
         ConfigError, match=r"model.nodes.a.dimm: op 'sum' takes no argument 'dimm' \(did you mean 'dim'"
     ):
         build_from_config({"type": "Graph", "nodes": {"a": {"op": "sum", "dimm": 1}}})
+    with pytest.raises(ConfigError, match=r"^model.nodes.a.in: op 'cos': at most 1 input beside its keys, got 2"):
+        build_from_config({"type": "Graph", "inputs": ["x", "y"], "nodes": {"a": {"op": "cos", "in": ["x", "y"]}}})
     with pytest.raises(ConfigError, match=r"model.nodes.a: op 'topk': missing 'k' \(takes topk\(input, k, dim=-1"):
         build_from_config({"type": "Graph", "nodes": {"a": {"op": "topk"}}})
 

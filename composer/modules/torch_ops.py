@@ -419,7 +419,7 @@ def _assign(overload: Overload, keys: Mapping[str, Any], inputs: Inputs) -> tupl
             if overload.rest:
                 filled += [f"*{overload.rest}"] * (inputs - len(filled))
             else:
-                why.append(f"at most {len(free)} input{'s' if len(free) != 1 else ''}")
+                why.append(f"at most {len(free)} input{'s' if len(free) != 1 else ''} beside its keys, got {inputs}")
     given = set(filled) | set(keys)
     why += [f"missing {p.name!r}" for p in overload.params if p.required and p.name not in given]
     return filled, why
@@ -446,10 +446,11 @@ def problems(op: TorchOp, label: str, keys: Mapping[str, Any], inputs: Inputs, k
             )
     if found:
         return found
-    overload, _, why = _best(op, keys, inputs)
+    _, _, why = _best(op, keys, inputs)
     if why:
         shown = " or ".join(f"{label}{o.text()}" for o in op.overloads[:4])
-        found.append((key_path, f"op {label!r}: {'; '.join(why)} (takes {shown})"))
+        where = f"{key_path}.in" if why[0].startswith("at most") else key_path  # too many inputs
+        found.append((where, f"op {label!r}: {'; '.join(why)} (takes {shown})"))
     if op.creation and not found:
         found += _budget_problems(label, keys, key_path)
     return found
