@@ -34,7 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer.app.confsource import APP_KEYS, CONFIG_KEYS, USER_PROVIDER, GuardedConfigSource, guarded
+from composer.app.confsource import APP_KEYS, CONFIG_KEYS, SCHEME, USER_PROVIDER, GuardedConfigSource, guarded
 from composer.app.report import CHECKPOINT, ERROR
 from composer.errors import CheckpointError, ConfigError, did_you_mean, first_line, printable
 from composer.modules.signatures import is_int
@@ -332,8 +332,8 @@ def _model_file_rules(name: str) -> list[Any]:
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl  # noqa: PLC0415
 
     search_path = ConfigSearchPathImpl()
-    for source in HydraConfig.get().runtime.config_sources:
-        if source.schema in ("file", "pkg"):
+    for source in HydraConfig.get().runtime.config_sources:  # the guarded ones first: composer's YAML reader
+        if source.schema in (SCHEME, "file", "pkg"):
             search_path.append(source.provider, f"{source.schema}://{source.path}")
     loaded = ConfigRepository(search_path).load_config(f"model/{name}")
     if loaded is None or loaded.header.get("package") != "_global_":
