@@ -177,6 +177,9 @@ def _conf(tmp_path: Path) -> Path:
     (conf / "model" / "sneaky.yaml").write_text("# @package _global_\nplugins: [my_pkg.blocks]\nmodel: {type: ReLU}\n")
     # a primary config of the --config-dir trying the same
     (conf / "mine.yaml").write_text("defaults:\n  - config\n  - _self_\nplugins: [my_pkg.blocks]\n")
+    # or a sweep of them from its sweeper's params
+    sweep = "defaults:\n  - config\n  - _self_\nhydra:\n  sweeper:\n    params:\n      plugins: '[my_pkg.blocks],[]'\n"
+    (conf / "sweepy.yaml").write_text(sweep)
     return conf
 
 
@@ -202,6 +205,11 @@ def test_the_app_imports_the_command_lines_plugins_and_no_files(tmp_path: Path):
                 _env(site, PLUGIN_MARK=str(mark)),
             ),
             "list": (command("list", "plugins=[my_pkg.blocks]"), _env(site)),
+            "sweep": (
+                command(*app, "--config-name", "sweepy", "-m", "model=plug", "save=false", "probe=false")
+                + [f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                _env(site, PLUGIN_MARK=str(mark)),
+            ),
         },
         tmp_path,
     )
@@ -217,7 +225,9 @@ def test_the_app_imports_the_command_lines_plugins_and_no_files(tmp_path: Path):
     assert "sneaky.yaml: plugins: a model file holds a recipe only, no 'plugins' key" in results["file"].stderr
     assert results["primary"].returncode != 0
     assert "error: plugins: set by a config file, not by the command line" in results["primary"].stderr
-    assert not mark.exists()  # neither file imported the plugin
+    assert results["sweep"].returncode != 0
+    assert "hydra.sweeper.params.plugins: plugins import code: only the command line" in results["sweep"].stderr
+    assert not mark.exists()  # no file imported the plugin
     assert "plugin my_pkg.blocks: 1 type, 1 initializer, 1 op" in results["list"].stdout
 
 

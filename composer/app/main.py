@@ -197,7 +197,7 @@ def plugins_setting(raw: Any, given: list[str] | None, problems: list[tuple[str,
 
 def _command_line_plugins() -> list[str] | None:
     """The job's ``plugins=[...]`` (or ``+plugins=``, ``++plugins=``) override; [] without one;
-    None when not under Hydra. A sweeper's ``params`` from a config file give none."""
+    None when not under Hydra. A sweeper's ``params`` naming ``plugins`` (a config file may set them) is refused."""
     try:
         hydra_cfg = HydraConfig.get()
     except ValueError:  # not under Hydra (a test calling run directly)
@@ -206,7 +206,7 @@ def _command_line_plugins() -> list[str] | None:
 
     params = hydra_cfg.sweeper.get("params")
     if isinstance(params, DictConfig) and any(str(k).lstrip("+~") == "plugins" for k in params):
-        raise ConfigError(f"hydra.sweeper.params: {_NO_FILE_PLUGINS} (sweep them there: -m plugins=[a],[b])", "plugins")
+        raise ConfigError(f"{_NO_FILE_PLUGINS}; sweep them there: -m plugins=[a],[b]", "hydra.sweeper.params.plugins")
     found: list[str] = []
     for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
         if override.key_or_group == "plugins":
