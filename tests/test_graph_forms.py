@@ -387,3 +387,25 @@ def test_schema_and_list_show_the_new_keys():
     text = list_text("types", "Repeat")
     assert "mode" in text and "stack" in text
     assert "buffers" in list_text("types", "Graph")
+
+
+def test_the_schema_takes_the_new_forms_and_flags_a_misspelled_key():
+    jsonschema = pytest.importorskip("jsonschema")
+    _register_test_ops()
+    validator = jsonschema.Draft202012Validator(recipe_schema())
+    for recipe in (ROPE, _decoder_graph(forward={"tgt_is_causal": True}), _side_input_recipe(names="layer{i + 1}")):
+        assert list(validator.iter_errors(recipe)) == []
+    parallel = {"model": {"type": "Repeat", "times": 2, "mode": "parallel", "stack": 0, "body": {"type": "ReLU"}}}
+    assert list(validator.iter_errors(parallel)) == []
+    bad = copy.deepcopy(ROPE)
+    bad["model"]["buffers"]["scale"]["persistant"] = False
+    best = jsonschema.exceptions.best_match(validator.iter_errors(bad))
+    assert best is not None and list(best.absolute_path)[:3] == ["model", "buffers", "scale"]
+
+
+def test_the_repr_shows_buffers_and_inputs_by_name():
+    _register_test_ops()
+    text = str(build_from_config(ROPE))
+    assert "buffers: inv_freq(8,), scale(8,)" in text
+    decoder = str(build_from_config(_decoder_graph()))
+    assert "(tgt=y, memory=enc, tgt_mask=causal) -> dec" in decoder
