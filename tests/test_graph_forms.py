@@ -237,7 +237,7 @@ def test_bad_buffers_are_reported_at_their_key_paths():
     buffers["both"] = {"shape": [2], "value": [{"op": "t_arange", "end": 2}]}
     buffers["bad"] = {"value": [{"op": "t_arange", "end": 2}, {"op": "mul", "other": "a string"}]}
     problems = _problems(recipe)
-    assert "did you mean 't_to'?" in problems["model.buffers.inv_freq.value[1].op"]
+    assert "did you mean 't_to'" in problems["model.buffers.inv_freq.value[1].op"]
     assert "did you mean 'self'?" in problems["model.buffers.inv_freq.value[3].slef"]
     assert "did you mean 'persistent'?" in problems["model.buffers.scale.persistant"]
     assert "shape or value" in problems["model.buffers.both"]
@@ -433,3 +433,25 @@ def test_a_template_whose_body_is_a_repeat_takes_side_inputs_and_one_input_stays
     assert torch.equal(model(x, s, b), model.layers[1](model.layers[0](x, s, b), s, b))
     single = {"type": "Graph", "nodes": {"r": {"type": "Repeat", "times": 2, "body": {"type": "ReLU"}, "in": ["x"]}}}
     assert type(build_from_config(single).r) is nn.Sequential
+
+
+def test_the_contracts_rope_buffer_with_torchs_own_ops():
+    recipe = copy.deepcopy(ROPE)
+    recipe["model"]["buffers"]["inv_freq"]["value"] = [
+        {"op": "arange", "start": 0, "end": "${vars.hd}", "step": 2, "dtype": "int64"},
+        {"op": "to", "dtype": "float32"},
+        {"op": "div", "other": "${vars.hd}"},
+        {"op": "pow", "self": "${vars.base}"},  # the result fills pow's exponent
+        {"op": "reciprocal"},
+    ]
+    model = build_from_config(recipe)
+    assert torch.equal(model.inv_freq, _inv_freq()) and "inv_freq" not in model.state_dict()
+    recipe["model"]["buffers"]["inv_freq"]["value"][3] = {"op": "pow", "slef": 2.0}
+    assert "slef" in str(_problems(recipe))
+
+
+def test_torchs_where_takes_its_tensors_by_name():
+    recipe = {"model": {"type": "Graph", "inputs": ["c", "a", "b"], "nodes": {
+        "w": {"op": "where", "in": {"condition": "c", "input": "a", "other": "b"}}}}}  # fmt: skip
+    c, a, b = torch.tensor([True, False]), torch.ones(2), torch.zeros(2)
+    assert torch.equal(build_from_config(recipe)(c, a, b), torch.where(c, a, b))

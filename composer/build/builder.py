@@ -38,9 +38,10 @@ from composer.modules.graph import (
     RepeatChain,
     RepeatParallel,
 )
-from composer.modules.ops import OPS, make_op, op_problems
+from composer.modules.ops import lookup_op, make_op, op_callable, op_problems
 from composer.modules.registry import MODULES, resolve_target
 from composer.modules.signatures import describe, is_int, op_arguments, signature_of
+from composer.modules.torch_ops import TorchOp
 from composer.recipe.count import count_modules
 from composer.recipe.grammar import (
     BUFFER_KEYS,
@@ -531,10 +532,21 @@ def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         builder._using.leave(name)
 
 
+def _op_kwargs(builder: Builder, node: Mapping, path: str) -> dict[str, Any]:
+    """An op node's keys, a ``dtype`` name as the torch dtype (as for any kwarg named dtype)."""
+    kwargs = arguments_of(node, OP)
+    if isinstance(kwargs.get("dtype"), str):
+        try:
+            kwargs["dtype"] = dtype_of(kwargs["dtype"], f"{path}.dtype")
+        except ConfigError as e:
+            builder.problems += e.problems
+    return kwargs
+
+
 def _op(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{op: name, <kwargs>}`` where a module stands (a Sequential's item): an ``Op`` module."""
     try:
-        return make_op(node[OP.marker], arguments_of(node, OP), path)
+        return make_op(node[OP.marker], _op_kwargs(builder, node, path), path)
     except ConfigError as e:
         builder.problems += e.problems
         return None
@@ -622,44 +634,19 @@ def _graph_entry(builder: Builder, name: str, entry: Any, path: str, first: bool
         return CallEntry(name, entry[CALL.marker], inputs, dict(constants))
     if form is OP:
         label = entry[OP.marker]
-        if not isinstance(label, str) or label not in OPS:
-            builder.fail(f"{path}.op", unknown("op", label, OPS, listed=False))
+        try:
+            fn = lookup_op(label, f"{path}.op")
+        except ConfigError as e:
+            builder.problems += e.problems
             return None
-        fn = OPS.lookup(label, f"{path}.op")
         kwargs = _op_kwargs(builder, entry, path)
-        n_inputs = int(not first) if inputs is None else len(inputs) if isinstance(inputs, list) else 0
-        keywords = inputs if isinstance(inputs, dict) else {}
-        builder.problems += _op_entry_problems(label, fn, kwargs, keywords, n_inputs, path)
-        return OpEntry(name, fn, kwargs, inputs, label=label)
+        count = int(not first) if inputs is None else len(inputs) if isinstance(inputs, list) else list(inputs)
+        builder.problems += op_problems(label, fn, kwargs, count, path)
+        return OpEntry(name, op_callable(fn, kwargs, count), kwargs, inputs, label=label)
     module = builder.build({k: v for k, v in entry.items() if k not in (IN.name, FORWARD.name)}, path)
     if form in (REPEAT, USE) and type(module) is nn.Sequential and isinstance(inputs, list) and len(inputs) > 1:
         module.__class__ = RepeatChain  # a Repeat's copies (a template's): the first input through, the others to each
     return ModuleEntry(name, module, inputs, dict(constants))
-
-
-def _op_kwargs(builder: Builder, node: Mapping, path: str) -> dict[str, Any]:
-    """An op node's arguments; one named ``dtype`` takes a dtype's name, as any kwarg named so."""
-    kwargs = arguments_of(node, OP)
-    if isinstance(kwargs.get("dtype"), str):
-        try:
-            kwargs["dtype"] = dtype_of(kwargs["dtype"], f"{path}.dtype")
-        except ConfigError as e:
-            builder.problems += e.problems
-    return kwargs
-
-
-def _op_entry_problems(
-    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], keywords: Mapping[str, str], n: int, path: str
-) -> list[tuple[str, str]]:
-    """``op_problems`` of an op entry whose inputs given by name (``in: {mask: causal}``) count as
-    given; a problem of one of those is reported at ``in.<name>``."""
-    problems = [
-        (f"{path}.in.{k}", f"op {label!r} gets {k!r} both in in: and as a key") for k in keywords if k in kwargs
-    ]
-    for where, message in op_problems(label, fn, {**kwargs, **dict.fromkeys(keywords)}, n, path):
-        key = where.removeprefix(f"{path}.")
-        problems.append((f"{path}.in.{key}", message) if where != path and key in keywords else (where, message))
-    return problems
 
 
 def _empty(builder: Builder, shape: Any, path: str) -> torch.Tensor | None:
@@ -818,22 +805,26 @@ def _chain(builder: Builder, steps: list, path: str) -> _Chain | None:
         for key in (IN.name, "init", "frozen"):
             if key in step:
                 builder.fail(f"{where}.{key}", "a step of a value takes the previous result and its keys, nothing else")
-        label = step[OP.marker]
-        if not isinstance(label, str) or label not in OPS:
-            builder.fail(f"{where}.op", unknown("op", label, OPS, listed=False))
+        try:
+            fn = lookup_op(step[OP.marker], f"{where}.op")
+        except ConfigError as e:
+            builder.problems += e.problems
             continue
-        fn = OPS.lookup(label, f"{where}.op")
         kwargs = _op_kwargs(builder, step, where)
         slot = "" if i == 0 else _chain_slot(fn, kwargs)
         given = {**kwargs, slot: None} if slot else kwargs
-        builder.problems += op_problems(label, fn, given, 0 if i == 0 or slot else 1, where)
+        builder.problems += op_problems(step[OP.marker], fn, given, 0 if i == 0 or slot else 1, where)
+        fn = op_callable(fn, kwargs, 0 if i == 0 else [slot] if slot else 1)
         chain.append((fn, kwargs, slot))
     return _Chain(tuple(chain)) if len(builder.problems) == before else None
 
 
 def _chain_slot(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> str:
     """The argument a chain's previous result fills: the op's first tensor argument not given as
-    a key; "" where that is its first (passed by position)."""
+    a key; "" where that is its first (passed by position), and for torch's functions, whose
+    first input fills exactly that (``op_callable``)."""
+    if isinstance(fn, TorchOp):
+        return ""
     read = op_arguments(fn)
     if read is None:
         return ""
