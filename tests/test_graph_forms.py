@@ -446,6 +446,10 @@ def test_the_contracts_rope_buffer_with_torchs_own_ops():
     ]
     model = build_from_config(recipe)
     assert torch.equal(model.inv_freq, _inv_freq()) and "inv_freq" not in model.state_dict()
+    again = pickle.loads(pickle.dumps(model))  # the chain's bound ops travel with the graph
+    again.inv_freq.zero_()
+    again.reset_parameters()
+    assert torch.equal(again.inv_freq, _inv_freq())
     recipe["model"]["buffers"]["inv_freq"]["value"][3] = {"op": "pow", "slef": 2.0}
     assert "slef" in str(_problems(recipe))
 

@@ -499,20 +499,41 @@ def bind(op: TorchOp, keys: Mapping[str, Any], inputs: Inputs) -> Callable[..., 
 def _closure(
     op: TorchOp, plan: list[tuple[int, Any]], by_name: list[tuple[int, str]], rest: int | None, training: bool
 ) -> Callable[..., Any]:
-    """``fn`` with its inputs placed: ``plan`` gives its leading arguments, each (0, input index),
-    (1, first of the inputs that form a list) or (2, a key's name); ``by_name`` the inputs passed
-    by keyword; ``rest`` the first input of ``*args``."""
-    fn = op.fn
+    return Bound(op.name, tuple(plan), tuple(by_name), rest, training)
 
-    def bound(*xs: Any, **kw: Any) -> Any:
-        args = [xs[v] if kind == 0 else list(xs[v:]) if kind == 1 else kw.pop(v) for kind, v in plan]
-        for i, name in by_name:
+
+class Bound:
+    """torch's function with its inputs placed: ``plan`` gives its leading arguments, each
+    (0, input index), (1, first of the inputs that form a list) or (2, a key's name); ``by_name``
+    the inputs passed by keyword; ``rest`` the first input of ``*args``. Pickled by op name."""
+
+    __slots__ = ("by_name", "fn", "name", "plan", "rest", "takes_training")
+
+    def __init__(
+        self, name: str, plan: tuple[tuple[int, Any], ...], by_name: tuple[tuple[int, str], ...], rest: int | None,
+        training: bool,
+    ) -> None:  # fmt: skip
+        op = derived(name)
+        assert op is not None, name
+        self.name, self.fn, self.plan, self.by_name, self.rest, self.takes_training = (
+            name, op.fn, plan, by_name, rest, training,
+        )  # fmt: skip
+
+    @property
+    def __name__(self) -> str:
+        return self.name
+
+    def __call__(self, /, *xs: Any, **kw: Any) -> Any:  # `self` may be a key (pow)
+        args = [xs[v] if kind == 0 else list(xs[v:]) if kind == 1 else kw.pop(v) for kind, v in self.plan]
+        for i, name in self.by_name:
             kw[name] = xs[i]
-        return fn(*args, *xs[rest:], **kw) if rest is not None else fn(*args, **kw)
+        return self.fn(*args, *xs[self.rest :], **kw) if self.rest is not None else self.fn(*args, **kw)
 
-    bound.__name__ = bound.__qualname__ = op.name
-    bound.takes_training = training  # type: ignore[attr-defined]
-    return bound
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Bound, (self.name, self.plan, self.by_name, self.rest, self.takes_training)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}, inputs placed>"
 
 
 def _n_positional(overload: Overload) -> int:
