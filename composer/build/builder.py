@@ -763,14 +763,18 @@ class _Computed:
 
 
 def _computed_buffer(builder: Builder, value: Any, path: str, persistent: bool) -> Buffer | None:
-    """A buffer's ``value``: computed once here (on ``meta`` where known layers are made there)."""
+    """A buffer's ``value``: computed once here where known layers are made (where that is
+    ``meta``, its shape, from a computation on CPU)."""
     before = len(builder.problems)
     compute = _chain(builder, value, path) if isinstance(value, list) else _value_graph(builder, value, path)
     if compute is None or len(builder.problems) > before:
         return None
     steps = range(len(compute.steps)) if isinstance(compute, _Chain) else [None]
     result: Any = None
-    with torch.no_grad(), torch.device(builder.known_device):
+    # a build on meta learns the shape on CPU: meta kernels of ops such as div are Python
+    # decompositions that import torch._dynamo on first call (seconds); the value is small (budgets)
+    where = torch.device("cpu") if builder.known_device.type == "meta" else builder.known_device
+    with torch.no_grad(), torch.device(where):
         for i in steps:
             try:
                 result = compute() if i is None else compute.step(i, result)
@@ -785,9 +789,10 @@ def _computed_buffer(builder: Builder, value: Any, path: str, persistent: bool) 
     if not isinstance(result, torch.Tensor):
         builder.fail(path, f"expected a tensor, the value computes {describe(result)}")
         return None
-    if builder.dtype is not None and result.is_floating_point():
-        result = result.to(builder.dtype)  # dtype rules, as for every floating buffer
-    return Buffer(result, persistent, _Computed(compute))
+    dtype = builder.dtype if builder.dtype is not None and result.is_floating_point() else result.dtype
+    if builder.known_device.type == "meta":  # filled where it gets storage (initialization, a reset)
+        return Buffer(torch.empty(result.shape, dtype=dtype, device=META), persistent, _Computed(compute))
+    return Buffer(result.to(dtype), persistent, _Computed(compute))  # dtype rules, as for every floating buffer
 
 
 def _chain(builder: Builder, steps: list, path: str) -> _Chain | None:
