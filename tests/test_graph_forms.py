@@ -459,3 +459,17 @@ def test_torchs_where_takes_its_tensors_by_name():
         "w": {"op": "where", "in": {"condition": "c", "input": "a", "other": "b"}}}}}  # fmt: skip
     c, a, b = torch.tensor([True, False]), torch.ones(2), torch.zeros(2)
     assert torch.equal(build_from_config(recipe)(c, a, b), torch.where(c, a, b))
+
+
+@pytest.mark.slow
+def test_a_sharded_build_fills_computed_buffers_from_their_fills(tmp_path):
+    import torch.distributed as dist  # noqa: PLC0415  (only for the sharded build)
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+
+    _register_test_ops()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_from_config(ROPE, mesh=init_device_mesh("cpu", (1,)))
+        assert torch.equal(model.inv_freq, _inv_freq()) and torch.equal(model.scale, torch.ones(8))
+    finally:
+        dist.destroy_process_group()
