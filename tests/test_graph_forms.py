@@ -473,3 +473,16 @@ def test_a_sharded_build_fills_computed_buffers_from_their_fills(tmp_path):
         assert torch.equal(model.inv_freq, _inv_freq()) and torch.equal(model.scale, torch.ones(8))
     finally:
         dist.destroy_process_group()
+
+
+def test_a_use_entry_takes_forward_constants_and_no_template_argument_is_named_forward():
+    recipe = {
+        "blocks": {"dec": {"args": {"d": 8}, "body": {**DECODER, "d_model": "$d"}}},
+        "model": {"type": "Graph", "inputs": ["y", "enc"], "nodes": {
+            "dec": {"use": "dec", "in": {"tgt": "y", "memory": "enc"}, "forward": {"tgt_is_causal": False}}}},
+    }  # fmt: skip
+    model = build_from_config(recipe)
+    y, enc = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    assert torch.equal(model(y, enc), model.dec(y, enc))
+    recipe["blocks"]["dec"]["args"]["forward"] = 1
+    assert "argument name 'forward'" in str(_problems(recipe))
