@@ -3,8 +3,8 @@
 A recipe's ``{type: Graph, inputs, nodes, output, params, buffers}`` becomes a ``GraphSpec``: ordered
 entries, each a module (a child under the entry's name), an op (a parameter-free function) or a
 call (an earlier module run again), each given its inputs by position or by argument name (and a
-module or a call constant arguments of its forward). ``Graph(spec, key_path)`` checks the wiring, reporting every problem at
-once with its key path, and then writes its ``forward`` as Python source, as ``torch.fx``'s
+module or a call constant arguments of its forward). ``Graph(spec, key_path)`` checks the wiring,
+reporting every problem at once with its key path, and then writes its ``forward`` as Python source, as ``torch.fx``'s
 ``GraphModule`` does: straight-line code compiled once, so a forward pays no per-entry interpreter
 loop and ``torch.compile(fullgraph=True)`` sees plain calls.
 
