@@ -3,18 +3,18 @@
 A recipe's ``{type: Graph, inputs, nodes, output, params, buffers}`` becomes a ``GraphSpec``: ordered
 entries, each a module (a child under the entry's name), an op (a parameter-free function) or a
 call (an earlier module run again), each given its inputs by position or by argument name (and a
-module or a call constant arguments of its forward). ``Graph(spec, key_path)`` checks the wiring,
-reporting every problem at once with its key path, and then writes its ``forward`` as Python source, as ``torch.fx``'s
-``GraphModule`` does: straight-line code compiled once, so a forward pays no per-entry interpreter
-loop and ``torch.compile(fullgraph=True)`` sees plain calls.
+module or a call constant arguments of its forward). ``Graph(spec, key_path)`` checks the
+wiring, reporting every problem at once with its key path, and then writes its ``forward`` as
+Python source, as ``torch.fx``'s ``GraphModule`` does: straight-line code compiled once, so a
+forward pays no per-entry interpreter loop and ``torch.compile(fullgraph=True)`` sees plain calls.
 
 The generated source holds no user text except as ``repr``'d string literals: variables are
 generated names (``a0`` for inputs, ``p0`` for params, ``b0`` for buffers, ``v0`` for entries; an
 argument name that is no identifier goes as a ``repr``'d key), children are reached as
 ``self._modules['name']``, params as ``self._parameters['name']`` and buffers as
-``self._buffers['name']`` at each call, so ``.to()``,
-``copy.deepcopy``, ``load_state_dict`` and FSDP2's ``fully_shard`` (which swaps the parameter
-objects) keep working. The source is registered in ``linecache``, so a traceback through a graph
+``self._buffers['name']`` at each call, so ``.to()``, ``copy.deepcopy``, ``load_state_dict`` and
+FSDP2's ``fully_shard`` (which swaps the parameter objects) keep working. The source is
+registered in ``linecache``, so a traceback through a graph
 shows the generated line, and ``graph.code`` returns it.
 
 ``RepeatChain`` and ``RepeatParallel`` are a Repeat's copies in a Graph: over several inputs (the
