@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from composer import ConfigError, build_from_config, load_checkpoint, register_op, save_checkpoint
+from composer import ConfigError, build_from_config, load_checkpoint, register_module, register_op, save_checkpoint
 from composer.describe.listing import list_text
 from composer.describe.schema import recipe_schema
 from composer.modules.graph import RepeatChain, RepeatParallel
@@ -486,3 +486,20 @@ def test_a_use_entry_takes_forward_constants_and_no_template_argument_is_named_f
     assert torch.equal(model(y, enc), model.dec(y, enc))
     recipe["blocks"]["dec"]["args"]["forward"] = 1
     assert "argument name 'forward'" in str(_problems(recipe))
+
+
+class _Keywords(nn.Module):
+    """A forward taking any keywords: names that are no identifier reach it too."""
+
+    def forward(self, **tensors: torch.Tensor) -> torch.Tensor:
+        return sum(t * (i + 1) for i, (_, t) in enumerate(sorted(tensors.items())))
+
+
+def test_a_keyword_that_is_no_identifier_is_passed_as_a_string_never_as_source():
+    register_module("KeywordsBlock")(_Keywords)
+    names = {"a b": "x", "x); import os; (": "y"}
+    recipe = {"model": {"type": "Graph", "inputs": ["x", "y"], "nodes": {"k": {"type": "KeywordsBlock", "in": names}}}}
+    model = build_from_config(recipe)
+    assert "**{'a b': a0}" in model.code and "import os" not in model.code.replace("'x); import os; ('", "")
+    x, y = torch.randn(3), torch.randn(3)
+    assert torch.equal(model(x, y), x * 1 + y * 2)
