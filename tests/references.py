@@ -9,6 +9,8 @@ arguments where that is cheap, so tests can build small versions.
 - ``gpt2()``: nanoGPT's GPT with ``nn.Linear`` projections, GPT-2 small by default (124,439,808
   parameters counted once: ``lm_head.weight`` is ``transformer.wte.weight``).
 - ``UNet``, ``LSTMClassifier``, ``Siamese``: small networks of the shapes section 7.8 names.
+- ``convnext()``: torchvision's ConvNeXt (``convnext_tiny`` by default: 28,589,128 parameters),
+  stochastic depth left out (the identity in eval mode and at probability 0).
 """
 
 from __future__ import annotations
@@ -323,6 +325,90 @@ class Siamese(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.head(torch.abs(self.encoder(a) - self.encoder(b)))
+
+
+# --- torchvision ConvNeXt ------------------------------------------------------------------------
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision.models.convnext.LayerNorm2d: a LayerNorm over channels of an NCHW tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Permute(nn.Module):
+    """torchvision.ops.misc.Permute."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.permute(x, self.dims)
+
+
+class CNBlock(nn.Module):
+    """torchvision.models.convnext.CNBlock: depthwise 7x7, channels-last LayerNorm, Linear MLP, layer scale."""
+
+    def __init__(self, dim: int, layer_scale: float = 1e-6) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True),
+            Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(in_features=dim, out_features=4 * dim, bias=True),
+            nn.GELU(),
+            nn.Linear(in_features=4 * dim, out_features=dim, bias=True),
+            Permute([0, 3, 1, 2]),
+        )
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        result = self.layer_scale * self.block(input)
+        result += input
+        return result
+
+
+class ConvNeXt(nn.Module):
+    """torchvision.models.convnext.ConvNeXt: a 4x4 patchify stem (conv + LayerNorm2d), stages of CNBlocks
+    with a LayerNorm2d + 2x2 stride-2 conv between them, then pool, LayerNorm2d, flatten, Linear."""
+
+    def __init__(
+        self, dims: tuple[int, ...] = (96, 192, 384, 768), depths: tuple[int, ...] = (3, 3, 9, 3),
+        num_classes: int = 1000, layer_scale: float = 1e-6,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(3, dims[0], kernel_size=4, stride=4, padding=0, bias=True), LayerNorm2d(dims[0], eps=1e-6)
+            )
+        ]
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            layers.append(nn.Sequential(*[CNBlock(dim, layer_scale) for _ in range(depth)]))
+            if i + 1 < len(dims):
+                layers.append(
+                    nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[i + 1], kernel_size=2, stride=2))
+                )
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
+        )
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def convnext(**kwargs) -> ConvNeXt:
+    return ConvNeXt(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -51,7 +51,7 @@ from composer.recipe.grammar import (
     is_node,
 )
 from composer.recipe.plain import SCALARS
-from composer.recipe.read import Recipe, dtype_of
+from composer.recipe.read import Recipe, active_ties, dtype_of
 from composer.recipe.templates import Template, expand, parse_templates, split_use, substitute_index
 from composer.recipe.walk import Visits, child_path
 
@@ -660,9 +660,7 @@ def construct(
         if real and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
             builder = Builder(recipe, allow, device, known_on_meta=False)
             model = builder.build_model(recipe["model"])
-    ties = recipe.get("tie") or {}
-    if not (isinstance(ties, Mapping) and all(isinstance(v, str) for v in ties.values())):
-        ties = {}  # top_level_problems reports it
+    ties = active_ties(recipe.get("tie"))
     if ties:
         tie_parameters(model, ties)
     builder.notes.ties = dict(ties)
