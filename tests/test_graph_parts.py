@@ -447,7 +447,11 @@ def test_op_kwargs_and_inputs_are_checked_against_the_signature():
     assert op_problems("attention", op("attention"), {"training": True}, 3, p)[0][0] == f"{p}.training"
     assert op_problems("cat", op("cat"), {"dim": 1}, 5, p) == []
     assert op_problems("add", op("add"), {"alpha": 2}, None, p) == []  # inputs unknown: kwargs only
-    with pytest.raises(ConfigError, match=r"^model.nodes.f.op: unknown op 'flaten' \(did you mean 'flatten'\?\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.nodes.f.op: unknown op 'flaten' \(did you mean 'flatten', 'unflatten' or 'float'\?\); "
+        r"or register one with @composer.register_op$",
+    ):
         lookup_op("flaten", f"{p}.op")
     with pytest.raises(ConfigError) as info:
         check_op("flatten", op("flatten"), {"start": 1, "end": 2}, 1, p)

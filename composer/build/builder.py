@@ -28,7 +28,7 @@ from composer.build.placement import META, can_load_on_meta, free_meta_fills, on
 from composer.errors import ConfigError, did_you_mean, first_line, has_control, unknown
 from composer.init.defaults import writes_defaults
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
-from composer.modules.ops import OPS, make_op, op_problems
+from composer.modules.ops import lookup_op, make_op, op_callable, op_problems
 from composer.modules.registry import MODULES, resolve_target
 from composer.modules.signatures import describe, is_int, signature_of
 from composer.recipe.count import count_modules
@@ -470,10 +470,21 @@ def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         builder._using.leave(name)
 
 
+def _op_kwargs(builder: Builder, node: Mapping, path: str) -> dict[str, Any]:
+    """An op node's keys, a ``dtype`` name as the torch dtype (as for any kwarg named dtype)."""
+    kwargs = arguments_of(node, OP)
+    if isinstance(kwargs.get("dtype"), str):
+        try:
+            kwargs["dtype"] = dtype_of(kwargs["dtype"], f"{path}.dtype")
+        except ConfigError as e:
+            builder.problems += e.problems
+    return kwargs
+
+
 def _op(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{op: name, <kwargs>}`` where a module stands (a Sequential's item): an ``Op`` module."""
     try:
-        return make_op(node[OP.marker], arguments_of(node, OP), path)
+        return make_op(node[OP.marker], _op_kwargs(builder, node, path), path)
     except ConfigError as e:
         builder.problems += e.problems
         return None
@@ -536,13 +547,15 @@ def _graph_entry(builder: Builder, name: str, entry: Any, path: str) -> Any:
         return CallEntry(name, entry[CALL.marker], inputs)
     if form is OP:
         label = entry[OP.marker]
-        if not isinstance(label, str) or label not in OPS:
-            builder.fail(f"{path}.op", unknown("op", label, OPS, listed=False))
+        try:
+            fn = lookup_op(label, f"{path}.op")
+        except ConfigError as e:
+            builder.problems += e.problems
             return None
-        fn = OPS.lookup(label, f"{path}.op")
-        kwargs = arguments_of(entry, OP)
-        builder.problems += op_problems(label, fn, kwargs, len(inputs) if inputs is not None else 1, path)
-        return OpEntry(name, fn, kwargs, inputs, label=label)
+        kwargs = _op_kwargs(builder, entry, path)
+        count = len(inputs) if inputs is not None else 1
+        builder.problems += op_problems(label, fn, kwargs, count, path)
+        return OpEntry(name, op_callable(fn, kwargs, count), kwargs, inputs, label=label)
     module = builder.build({k: v for k, v in entry.items() if k != IN.name}, path)
     return ModuleEntry(name, module, inputs)
 

@@ -1,11 +1,15 @@
 """Ops: parameter-free tensor functions a recipe names (``{op: add, in: [a, b]}``), and ``Op``, the
 module that lets one stand in a Sequential.
 
-Every op is called as ``fn(*inputs, **kwargs)``: the inputs are the node's ``in:`` (positional, in
-order), the kwargs are the node's other keys, named as in the torch function the op wraps. Each
-built-in is a small Python function with a real signature, read once (``signatures.op_arguments``)
-for ``op_problems``, the schema and ``list ops``: they check and show the same inputs and
-arguments; under ``torch.compile`` they inline to the torch call.
+Every op is called as ``fn(*inputs, **kwargs)`` (or ``fn(**named_inputs, **kwargs)`` for an
+``in:`` mapping): the inputs are the node's ``in:``, the kwargs are the node's other keys, named as
+in the torch function. The op set is open: a name registered here (the short names of the first
+version, and a user's ``@register_op``) comes first; any other name is torch's own function of that
+name (``torch_ops``: every public function of ``torch``, ``torch.nn.functional`` and every
+``Tensor`` method, with torch's argument names), read on its first lookup. Registered ops are
+small Python functions with real signatures, read once (``signatures.op_arguments``); derived ones
+are read from torch's stubs. ``op_problems``, the schema and ``list ops`` check and show both the
+same way.
 
 An op that needs to know whether its module is training (attention's dropout) sets
 ``fn.takes_training = True``: the graph (or ``Op``) passes ``training=self.training``.
@@ -13,6 +17,7 @@ An op that needs to know whether its module is training (attention's dropout) se
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,20 +26,53 @@ from torch import nn
 from torch.nn import functional as F
 
 from composer.errors import ConfigError, did_you_mean
+from composer.modules import torch_ops
 from composer.modules.registry import Registry
 from composer.modules.signatures import OpArguments, op_arguments
+from composer.modules.torch_ops import TorchOp
 
 OPS: Registry[Callable[..., Any]] = Registry("op")
 register_op = OPS.register
 
 
-def lookup_op(name: Any, key_path: str) -> Callable[..., Any]:
-    """The op registered as ``name``; a ``ConfigError`` at ``key_path`` with the closest name if none."""
-    return OPS.lookup(name, key_path)
+def lookup_op(name: Any, key_path: str) -> Callable[..., Any] | TorchOp:
+    """The op registered as ``name``, else torch's function of that name (a ``TorchOp``).
+
+    Raises:
+        ConfigError: at ``key_path``: an excluded name, with why; an unknown one, with the closest
+            names and how to register one.
+    """
+    if isinstance(name, str) and name in OPS:
+        return OPS.lookup(name, key_path)
+    found = torch_ops.derived(name) if isinstance(name, str) else None
+    if found is not None:
+        return found
+    why = torch_ops.excluded(name) if isinstance(name, str) and not name.startswith("_") else None
+    if why is not None:
+        raise ConfigError(f"op {name!r} is excluded: {why}", key_path)
+    names = dict.fromkeys([*OPS, *torch_ops.derived_names()])
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6) or [
+        n for n in names if n.lower() == str(name).lower()
+    ]
+    shown = [repr(n) for n in close]
+    hint = (
+        f" (did you mean {' or '.join([', '.join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)}?)"
+        if close
+        else ""
+    )
+    raise ConfigError(f"unknown op {name!r}{hint}; or register one with @composer.register_op", key_path)
 
 
-def op_name(fn: Callable[..., Any]) -> str:
+def op_callable(fn: Callable[..., Any] | TorchOp, kwargs: Mapping[str, Any], inputs: Any) -> Callable[..., Any]:
+    """What a node runs as ``fn(*inputs, **kwargs)``: a registered op itself; for a derived op,
+    torch's function itself where it can (``torch_ops.bind``)."""
+    return torch_ops.bind(fn, kwargs, inputs) if isinstance(fn, TorchOp) else fn
+
+
+def op_name(fn: Callable[..., Any] | TorchOp) -> str:
     """The name ``fn`` is registered under, else its ``__name__``."""
+    if isinstance(fn, TorchOp):
+        return fn.name
     for name, registered in OPS.items():
         if registered is fn:
             return name
@@ -231,21 +269,29 @@ attention.takes_training = True  # type: ignore[attr-defined]
 
 
 def op_problems(
-    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], n_inputs: int | None, key_path: str
+    label: str,
+    fn: Callable[..., Any] | TorchOp,
+    kwargs: Mapping[str, Any],
+    n_inputs: int | Sequence[str] | None,
+    key_path: str,
 ) -> list[tuple[str, str]]:
     """What is wrong with calling ``fn(*n_inputs inputs, **kwargs)``, as ``(key path, message)``.
 
     Args:
         label: the op's name, for messages.
-        fn: the op.
+        fn: the op (registered, or a ``TorchOp``).
         kwargs: the node's keyword arguments (its keys other than ``op`` and ``in``).
-        n_inputs: how many inputs the node passes; None where unknown (inputs are not checked).
+        n_inputs: how many inputs the node passes, or the argument names of an ``in:`` mapping;
+            None where unknown (inputs are not checked).
         key_path: the op node's path; a bad kwarg is reported at ``<key_path>.<kwarg>``.
 
     Checked: unknown kwargs (with the closest name), required arguments given neither as an input
-    nor as a kwarg, too many inputs, an argument given both as an input and as a kwarg. An op whose
-    signature cannot be read is not checked.
+    nor as a kwarg, too many inputs, an argument given both as an input and as a kwarg; a derived
+    creation op's size against the ``tensor_elements`` budget. An op whose signature cannot be
+    read is not checked.
     """
+    if isinstance(fn, TorchOp):
+        return torch_ops.problems(fn, label, kwargs, n_inputs, key_path)
     read = op_arguments(fn)
     if read is None:
         return []
@@ -256,8 +302,29 @@ def op_problems(
             hint = did_you_mean(str(key), keywords)
             valid = ", ".join(keywords) or "none"
             problems.append((f"{key_path}.{key}", f"op {label!r} takes no argument {key!r}{hint}; valid: {valid}"))
-    if n_inputs is not None:
+    if isinstance(n_inputs, int):
         problems += _input_problems(label, read, kwargs, n_inputs, key_path)
+    elif n_inputs is not None:
+        problems += _named_input_problems(label, read, kwargs, n_inputs, key_path)
+    return problems
+
+
+def _named_input_problems(
+    label: str, read: OpArguments, kwargs: Mapping[str, Any], names: Sequence[str], key_path: str
+) -> list[tuple[str, str]]:
+    """An ``in:`` mapping: each name an argument the op takes by keyword, not a key as well."""
+    keywords = [a.name for a in read.keywords]
+    problems: list[tuple[str, str]] = []
+    for name in names:
+        if name in kwargs:
+            problems.append((f"{key_path}.{name}", f"op {label!r} gets {name!r} both as an input and as an argument"))
+        elif name not in keywords and not read.any_keyword:
+            hint = did_you_mean(str(name), keywords)
+            problems.append((f"{key_path}.in.{name}", f"op {label!r} takes no input by the name {name!r}{hint}"))
+    given = set(names) | set(kwargs)
+    for a in read.keywords:
+        if a.required and a.name not in given:
+            problems.append((key_path, f"op {label!r} is missing {a.name!r} (an input or an argument)"))
     return problems
 
 
@@ -289,7 +356,11 @@ def _input_problems(
 
 
 def check_op(
-    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], n_inputs: int | None, key_path: str
+    label: str,
+    fn: Callable[..., Any] | TorchOp,
+    kwargs: Mapping[str, Any],
+    n_inputs: int | Sequence[str] | None,
+    key_path: str,
 ) -> None:
     """``op_problems``, raised as one ``ConfigError`` when there are any."""
     problems = op_problems(label, fn, kwargs, n_inputs, key_path)
@@ -304,18 +375,19 @@ class Op(nn.Module):
     """An op as an item of a Sequential: ``forward(*xs)`` is ``fn(*xs, **kwargs)``; no parameters.
 
     Args:
-        fn: the op (a registered one, or any callable).
+        fn: the op (a registered one, a ``TorchOp`` or any callable).
+        label: its name in the repr (default: the name it is registered under).
         **kwargs: its keyword arguments.
 
     Its repr reads like the recipe: ``Op(flatten, start_dim=1)``.
     """
 
-    def __init__(self, fn: Callable[..., Any], /, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[..., Any] | TorchOp, label: str | None = None, /, **kwargs: Any) -> None:
         super().__init__()
-        self.fn = fn
+        self.label = label or op_name(fn)
+        self.fn = op_callable(fn, kwargs, 1)
         self.kwargs = dict(kwargs)
-        self.label = op_name(fn)
-        self.takes_training = bool(getattr(fn, "takes_training", False))
+        self.takes_training = bool(getattr(self.fn, "takes_training", False))
 
     def forward(self, *xs: Any) -> Any:
         if self.takes_training:
@@ -334,4 +406,4 @@ def make_op(name: str, kwargs: Mapping[str, Any], key_path: str, n_inputs: int |
     """
     fn = lookup_op(name, f"{key_path}.op")
     check_op(name, fn, kwargs, n_inputs, key_path)
-    return Op(fn, **kwargs)
+    return Op(fn, name, **kwargs)
