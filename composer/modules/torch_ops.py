@@ -294,8 +294,11 @@ def _read(fn: Callable[..., Any], name: str, where: str) -> tuple[Overload, ...]
     for relative, cls in stubs:
         defs = _stubs(relative, cls, name)
         if defs:
-            read = {o.text(): o for d in defs if (o := _from_stub(d, method=bool(cls))) is not None}
-            return tuple(read.values())  # overloads that differ in types only, once
+            read: dict[str, Overload] = {}
+            for d in defs:  # overloads that differ in types only, once: the first (gt's Tensor other before its Number)
+                if (o := _from_stub(d, method=bool(cls))) is not None:
+                    read.setdefault(o.text(), o)
+            return tuple(read.values())
     return ()
 
 
