@@ -27,14 +27,28 @@ from composer.build.materialize import allocate
 from composer.build.placement import META, can_load_on_meta, free_meta_fills, on_meta, refilled, resets_itself
 from composer.errors import ConfigError, did_you_mean, first_line, has_control, unknown
 from composer.init.defaults import writes_defaults
-from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
+from composer.init.initializers import Scheme, parse_scheme
+from composer.modules import torch_ops
+from composer.modules.graph import (
+    Buffer,
+    CallEntry,
+    Graph,
+    GraphSpec,
+    ModuleEntry,
+    OpEntry,
+    RepeatChain,
+    RepeatParallel,
+)
 from composer.modules.ops import lookup_op, make_op, op_callable, op_problems
 from composer.modules.registry import MODULES, resolve_target
-from composer.modules.signatures import describe, is_int, signature_of
+from composer.modules.signatures import describe, is_int, op_arguments, signature_of
+from composer.modules.torch_ops import TorchOp
 from composer.recipe.count import count_modules
 from composer.recipe.grammar import (
+    BUFFER_KEYS,
     CALL,
     CALLED,
+    FORWARD,
     GRAPH,
     IN,
     OP,
@@ -52,7 +66,16 @@ from composer.recipe.grammar import (
 )
 from composer.recipe.plain import SCALARS
 from composer.recipe.read import Recipe, active_ties, dtype_of
-from composer.recipe.templates import Template, expand, parse_templates, split_use, substitute_index
+from composer.recipe.templates import (
+    INDEX,
+    Template,
+    evaluate,
+    expand,
+    index_expression,
+    parse_templates,
+    split_use,
+    substitute_index,
+)
 from composer.recipe.walk import Visits, child_path
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.modules.blocks.")
@@ -88,11 +111,13 @@ class Builder:
         device: torch.device = META,
         known_on_meta: bool = True,
         lazy_on_device: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> None:
         shared = recipe.get("shared")  # not a mapping: top_level_problems reports it
         self.shared_nodes: Mapping[str, Any] = shared if isinstance(shared, Mapping) else {}
         self.allow_targets = tuple(allow_targets)
         self.device = device
+        self.dtype = dtype  # the recipe's top-level dtype: floating computed buffers take it
         # where known layers make their tensors (``placement``): on meta, unless this walk builds
         # everything for real (a load whose file cannot fill a meta build)
         self.known_device = META if known_on_meta else device
@@ -355,10 +380,22 @@ def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     return _named_sequential(builder, names, children, f"{path}.layers")
 
 
+_MODES = ("chain", "parallel")
+
+
 def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
-    """``{type: Repeat, times: N, names: "block {i}", body: node}``: N independent copies."""
+    """``{type: Repeat, times: N, names: "block {i}", body: node}``: N independent copies, an
+    ``nn.Sequential`` (``mode: parallel``: side by side, a ``RepeatParallel``)."""
     _only_keys(builder, node, path, REPEAT)
     times, names = node.get("times"), node.get("names", "{i}")
+    mode, stack = node.get("mode", "chain"), node.get("stack")
+    if mode not in _MODES:
+        builder.fail(f"{path}.mode", unknown("mode", mode, _MODES))
+        return None
+    if stack is not None and (mode != "parallel" or not is_int(stack)):
+        why = "stack is for mode: parallel" if mode != "parallel" else f"expected an integer, got {describe(stack)}"
+        builder.fail(f"{path}.stack", why)
+        return None
     if not is_int(times) or times < 1:
         builder.fail(f"{path}.times", f"expected a positive integer, got {describe(times)}")
         return None
@@ -366,17 +403,20 @@ def _repeat(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         outer = f" inside Repeats of {builder.scale:,} copies" if builder.scale > 1 else ""
         builder.too_many(f"{path}.times", f"{times:,} copies{outer}")
     labels = _labels(names, times)
-    if labels is None:
-        builder.fail(f"{path}.names", f"expected a format string of {{i}} such as 'block {{i}}', got {describe(names)}")
+    if isinstance(labels, str):
+        builder.fail(f"{path}.names", labels)
         return None
     if "body" not in node:
         builder.fail(f"{path}.body", "missing: the node to repeat")
         return None
     builder.scale *= times
     try:
-        return _repeat_body(builder, node, path, times, labels)
+        copies = _repeat_body(builder, node, path, times, labels)
     finally:
         builder.scale //= times
+    if copies is None or mode == "chain":
+        return copies
+    return RepeatParallel(OrderedDict(copies._modules), stack=stack)
 
 
 def _repeat_body(builder: Builder, node: Mapping, path: str, times: int, labels: list[str]) -> nn.Module | None:
@@ -402,26 +442,49 @@ def _repeat_body(builder: Builder, node: Mapping, path: str, times: int, labels:
 _MAX_WIDTH = 255  # a field width or precision in Repeat's names: a name is a file-name-sized string
 
 
-def _labels(names: Any, times: int) -> list[str] | None:
-    """Repeat's child names, ``names.format(i=i)`` for each copy; None for a format that is not
-    a plain use of ``{i}`` (``{i:>100000000000}`` would take a terabyte, ``{i.__class__}`` reads
-    attributes)."""
+def _labels(names: Any, times: int) -> list[str] | str:
+    """Repeat's child names: each field of ``names`` an expression of ``i`` (``{i}``, ``{i + 1}``,
+    ``{i:03d}``) evaluated by the restricted evaluator for each copy, formatted by its spec; what
+    is wrong (a str) for anything else (``{i:>100000000000}`` would take a terabyte,
+    ``{i.__class__}`` reads attributes)."""
+    expected = f"expected a format of i such as 'block {{i}}' or 'layer{{i + 1}}', got {describe(names)}"
     if not isinstance(names, str):
-        return None
+        return expected
     try:
         fields = list(string.Formatter().parse(names))
     except ValueError:
-        return None
-    for _literal, name, spec, _conversion in fields:
+        return expected
+    parts: list[tuple[str, Any, str]] = []
+    for literal, name, spec, conversion in fields:
         if name is None:
+            parts.append((literal, None, ""))
             continue
         widths = re.findall(r"\d+", spec or "")  # a 5,000-digit width is no int Python will read
-        if name != "i" or "{" in (spec or "") or any(len(n) > 9 or int(n) > _MAX_WIDTH for n in widths):
-            return None
-    try:
-        return [names.format(i=i) for i in range(times)]
-    except (ValueError, TypeError):
-        return None
+        if (
+            not name.strip()
+            or conversion
+            or "{" in (spec or "")
+            or any(len(n) > 9 or int(n) > _MAX_WIDTH for n in widths)
+        ):
+            return expected
+        try:
+            parts.append((literal, index_expression(name), spec or ""))
+        except ConfigError as e:
+            return f"{e.problems[0][1]}; {expected}"
+    labels = []
+    for i in range(times):
+        try:
+            labels.append(
+                "".join(
+                    lit + ("" if tree is None else format(evaluate(tree, {INDEX: i}), spec))
+                    for lit, tree, spec in parts
+                )
+            )
+        except ConfigError as e:
+            return f"{e.problems[0][1]} (for i = {i})"
+        except (ValueError, TypeError) as e:
+            return f"cannot format copy {i}'s name: {e}"
+    return labels
 
 
 # Child names a Sequential cannot take: the attributes nn.Module and nn.Sequential already have
@@ -491,34 +554,37 @@ def _op(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
 
 
 _PARAM_KEYS = tuple(key.name for key in PARAM_KEYS)
+_BUFFER_KEYS = tuple(key.name for key in BUFFER_KEYS)
 
 
 def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
-    """``{type: Graph, inputs, nodes, output, params}``: children wired by name (see ``graph``)."""
+    """``{type: Graph, inputs, nodes, output, params, buffers}``: children wired by name (see ``graph``)."""
     _only_keys(builder, node, path, GRAPH)
     inputs = node.get("inputs", ["x"])
-    if not (isinstance(inputs, list) and inputs and all(isinstance(n, str) for n in inputs)):
+    if not (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
         builder.fail(f"{path}.inputs", f"expected a list of input names such as [x], got {describe(inputs)}")
         return None
     nodes = node.get("nodes")
     if not isinstance(nodes, Mapping) or not nodes:
         builder.fail(f"{path}.nodes", f"expected a mapping of name: entry, got {describe(nodes)}")
         return None
-    raw_params = node.get("params") or {}
-    if not isinstance(raw_params, Mapping):
-        builder.fail(
-            f"{path}.params", f"expected a mapping of name: {{shape: [...], init: ...}}, got {describe(raw_params)}"
-        )
+    raw_params = _mapping(builder, node, "params", path, "{shape: [...], init: ...}")
+    raw_buffers = _mapping(builder, node, "buffers", path, "{shape: [...]} or {value: [...]}")
+    if raw_params is None or raw_buffers is None:
         return None
     before = len(builder.problems)
-    entries = [_graph_entry(builder, str(name), entry, f"{path}.nodes.{name}") for name, entry in nodes.items()]
+    entries = [
+        _graph_entry(builder, str(name), entry, f"{path}.nodes.{name}", first=i == 0 and not inputs)
+        for i, (name, entry) in enumerate(nodes.items())
+    ]
     params = {
         name: _graph_param(builder, str(name), spec, f"{path}.params.{name}") for name, spec in raw_params.items()
     }
+    buffers = {name: _graph_buffer(builder, spec, f"{path}.buffers.{name}") for name, spec in raw_buffers.items()}
     if len(builder.problems) > before:
         return None
     try:
-        graph = Graph(GraphSpec(entries, tuple(inputs), params, node.get("output")), path)
+        graph = Graph(GraphSpec(entries, tuple(inputs), params, node.get("output"), buffers), path)
     except ConfigError as e:
         builder.problems += e.problems
         return None
@@ -528,23 +594,45 @@ def _graph(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     return graph
 
 
-def _graph_entry(builder: Builder, name: str, entry: Any, path: str) -> Any:
-    """One entry of ``nodes``: a call of an earlier entry, an op, or a module node."""
+def _mapping(builder: Builder, node: Mapping, key: str, path: str, entry: str) -> Mapping | None:
+    """A Graph's ``params`` or ``buffers``: a mapping of name: spec (absent: none)."""
+    value = node.get(key) or {}
+    if not isinstance(value, Mapping):
+        builder.fail(f"{path}.{key}", f"expected a mapping of name: {entry}, got {describe(value)}")
+        return None
+    return value
+
+
+def _entry_inputs(builder: Builder, entry: Mapping, path: str) -> list[str] | dict[str, str] | None:
+    """An entry's ``in:``: a name, a list of names, or argument: name (passed by keyword)."""
+    inputs = entry.get(IN.name)
+    if isinstance(inputs, str):
+        return [inputs]
+    if inputs is None or (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
+        return inputs
+    if isinstance(inputs, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()):
+        return dict(inputs)
+    builder.fail(f"{path}.in", f"expected a name, a list of names or argument: name, got {describe(inputs)}")
+    return None
+
+
+def _graph_entry(builder: Builder, name: str, entry: Any, path: str, first: bool = False) -> Any:
+    """One entry of ``nodes``: a call of an earlier entry, an op, or a module node. ``first``: the
+    first entry of a Graph without inputs, given none by default."""
     if not isinstance(entry, Mapping):
         builder.fail(path, f"expected a node, an op or a call, got {describe(entry)}")
         return None
-    inputs = entry.get(IN.name)
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    elif inputs is not None and not (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
-        builder.fail(f"{path}.in", f"expected a name or a list of names, got {describe(inputs)}")
-        inputs = None
+    inputs = _entry_inputs(builder, entry, path)
+    constants = entry.get(FORWARD.name) or {}
+    if not (isinstance(constants, Mapping) and all(isinstance(k, str) for k in constants)):
+        builder.fail(f"{path}.forward", f"expected a mapping of argument: value, got {describe(constants)}")
+        constants = {}
     form = form_of(entry, entry=True)
     if form is CALL:
         for key in entry:
             if key not in CALL.reserved:
-                builder.fail(f"{path}.{key}", "a call entry has only 'call' and 'in'")
-        return CallEntry(name, entry[CALL.marker], inputs)
+                builder.fail(f"{path}.{key}", "a call entry has only 'call', 'in' and 'forward'")
+        return CallEntry(name, entry[CALL.marker], inputs, dict(constants))
     if form is OP:
         label = entry[OP.marker]
         try:
@@ -553,11 +641,40 @@ def _graph_entry(builder: Builder, name: str, entry: Any, path: str) -> Any:
             builder.problems += e.problems
             return None
         kwargs = _op_kwargs(builder, entry, path)
-        count = len(inputs) if inputs is not None else 1
-        builder.problems += op_problems(label, fn, kwargs, count, path)
-        return OpEntry(name, op_callable(fn, kwargs, count), kwargs, inputs, label=label)
-    module = builder.build({k: v for k, v in entry.items() if k != IN.name}, path)
-    return ModuleEntry(name, module, inputs)
+        n_inputs = int(not first) if inputs is None else len(inputs) if isinstance(inputs, list) else 0
+        keywords = inputs if isinstance(inputs, dict) else {}
+        builder.problems += _op_entry_problems(label, fn, kwargs, keywords, n_inputs, path)
+        return OpEntry(name, op_callable(fn, kwargs, list(keywords) or n_inputs), kwargs, inputs, label=label)
+    module = builder.build({k: v for k, v in entry.items() if k not in (IN.name, FORWARD.name)}, path)
+    if form is REPEAT and type(module) is nn.Sequential and isinstance(inputs, list) and len(inputs) > 1:
+        module.__class__ = RepeatChain  # the first input through the copies, the others to each
+    return ModuleEntry(name, module, inputs, dict(constants))
+
+
+def _op_entry_problems(
+    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], keywords: Mapping[str, str], n: int, path: str
+) -> list[tuple[str, str]]:
+    """``op_problems`` of an op entry whose inputs given by name (``in: {mask: causal}``) count as
+    given; a problem of one of those is reported at ``in.<name>``."""
+    problems = [
+        (f"{path}.in.{k}", f"op {label!r} gets {k!r} both in in: and as a key") for k in keywords if k in kwargs
+    ]
+    for where, message in op_problems(label, fn, {**kwargs, **dict.fromkeys(keywords)}, n, path):
+        key = where.removeprefix(f"{path}.")
+        problems.append((f"{path}.in.{key}", message) if where != path and key in keywords else (where, message))
+    return problems
+
+
+def _empty(builder: Builder, shape: Any, path: str) -> torch.Tensor | None:
+    """An empty tensor of ``shape`` (a list of positive integers) where known layers are made."""
+    if not isinstance(shape, list) or not shape or not all(is_int(d) and d > 0 for d in shape):
+        builder.fail(path, f"expected a list of positive integers, got {describe(shape)}")
+        return None
+    try:
+        return torch.empty(shape, device=builder.known_device)
+    except (RuntimeError, OverflowError) as e:  # more elements than a tensor can count
+        builder.fail(path, f"cannot make a tensor of shape {shape}: {first_line(e)}")
+        return None
 
 
 def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parameter | None:
@@ -568,18 +685,188 @@ def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parame
     for key in spec:
         if key not in _PARAM_KEYS:
             builder.fail(f"{path}.{key}", unknown("key", key, _PARAM_KEYS))
-    shape = spec["shape"]
-    if not shape or not all(is_int(d) and d > 0 for d in shape):
-        builder.fail(f"{path}.shape", f"expected a list of positive integers, got {describe(shape)}")
-        return None
     frozen = spec.get("frozen", False)
     if not isinstance(frozen, bool):
         builder.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
-    try:
-        return nn.Parameter(torch.empty(shape, device=builder.known_device), requires_grad=not frozen)
-    except (RuntimeError, OverflowError) as e:  # more elements than a tensor can count
-        builder.fail(f"{path}.shape", f"cannot make a tensor of shape {shape}: {first_line(e)}")
+    tensor = _empty(builder, spec["shape"], f"{path}.shape")
+    return None if tensor is None else nn.Parameter(tensor, requires_grad=not frozen)
+
+
+def _graph_buffer(builder: Builder, spec: Any, path: str) -> Buffer | None:
+    """``{shape: [...], init: spec}`` or ``{value: chain or Graph}``, ``persistent``: a buffer of
+    the graph. A computed one is computed here, where known layers are made (on ``meta``: its
+    shape), and again by its fill wherever its tensor gets storage (initialization, a reset)."""
+    if not isinstance(spec, Mapping) or ("shape" in spec) == ("value" in spec):
+        why = (
+            f"expected {{shape: [...], init: ...}} or {{value: [...]}} (shape or value, not both), got {describe(spec)}"
+        )
+        builder.fail(path, why)
         return None
+    for key in spec:
+        if key not in _BUFFER_KEYS:
+            builder.fail(f"{path}.{key}", unknown("key", key, _BUFFER_KEYS))
+    persistent = spec.get("persistent", True)
+    if not isinstance(persistent, bool):
+        builder.fail(f"{path}.persistent", f"expected true or false, got {describe(persistent)}")
+        return None
+    if "value" in spec:
+        if "init" in spec:
+            builder.fail(f"{path}.init", "a buffer with a value takes no init: its value is computed")
+            return None
+        return _computed_buffer(builder, spec["value"], f"{path}.value", persistent)
+    tensor = _empty(builder, spec["shape"], f"{path}.shape")
+    fill: Callable[[torch.Tensor, torch.Generator | None], None] | None = None
+    if "init" in spec:
+        problems: list[tuple[str, str]] = []
+        scheme = parse_scheme(spec["init"], f"{path}.init", problems)
+        builder.problems += problems
+        fill = None if scheme is None else _SchemeFill(scheme, path)
+    if tensor is None:
+        return None
+    if not tensor.is_meta:  # made for real (a load's rebuild): a non-persistent one keeps this
+        with torch.no_grad():
+            (fill or _zero)(tensor, None)
+    return Buffer(tensor, persistent, fill)
+
+
+def _zero(tensor: torch.Tensor, _generator: torch.Generator | None) -> None:
+    tensor.zero_()
+
+
+@dataclass(frozen=True)
+class _SchemeFill:
+    """A shape buffer's ``init:``: from initialization's stream, or a fresh one (a reset)."""
+
+    scheme: Scheme
+    where: str
+
+    def __call__(self, tensor: torch.Tensor, generator: torch.Generator | None) -> None:
+        if generator is None:
+            generator = torch.Generator(tensor.device)
+            generator.manual_seed(int(torch.randint(1 << 62, ())))
+        self.scheme.fill(tensor, generator, self.where)
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """A buffer's ``value: [op, ...]``: the first op called with its keys alone, each next one with
+    the previous result as its first tensor argument not given as a key (``slot``; "" by position)."""
+
+    steps: tuple[tuple[Callable[..., Any], Mapping[str, Any], str], ...]
+
+    def step(self, i: int, value: Any) -> Any:
+        fn, kwargs, slot = self.steps[i]
+        if i == 0:
+            return fn(**kwargs)
+        return fn(**{slot: value}, **kwargs) if slot else fn(value, **kwargs)
+
+    def __call__(self) -> Any:
+        value = None
+        for i in range(len(self.steps)):
+            value = self.step(i, value)
+        return value
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """A computed buffer's fill: its value computed again on the tensor's device, cast to its dtype."""
+
+    compute: Callable[[], torch.Tensor]
+
+    def __call__(self, tensor: torch.Tensor, _generator: torch.Generator | None) -> None:
+        with torch.no_grad(), torch.device(tensor.device):
+            tensor.copy_(self.compute())
+
+
+def _computed_buffer(builder: Builder, value: Any, path: str, persistent: bool) -> Buffer | None:
+    """A buffer's ``value``: computed once here (on ``meta`` where known layers are made there)."""
+    before = len(builder.problems)
+    compute = _chain(builder, value, path) if isinstance(value, list) else _value_graph(builder, value, path)
+    if compute is None or len(builder.problems) > before:
+        return None
+    steps = range(len(compute.steps)) if isinstance(compute, _Chain) else [None]
+    result: Any = None
+    with torch.no_grad(), torch.device(builder.known_device):
+        for i in steps:
+            try:
+                result = compute() if i is None else compute.step(i, result)
+            except ConfigError as e:
+                builder.problems += [(p or (path if i is None else f"{path}[{i}]"), m) for p, m in e.problems]
+                return None
+            except Exception as e:  # the op's own complaint, at the step that made it
+                builder.fail(
+                    path if i is None else f"{path}[{i}]", f"computing it failed: {type(e).__name__}: {first_line(e)}"
+                )
+                return None
+    if not isinstance(result, torch.Tensor):
+        builder.fail(path, f"expected a tensor, the value computes {describe(result)}")
+        return None
+    if builder.dtype is not None and result.is_floating_point():
+        result = result.to(builder.dtype)  # dtype rules, as for every floating buffer
+    return Buffer(result, persistent, _Computed(compute))
+
+
+def _chain(builder: Builder, steps: list, path: str) -> _Chain | None:
+    """``value: [op, ...]``: each step an op with its keys; checked against its signature."""
+    if not steps:
+        builder.fail(path, "expected a non-empty list of ops")
+        return None
+    chain = []
+    before = len(builder.problems)
+    for i, step in enumerate(steps):
+        where = f"{path}[{i}]"
+        if not isinstance(step, Mapping) or form_of(step) is not OP:
+            builder.fail(where, f"expected an op {{op: name, <arguments>}}, got {describe(step)}")
+            continue
+        for key in (IN.name, "init", "frozen"):
+            if key in step:
+                builder.fail(f"{where}.{key}", "a step of a value takes the previous result and its keys, nothing else")
+        label = step[OP.marker]
+        try:
+            fn = lookup_op(label, f"{where}.op")
+        except ConfigError as e:
+            builder.problems += e.problems
+            continue
+        kwargs = _op_kwargs(builder, step, where)
+        slot = "" if i == 0 else _chain_slot(fn, kwargs)
+        given = {**kwargs, slot: None} if slot else kwargs
+        n_inputs = 0 if i == 0 or slot else 1
+        builder.problems += op_problems(label, fn, given, n_inputs, where)
+        chain.append((op_callable(fn, kwargs, [slot] if slot else n_inputs), kwargs, slot))
+    return _Chain(tuple(chain)) if len(builder.problems) == before else None
+
+
+def _chain_slot(fn: Callable[..., Any] | TorchOp, kwargs: Mapping[str, Any]) -> str:
+    """The argument a chain's previous result fills: the op's first tensor argument not given as
+    a key; "" where that is its first (passed by position)."""
+    if isinstance(fn, TorchOp):  # the overload the keys fit with one input: pow's (self: Number, exponent)
+        overload, filled, _ = torch_ops._best(fn, kwargs, 1)
+        return "" if not filled or (overload.params and overload.params[0].name == filled[0]) else filled[0]
+    read = op_arguments(fn)
+    if read is None:
+        return ""
+    free = [(j, a) for j, a in enumerate(read.slots) if a.name not in kwargs]
+    if not free or free[0][0] == 0 or free[0][1].positional_only:
+        return ""
+    return free[0][1].name
+
+
+def _value_graph(builder: Builder, value: Any, path: str) -> Graph | None:
+    """``value: {type: Graph, nodes: ...}``: a Graph of ops without inputs (none by default)."""
+    if not (isinstance(value, Mapping) and value.get("type") == GRAPH.type_name):
+        builder.fail(path, f"expected a list of ops or a Graph without inputs, got {describe(value)}")
+        return None
+    graph = builder.build({"inputs": [], **value}, path)
+    if not isinstance(graph, Graph):
+        return None
+    if graph.input_names:
+        builder.fail(f"{path}.inputs", "a buffer's value is a Graph without inputs")
+        return None
+    if graph._modules or graph._parameters or graph._buffers:
+        why = "a buffer's value is a Graph of ops alone: it is computed at build, before any weight is made"
+        builder.fail(f"{path}.nodes", why)
+        return None
+    return graph
 
 
 # The handler of each form of ``recipe.grammar`` (``call`` is a Graph's, in ``_graph_entry``).
@@ -666,12 +953,12 @@ def construct(
     if dtype is not None and not dtype.is_floating_point:
         dtype = None  # top_level_problems reports it; the tree is still walked for its own problems
     with default_dtype(dtype):
-        builder = Builder(recipe, allow, device, lazy_on_device=purpose == "init")
+        builder = Builder(recipe, allow, device, lazy_on_device=purpose == "init", dtype=dtype)
         with free_meta_fills():
             model = builder.build_model(recipe["model"])
         real = device.type != "meta"
         if real and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
-            builder = Builder(recipe, allow, device, known_on_meta=False)
+            builder = Builder(recipe, allow, device, known_on_meta=False, dtype=dtype)
             model = builder.build_model(recipe["model"])
     ties = active_ties(recipe.get("tie"))
     if ties:

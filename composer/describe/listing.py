@@ -29,7 +29,7 @@ KINDS = ("types", "inits", "ops", "templates", "recipes")
 WIDTH = 100
 EXTRAS = (
     f"every node also takes: {', '.join(key.name for key in g.COMMON)}; "
-    f"a called type {g.ARGS.name} ({g.ARGS.doc}); an entry of a Graph {g.IN.name}"
+    f"a called type {g.ARGS.name} ({g.ARGS.doc}); an entry of a Graph {g.IN.name} and {g.FORWARD.name}"
 )
 
 

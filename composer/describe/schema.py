@@ -226,6 +226,12 @@ _KINDS: dict[str, dict[str, Any]] = {
                         {"type": "object", "additionalProperties": _ref("node")}, _ref("interpolation")]},
     g.ENTRIES: {"type": "object", "additionalProperties": _ref("graph_entry")},
     g.PARAMS: {"type": "object", "additionalProperties": _ref("graph_param")},
+    g.BUFFERS: {"type": "object", "additionalProperties": _ref("graph_buffer")},
+    g.CHAIN: {"anyOf": [{"type": "array", "items": _ref("op")}, _ref("type.Graph"), _ref("interpolation")]},
+    g.INPUTS: {"anyOf": [_ref("names"), {"type": "object", "additionalProperties": {"type": "string"}}]},
+    g.KWARGS: {"type": "object"},
+    g.MODE: {"anyOf": [{"enum": ["chain", "parallel"]}, _ref("interpolation")]},
+    g.DIM: {"anyOf": [{"type": "integer"}, _ref("interpolation")]},
     g.NAME_LIST: {"type": "array", "items": {"type": "string"}},
     g.NAMES: _ref("names"),
     g.COUNT: {"anyOf": [{"type": "integer", "minimum": 1}, _ref("interpolation")]},
@@ -243,8 +249,9 @@ def _keys(keys: Iterable[g.Key]) -> dict[str, Any]:
 
 
 def _form_keys(form: g.Form) -> dict[str, Any]:
-    """A form's keys, and a Graph entry's (``in``) on every form but ``ref``: any node can be an entry."""
-    entry = () if form is g.REF else g.ENTRY
+    """A form's keys, and a Graph entry's (``in``, ``forward``) on every form but ``ref``: any node
+    can be an entry (an op takes its constants as keys: ``in`` alone)."""
+    entry = () if form is g.REF else (g.IN,) if form is g.OP else g.ENTRY
     return _keys({key.name: key for key in (*form.keys, *entry)}.values())
 
 
@@ -299,6 +306,12 @@ def _node_forms(types: Mapping[str, Any], ops: Mapping[str, Any]) -> dict[str, A
             "type": "object",
             "properties": _keys(g.PARAM_KEYS),
             "required": [key.name for key in g.PARAM_KEYS if key.required],
+            "additionalProperties": False,
+        },
+        "graph_buffer": {
+            "type": "object",
+            "properties": _keys(g.BUFFER_KEYS),
+            "oneOf": [{"required": ["shape"]}, {"required": ["value"]}],
             "additionalProperties": False,
         },
     }  # fmt: skip

@@ -115,7 +115,8 @@ def _transformer(m: nn.Transformer) -> Table:
 
 
 def _graph(m: Graph) -> Table:
-    return dict.fromkeys(m._parameters, _zeros)
+    """Parameters zeros; buffers their fills (a computed one computed again, on its device)."""
+    return {**dict.fromkeys(m._parameters, _zeros), **m.buffer_fills}
 
 
 def _prelu(m: nn.PReLU) -> Table:

@@ -7,8 +7,10 @@ once with its key path, and then writes its ``forward`` as Python source, as ``t
 ``GraphModule`` does: straight-line code compiled once, so a forward pays no per-entry interpreter
 loop and ``torch.compile(fullgraph=True)`` sees plain calls.
 
-The generated source holds no user text except as ``repr``'d string literals: variables are
-generated names (``a0`` for inputs, ``p0`` for params, ``v0`` for entries), children are reached as
+The generated source holds no user text except as ``repr``'d string literals and the inputs' names
+as the forward's parameters (so ``model(input_ids=ids)`` works), each checked to be a plain
+identifier that no generated name can be; other variables are generated names (``a0`` for an
+input whose name is not such an identifier, ``p0`` for params, ``v0`` for entries), children are reached as
 ``self._modules['name']`` and params as ``self._parameters['name']`` at each call, so ``.to()``,
 ``copy.deepcopy``, ``load_state_dict`` and FSDP2's ``fully_shard`` (which swaps the parameter
 objects) keep working. The source is registered in ``linecache``, so a traceback through a graph
@@ -20,8 +22,10 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
+import keyword
 import linecache
 import types
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,19 +34,25 @@ import torch
 from torch import nn
 
 from composer.errors import ConfigError, did_you_mean, has_control
-from composer.modules.signatures import arity
+from composer.modules.signatures import Argument, arguments, arity
 
 # --- the spec ------------------------------------------------------------------------------------
 
 
+# An entry's inputs: names in order (positional), a mapping argument name -> name (passed by
+# keyword), or None: the previous entry (the first entry: the first graph input, if any).
+Inputs = Sequence[str] | Mapping[str, str] | None
+
+
 @dataclass(frozen=True)
 class ModuleEntry:
-    """A child module registered under ``name``; ``inputs`` None means the previous entry (the
-    first entry: the first graph input). ``module`` may be None to check the wiring alone."""
+    """A child module registered under ``name``, called with ``inputs`` and the constant keyword
+    arguments ``forward``. ``module`` may be None to check the wiring alone."""
 
     name: str
     module: nn.Module | None
-    inputs: Sequence[str] | None = None
+    inputs: Inputs = None
+    forward: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class OpEntry:
     name: str
     fn: Callable[..., Any]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    inputs: Sequence[str] | None = None
+    inputs: Inputs = None
     label: str | None = None
 
 
@@ -64,10 +74,24 @@ class CallEntry:
 
     name: str
     target: str
-    inputs: Sequence[str] | None = None
+    inputs: Inputs = None
+    forward: Mapping[str, Any] = field(default_factory=dict)
 
 
 Entry = ModuleEntry | OpEntry | CallEntry
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A tensor of the graph that is not trained (``register_buffer``), usable in ``in:``.
+
+    ``fill(tensor, generator)`` writes its value (what ``reset_parameters`` and initialization run
+    after a build on ``meta``, or a load that rebuilds a non-persistent one); None: zeros. A
+    computed buffer's fill computes it again, on the tensor's device, in its dtype."""
+
+    tensor: torch.Tensor
+    persistent: bool = True
+    fill: Callable[[torch.Tensor, torch.Generator | None], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,7 @@ class GraphSpec:
         inputs: the forward's positional arguments, in order.
         params: name -> tensor, registered as ``nn.Parameter`` on the graph (an ``nn.Parameter``
             is registered as it is, so a tie or a shared tensor stays one object).
+        buffers: name -> ``Buffer``, registered as buffers of the graph.
         output: an entry, input or param name, or a list of them (the forward returns a tuple);
             None: the last entry.
     """
@@ -87,6 +112,7 @@ class GraphSpec:
     inputs: Sequence[str] = ("x",)
     params: Mapping[str, torch.Tensor] = field(default_factory=dict)
     output: str | Sequence[str] | None = None
+    buffers: Mapping[str, Buffer] = field(default_factory=dict)
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -100,12 +126,21 @@ def _entry_path(key_path: str, name: str) -> str:
     return _join(key_path, f"nodes.{name}")
 
 
+def _keywords(entry: Entry) -> dict[str, str]:
+    """An entry's inputs given by argument name (``in:`` a mapping)."""
+    return dict(entry.inputs) if isinstance(entry.inputs, Mapping) else {}
+
+
 def _resolved_inputs(spec: GraphSpec) -> list[tuple[str, ...]]:
-    """Each entry's input names, the default (previous entry, or the first input) filled in."""
+    """Each entry's positional input names, the default (previous entry, or the first input)
+    filled in; an entry whose inputs are all by name has none."""
     resolved = []
     previous: tuple[str, ...] = tuple(spec.inputs[:1])
     for entry in spec.entries:
-        names = previous if entry.inputs is None else tuple(entry.inputs)
+        if isinstance(entry.inputs, Mapping):
+            names: tuple[str, ...] = ()
+        else:
+            names = previous if entry.inputs is None else tuple(entry.inputs)
         resolved.append(names)
         previous = (entry.name,)
     return resolved
@@ -113,9 +148,62 @@ def _resolved_inputs(spec: GraphSpec) -> list[tuple[str, ...]]:
 
 def _arity(module: nn.Module) -> tuple[int, int | None] | None:
     """How many positional inputs ``module.forward`` takes (min, max or None), where readable;
-    read once per class (a 1,000-entry graph has a few classes)."""
+    read once per class (a 1,000-entry graph has a few classes). A Repeat's copies take what its
+    first copy takes."""
+    if isinstance(module, (RepeatChain, RepeatParallel)) and len(module):
+        return _arity(module[0])
+    if isinstance(module, Graph):
+        n = len(module.input_names)
+        return n, n
     own = module.__dict__.get("forward")
     return arity(own, 0) if own is not None else arity(type(module).forward, 1)
+
+
+def _forward_arguments(module: nn.Module) -> tuple[tuple[Argument, ...], bool, bool] | None:
+    """The named arguments of ``module.forward`` past ``self``, and whether it takes ``*args`` and
+    ``**kwargs``; a Graph's are its input names. None where unreadable."""
+    if isinstance(module, Graph):
+        return tuple(Argument(n) for n in module.input_names), False, False
+    own = module.__dict__.get("forward")
+    read = arguments(own) if own is not None else arguments(type(module).forward)
+    if read is None:
+        return None
+    named = read.named if own is not None else read.named[1:]
+    return named, read.var_positional, read.var_keyword
+
+
+def _keyword_problems(
+    label: str, module: nn.Module | None, n_positional: int, entry: Entry, path: str
+) -> list[tuple[str, str]]:
+    """Inputs by name (``in.KEY``) and constants (``forward.KEY``) that ``module.forward`` does not
+    take, one given twice, and a required argument given no way."""
+    constants = getattr(entry, "forward", {}) or {}
+    keywords = _keywords(entry)
+    read = None if module is None else _forward_arguments(module)
+    if read is None or not (keywords or constants):
+        return []
+    named, _var_positional, var_keyword = read
+    by_name = {a.name: a for a in named if not a.positional_only}
+    bound = {a.name for a in [a for a in named if not a.keyword_only][:n_positional]}
+    problems = []
+    for where, given in (("in", keywords), ("forward", constants)):
+        for key in given:
+            if key in bound:
+                problems.append(
+                    (f"{path}.{where}.{key}", f"{label} gets {key!r} twice (in: and forward:, or by position)")
+                )
+            elif key not in by_name and not var_keyword:
+                hint = did_you_mean(str(key), by_name)
+                takes = ", ".join(by_name) or "none"
+                problems.append(
+                    (f"{path}.{where}.{key}", f"{label}'s forward takes no argument {key!r}{hint}; it takes: {takes}")
+                )
+            bound.add(key)
+    missing = [a.name for a in named if a.required and a.name not in bound]
+    if missing:
+        names = ", ".join(repr(n) for n in missing)
+        problems.append((f"{path}.in", f"{label}'s forward is missing {names}"))
+    return problems
 
 
 def _arity_problem(label: str, module: nn.Module | None, count: int) -> str | None:
@@ -138,11 +226,12 @@ def graph_problems(spec: GraphSpec, key_path: str = "") -> list[tuple[str, str]]
     """Every problem of a spec's wiring, as ``(key path, message)`` pairs; empty when it is sound.
 
     ``key_path`` is the graph node's path (``model.layer1[0]``): entries are reported under
-    ``<key_path>.nodes.<name>``, inputs under ``.inputs[i]``, params under ``.params.<name>``, the
-    output under ``.output``. Checked: names (strings, non-empty, no '.', distinct, not an attribute
-    ``nn.Module`` or ``Graph`` uses), every input defined earlier, calls naming an earlier module
-    entry, inputs per module where its forward's signature says, every entry's result used or
-    returned, and the output defined.
+    ``<key_path>.nodes.<name>``, inputs under ``.inputs[i]``, params under ``.params.<name>``
+    (buffers ``.buffers.<name>``), the output under ``.output``. Checked: names (strings, non-empty,
+    no '.', distinct, not an attribute ``nn.Module`` or ``Graph`` uses), every input defined
+    earlier, calls naming an earlier module entry, inputs per module where its forward's signature
+    says (by position, by name under ``.in.<arg>``, constants under ``.forward.<arg>``), every
+    entry's result used or returned, and the output defined.
     """
     check = _WiringCheck(key_path)
     inputs = check.inputs_and_params(spec)
@@ -162,7 +251,7 @@ class _WiringCheck:
     def __init__(self, key_path: str) -> None:
         self.key_path = key_path
         self.problems: list[tuple[str, str]] = []
-        self.seen: dict[str, str] = {}  # name -> what defines it ("input", "param", "entry")
+        self.seen: dict[str, str] = {}  # name -> what defines it ("input", "param", "buffer", "entry")
         self.available: dict[str, None] = {}  # names usable as inputs so far, ordered for the hints
         self.modules: dict[str, nn.Module | None] = {}
         self.used: set[str] = set()
@@ -189,17 +278,18 @@ class _WiringCheck:
         return False
 
     def inputs_and_params(self, spec: GraphSpec) -> Sequence[str]:
-        """Claim the inputs and params; the inputs, or none where they are not a list."""
+        """Claim the inputs, params and buffers; the inputs, or none where they are not a list.
+        A Graph may take no input (a buffer's value: its first entry is given none)."""
         inputs: Sequence[str] = spec.inputs
         if isinstance(inputs, str) or not isinstance(inputs, Sequence):
             self.fail("inputs", f"expected a list of input names, got {spec.inputs!r}")
             inputs = ()
-        if not inputs:
-            self.fail("inputs", "a Graph needs at least one input")
         for i, name in enumerate(inputs):
             self.claim(name, "input", _join(self.key_path, f"inputs[{i}]"))
         for name in spec.params:
             self.claim(name, "param", _join(self.key_path, f"params.{name}"))
+        for name in spec.buffers:
+            self.claim(name, "buffer", _join(self.key_path, f"buffers.{name}"))
         self.available = {n: None for n in self.seen}
         return inputs
 
@@ -207,13 +297,19 @@ class _WiringCheck:
         """One entry: its inputs defined before it, its form's own checks, its name claimed."""
         path = _entry_path(self.key_path, str(entry.name))
         if entry.inputs is not None and (isinstance(entry.inputs, str) or not entry.inputs):
-            self.problems.append((f"{path}.in", f"expected a non-empty list of names, got {entry.inputs!r}"))
+            why = f"expected a non-empty list of names or argument: name, got {entry.inputs!r}"
+            self.problems.append((f"{path}.in", why))
             names = ()
-        for j, name in enumerate(names):
+        keywords = _keywords(entry)
+        wired = [(f"{path}.in.{key}", name) for key, name in keywords.items()]
+        wired += [
+            (f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{j}]", name)
+            for j, name in enumerate(names)
+        ]
+        for where, name in wired:
             if name in self.available:
                 self.used.add(name)
                 continue
-            where = f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{j}]"
             later = " is defined later or is this entry" if name in entry_names else ""
             hint = did_you_mean(str(name), self.available)
             known = ", ".join(self.available) or "none"
@@ -221,6 +317,11 @@ class _WiringCheck:
         why = self._form_problem(entry, names, path)
         if why is not None:
             self.problems.append(why)
+        if isinstance(entry, CallEntry) and entry.target in self.modules:
+            label = f"call of {entry.target!r}"
+            self.problems += _keyword_problems(label, self.modules[entry.target], len(names), entry, path)
+        elif isinstance(entry, ModuleEntry) and isinstance(entry.module, nn.Module):
+            self.problems += _keyword_problems(type(entry.module).__name__, entry.module, len(names), entry, path)
         if self.claim(entry.name, "entry", path):
             self.available[entry.name] = None
             if isinstance(entry, ModuleEntry):
@@ -234,11 +335,15 @@ class _WiringCheck:
                 before = ", ".join(self.modules) or "none"
                 message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"
                 return f"{path}.call", message
+            if _keywords(entry) or entry.forward:  # checked argument by argument: _keyword_problems
+                return None
             why = _arity_problem(f"call of {entry.target!r}", self.modules[entry.target], len(names))
             return (f"{path}.in", why) if names and why else None
         if isinstance(entry, ModuleEntry):
             if entry.module is not None and not isinstance(entry.module, nn.Module):
                 return path, f"expected an nn.Module, got {type(entry.module).__name__}"
+            if _keywords(entry) or entry.forward:  # checked argument by argument: _keyword_problems
+                return None
             why = _arity_problem(type(entry.module).__name__, entry.module, len(names))
             return (f"{path}.in", why) if names and why else None
         if isinstance(entry, OpEntry):
@@ -291,9 +396,10 @@ class _Wire:
     name: str
     inputs: tuple[str, ...]
     fn: Callable[..., Any] | None = None
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # an op's arguments, a module's forward:
     label: str = ""
     target: str = ""
+    keywords: tuple[tuple[str, str], ...] = ()  # (argument, name): inputs passed by name
 
 
 @dataclass(frozen=True)
@@ -303,40 +409,57 @@ class _Wiring:
 
     inputs: tuple[str, ...]
     params: tuple[str, ...]
+    buffers: tuple[str, ...]
     wires: tuple[_Wire, ...]
     output: tuple[str, ...]
     returns_tuple: bool
 
 
+def _keyword(argument: str, variable: str) -> str:
+    """``argument=variable`` in a call; an argument name that is no identifier (a forward taking
+    ``**kwargs``) goes as a ``repr``'d string, never as source text."""
+    if argument.isidentifier() and not keyword.iskeyword(argument):
+        return f"{argument}={variable}"
+    return f"**{{{argument!r}: {variable}}}"
+
+
+def _plain(name: str) -> bool:
+    """An input name that can be the forward's parameter itself: an identifier, not a keyword, and
+    never one of the generated names (``self``, ``_m``, ``_f0``, ``a0``, ``p0``, ``b0``, ``v0``)."""
+    generated = name == "self" or name.startswith("_") or (name[:1] in "apbv" and name[1:].isdigit())
+    return name.isidentifier() and not keyword.iskeyword(name) and not generated
+
+
 def _source(wiring: _Wiring) -> tuple[str, dict[str, Any]]:
-    """The forward's source and the globals it needs (the ops and their kwargs)."""
-    var: dict[str, str] = {name: f"a{i}" for i, name in enumerate(wiring.inputs)}
+    """The forward's source and the globals it needs (the ops, their kwargs, forward constants)."""
+    var: dict[str, str] = {name: name if _plain(name) else f"a{i}" for i, name in enumerate(wiring.inputs)}
     args = "".join(f", {var[name]}" for name in wiring.inputs)
     lines = [f"def forward(self{args}):"]
-    used = {n for w in wiring.wires for n in w.inputs} | set(wiring.output)
+    used = {n for w in wiring.wires for n in (*w.inputs, *(s for _, s in w.keywords))} | set(wiring.output)
     needs_modules = any(w.kind != "op" for w in wiring.wires)
     if needs_modules:
         lines.append("    _m = self._modules")
-    params = [name for name in wiring.params if name in used]
-    if params:
-        lines.append("    _p = self._parameters")
-    for i, name in enumerate(params):
-        var[name] = f"p{i}"
-        lines.append(f"    p{i} = _p[{name!r}]")
+    for names, table, prefix in ((wiring.params, "_parameters", "p"), (wiring.buffers, "_buffers", "b")):
+        held = [name for name in names if name in used]
+        if held:
+            lines.append(f"    _{prefix} = self.{table}")
+        for i, name in enumerate(held):
+            var[name] = f"{prefix}{i}"
+            lines.append(f"    {prefix}{i} = _{prefix}[{name!r}]")
     # No __name__: dynamo would import it as a module to reach the globals below.
     env: dict[str, Any] = {"__builtins__": builtins}
     for i, wire in enumerate(wiring.wires):
-        call_args = ", ".join(var[name] for name in wire.inputs)
+        parts = [var[name] for name in wire.inputs]
+        parts += [_keyword(argument, var[name]) for argument, name in wire.keywords]
+        if wire.kind == "op" and getattr(wire.fn, "takes_training", False):
+            parts.append("training=self.training")
+        if wire.kwargs:
+            env[f"_k{i}"] = dict(wire.kwargs)
+            parts.append(f"**_k{i}")
+        call_args = ", ".join(parts)
         if wire.kind == "op":
             env[f"_f{i}"] = wire.fn
-            extra = ""
-            if getattr(wire.fn, "takes_training", False):
-                extra += ", training=self.training"
-            if wire.kwargs:
-                env[f"_k{i}"] = dict(wire.kwargs)
-                extra += f", **_k{i}"
-            head = f"_f{i}({call_args}{extra})" if call_args else f"_f{i}({extra.lstrip(', ')})"
-            lines.append(f"    v{i} = {head}  # op {wire.label!r} -> {wire.name!r}")
+            lines.append(f"    v{i} = _f{i}({call_args})  # op {wire.label!r} -> {wire.name!r}")
         elif wire.kind == "call":
             lines.append(f"    v{i} = _m[{wire.target!r}]({call_args})  # call -> {wire.name!r}")
         else:
@@ -381,19 +504,30 @@ class Graph(nn.Module):
             raise ConfigError(problems)
         for name, tensor in spec.params.items():
             self.register_parameter(name, tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor))
+        self._buffer_fills = {}
+        for name, buffer in spec.buffers.items():
+            self.register_buffer(name, buffer.tensor, persistent=buffer.persistent)
+            if buffer.fill is not None:
+                self._buffer_fills[name] = buffer.fill
         wires = []
         for entry, names in zip(spec.entries, _resolved_inputs(spec), strict=True):
+            keywords = tuple(_keywords(entry).items())
             if isinstance(entry, ModuleEntry):
                 self.add_module(entry.name, entry.module)
-                wires.append(_Wire("module", entry.name, names))
+                names, keywords = _by_position(entry.module, names, keywords)
+                wires.append(_Wire("module", entry.name, names, kwargs=dict(entry.forward), keywords=keywords))
             elif isinstance(entry, OpEntry):
                 label = entry.label or getattr(entry.fn, "__name__", type(entry.fn).__name__)
-                wires.append(_Wire("op", entry.name, names, fn=entry.fn, kwargs=dict(entry.kwargs), label=label))
+                kwargs = dict(entry.kwargs)
+                wires.append(_Wire("op", entry.name, names, entry.fn, kwargs, label, keywords=keywords))
             else:
-                wires.append(_Wire("call", entry.name, names, target=entry.target))
+                names, keywords = _by_position(self._modules[entry.target], names, keywords)
+                kwargs = dict(entry.forward)
+                wires.append(_Wire("call", entry.name, names, None, kwargs, target=entry.target, keywords=keywords))
         self._wiring = _Wiring(
             inputs=tuple(spec.inputs),
             params=tuple(spec.params),
+            buffers=tuple(spec.buffers),
             wires=tuple(wires),
             output=tuple(_output_names(spec) or ()),
             returns_tuple=not (spec.output is None or isinstance(spec.output, str)),
@@ -426,9 +560,21 @@ class Graph(nn.Module):
         self._install_forward()
 
     def reset_parameters(self) -> None:
-        """A graph parameter's default: zeros (a spec's ``init`` or a rule sets it otherwise)."""
+        """A graph parameter's default: zeros (a spec's ``init`` or a rule sets it otherwise); a
+        buffer's: its fill (a computed one computed again, on its device), else zeros."""
         for param in self._parameters.values():
             nn.init.zeros_(param)
+        with torch.no_grad():
+            for name, fill in self.buffer_fills.items():
+                tensor = self._buffers[name]
+                if tensor is not None and not tensor.is_meta:
+                    fill(tensor, None)
+
+    @property
+    def buffer_fills(self) -> dict[str, Callable[[torch.Tensor, torch.Generator | None], None]]:
+        """Each buffer's fill (zeros for those without one): its default, as initialization reads it."""
+        fills = getattr(self, "_buffer_fills", {})
+        return {name: fills.get(name, _zeros) for name in self._buffers}
 
     def extra_repr(self) -> str:
         """The wiring, one chain of entries per line: ``x -> conv1 -> bn1``,
@@ -458,6 +604,60 @@ class Graph(nn.Module):
         return "\n".join(lines)
 
 
+def _zeros(tensor: torch.Tensor, _generator: torch.Generator | None) -> None:
+    tensor.zero_()
+
+
+def _by_position(
+    module: nn.Module | None, names: tuple[str, ...], keywords: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """A Graph's forward takes its inputs by position (its arguments are generated names): inputs
+    given by name go in the order of its input names."""
+    if not isinstance(module, Graph) or not keywords:
+        return names, keywords
+    given = dict(keywords)
+    return (*names, *(given[n] for n in module.input_names[len(names) :] if n in given)), ()
+
+
 # Names a graph's inputs, params and entries may not take: every attribute of nn.Module and of
 # Graph (methods, properties) and what their constructors set on an instance.
-RESERVED_NAMES: frozenset[str] = frozenset(dir(Graph)) | frozenset(vars(nn.Module())) | {"forward", "_wiring"}
+RESERVED_NAMES: frozenset[str] = (
+    frozenset(dir(Graph))
+    | frozenset(vars(nn.Module()))
+    | {
+        "forward",
+        "_wiring",
+        "_buffer_fills",
+    }
+)
+
+
+# --- Repeat's copies, in a chain with side inputs or in parallel -----------------------------------
+
+
+class RepeatChain(nn.Sequential):
+    """A Repeat's copies over several inputs: the first runs through the copies in turn, the others
+    go unchanged to every copy (RoPE tables, an encoder's memory, a mask), and so do the entry's
+    ``forward:`` constants (``tgt_is_causal: true``). Children and ``state_dict`` keys are a
+    Sequential's (``0.weight``, ``1.weight``, ...)."""
+
+    def forward(self, input: Any, *rest: Any, **constants: Any) -> Any:  # noqa: A002  (nn.Sequential's name)
+        for module in self:
+            input = module(input, *rest, **constants)
+        return input
+
+
+class RepeatParallel(nn.Sequential):
+    """A Repeat's copies side by side: every copy takes the same inputs; the outputs are a tuple,
+    or stacked along ``stack`` (a mixture of experts' experts, a multi-branch block)."""
+
+    def __init__(self, copies: OrderedDict[str, nn.Module], stack: int | None = None) -> None:
+        super().__init__(copies)
+        self.stack = stack
+
+    def forward(self, *inputs: Any) -> Any:
+        outputs = tuple([module(*inputs) for module in self])
+        return outputs if self.stack is None else torch.stack(outputs, self.stack)
+
+    def extra_repr(self) -> str:
+        return "" if self.stack is None else f"stack={self.stack}"

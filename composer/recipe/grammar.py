@@ -25,6 +25,12 @@ NODE = "node"  # one node
 NODES = "nodes"  # a list of nodes, or a mapping name: node (in order)
 ENTRIES = "entries"  # a Graph's entries: name: module node, op or call
 PARAMS = "params"  # name: {shape, init, frozen}
+BUFFERS = "buffers"  # name: {shape, init} or {value}, persistent
+CHAIN = "chain"  # a buffer's value: a list of op nodes, or a Graph without inputs
+INPUTS = "inputs"  # a name, a list of names, or argument: name
+KWARGS = "kwargs"  # argument: value
+MODE = "mode"  # how a Repeat applies its copies
+DIM = "dim"  # an integer dimension (negative counts from the end)
 NAME_LIST = "name list"  # a list of names
 NAMES = "names"  # a name or a list of names
 COUNT = "count"  # a positive integer
@@ -41,6 +47,12 @@ KIND_TEXT = {
     NODES: "list of nodes, or name: node",
     ENTRIES: "name: module, op or call entry",
     PARAMS: "name: {shape, init, frozen}",
+    BUFFERS: "name: {shape, init} or {value}, persistent",
+    CHAIN: "list of op nodes, or a Graph without inputs",
+    INPUTS: "str, list of str, or argument: str",
+    KWARGS: "argument: value",
+    MODE: "chain or parallel",
+    DIM: "int",
     NAME_LIST: "list of str",
     NAMES: "str or list of str",
     COUNT: "int",
@@ -67,10 +79,16 @@ class Key:
 
 INIT = Key("init", INLINE_INIT, "initializers for this module's own parameters; they win over rules")
 FROZEN = Key("frozen", FLAG, "its parameters get requires_grad=False", default="false")
-IN = Key("in", NAMES, "in a Graph: its inputs (graph inputs, earlier entries or params); default: the previous entry")
+IN = Key(
+    "in",
+    INPUTS,
+    "in a Graph: its inputs (graph inputs, earlier entries, params or buffers), in order or by argument name; "
+    "default: the previous entry",
+)
+FORWARD = Key("forward", KWARGS, "in a Graph: constant arguments of the module's forward (tgt_is_causal: true)")
 ARGS = Key("_args_", POSITIONAL, "positional arguments, as in Hydra")
 COMMON = (INIT, FROZEN)  # any node but a ref may carry these
-ENTRY = (IN,)  # any entry of a Graph may carry these, besides its form's keys
+ENTRY = (IN, FORWARD)  # any entry of a Graph may carry these, besides its form's keys (an op: in only)
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: a handler table's key
@@ -113,7 +131,9 @@ USE = Form(
 OP = Form(
     "op", "op", "a parameter-free tensor function, its arguments as the other keys", (IN, *COMMON), arguments=True
 )
-CALL = Form("call", "call", "an earlier module entry of the same Graph run again: same weights", (IN,), entry_only=True)
+CALL = Form(
+    "call", "call", "an earlier module entry of the same Graph run again: same weights", (IN, FORWARD), entry_only=True
+)
 TARGET = Form(
     "_target_",
     "_target_",
@@ -137,8 +157,16 @@ REPEAT = Form(
     "nn.Sequential of N independent copies of body",
     (
         Key("times", COUNT, "how many copies", required=True),
-        Key("names", FORMAT, "the children's names, e.g. 'block {i}'", default="'{i}'"),
+        Key("names", FORMAT, "the children's names, a format of i: 'block {i}', 'layer{i + 1}'", default="'{i}'"),
         Key("body", NODE, "the node to copy", required=True),
+        Key(
+            "mode",
+            MODE,
+            "chain: the first input runs through the copies in turn, the other inputs (in a Graph's in:) "
+            "go unchanged to every copy; parallel: every copy takes the same inputs, the outputs a tuple",
+            default="chain",
+        ),
+        Key("stack", DIM, "with mode parallel: the outputs stacked along this dimension instead of a tuple"),
         *COMMON,
     ),
     type_name="Repeat",
@@ -152,6 +180,7 @@ GRAPH = Form(
         Key("nodes", ENTRIES, "the entries, in order: module nodes (children), ops and calls", required=True),
         Key("output", NAMES, "what forward returns; a list returns a tuple", default="the last entry"),
         Key("params", PARAMS, "parameters of the graph itself, usable in in:", default="{}"),
+        Key("buffers", BUFFERS, "tensors of the graph that are not trained, usable in in:", default="{}"),
         *COMMON,
     ),
     type_name="Graph",
@@ -162,6 +191,19 @@ PARAM_KEYS = (
     Key("shape", SHAPE, "the parameter's shape", required=True),
     Key("init", INITIALIZER, "its initializer", default="zeros"),
     FROZEN,
+)
+
+# A Graph's ``buffers`` entry: ``shape`` (and ``init``) or a computed ``value``.
+BUFFER_KEYS = (
+    Key("shape", SHAPE, "the buffer's shape (or give value)"),
+    Key("init", INITIALIZER, "its initializer, with shape", default="zeros"),
+    Key(
+        "value",
+        CHAIN,
+        "computed once at build: a chain of ops (each result fills the next op's first tensor argument not "
+        "given as a key), or a Graph without inputs",
+    ),
+    Key("persistent", FLAG, "false keeps it out of the state_dict (and checkpoints)", default="true"),
 )
 
 # The forms a marker other than ``type`` selects, in the order a mapping is tested (a node with

@@ -187,6 +187,21 @@ def evaluate(tree: ast.expr, env: Mapping[str, Any]) -> Any:
     return _arith(tree, env)
 
 
+@functools.lru_cache(maxsize=1024)
+def index_expression(text: str) -> ast.expr:
+    """A checked expression over ``i`` alone, as a Repeat's ``names`` holds one in each field
+    (``"layer{i + 1}"``), for ``evaluate`` with ``{"i": index}``.
+
+    Raises:
+        ConfigError: (no path) a malformed or forbidden expression, or one that reads another name.
+    """
+    tree = _parse_expression(text)
+    others = sorted(set(_names(tree)) - {INDEX})
+    if others:
+        raise ConfigError(f"only i, the copy's index, is available in {{{text}}}, not {', '.join(others)}")
+    return tree
+
+
 def _arith(node: ast.expr, env: Mapping[str, Any]) -> int | float:
     if isinstance(node, ast.Constant):
         return node.value
