@@ -10,7 +10,8 @@ from torch import nn
 from composer import ConfigError, build_from_config
 from composer.describe.listing import list_text
 from composer.describe.schema import recipe_schema
-from composer.modules.ops import OPS, op_problems
+from composer.modules import torch_ops
+from composer.modules.ops import OPS, lookup_op, op_problems
 from composer.modules.signatures import op_arguments
 from composer.recipe.grammar import ENTRY, OP, TYPE_FORMS
 from tests.recipes import MODELS, ROOT, model_recipe
@@ -224,3 +225,29 @@ def test_the_forms_come_from_one_grammar(validator):
         with pytest.raises(ConfigError) as info:
             build_from_config({"model": {"type": name, "typo": 1}})
         assert f"valid: {', '.join(form.reserved)}" in next(m for p, m in info.value.problems if p == "model.typo")
+
+
+def test_the_schema_agrees_with_the_builder_on_derived_ops(validator):
+    """torch's functions: the keys the builder accepts are the schema's properties, the keys it
+    requires are the schema's required ones (derived ops with the same arguments share a definition)."""
+    schema = validator.schema
+    cases = {c["if"]["properties"]["op"].get("const"): c for c in schema["$defs"]["op"]["allOf"]}
+    by_name = {n: c["then"]["$ref"].split("/")[-1] for c in schema["$defs"]["op"]["allOf"] for n in _names(c)}
+    for name in ("cos", "topk", "pow", "gather", "scaled_dot_product_attention", "pad", "to", "einsum", "arange"):
+        op = lookup_op(name, "p")
+        op_def = schema["$defs"][by_name[name]]
+        keys = set(op_def["properties"]) - set(OP.reserved)
+        accepted = {k for k in [*keys, "typo", "out"] if not op_problems(name, op, {k: 0}, None, "p")}
+        assert accepted == keys, name
+        assert set(op_def.get("required", [])) == set(torch_ops.required_keys(op)), name
+        node = {"op": name, **dict.fromkeys(op_def.get("required", []), "$v")}
+        assert list(validator.iter_errors({"model": {"type": "Graph", "nodes": {"a": node}}})) == [], name
+    assert cases  # the registered ops keep one case each
+    typo = {"model": {"type": "Graph", "nodes": {"a": {"op": "topk", "k": 2, "dimm": 1}}}}
+    assert "'dimm' was unexpected" in jsonschema.exceptions.best_match(validator.iter_errors(typo)).message
+    assert list(validator.iter_errors({"model": {"type": "Graph", "nodes": {"a": {"op": "rand"}}}}))
+
+
+def _names(case: dict) -> list[str]:
+    op = case["if"]["properties"]["op"]
+    return [op["const"]] if "const" in op else op["enum"]

@@ -20,7 +20,8 @@ from composer.build.builder import LAZY
 from composer.errors import ConfigError, did_you_mean
 from composer.init.initializers import INITIALIZERS
 from composer.modules import signatures as args_of
-from composer.modules.ops import OPS
+from composer.modules import torch_ops
+from composer.modules.ops import OPS, lookup_op
 from composer.modules.registry import MODULES
 from composer.modules.signatures import EMPTY
 from composer.recipe import grammar as g
@@ -81,7 +82,7 @@ def _overview(modules: Any, initializers: Any, ops: Any, dirs: list[Path]) -> st
     counts = {
         "types": f"{len(list(modules))} module types, and the forms {', '.join(g.TYPE_FORMS)}",
         "inits": f"{len(list(initializers))} initializers",
-        "ops": f"{len(list(ops))} ops",
+        "ops": f"{len(list(ops))} named ops, and torch's {len(torch_ops.derived_names())} functions by name",
         "templates": _count(len(_templates(dirs)), "template") + " in the recipes",
         "recipes": f"{len(models)} model recipes, {len(inits)} init schemes",
     }
@@ -153,14 +154,18 @@ def inits_text(initializers: Any = INITIALIZERS, name: str | None = None) -> str
 
 def ops_text(ops: Any = OPS, name: str | None = None) -> str:
     """Each op with its arguments, read as the builder and the schema read it
-    (``signatures.op_arguments``): ``in:`` gives the tensors, every other argument is a key."""
+    (``signatures.op_arguments``, ``torch_ops`` for torch's functions): ``in:`` gives the tensors,
+    every other argument is a key. Without a name, torch's functions are listed by name only."""
     fns = args_of.entries(ops)
     if name is None:
         lines = ["ops ({op: name, in: ..., <kwargs>}, in a Graph or a Sequential):"]
         lines += [f"  {_call_line(n, _op_args(fn))}" for n, fn in fns.items()]
+        derived = [n for n in torch_ops.derived_names() if n not in fns]
+        lines += ["", f"and torch's functions, with torch's arguments (list ops NAME shows them): {len(derived)}"]
+        lines += textwrap.wrap(" ".join(derived), WIDTH, initial_indent="  ", subsequent_indent="  ")
         return "\n".join(lines)
     if name not in fns:
-        raise ConfigError(f"unknown op {name!r}{did_you_mean(name, fns)}", "list ops")
+        return _torch_op_text(name, lookup_op(name, "list ops"))
     signature = args_of.op_arguments(fns[name])
     inputs = signature.inputs if signature else ()
     lines = [*_heading(name, fns[name]), f"in: {', '.join(inputs) or 'none'}", ""]
@@ -171,6 +176,25 @@ def ops_text(ops: Any = OPS, name: str | None = None) -> str:
         lines.append(f"{', '.join(either)}: an input or an argument")
     if signature is not None and signature.any_keyword:
         lines.append("also takes any other keyword (**kwargs)")
+    return "\n".join(lines)
+
+
+def _torch_op_text(name: str, op: Any) -> str:
+    """A derived op: where torch defines it, each overload, and every argument once."""
+    if not isinstance(op, torch_ops.TorchOp):  # a registered op in another registry
+        raise ConfigError(f"unknown op {name!r}", "list ops")
+    where = "torch.Tensor" if op.where == "Tensor" else op.where
+    lines = [f"{name}: {where}.{name} (torch's own; in: fills the 'in' arguments no key gives, in order)", ""]
+    lines += [f"  {name}{o.text()}" for o in op.overloads if "training" not in {p.name for p in o.params}]
+    lines += [
+        f"  {name}{o.text().replace('training=True', 'training=<train()>')}" for o in op.overloads if o.get("training")
+    ]
+    rows = [r for r in torch_ops.overload_rows(op) if r[0] != "training"]
+    width = [max(len(r[i]) for r in [("argument", "", "default", ""), *rows]) for i in range(3)]
+    lines += ["", f"  {'argument':<{width[0]}}  {'default':<{width[2]}}  in  type"]
+    lines += [f"  {a:<{width[0]}}  {d:<{width[2]}}  {i or '  '}  {t}".rstrip() for a, t, d, i in rows]
+    if op.creation:
+        lines.append("its size counts against the tensor_elements budget")
     return "\n".join(lines)
 
 

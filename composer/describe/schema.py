@@ -15,6 +15,7 @@ it is resolved before the build.
 from __future__ import annotations
 
 import collections.abc
+import json
 import math
 import typing
 from collections.abc import Iterable, Mapping
@@ -25,6 +26,7 @@ import torch
 from composer.build.builder import LAZY
 from composer.init.initializers import INITIALIZERS
 from composer.modules import signatures as args_of
+from composer.modules import torch_ops
 from composer.modules.ops import OPS
 from composer.modules.registry import MODULES
 from composer.modules.signatures import EMPTY
@@ -55,12 +57,16 @@ def recipe_schema(modules: Any = MODULES, initializers: Any = INITIALIZERS, ops:
     types = args_of.entries(modules)
     inits = args_of.entries(initializers)
     op_fns = args_of.entries(ops)
+    derived = _torch_op_groups({n: op for n, op in torch_ops.all_derived().items() if n not in op_fns})
+    cases = {**{name: [name] for name in op_fns}, **{group[0]: list(group) for group in derived}}
     defs: dict[str, Any] = {
         **_common(types, inits),
-        **_node_forms(types, op_fns),
+        **_node_forms(types, cases),
         **{f"type.{name}": _type_def(name, cls) for name, cls in types.items() if name not in g.TYPE_FORMS},
         **{f"init.{name}": _initializer_def(name, fn) for name, fn in inits.items()},
         **{f"op.{name}": _op_def(name, fn) for name, fn in op_fns.items()},
+        **{f"op.{group[0]}": schema for group, schema in derived.items()},
+        **{f"stub.{name}": _or_interpolation(schema) for name, schema in _STUB_TYPES.items()},
     }
     return {
         "$schema": DIALECT,
@@ -277,8 +283,15 @@ def _node_forms(types: Mapping[str, Any], ops: Mapping[str, Any]) -> dict[str, A
     """The node and each form of the grammar; a form of ``type:`` is picked by its type's name."""
     typed_names = [*g.TYPE_FORMS, *(n for n in types if n not in g.TYPE_FORMS)]
     marked = {form.marker: _def_name(form) for form in g.MARKED}
-    op_def = _form_def(g.OP, {"enum": sorted(ops)})
-    op_def["allOf"] = [_when(g.OP.marker, name, f"op.{name}") for name in ops]
+    op_def = _form_def(g.OP, {"enum": sorted(n for names in ops.values() for n in names)})
+    # ``op`` is required by this definition already: each case tests its value only.
+    op_def["allOf"] = [
+        {
+            "if": {"properties": {g.OP.marker: {"const": n} if len(names) == 1 else {"enum": names}}},
+            "then": _ref(f"op.{n}"),
+        }
+        for n, names in ops.items()
+    ]
     return {
         "node": {
             "if": {"type": "string"},
@@ -383,6 +396,55 @@ def _op_def(name: str, fn: Any) -> dict[str, Any]:
     if signature.required_keywords:
         schema["required"] = list(signature.required_keywords)
     return schema
+
+
+# The plain types of torch's stubs, each a shared definition (``stub.int``) that also takes an
+# interpolation: 700 derived ops refer to a few of them.
+_INTEGERS = {"type": "array", "items": {"type": "integer"}}
+_STUB_TYPES = {
+    "int": {"type": "integer"}, "float": {"type": "number"},
+    "Number": {"type": "number"}, "bool": {"type": "boolean"}, "str": {"type": "string"}, "None": {"type": "null"},
+    "dtype": _ref("dtype"), "size": _INTEGERS,
+}  # fmt: skip
+_STUB_ALIASES = {"SymInt": "int", "Sequence[int]": "size", "Sequence[int | SymInt]": "size"}
+
+
+def _torch_op_groups(ops: Mapping[str, torch_ops.TorchOp]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The derived ops' definitions, one per set of arguments: ``cos``, ``sin`` and 200 more take
+    ``input`` alone and share ``op.abs`` (the schema stays small enough for an editor)."""
+    groups: dict[str, list[str]] = {}
+    for name, op in ops.items():
+        groups.setdefault(json.dumps(_torch_op_def(name, op)), []).append(name)
+    defs = {}
+    for text, names in groups.items():
+        schema = json.loads(text)
+        schema["title"] = ", ".join(names) if len(names) <= 3 else f"{', '.join(names[:3])} and {len(names) - 3} more"
+        defs[tuple(names)] = schema
+    return defs
+
+
+def _torch_op_def(name: str, op: torch_ops.TorchOp) -> dict[str, Any]:
+    """A derived op as ``torch_ops.problems`` checks it: every argument of any overload a key
+    (those ``in:`` fills too), none other; the arguments every overload needs as keys required.
+    The form's own keys (``in``, ...) are checked by the ``op`` definition applied beside it."""
+    properties: dict[str, Any] = dict.fromkeys([g.OP.marker, *_form_keys(g.OP)], True)
+    for o in op.overloads:
+        for p in o.params:
+            if p.name not in properties and p.name != "training":
+                properties[p.name] = _stub_argument(p)
+    schema: dict[str, Any] = {"properties": properties, "additionalProperties": False}
+    required = torch_ops.required_keys(op)
+    return {**schema, "required": list(required)} if required else schema
+
+
+def _stub_argument(p: torch_ops.Param) -> Any:
+    """A key's schema from a stub's annotation: typed where every member of it is a plain type."""
+    members = p.annotation.split(" | ")
+    known = not p.tensor and all(_STUB_ALIASES.get(m, m) in _STUB_TYPES for m in members)
+    refs = list(dict.fromkeys(f"stub.{_STUB_ALIASES.get(m, m)}" for m in members)) if known else []
+    typed = _ref(refs[0]) if len(refs) == 1 else {"anyOf": [_ref(r) for r in refs]} if refs else {}
+    default = _NO_JSON if isinstance(p.default, torch_ops.Shown) else _json_value(p.default)
+    return {**typed, "default": default} if default is not _NO_JSON else typed or True
 
 
 def _argument(arg: args_of.Argument) -> dict[str, Any]:

@@ -214,9 +214,31 @@ _MANY = re.compile(r"(Sequence|tuple|list|Iterable)\[(Tensor|torch\.Tensor)\b")
 _SKIP = frozenset({"training"})  # the module's own state: passed as ``training=self.training``
 
 
+_PRIVATE_ALIAS = re.compile(r"(?<![\w.])_(?=[a-z])|\btorch\.(?=Tensor\b)|\btyping\.")
+
+
 def _param(name: str, default: Any, annotation: str, keyword_only: bool) -> Param:
     many = bool(_MANY.search(annotation))
-    return Param(name, default, annotation, keyword_only, tensor=bool(_TENSOR.search(annotation)) or many, many=many)
+    tensor = bool(_TENSOR.search(annotation)) or many
+    shown = _PRIVATE_ALIAS.sub("", annotation)  # the stubs' _int, _bool, _dtype: int, bool, dtype
+    return Param(name, default, shown, keyword_only, tensor=tensor, many=many)
+
+
+def _merged(overloads: list[Overload]) -> tuple[Overload, ...]:
+    """Overloads that differ in types only, once: an argument typed as each of them says
+    (``pow(input, exponent: Tensor)`` and ``pow(input, exponent: Number)``)."""
+    by_text: dict[str, Overload] = {}
+    for o in overloads:
+        seen = by_text.get(o.text())
+        if seen is None:
+            by_text[o.text()] = o
+            continue
+        params = []
+        for a, b in zip(seen.params, o.params, strict=True):
+            types = " | ".join(dict.fromkeys([*a.annotation.split(" | "), *b.annotation.split(" | ")]))
+            params.append(Param(a.name, a.default, types, a.keyword_only, a.tensor or b.tensor, a.many or b.many))
+        by_text[o.text()] = Overload(tuple(params), seen.rest)
+    return tuple(by_text.values())
 
 
 def _stub_default(node: ast.expr | None) -> Any:
@@ -294,11 +316,7 @@ def _read(fn: Callable[..., Any], name: str, where: str) -> tuple[Overload, ...]
     for relative, cls in stubs:
         defs = _stubs(relative, cls, name)
         if defs:
-            read: dict[str, Overload] = {}
-            for d in defs:  # overloads that differ in types only, once: the first (gt's Tensor other before its Number)
-                if (o := _from_stub(d, method=bool(cls))) is not None:
-                    read.setdefault(o.text(), o)
-            return tuple(read.values())
+            return _merged([o for d in defs if (o := _from_stub(d, method=bool(cls))) is not None])
     return ()
 
 
@@ -445,62 +463,104 @@ def _budget_problems(label: str, keys: Mapping[str, Any], key_path: str) -> list
 
 
 def bind(op: TorchOp, keys: Mapping[str, Any], inputs: Inputs) -> Callable[..., Any]:
-    """The callable a node runs as ``fn(*inputs, **keys)`` (or ``fn(**named_inputs, **keys)``):
-    the torch function itself where the inputs are its leading arguments, else a closure that
-    places them (a key before them, a list argument, a method's ``self`` by name). An op that takes
-    ``training`` gets ``training=self.training`` from its module."""
+    """The callable a node runs as ``fn(*inputs, **keys)`` (or ``fn(**named_inputs, **keys)``).
+
+    The torch function itself where the inputs are its leading arguments (``cos``, ``topk``,
+    ``masked_fill``) or all go by name; else a closure that only places them: a key before them
+    (``pow``'s ``self``), several inputs as one list argument, inputs after a gap by name, a
+    method's ``self`` first. An op that takes ``training`` gets ``training=self.training`` from
+    its module (dropout applies in training only)."""
     overload, filled, _ = _best(op, keys, inputs)
     fn = op.fn
     order = [p.name for p in overload.params]
-    takes_training = any(p.name == "training" for p in overload.params)
-    named = [n for n in filled if n in order]
-    leading = named == order[: len(named)] and not (
-        overload.rest and len(named) < len(filled) and len(named) < _n_positional(overload)
-    )
-    if isinstance(inputs, int) and leading and not takes_training:
-        return fn  # fn(*inputs, **keys): inputs are the leading arguments
-    if not isinstance(inputs, int) and inputs is not None and "self" not in inputs and not takes_training:
-        return fn  # fn(**named_inputs, **keys)
-    last = max((order.index(n) for n in named), default=-1)
-    if len(named) < len(filled):  # inputs reach *rest: every positional argument is placed first
-        last = _n_positional(overload) - 1
-    plan = _plan(order[: last + 1], filled, isinstance(inputs, int))
-    rest = overload.rest
-    consumed = len(named)
+    takes_training = "training" in order
+    if not isinstance(inputs, int):  # by name, or unknown
+        if not takes_training and (inputs is None or "self" not in inputs):
+            return fn
+        plan: list[tuple[int, Any]] = [(2, "self")] if inputs is not None and "self" in inputs else []
+        return _closure(op, plan, [], None, takes_training)
+    slots = [n for n in filled if n in order]
+    if slots == order[: len(slots)] and len(set(slots)) == len(slots) and not takes_training:
+        if len(slots) == len(filled) or len(slots) == _n_positional(overload):
+            return fn  # fn(*inputs, **keys): the inputs are the leading arguments (then *rest)
+    plan, placed = [], set()
+    for name in order[: _n_positional(overload)]:
+        if name in filled:
+            plan.append((1 if filled.count(name) > 1 else 0, filled.index(name)))
+            placed.add(name)
+        elif name in keys:
+            plan.append((2, name))
+        else:
+            break  # a gap: later inputs go by name
+    by_name = [(i, n) for i, n in enumerate(filled) if n in order and n not in placed]
+    return _closure(op, plan, by_name, len(slots) if overload.rest else None, takes_training)
 
-    def bound(*xs: Any, **kw: Any) -> Any:
-        args = [xs[v] if kind == 0 else list(xs[v:]) if kind == 1 else kw.pop(v) for kind, v in plan]
-        if rest:
-            args += xs[consumed:]
-        return fn(*args, **kw)
 
-    bound.__name__ = bound.__qualname__ = op.name
-    bound.takes_training = takes_training  # type: ignore[attr-defined]
-    return bound
+def _closure(
+    op: TorchOp, plan: list[tuple[int, Any]], by_name: list[tuple[int, str]], rest: int | None, training: bool
+) -> Callable[..., Any]:
+    return Bound(op.name, tuple(plan), tuple(by_name), rest, training)
+
+
+class Bound:
+    """torch's function with its inputs placed: ``plan`` gives its leading arguments, each
+    (0, input index), (1, first of the inputs that form a list) or (2, a key's name); ``by_name``
+    the inputs passed by keyword; ``rest`` the first input of ``*args``. Pickled by op name."""
+
+    __slots__ = ("by_name", "fn", "name", "plan", "rest", "takes_training")
+
+    def __init__(
+        self, name: str, plan: tuple[tuple[int, Any], ...], by_name: tuple[tuple[int, str], ...], rest: int | None,
+        training: bool,
+    ) -> None:  # fmt: skip
+        op = derived(name)
+        assert op is not None, name
+        self.name, self.fn, self.plan, self.by_name, self.rest, self.takes_training = (
+            name, op.fn, plan, by_name, rest, training,
+        )  # fmt: skip
+
+    @property
+    def __name__(self) -> str:
+        return self.name
+
+    def __call__(self, /, *xs: Any, **kw: Any) -> Any:  # `self` may be a key (pow)
+        args = [xs[v] if kind == 0 else list(xs[v:]) if kind == 1 else kw.pop(v) for kind, v in self.plan]
+        for i, name in self.by_name:
+            kw[name] = xs[i]
+        return self.fn(*args, *xs[self.rest :], **kw) if self.rest is not None else self.fn(*args, **kw)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Bound, (self.name, self.plan, self.by_name, self.rest, self.takes_training)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}, inputs placed>"
 
 
 def _n_positional(overload: Overload) -> int:
     return sum(not p.keyword_only for p in overload.params)
 
 
-def _plan(order: list[str], filled: list[str], positional: bool) -> list[tuple[int, Any]]:
-    """Each leading argument as (0, input index), (1, first input of a list) or (2, key name)."""
-    plan: list[tuple[int, Any]] = []
-    for name in order:
-        if positional and name in filled:
-            at = filled.index(name)
-            plan.append((1, at) if filled.count(name) > 1 else (0, at))
-        else:
-            plan.append((2, name))  # a key, or a named input: both arrive in **kw
-    return plan
-
-
 def overload_rows(op: TorchOp) -> list[tuple[str, str, str, str]]:
-    """Every argument of every overload: (name, annotation, default, tensor?), once each, in order."""
+    """Every argument of every overload, once, in order: (name, annotation, default, "in" where
+    ``in:`` may fill it); an argument only some overloads take says so."""
     seen: dict[str, tuple[str, str, str, str]] = {}
     for o in op.overloads:
         for p in o.params:
             if p.name not in seen:
                 default = "required" if p.required else repr(p.default)
+                if any(other.get(p.name) is None for other in op.overloads):
+                    default += " (some forms)"
                 seen[p.name] = (p.name, p.annotation or format_annotation(EMPTY), default, "in" if p.tensor else "")
+        if o.rest and f"*{o.rest}" not in seen:
+            seen[f"*{o.rest}"] = (f"*{o.rest}", "Tensor", "", "in")
     return list(seen.values())
+
+
+def required_keys(op: TorchOp) -> tuple[str, ...]:
+    """Arguments every overload requires that ``in:`` cannot give: keys a node must have."""
+    first = op.overloads[0].params
+    return tuple(
+        p.name
+        for p in first
+        if all((q := o.get(p.name)) is not None and q.required and not q.tensor for o in op.overloads)
+    )
