@@ -387,3 +387,49 @@ def test_schema_and_list_show_the_new_keys():
     text = list_text("types", "Repeat")
     assert "mode" in text and "stack" in text
     assert "buffers" in list_text("types", "Graph")
+
+
+def test_the_schema_takes_the_new_forms_and_flags_a_misspelled_key():
+    jsonschema = pytest.importorskip("jsonschema")
+    _register_test_ops()
+    validator = jsonschema.Draft202012Validator(recipe_schema())
+    for recipe in (ROPE, _decoder_graph(forward={"tgt_is_causal": True}), _side_input_recipe(names="layer{i + 1}")):
+        assert list(validator.iter_errors(recipe)) == []
+    parallel = {"model": {"type": "Repeat", "times": 2, "mode": "parallel", "stack": 0, "body": {"type": "ReLU"}}}
+    assert list(validator.iter_errors(parallel)) == []
+    bad = copy.deepcopy(ROPE)
+    bad["model"]["buffers"]["scale"]["persistant"] = False
+    best = jsonschema.exceptions.best_match(validator.iter_errors(bad))
+    assert best is not None and list(best.absolute_path)[:3] == ["model", "buffers", "scale"]
+
+
+def test_the_repr_shows_buffers_and_inputs_by_name():
+    _register_test_ops()
+    text = str(build_from_config(ROPE))
+    assert "buffers: inv_freq(8,), scale(8,)" in text
+    decoder = str(build_from_config(_decoder_graph()))
+    assert "(tgt=y, memory=enc, tgt_mask=causal) -> dec" in decoder
+
+
+def test_an_entry_used_only_by_keyword_counts_as_used():
+    _register_test_ops()
+    recipe = {"model": {"type": "Graph", "inputs": ["a", "b"], "nodes": {
+        "neg": {"op": "neg", "in": ["b"]},
+        "w": {"op": "t_where", "in": {"condition": "a", "input": "neg", "other": "b"}}}}}  # fmt: skip
+    model = build_from_config(recipe)
+    a, b = torch.tensor([True, False]), torch.tensor([1.0, 2.0])
+    assert torch.equal(model(a, b), torch.tensor([-1.0, 2.0]))
+    recipe["model"]["nodes"]["w"]["in"] = {"condition": "a", "input": "b", "other": "b"}
+    assert "used by no entry" in _problems(recipe)["model.nodes.neg"]
+
+
+def test_a_template_whose_body_is_a_repeat_takes_side_inputs_and_one_input_stays_a_sequential():
+    recipe = _side_input_recipe()
+    recipe["blocks"]["stack"] = {"args": [], "body": {"type": "Repeat", "times": 2, "body": {"use": "layer"}}}
+    recipe["model"]["nodes"]["layers"] = {"use": "stack", "in": ["x", "s", "b"]}
+    model = build_from_config(recipe)
+    assert type(model.layers) is RepeatChain
+    x, s, b = torch.randn(2, 8), torch.randn(8), torch.randn(8)
+    assert torch.equal(model(x, s, b), model.layers[1](model.layers[0](x, s, b), s, b))
+    single = {"type": "Graph", "nodes": {"r": {"type": "Repeat", "times": 2, "body": {"type": "ReLU"}, "in": ["x"]}}}
+    assert type(build_from_config(single).r) is nn.Sequential

@@ -646,8 +646,8 @@ def _graph_entry(builder: Builder, name: str, entry: Any, path: str, first: bool
         builder.problems += _op_entry_problems(label, fn, kwargs, keywords, n_inputs, path)
         return OpEntry(name, op_callable(fn, kwargs, list(keywords) or n_inputs), kwargs, inputs, label=label)
     module = builder.build({k: v for k, v in entry.items() if k not in (IN.name, FORWARD.name)}, path)
-    if form is REPEAT and type(module) is nn.Sequential and isinstance(inputs, list) and len(inputs) > 1:
-        module.__class__ = RepeatChain  # the first input through the copies, the others to each
+    if form in (REPEAT, USE) and type(module) is nn.Sequential and isinstance(inputs, list) and len(inputs) > 1:
+        module.__class__ = RepeatChain  # a Repeat's copies (a template's): the first input through, the others to each
     return ModuleEntry(name, module, inputs, dict(constants))
 
 

@@ -317,7 +317,7 @@ class _WiringCheck:
         why = self._form_problem(entry, names, path)
         if why is not None:
             self.problems.append(why)
-        if isinstance(entry, CallEntry) and entry.target in self.modules:
+        if isinstance(entry, CallEntry) and isinstance(entry.target, str) and entry.target in self.modules:
             label = f"call of {entry.target!r}"
             self.problems += _keyword_problems(label, self.modules[entry.target], len(names), entry, path)
         elif isinstance(entry, ModuleEntry) and isinstance(entry.module, nn.Module):
@@ -584,6 +584,9 @@ class Graph(nn.Module):
         if w.params:
             shapes = ", ".join(f"{n}{tuple(self._parameters[n].shape)}" for n in w.params if n in self._parameters)
             lines.append(f"params: {shapes}")
+        if w.buffers:
+            held = [(n, self._buffers[n]) for n in w.buffers if self._buffers.get(n) is not None]
+            lines.append(f"buffers: {', '.join(f'{n}{tuple(b.shape)}' for n, b in held)}")
         previous: str | None = None
         for wire in w.wires:
             if wire.kind == "op":
@@ -593,10 +596,11 @@ class Graph(nn.Module):
                 token = f"{wire.name}=call:{wire.target}"
             else:
                 token = wire.name
-            if previous is not None and wire.inputs == (previous,) and lines:
+            sources = [*wire.inputs, *(f"{k}={n}" for k, n in wire.keywords)]
+            if previous is not None and sources == [previous] and lines:
                 lines[-1] += f" -> {token}"
             else:
-                source = wire.inputs[0] if len(wire.inputs) == 1 else f"({', '.join(wire.inputs)})"
+                source = sources[0] if len(sources) == 1 else f"({', '.join(sources)})"
                 lines.append(f"{source} -> {token}")
             previous = wire.name
         if w.returns_tuple or (w.wires and w.output != (w.wires[-1].name,)):
