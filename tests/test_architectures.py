@@ -108,6 +108,7 @@ def test_llamas_rotary_table_is_a_buffer_outside_the_state_dict():
     assert not any("inv_freq" in k for k in model.state_dict())
 
 
+@pytest.mark.slow  # seconds: convnext_tiny's 28 M parameters on meta, its init rules checked
 def test_convnext_tiny_has_torchvisions_parameter_count_and_keys():
     model = build_from_config("convnext", device="meta")
     with torch.device("meta"):
@@ -126,6 +127,7 @@ def test_seq2seq_matches_nn_transformer_in_train_mode_too():
     assert torch.equal(model(**inputs), R.architecture_output("seq2seq", reference, inputs))
 
 
+@pytest.mark.slow  # 5-10 s each: dynamo traces every op
 @pytest.mark.parametrize("name", [*EXACT, "mixtral"])
 def test_compiles_without_graph_breaks(name):
     model = build_from_config(name, vars=R.SMALL[name]).eval()
