@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from composer import ConfigError, build_from_config, load_checkpoint, register_op, save_checkpoint
+from composer import ConfigError, build_from_config, load_checkpoint, register_module, register_op, save_checkpoint
 from composer.describe.listing import list_text
 from composer.describe.schema import recipe_schema
 from composer.modules.graph import RepeatChain, RepeatParallel
@@ -237,7 +237,7 @@ def test_bad_buffers_are_reported_at_their_key_paths():
     buffers["both"] = {"shape": [2], "value": [{"op": "t_arange", "end": 2}]}
     buffers["bad"] = {"value": [{"op": "t_arange", "end": 2}, {"op": "mul", "other": "a string"}]}
     problems = _problems(recipe)
-    assert "did you mean 't_to'?" in problems["model.buffers.inv_freq.value[1].op"]
+    assert "did you mean 't_to'" in problems["model.buffers.inv_freq.value[1].op"]
     assert "did you mean 'self'?" in problems["model.buffers.inv_freq.value[3].slef"]
     assert "did you mean 'persistent'?" in problems["model.buffers.scale.persistant"]
     assert "shape or value" in problems["model.buffers.both"]
@@ -433,3 +433,73 @@ def test_a_template_whose_body_is_a_repeat_takes_side_inputs_and_one_input_stays
     assert torch.equal(model(x, s, b), model.layers[1](model.layers[0](x, s, b), s, b))
     single = {"type": "Graph", "nodes": {"r": {"type": "Repeat", "times": 2, "body": {"type": "ReLU"}, "in": ["x"]}}}
     assert type(build_from_config(single).r) is nn.Sequential
+
+
+def test_the_contracts_rope_buffer_with_torchs_own_ops():
+    recipe = copy.deepcopy(ROPE)
+    recipe["model"]["buffers"]["inv_freq"]["value"] = [
+        {"op": "arange", "start": 0, "end": "${vars.hd}", "step": 2, "dtype": "int64"},
+        {"op": "to", "dtype": "float32"},
+        {"op": "div", "other": "${vars.hd}"},
+        {"op": "pow", "self": "${vars.base}"},  # the result fills pow's exponent
+        {"op": "reciprocal"},
+    ]
+    model = build_from_config(recipe)
+    assert torch.equal(model.inv_freq, _inv_freq()) and "inv_freq" not in model.state_dict()
+    again = pickle.loads(pickle.dumps(model))  # the chain's bound ops travel with the graph
+    again.inv_freq.zero_()
+    again.reset_parameters()
+    assert torch.equal(again.inv_freq, _inv_freq())
+    recipe["model"]["buffers"]["inv_freq"]["value"][3] = {"op": "pow", "slef": 2.0}
+    assert "slef" in str(_problems(recipe))
+
+
+def test_torchs_where_takes_its_tensors_by_name():
+    recipe = {"model": {"type": "Graph", "inputs": ["c", "a", "b"], "nodes": {
+        "w": {"op": "where", "in": {"condition": "c", "input": "a", "other": "b"}}}}}  # fmt: skip
+    c, a, b = torch.tensor([True, False]), torch.ones(2), torch.zeros(2)
+    assert torch.equal(build_from_config(recipe)(c, a, b), torch.where(c, a, b))
+
+
+@pytest.mark.slow
+def test_a_sharded_build_fills_computed_buffers_from_their_fills(tmp_path):
+    import torch.distributed as dist  # noqa: PLC0415  (only for the sharded build)
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+
+    _register_test_ops()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_from_config(ROPE, mesh=init_device_mesh("cpu", (1,)))
+        assert torch.equal(model.inv_freq, _inv_freq()) and torch.equal(model.scale, torch.ones(8))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_use_entry_takes_forward_constants_and_no_template_argument_is_named_forward():
+    recipe = {
+        "blocks": {"dec": {"args": {"d": 8}, "body": {**DECODER, "d_model": "$d"}}},
+        "model": {"type": "Graph", "inputs": ["y", "enc"], "nodes": {
+            "dec": {"use": "dec", "in": {"tgt": "y", "memory": "enc"}, "forward": {"tgt_is_causal": False}}}},
+    }  # fmt: skip
+    model = build_from_config(recipe)
+    y, enc = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    assert torch.equal(model(y, enc), model.dec(y, enc))
+    recipe["blocks"]["dec"]["args"]["forward"] = 1
+    assert "argument name 'forward'" in str(_problems(recipe))
+
+
+class _Keywords(nn.Module):
+    """A forward taking any keywords: names that are no identifier reach it too."""
+
+    def forward(self, **tensors: torch.Tensor) -> torch.Tensor:
+        return sum(t * (i + 1) for i, (_, t) in enumerate(sorted(tensors.items())))
+
+
+def test_a_keyword_that_is_no_identifier_is_passed_as_a_string_never_as_source():
+    register_module("KeywordsBlock")(_Keywords)
+    names = {"a b": "x", "x); import os; (": "y"}
+    recipe = {"model": {"type": "Graph", "inputs": ["x", "y"], "nodes": {"k": {"type": "KeywordsBlock", "in": names}}}}
+    model = build_from_config(recipe)
+    assert "**{'a b': a0}" in model.code and "import os" not in model.code.replace("'x); import os; ('", "")
+    x, y = torch.randn(3), torch.randn(3)
+    assert torch.equal(model(x, y), x * 1 + y * 2)

@@ -598,7 +598,10 @@ def test_template_definition_errors_are_reported_together():
         parse_template("lin", entry)
     assert info.value.problems == [
         ("blocks.lin.bdoy", "a template takes no key 'bdoy' (did you mean 'body'?); valid: args, body"),
-        ("blocks.lin.args", "argument name 'in' must be an identifier, not a keyword nor one of use, in, init, frozen"),
+        (
+            "blocks.lin.args",
+            "argument name 'in' must be an identifier, not a keyword nor one of use, in, forward, init, frozen",
+        ),
         (
             "blocks.lin.body.in_features",
             "template 'lin' has no argument 'cc' (did you mean 'c'?); arguments: c, unused, in",

@@ -28,7 +28,6 @@ from composer.build.placement import META, can_load_on_meta, free_meta_fills, on
 from composer.errors import ConfigError, did_you_mean, first_line, has_control, unknown
 from composer.init.defaults import writes_defaults
 from composer.init.initializers import Scheme, parse_scheme
-from composer.modules import torch_ops
 from composer.modules.graph import (
     Buffer,
     CallEntry,
@@ -641,28 +640,13 @@ def _graph_entry(builder: Builder, name: str, entry: Any, path: str, first: bool
             builder.problems += e.problems
             return None
         kwargs = _op_kwargs(builder, entry, path)
-        n_inputs = int(not first) if inputs is None else len(inputs) if isinstance(inputs, list) else 0
-        keywords = inputs if isinstance(inputs, dict) else {}
-        builder.problems += _op_entry_problems(label, fn, kwargs, keywords, n_inputs, path)
-        return OpEntry(name, op_callable(fn, kwargs, list(keywords) or n_inputs), kwargs, inputs, label=label)
+        count = int(not first) if inputs is None else len(inputs) if isinstance(inputs, list) else list(inputs)
+        builder.problems += op_problems(label, fn, kwargs, count, path)
+        return OpEntry(name, op_callable(fn, kwargs, count), kwargs, inputs, label=label)
     module = builder.build({k: v for k, v in entry.items() if k not in (IN.name, FORWARD.name)}, path)
     if form in (REPEAT, USE) and type(module) is nn.Sequential and isinstance(inputs, list) and len(inputs) > 1:
         module.__class__ = RepeatChain  # a Repeat's copies (a template's): the first input through, the others to each
     return ModuleEntry(name, module, inputs, dict(constants))
-
-
-def _op_entry_problems(
-    label: str, fn: Callable[..., Any], kwargs: Mapping[str, Any], keywords: Mapping[str, str], n: int, path: str
-) -> list[tuple[str, str]]:
-    """``op_problems`` of an op entry whose inputs given by name (``in: {mask: causal}``) count as
-    given; a problem of one of those is reported at ``in.<name>``."""
-    problems = [
-        (f"{path}.in.{k}", f"op {label!r} gets {k!r} both in in: and as a key") for k in keywords if k in kwargs
-    ]
-    for where, message in op_problems(label, fn, {**kwargs, **dict.fromkeys(keywords)}, n, path):
-        key = where.removeprefix(f"{path}.")
-        problems.append((f"{path}.in.{key}", message) if where != path and key in keywords else (where, message))
-    return problems
 
 
 def _empty(builder: Builder, shape: Any, path: str) -> torch.Tensor | None:
@@ -779,14 +763,18 @@ class _Computed:
 
 
 def _computed_buffer(builder: Builder, value: Any, path: str, persistent: bool) -> Buffer | None:
-    """A buffer's ``value``: computed once here (on ``meta`` where known layers are made there)."""
+    """A buffer's ``value``: computed once here where known layers are made (where that is
+    ``meta``, its shape, from a computation on CPU)."""
     before = len(builder.problems)
     compute = _chain(builder, value, path) if isinstance(value, list) else _value_graph(builder, value, path)
     if compute is None or len(builder.problems) > before:
         return None
     steps = range(len(compute.steps)) if isinstance(compute, _Chain) else [None]
     result: Any = None
-    with torch.no_grad(), torch.device(builder.known_device):
+    # a build on meta learns the shape on CPU: meta kernels of ops such as div are Python
+    # decompositions that import torch._dynamo on first call (seconds); the value is small (budgets)
+    where = torch.device("cpu") if builder.known_device.type == "meta" else builder.known_device
+    with torch.no_grad(), torch.device(where):
         for i in steps:
             try:
                 result = compute() if i is None else compute.step(i, result)
@@ -801,9 +789,10 @@ def _computed_buffer(builder: Builder, value: Any, path: str, persistent: bool) 
     if not isinstance(result, torch.Tensor):
         builder.fail(path, f"expected a tensor, the value computes {describe(result)}")
         return None
-    if builder.dtype is not None and result.is_floating_point():
-        result = result.to(builder.dtype)  # dtype rules, as for every floating buffer
-    return Buffer(result, persistent, _Computed(compute))
+    dtype = builder.dtype if builder.dtype is not None and result.is_floating_point() else result.dtype
+    if builder.known_device.type == "meta":  # filled where it gets storage (initialization, a reset)
+        return Buffer(torch.empty(result.shape, dtype=dtype, device=META), persistent, _Computed(compute))
+    return Buffer(result.to(dtype), persistent, _Computed(compute))  # dtype rules, as for every floating buffer
 
 
 def _chain(builder: Builder, steps: list, path: str) -> _Chain | None:
@@ -821,27 +810,26 @@ def _chain(builder: Builder, steps: list, path: str) -> _Chain | None:
         for key in (IN.name, "init", "frozen"):
             if key in step:
                 builder.fail(f"{where}.{key}", "a step of a value takes the previous result and its keys, nothing else")
-        label = step[OP.marker]
         try:
-            fn = lookup_op(label, f"{where}.op")
+            fn = lookup_op(step[OP.marker], f"{where}.op")
         except ConfigError as e:
             builder.problems += e.problems
             continue
         kwargs = _op_kwargs(builder, step, where)
         slot = "" if i == 0 else _chain_slot(fn, kwargs)
         given = {**kwargs, slot: None} if slot else kwargs
-        n_inputs = 0 if i == 0 or slot else 1
-        builder.problems += op_problems(label, fn, given, n_inputs, where)
-        chain.append((op_callable(fn, kwargs, [slot] if slot else n_inputs), kwargs, slot))
+        builder.problems += op_problems(step[OP.marker], fn, given, 0 if i == 0 or slot else 1, where)
+        fn = op_callable(fn, kwargs, 0 if i == 0 else [slot] if slot else 1)
+        chain.append((fn, kwargs, slot))
     return _Chain(tuple(chain)) if len(builder.problems) == before else None
 
 
 def _chain_slot(fn: Callable[..., Any] | TorchOp, kwargs: Mapping[str, Any]) -> str:
     """The argument a chain's previous result fills: the op's first tensor argument not given as
-    a key; "" where that is its first (passed by position)."""
-    if isinstance(fn, TorchOp):  # the overload the keys fit with one input: pow's (self: Number, exponent)
-        overload, filled, _ = torch_ops._best(fn, kwargs, 1)
-        return "" if not filled or (overload.params and overload.params[0].name == filled[0]) else filled[0]
+    a key; "" where that is its first (passed by position), and for torch's functions, whose
+    first input fills exactly that (``op_callable``)."""
+    if isinstance(fn, TorchOp):
+        return ""
     read = op_arguments(fn)
     if read is None:
         return ""

@@ -1,20 +1,26 @@
 """``Graph``: children wired by name (residuals, skips, several inputs), with a generated forward.
 
-A recipe's ``{type: Graph, inputs, nodes, output, params}`` becomes a ``GraphSpec``: ordered entries,
-each a module (a child under the entry's name), an op (a parameter-free function) or a call (an
-earlier module run again). ``Graph(spec, key_path)`` checks the wiring, reporting every problem at
-once with its key path, and then writes its ``forward`` as Python source, as ``torch.fx``'s
-``GraphModule`` does: straight-line code compiled once, so a forward pays no per-entry interpreter
-loop and ``torch.compile(fullgraph=True)`` sees plain calls.
+A recipe's ``{type: Graph, inputs, nodes, output, params, buffers}`` becomes a ``GraphSpec``: ordered
+entries, each a module (a child under the entry's name), an op (a parameter-free function) or a
+call (an earlier module run again), each given its inputs by position or by argument name (and a
+module or a call constant arguments of its forward). ``Graph(spec, key_path)`` checks the
+wiring, reporting every problem at once with its key path, and then writes its ``forward`` as
+Python source, as ``torch.fx``'s ``GraphModule`` does: straight-line code compiled once, so a
+forward pays no per-entry interpreter loop and ``torch.compile(fullgraph=True)`` sees plain calls.
 
 The generated source holds no user text except as ``repr``'d string literals and the inputs' names
 as the forward's parameters (so ``model(input_ids=ids)`` works), each checked to be a plain
-identifier that no generated name can be; other variables are generated names (``a0`` for an
-input whose name is not such an identifier, ``p0`` for params, ``v0`` for entries), children are reached as
-``self._modules['name']`` and params as ``self._parameters['name']`` at each call, so ``.to()``,
-``copy.deepcopy``, ``load_state_dict`` and FSDP2's ``fully_shard`` (which swaps the parameter
-objects) keep working. The source is registered in ``linecache``, so a traceback through a graph
+identifier that no generated name can be: other variables are generated names (``a0`` for an input
+whose name is not such an identifier, ``p0`` for params, ``b0`` for buffers, ``v0`` for entries;
+an argument name that is no identifier goes as a ``repr``'d key), children are reached as
+``self._modules['name']``, params as ``self._parameters['name']`` and buffers as
+``self._buffers['name']`` at each call, so ``.to()``, ``copy.deepcopy``, ``load_state_dict`` and
+FSDP2's ``fully_shard`` (which swaps the parameter objects) keep working. The source is
+registered in ``linecache``, so a traceback through a graph
 shows the generated line, and ``graph.code`` returns it.
+
+``RepeatChain`` and ``RepeatParallel`` are a Repeat's copies in a Graph: over several inputs (the
+first threaded through, the others to every copy), or side by side.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ USE = Form(
     "use",
     "use",
     "an independent copy of a template of blocks, its arguments as the other keys",
-    (IN, *COMMON),
+    (IN, FORWARD, *COMMON),
     arguments=True,
 )
 OP = Form(
