@@ -14,11 +14,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from composer import ConfigError
+from composer import ConfigError, build_from_config
 from composer.modules.graph import RESERVED_NAMES, CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry, graph_problems
 from composer.modules.ops import OPS, Op, check_op, lookup_op, make_op, op_problems, register_op
+from composer.recipe.read import parse_yaml
 from composer.recipe.templates import REQUIRED, expand, is_template, parse_template, parse_templates, substitute_index
 from tests import references as R
+from tests.cli import command, run_together
 
 op = OPS._entries.__getitem__
 
@@ -680,3 +682,89 @@ def test_template_body_repeat_mixes_arguments_with_the_index():
     assert [substitute_index(body["body"], i, "model.body")["w"] for i in range(3)] == [32, 48, 80]
     with pytest.raises(ConfigError, match="has no argument 'i'"):  # outside a Repeat body's use: node, i is nobody's
         parse_template("t", {"args": ["c"], "body": {"type": "Linear", "in_features": "$(c * i)"}})
+
+
+# --- YAML flow mappings: ??? reads, an unquoted comma says to quote ------------------------------
+
+README_TEMPLATE = """\
+blocks:
+  basic:
+    args: {c: ???, stride: 1}
+    body:
+      type: Graph
+      nodes:
+        conv1: {type: Conv2d, in_channels: $c, out_channels: $c, kernel_size: 3, stride: $stride, padding: 1}
+        fc: {type: Linear, in_features: $c, out_features: $(4 * c)}
+model: {use: basic, c: 8}
+"""
+
+
+def test_a_required_argument_reads_unquoted_in_a_flow_mapping(tmp_path: Path):
+    """``args: {c: ???, stride: 1}``, as the README writes it: YAML 1.2 reads ``???`` as a plain
+    value there; PyYAML and libyaml alone take its ``?`` for a complex key."""
+    path = tmp_path / "basic.yaml"
+    path.write_text(README_TEMPLATE)
+    model = build_from_config(path)
+    assert (model.conv1.in_channels, model.conv1.stride, model.fc.out_features) == (8, (1, 1), 32)
+    assert parse_yaml("a: [???, 1, {b: ???}]\nc: ???", "w") == {"a": ["???", 1, {"b": "???"}], "c": "???"}
+    assert parse_yaml("{? x : 1, y: 1e-5, d: 2001-01-01}", "w") == {"x": 1, "y": 1e-5, "d": "2001-01-01"}
+    with pytest.raises(ConfigError, match=r"w:1:10: YAML syntax error: key 'c' given twice"):
+        parse_yaml("{c: ???, c: 1}", "w")  # the fallback keeps composer's rules
+
+
+@pytest.mark.parametrize(
+    ("recipe", "path"),
+    [
+        (
+            "blocks:\n  b:\n    args: {c: ???, bias: true}\n"
+            "    body: {type: Linear, in_features: $c, out_features: $(max(1, c // 4)), bias: $bias}\n"
+            "model: {use: b, c: 8}\n",
+            "blocks.b.body.out_features",
+        ),
+        (
+            "vars: {c: 8}\nmodel: {type: Linear, in_features: 8, out_features: $(max(1, vars.c // 4))}\n",
+            "model.out_features",
+        ),
+    ],
+)
+def test_an_unquoted_expression_with_a_comma_says_to_quote_it(tmp_path: Path, recipe: str, path: str):
+    file = tmp_path / "r.yaml"
+    file.write_text(recipe)
+    with pytest.raises(ConfigError) as info:
+        build_from_config(file)
+    assert len(info.value.problems) == 1
+    assert info.value.path == path
+    assert "in a YAML flow mapping ({...}) a comma ends the value: quote an expression" in info.value.problems[0][1]
+    file.write_text(
+        recipe.replace("$(max(1, c // 4))", '"$(max(1, c // 4))"').replace(
+            "$(max(1, vars.c // 4))", '"$(max(1, vars.c // 4))"'
+        )
+    )
+    assert build_from_config(file).out_features == 2
+
+
+@pytest.mark.slow
+def test_the_app_reads_required_arguments_and_says_to_quote(tmp_path: Path):
+    """The same through ``python -m composer --config-dir``: its files are read by composer's
+    loader too (the model file's own init rules are read again the same way)."""
+    (tmp_path / "model").mkdir()
+    template = "blocks:\n  b:\n    args: {c: ???, stride: 1}\n    body: {type: Linear, in_features: $c, out_features: "
+    for name, out in (("quoted", '"$(max(1, c // 4 * stride))"'), ("unquoted", "$(max(1, c // 4 * stride))")):
+        (tmp_path / "model" / f"{name}.yaml").write_text(
+            f"# @package _global_\n{template}{out}}}\nmodel: {{use: b, c: 8}}\ninput_shape: [2, 8]\n"
+        )
+    settings = ["check=true", f"hydra.run.dir={tmp_path / 'out'}"]
+    results = run_together(
+        {
+            name: (command("--config-dir", str(tmp_path), f"model={name}", *settings), None)
+            for name in ("quoted", "unquoted")
+        },
+        tmp_path,
+    )
+    assert results["quoted"].returncode == 0, results["quoted"].stderr
+    assert "check: the recipe is valid; 18 parameters" in results["quoted"].stdout
+    assert results["unquoted"].returncode != 0
+    assert results["unquoted"].stderr.strip().splitlines() == [
+        "error: blocks.b.body.out_features: '$(max(1' does not close its parentheses: in a YAML flow mapping ({...}) "
+        'a comma ends the value: quote an expression that holds one ("$(max(1, c // 4))")'
+    ]

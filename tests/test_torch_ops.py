@@ -127,6 +127,21 @@ def test_dropout_follows_train_and_eval():
         run({"op": "dropout", "training": True}, x)
 
 
+def test_derived_ops_in_a_sequential():
+    net = build_from_config({"type": "Sequential", "layers": [{"op": "cos"}, {"op": "to", "dtype": "float64"}]})
+    assert repr(net[0]) == "Op(cos)" and net[0].fn is torch.cos and repr(net[1]) == "Op(to, dtype=torch.float64)"
+    assert torch.equal(net(X), X.cos().double())
+
+
+def test_only_dropout_takes_training_from_the_module():
+    """batch_norm's ``training`` stays a key with torch's default (it would update the buffers
+    given to it); dropout's is the module's."""
+    norm = lookup_op("batch_norm", "p")
+    assert op_problems("batch_norm", norm, {"training": True}, 3, "p") == []
+    assert op_callable(norm, {}, 3) is F.batch_norm
+    assert getattr(op_callable(lookup_op("dropout", "p"), {}, 1), "takes_training", False)
+
+
 def test_keyword_inputs_by_torchs_names():
     """``in:`` as a mapping: each tensor named as torch names it, checked and passed by keyword
     (a Tensor method's ``self`` first)."""
@@ -190,6 +205,8 @@ def test_list_ops_shows_torchs_argument_names():
         ("load", "files"),
         ("from_file", "files"),
         ("relu_", "in-place variants change their input; use 'relu'"),
+        ("empty", "uninitialized memory"),
+        ("new_empty", "uninitialized memory"),
     ],
 )
 def test_excluded_ops_say_why(name, why):
@@ -212,6 +229,8 @@ def test_refused_keys_private_names_and_unknown_ops():
         ConfigError, match=r"model.nodes.a.dimm: op 'sum' takes no argument 'dimm' \(did you mean 'dim'"
     ):
         build_from_config({"type": "Graph", "nodes": {"a": {"op": "sum", "dimm": 1}}})
+    with pytest.raises(ConfigError, match=r"^model.nodes.a.in: op 'cos': at most 1 input beside its keys, got 2"):
+        build_from_config({"type": "Graph", "inputs": ["x", "y"], "nodes": {"a": {"op": "cos", "in": ["x", "y"]}}})
     with pytest.raises(ConfigError, match=r"model.nodes.a: op 'topk': missing 'k' \(takes topk\(input, k, dim=-1"):
         build_from_config({"type": "Graph", "nodes": {"a": {"op": "topk"}}})
 

@@ -14,7 +14,8 @@ the folders with that scheme (``guarded``). Hydra's own classes stay as they are
   ``limits.depth`` once its aliases are expanded (a nine-level alias bomb is 10^9 nodes);
 - a file of the ``model`` or ``init`` group holds a recipe or a scheme only: it lands in its
   group's package or in ``_global_`` (no ``# @package hydra...``); in ``_global_`` its top-level
-  keys are recipe keys or app settings; no ``hydra`` or ``defaults`` key anywhere at its top;
+  keys are recipe keys or app settings; no ``hydra``, ``defaults`` or ``plugins`` key at its top
+  (``plugins`` imports code: the command line names it, ``main.plugins_setting``);
   no interpolation resolver that is not enabled (``COMPOSER_RESOLVERS``);
 - the user's ``--config-dir``, which ``UserConfigFirst`` puts before the packaged configs so that
   its recipes shadow ours, is searched there for ``model/`` and ``init/`` only: its other files
@@ -47,9 +48,13 @@ from composer.recipe.read import parse_yaml
 RECIPE_GROUPS = ("model", "init")
 USER_PROVIDER = "composer-config-dir"  # the provider name of the --config-dir entry put first
 SCHEME = "composer-file"
-APP_KEYS = ("seed", "check", "probe", "save", "summary")  # the app's own settings: not part of the recipe
-CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)  # what a ``_global_`` recipe file may set
-_FORBIDDEN = ("hydra", "defaults")
+APP_KEYS = ("seed", "check", "probe", "save", "summary", "plugins")  # the app's own settings: not the recipe
+CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)  # the keys of the app's config
+_FORBIDDEN = {
+    "hydra": "Hydra settings belong on the command line or in your own primary config",
+    "defaults": "Hydra settings belong on the command line or in your own primary config",
+    "plugins": "plugins import code: name them on the command line (plugins=[my_pkg.blocks]) or in COMPOSER_PLUGINS",
+}
 
 
 def guarded(path: str) -> str:
@@ -142,8 +147,9 @@ def check_recipe_file(group: str, package: str | None, data: Any, where: str) ->
     elif data:
         for key in data:
             if key in _FORBIDDEN:
-                hint = "Hydra settings belong on the command line or in your own primary config"
-                problems.append((f"{where}: {key}", f"{a_file} holds a recipe only, no {key!r} key ({hint})"))
+                problems.append(
+                    (f"{where}: {key}", f"{a_file} holds a recipe only, no {key!r} key ({_FORBIDDEN[key]})")
+                )
             elif package == "_global_" and key not in CONFIG_KEYS:
                 valid = ", ".join(CONFIG_KEYS)
                 problems.append((f"{where}: {key}", f"not a recipe key or an app setting; valid: {valid}"))

@@ -31,10 +31,10 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException, HydraException, MissingConfigException, OverrideParseException
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from composer.app.confsource import APP_KEYS, CONFIG_KEYS, USER_PROVIDER, GuardedConfigSource, guarded
+from composer.app.confsource import APP_KEYS, CONFIG_KEYS, SCHEME, USER_PROVIDER, GuardedConfigSource, guarded
 from composer.app.report import CHECKPOINT, ERROR
 from composer.errors import CheckpointError, ConfigError, did_you_mean, first_line, printable
 from composer.modules.signatures import is_int
@@ -88,6 +88,11 @@ def run(cfg: DictConfig, out: Path) -> None:
     from composer.checkpoint.api import save_checkpoint  # noqa: PLC0415
     from composer.describe.probe import PROBE_FILE, probe  # noqa: PLC0415
     from composer.describe.summarize import summarize  # noqa: PLC0415
+    from composer.modules.registry import PLUGINS_ENV, env_plugins, import_plugins  # noqa: PLC0415
+
+    # after the registries exist (imported above), so that what each plugin adds is recorded
+    import_plugins(env_plugins(), key=PLUGINS_ENV)
+    import_plugins(settings["plugins"])
 
     check = settings["check"]
     model = build_from_config(recipe, device="meta" if check else "cpu")
@@ -163,9 +168,51 @@ def app_settings(cfg: DictConfig) -> dict[str, Any]:
             problems.append((key, f"expected true or false, got {value!r}"))
     probe = _probe_setting(cfg.get("probe", True), problems)
     depth = _summary_depth(cfg.get("summary"), problems)
+    plugins = plugins_setting(cfg.get("plugins"), _command_line_plugins(), problems)
     if problems:
         raise ConfigError(problems)
-    return {"seed": seed, "check": check, "save": save, "probe": probe, "depth": depth}
+    return {"seed": seed, "check": check, "save": save, "probe": probe, "depth": depth, "plugins": plugins}
+
+
+_NO_FILE_PLUGINS = "plugins import code: only the command line names them (plugins=[my_pkg.blocks]) or COMPOSER_PLUGINS"
+
+
+def plugins_setting(raw: Any, given: list[str] | None, problems: list[tuple[str, str]]) -> list[str]:
+    """``plugins``: the modules to import before the recipe is built (``plugins=[my_pkg.blocks]``).
+
+    The command line is trusted and a config file is not (docs/hostile-input.md): the value must
+    be what the command line's override says (``given``; no override: none), so that a
+    ``--config-dir`` primary config setting ``plugins`` imports nothing. ``given`` None: not
+    under Hydra (a caller in Python), the value as it is."""
+    value = OmegaConf.to_container(raw, resolve=False) if isinstance(raw, ListConfig) else raw
+    names = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(names, list):
+        problems.append(("plugins", f"expected a list of module names such as [my_pkg.blocks], got {value!r}"))
+        return []
+    if given is not None and names != given:
+        problems.append(("plugins", f"set by a config file, not by the command line: {_NO_FILE_PLUGINS}"))
+        return []
+    return names
+
+
+def _command_line_plugins() -> list[str] | None:
+    """The job's ``plugins=[...]`` (or ``+plugins=``, ``++plugins=``) override; [] without one;
+    None when not under Hydra. A sweeper's ``params`` naming ``plugins`` (a config file may set them) is refused."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not under Hydra (a test calling run directly)
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    params = hydra_cfg.sweeper.get("params")
+    if isinstance(params, DictConfig) and any(str(k).lstrip("+~") == "plugins" for k in params):
+        raise ConfigError(f"{_NO_FILE_PLUGINS}; sweep them there: -m plugins=[a],[b]", "hydra.sweeper.params.plugins")
+    found: list[str] = []
+    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
+        if override.key_or_group == "plugins":
+            value = None if override.is_delete() else override.value()
+            found = [] if value is None else [value] if isinstance(value, str) else value
+    return found
 
 
 def _summary_depth(raw: Any, problems: list[tuple[str, str]]) -> int | None:
@@ -285,8 +332,8 @@ def _model_file_rules(name: str) -> list[Any]:
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl  # noqa: PLC0415
 
     search_path = ConfigSearchPathImpl()
-    for source in HydraConfig.get().runtime.config_sources:
-        if source.schema in ("file", "pkg"):
+    for source in HydraConfig.get().runtime.config_sources:  # the guarded ones first: composer's YAML reader
+        if source.schema in (SCHEME, "file", "pkg"):
             search_path.append(source.provider, f"{source.schema}://{source.path}")
     loaded = ConfigRepository(search_path).load_config(f"model/{name}")
     if loaded is None or loaded.header.get("package") != "_global_":
@@ -519,28 +566,46 @@ def _without_config_dir(argv: Sequence[str]) -> list[str]:
 
 
 def list_command(argv: Sequence[str]) -> int:
-    """``list [types|inits|ops|templates|recipes] [NAME]``: what a recipe can name."""
+    """``list [types|inits|ops|templates|recipes] [NAME] [plugins=[...]]``: what a recipe can name."""
     import argparse  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="python -m composer list",
         description="What a recipe can name: module types with their arguments, initializers, ops, the "
         "templates (blocks) of the recipes, and the model recipes and init schemes (--config-dir DIR first).",
+        epilog="plugins=[my_pkg.blocks] (or COMPOSER_PLUGINS) imports your modules first, as the app does; "
+        "what they and the installed plugins (entry points composer.plugins) add is marked with its plugin.",
     )
     parser.add_argument("word", choices=["list"], help=argparse.SUPPRESS)
     parser.add_argument("kind", nargs="?", help="types, inits, ops, templates or recipes; none: an overview")
     parser.add_argument("name", nargs="?", help="one of them: a type's arguments, a recipe's file, ...")
     parser.add_argument("--config-dir", "-cd", help="your own conf directory (model/, init/), searched first")
-    args = parser.parse_args(list(argv))
+    plugin_words = [a for a in argv if a.lstrip("+").startswith("plugins=")]
+    args = parser.parse_args([a for a in argv if a not in plugin_words])
     try:
         from composer.describe.listing import list_text  # noqa: PLC0415  (torch: the registries)
         from composer.modules.ops import OPS  # noqa: PLC0415
+        from composer.modules.registry import PLUGINS_ENV, env_plugins, import_plugins, load_entry_points  # noqa: PLC0415
 
+        import_plugins(env_plugins(), key=PLUGINS_ENV)
+        import_plugins(_listed_plugins(plugin_words))
+        load_entry_points()  # what a recipe can name includes what the installed plugins add
         dirs = [*([args.config_dir] if args.config_dir else []), CONF_DIR]
         print(list_text(args.kind, args.name, conf_dir=dirs, ops=OPS))
     except Exception as e:  # noqa: BLE001
         return fail(e)
     return 0
+
+
+def _listed_plugins(words: Sequence[str]) -> list[str]:
+    """The module names of ``plugins=[a.b,c.d]`` words, read with Hydra's override parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    names: list[str] = []
+    for override in OverridesParser.create().parse_overrides(list(words)):
+        value = override.value()
+        names += [value] if isinstance(value, str) else list(value or [])
+    return names
 
 
 def inspect_command(argv: Sequence[str]) -> int:

@@ -93,7 +93,11 @@ def rebuild(
         model, notes = construct(recipe, allow, device, "load")
     except ConfigError as e:
         unknown_type = any(message.startswith("unknown type") for _, message in e.problems)
-        hint = " (import the module that registers it before loading)" if unknown_type else ""
+        hint = (
+            " (import the module that registers it before loading, or install it as a composer.plugins entry point)"
+            if unknown_type
+            else ""
+        )
         raise CheckpointError(f"{path}: cannot rebuild its recipe: {'; '.join(e.lines())}{hint}") from None
     return recipe, stored, model, notes.frozen
 

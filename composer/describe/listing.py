@@ -3,7 +3,8 @@
 What a recipe can name, read from the registries and the conf directories, so the answer is never
 out of date: a type's arguments and defaults come from its constructor's signature, an
 initializer's from its function's, a packaged recipe's one-line description from its first
-comment. Pure functions that return the text; the command line prints it.
+comment; a name a plugin registered says which (``Registry.origin``). Pure functions that return
+the text; the command line prints it.
 """
 
 from __future__ import annotations
@@ -82,13 +83,39 @@ def _overview(modules: Any, initializers: Any, ops: Any, dirs: list[Path]) -> st
     counts = {
         "types": f"{len(list(modules))} module types, and the forms {', '.join(g.TYPE_FORMS)}",
         "inits": f"{len(list(initializers))} initializers",
-        "ops": f"{len(list(ops))} named ops, and torch's {len(torch_ops.derived_names())} functions by name",
+        "ops": f"{len(list(ops))} ops, and torch's {len(torch_ops.derived_names())} functions under their own names",
         "templates": _count(len(_templates(dirs)), "template") + " in the recipes",
         "recipes": f"{len(models)} model recipes, {len(inits)} init schemes",
     }
     lines = ["what a recipe can name (python -m composer list KIND [NAME]):"]
     lines += [f"  {kind:<10} {text}" for kind, text in counts.items()]
+    added: dict[str, list[str]] = {}
+    for registry, noun in ((modules, "type"), (initializers, "initializer"), (ops, "op")):
+        for plugin, names in _by_plugin(registry).items():
+            added.setdefault(plugin, []).append(_count(len(names), noun))
+    lines += [f"  plugin {plugin}: {', '.join(counts)}" for plugin, counts in added.items()]
     return "\n".join(lines)
+
+
+def _origin(registry: Any, name: str) -> str | None:
+    """The plugin module that registered ``name`` (a plain mapping, as tests pass: none)."""
+    origin = getattr(registry, "origin", None)
+    return origin(name) if origin is not None else None
+
+
+def _by_plugin(registry: Any) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name in registry:
+        plugin = _origin(registry, name)
+        if plugin is not None:
+            found.setdefault(plugin, []).append(name)
+    return found
+
+
+def _marked(registry: Any, name: str) -> str:
+    """``  [plugin my_pkg.blocks]`` after a name a plugin registered; else nothing."""
+    plugin = _origin(registry, name)
+    return f"  [plugin {plugin}]" if plugin else ""
 
 
 # --- types ----------------------------------------------------------------------------------
@@ -104,6 +131,8 @@ def types_text(modules: Any = MODULES, name: str | None = None) -> str:
                 continue
             where = getattr(cls, "__module__", "?")
             where = "torch.nn" if where.startswith("torch.nn") else where
+            plugin = _origin(modules, type_name)
+            where = f"plugin {plugin}" if plugin else where
             groups.setdefault(where, []).append(type_name)
         lines = []
         for where, names in groups.items():
@@ -118,7 +147,7 @@ def types_text(modules: Any = MODULES, name: str | None = None) -> str:
         raise ConfigError(f"unknown type {name!r}{did_you_mean(name, [*types, *g.TYPE_FORMS])}", "list types")
     cls = types[name]
     deferred = LAZY[cls][1] if cls in LAZY else None
-    lines = _heading(name, cls)
+    lines = _heading(name, cls, _origin(modules, name))
     signature = args_of.arguments(cls)
     if signature is None:
         lines.append("its arguments cannot be read from its signature")
@@ -141,12 +170,12 @@ def inits_text(initializers: Any = INITIALIZERS, name: str | None = None) -> str
     fns = args_of.entries(initializers)
     if name is None:
         lines = ["initializers (a bare name, or {type: name, <kwargs>}):"]
-        lines += [f"  {_call_line(n, _initializer_args(fn))}" for n, fn in fns.items()]
+        lines += [f"  {_call_line(n, _initializer_args(fn))}{_marked(initializers, n)}" for n, fn in fns.items()]
         return "\n".join(lines)
     if name not in fns:
         raise ConfigError(f"unknown initializer {name!r}{did_you_mean(name, fns)}", "list inits")
     named = _initializer_args(fns[name])
-    lines = _heading(name, fns[name])
+    lines = _heading(name, fns[name], _origin(initializers, name))
     rows = [(a.name, args_of.format_annotation(a.annotation), _default(a)) for a in named or []]
     lines += _table(rows) if rows else ["takes no argument"]
     return "\n".join(lines)
@@ -159,7 +188,7 @@ def ops_text(ops: Any = OPS, name: str | None = None) -> str:
     fns = args_of.entries(ops)
     if name is None:
         lines = ["ops ({op: name, in: ..., <kwargs>}, in a Graph or a Sequential):"]
-        lines += [f"  {_call_line(n, _op_args(fn))}" for n, fn in fns.items()]
+        lines += [f"  {_call_line(n, _op_args(fn))}{_marked(ops, n)}" for n, fn in fns.items()]
         derived = [n for n in torch_ops.derived_names() if n not in fns]
         lines += ["", f"and torch's functions, with torch's arguments (list ops NAME shows them): {len(derived)}"]
         lines += textwrap.wrap(" ".join(derived), WIDTH, initial_indent="  ", subsequent_indent="  ")
@@ -168,7 +197,7 @@ def ops_text(ops: Any = OPS, name: str | None = None) -> str:
         return _torch_op_text(name, lookup_op(name, "list ops"))
     signature = args_of.op_arguments(fns[name])
     inputs = signature.inputs if signature else ()
-    lines = [*_heading(name, fns[name]), f"in: {', '.join(inputs) or 'none'}", ""]
+    lines = [*_heading(name, fns[name], _origin(ops, name)), f"in: {', '.join(inputs) or 'none'}", ""]
     rows = [(a.name, args_of.format_annotation(a.annotation), _default(a)) for a in _op_args(fns[name]) or []]
     lines += _table(rows) if rows else ["no arguments besides in"]
     either = [a.name for a in signature.keywords if a.name in inputs] if signature else []
@@ -185,11 +214,14 @@ def _torch_op_text(name: str, op: Any) -> str:
         raise ConfigError(f"unknown op {name!r}", "list ops")
     where = "torch.Tensor" if op.where == "Tensor" else op.where
     lines = [f"{name}: {where}.{name} (torch's own; in: fills the 'in' arguments no key gives, in order)", ""]
-    lines += [f"  {name}{o.text()}" for o in op.overloads if "training" not in {p.name for p in o.params}]
+    follows = op.follows_training
+    lines += [f"  {name}{o.text()}" for o in op.overloads if not (follows and o.get("training"))]
     lines += [
-        f"  {name}{o.text().replace('training=True', 'training=<train()>')}" for o in op.overloads if o.get("training")
+        f"  {name}{o.text().replace('training=True', 'training=<train()>')}"
+        for o in op.overloads
+        if follows and o.get("training")
     ]
-    rows = [r for r in torch_ops.overload_rows(op) if r[0] != "training"]
+    rows = [r for r in torch_ops.overload_rows(op) if not (follows and r[0] == "training")]
     width = [max(len(r[i]) for r in [("argument", "", "default", ""), *rows]) for i in range(3)]
     lines += ["", f"  {'argument':<{width[0]}}  {'default':<{width[2]}}  in  type"]
     lines += [f"  {a:<{width[0]}}  {d:<{width[2]}}  {i or '  '}  {t}".rstrip() for a, t, d, i in rows]
@@ -348,10 +380,11 @@ def _yaml(value: Any) -> str:
     return getattr(value, "__name__", repr(value))
 
 
-def _heading(name: str, obj: Any) -> list[str]:
-    """``Name: module.Class``, its docstring's first sentence, a blank line."""
+def _heading(name: str, obj: Any, plugin: str | None = None) -> list[str]:
+    """``Name: module.Class`` (``, from plugin X``), its docstring's first sentence, a blank line."""
     doc = args_of.summary_line(obj)
-    return [f"{name}: {_qualified(obj)}", *([f"  {doc}"] if doc else []), ""]
+    source = f", from plugin {plugin}" if plugin else ""
+    return [f"{name}: {_qualified(obj)}{source}", *([f"  {doc}"] if doc else []), ""]
 
 
 def _count(n: int, noun: str) -> str:

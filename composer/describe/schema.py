@@ -430,7 +430,7 @@ def _torch_op_def(name: str, op: torch_ops.TorchOp) -> dict[str, Any]:
     properties: dict[str, Any] = dict.fromkeys([g.OP.marker, *_form_keys(g.OP)], True)
     for o in op.overloads:
         for p in o.params:
-            if p.name not in properties and p.name != "training":
+            if p.name not in properties and not (p.name == "training" and op.follows_training):
                 properties[p.name] = _stub_argument(p)
     schema: dict[str, Any] = {"properties": properties, "additionalProperties": False}
     required = torch_ops.required_keys(op)

@@ -24,7 +24,8 @@ and inputs fit. The callable a node runs is the torch function itself when its i
 leading arguments (``fn(*inputs, **keys)``), else a closure that only places them.
 
 Never ops (``excluded`` says why): file I/O, global state, randomness outside dropout, in-place
-variants (a trailing ``_``), ``out=``; private names are not ops. ``device`` is not an argument:
+variants (a trailing ``_``), ``out=``, uninitialized memory (``empty``: its values would be
+whatever memory held); private names are not ops. ``device`` is not an argument:
 an op runs on its inputs' device, and an op without tensor inputs (``arange``) on torch's current
 default device, which is the build's device when a buffer is computed at build.
 """
@@ -57,6 +58,7 @@ _GLOBAL = frozenset({
     "register_hook", "backward", "record_stream", "share_memory_", "pin_memory", "set_", "storage",
     "untyped_storage", "data_ptr", "cuda", "cpu", "tolist", "item", "numpy", "requires_grad_", "retain_grad",
 })  # fmt: skip
+_UNINITIALIZED = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
 _RANDOM = frozenset({
     "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "multinomial",
     "normal", "poisson", "binomial", "rrelu", "rrelu_with_noise", "gumbel_softmax", "fractional_max_pool2d",
@@ -73,8 +75,8 @@ REFUSED_KEYS = {
 }
 # Ops that make a tensor of a size their keys give: bounded by the ``tensor_elements`` budget.
 CREATION = frozenset({
-    "arange", "range", "linspace", "logspace", "zeros", "ones", "full", "empty", "eye", "tril_indices",
-    "triu_indices", "empty_strided", "new_zeros", "new_ones", "new_full", "new_empty", "new_empty_strided",
+    "arange", "range", "linspace", "logspace", "zeros", "ones", "full", "eye", "tril_indices", "triu_indices",
+    "new_zeros", "new_ones", "new_full",
     "hann_window", "hamming_window", "bartlett_window", "blackman_window", "kaiser_window",
 })  # fmt: skip
 
@@ -85,6 +87,8 @@ def excluded(name: str) -> str | None:
         return "global state (seeds, defaults, threads, autograd and device state) is not a tensor function"
     if name in _FILES:
         return "ops do not read or write files or foreign memory"
+    if name in _UNINITIALIZED:
+        return "uninitialized memory: its values are whatever memory held (use zeros, zeros_like or new_zeros)"
     if name in _RANDOM:
         return "randomness outside dropout: only dropout draws random numbers in a model's forward"
     if name.endswith("_") and not name.startswith("_"):
@@ -160,6 +164,12 @@ class TorchOp:
     def creation(self) -> bool:
         return self.name in CREATION
 
+    @property
+    def follows_training(self) -> bool:
+        """Dropout's ``training`` is the module's: ``training=self.training``, never a key. (Other
+        ``training`` arguments, batch_norm's, stay keys with torch's default.)"""
+        return "dropout" in self.name and any(o.get("training") for o in self.overloads)
+
 
 def _torch_dir() -> Path:
     import torch  # noqa: PLC0415  (on lookup, not import)
@@ -211,7 +221,6 @@ def _stubs(relative: str, cls: str, name: str) -> list[ast.FunctionDef]:
 
 _TENSOR = re.compile(r"\bTensor\b")
 _MANY = re.compile(r"(Sequence|tuple|list|Iterable)\[(Tensor|torch\.Tensor)\b")
-_SKIP = frozenset({"training"})  # the module's own state: passed as ``training=self.training``
 
 
 _PRIVATE_ALIAS = re.compile(r"(?<![\w.])_(?=[a-z])|\btorch\.(?=Tensor\b)|\btyping\.")
@@ -302,12 +311,25 @@ def _from_signature(fn: Callable[..., Any]) -> Overload | None:
 DOCUMENTED = {"einsum": Overload((Param("equation", annotation="str"),), rest="operands")}
 
 
+# Where each namespace's builtins are written down: stub file, and the class in it for methods.
+_STUB_FILES = {
+    "Tensor": [("_C/__init__.pyi", "TensorBase")],
+    "torch.nn.functional": [("_C/_nn.pyi", ""), ("_C/_VariableFunctions.pyi", ""), ("nn/functional.pyi", "")],
+    "torch": [("_C/_VariableFunctions.pyi", "")],
+}
+
+
+def _readable(fn: Callable[..., Any], name: str, where: str) -> bool:
+    """Whether ``_read`` finds a signature (without parsing one)."""
+    if name in DOCUMENTED:
+        return True
+    if inspect.isfunction(fn):
+        return _from_signature(fn) is not None
+    return any(name in _stub_index(relative, cls)[1] for relative, cls in _STUB_FILES[where])
+
+
 def _read(fn: Callable[..., Any], name: str, where: str) -> tuple[Overload, ...]:
-    stubs = {
-        "Tensor": [("_C/__init__.pyi", "TensorBase")],
-        "torch.nn.functional": [("_C/_nn.pyi", ""), ("_C/_VariableFunctions.pyi", ""), ("nn/functional.pyi", "")],
-        "torch": [("_C/_VariableFunctions.pyi", "")],
-    }[where]
+    stubs = _STUB_FILES[where]
     if name in DOCUMENTED:
         return (DOCUMENTED[name],)
     if inspect.isfunction(fn):
@@ -353,10 +375,14 @@ def derived(name: str) -> TorchOp | None:
 
 @functools.cache
 def derived_names() -> tuple[str, ...]:
-    """Every name torch may give an op under (read from ``dir``, no signature read): sorted."""
+    """Every name torch gives an op under (from ``dir`` and the stubs' index, no signature parsed),
+    sorted: about 30 ms the first time."""
     names = set()
     for where, space in _namespaces():
-        names.update(n for n in dir(space) if not n.startswith("_") and not excluded(n) and _candidate(n, where, space))
+        for n in dir(space):
+            if not n.startswith("_") and not excluded(n) and (fn := _candidate(n, where, space)) is not None:
+                if _readable(fn, n, where):
+                    names.add(n)
     return tuple(sorted(names))
 
 
@@ -393,7 +419,7 @@ def _assign(overload: Overload, keys: Mapping[str, Any], inputs: Inputs) -> tupl
             if overload.rest:
                 filled += [f"*{overload.rest}"] * (inputs - len(filled))
             else:
-                why.append(f"at most {len(free)} input{'s' if len(free) != 1 else ''}")
+                why.append(f"at most {len(free)} input{'s' if len(free) != 1 else ''} beside its keys, got {inputs}")
     given = set(filled) | set(keys)
     why += [f"missing {p.name!r}" for p in overload.params if p.required and p.name not in given]
     return filled, why
@@ -410,7 +436,7 @@ def problems(op: TorchOp, label: str, keys: Mapping[str, Any], inputs: Inputs, k
     found: list[tuple[str, str]] = []
     valid = op.keys
     for key in keys:
-        if key in REFUSED_KEYS or key == "training":
+        if key in REFUSED_KEYS or (key == "training" and op.follows_training):
             why = REFUSED_KEYS.get(key, "dropout follows the module's train() and eval()")
             found.append((f"{key_path}.{key}", f"op {label!r} takes no {key!r}: {why}"))
         elif key not in valid:
@@ -420,10 +446,11 @@ def problems(op: TorchOp, label: str, keys: Mapping[str, Any], inputs: Inputs, k
             )
     if found:
         return found
-    overload, _, why = _best(op, keys, inputs)
+    _, _, why = _best(op, keys, inputs)
     if why:
         shown = " or ".join(f"{label}{o.text()}" for o in op.overloads[:4])
-        found.append((key_path, f"op {label!r}: {'; '.join(why)} (takes {shown})"))
+        where = f"{key_path}.in" if why[0].startswith("at most") else key_path  # too many inputs
+        found.append((where, f"op {label!r}: {'; '.join(why)} (takes {shown})"))
     if op.creation and not found:
         found += _budget_problems(label, keys, key_path)
     return found
@@ -473,7 +500,7 @@ def bind(op: TorchOp, keys: Mapping[str, Any], inputs: Inputs) -> Callable[..., 
     overload, filled, _ = _best(op, keys, inputs)
     fn = op.fn
     order = [p.name for p in overload.params]
-    takes_training = "training" in order
+    takes_training = op.follows_training
     if not isinstance(inputs, int):  # by name, or unknown
         if not takes_training and (inputs is None or "self" not in inputs):
             return fn

@@ -50,15 +50,8 @@ TOP_LEVEL_KEYS = (
 )
 
 
-class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """PyYAML's safe loader (the C one where built), reading numbers as YAML 1.2 does: ``1e-5``
-    is a float, as OmegaConf and every YAML 1.2 reader take it (PyYAML's YAML 1.1 needs a dot).
-
-    As YAML 1.2's core schema, it has no dates (``2001-12-14`` is a string); it refuses
-    ``!!binary``, ``!!set``, ``!!omap``, ``!!pairs`` and ``!!timestamp`` (no recipe means them and no
-    checkpoint can store them), a key given twice in one mapping (the last one winning silently
-    hides a mistake) and an integer Python cannot convert (5,000 digits), each at its line.
-    """
+class _RecipeRules:
+    """What composer's loaders read differently from PyYAML's safe loader (see ``YamlLoader``)."""
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
         if isinstance(node, yaml.MappingNode):
@@ -96,18 +89,57 @@ class YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore
         )
 
 
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in YamlLoader.yaml_implicit_resolvers.items()
-}
-YamlLoader.add_constructor("tag:yaml.org,2002:int", YamlLoader.construct_yaml_int)
-for _tag in ("binary", "set", "omap", "pairs", "timestamp"):
-    YamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", YamlLoader.refuse_tag)
+class YamlLoader(_RecipeRules, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader (the C one where built), reading numbers as YAML 1.2 does: ``1e-5``
+    is a float, as OmegaConf and every YAML 1.2 reader take it (PyYAML's YAML 1.1 needs a dot).
+
+    As YAML 1.2's core schema, it has no dates (``2001-12-14`` is a string); it refuses
+    ``!!binary``, ``!!set``, ``!!omap``, ``!!pairs`` and ``!!timestamp`` (no recipe means them and no
+    checkpoint can store them), a key given twice in one mapping (the last one winning silently
+    hides a mistake) and an integer Python cannot convert (5,000 digits), each at its line.
+    """
+
+
+_FLOW_END = "\0 \t\r\n\x85\u2028\u2029,]}"
+
+
+class MissingInFlowLoader(_RecipeRules, yaml.SafeLoader):
+    """``YamlLoader`` in Python, reading OmegaConf's ``???`` (a required value) as a plain scalar
+    inside ``{...}`` or ``[...]``, as YAML 1.2 does: ``args: {c: ???, stride: 1}``. PyYAML and
+    libyaml take a ``?`` in a flow collection for a complex key's indicator and fail; ``parse_yaml``
+    reads a text with this loader only then."""
+
+    def _missing(self) -> bool:
+        return bool(self.flow_level) and self.prefix(3) == "???" and self.peek(3) in _FLOW_END
+
+    def check_key(self) -> bool:
+        return not self._missing() and super().check_key()
+
+    def check_plain(self) -> bool:
+        return self._missing() or super().check_plain()
+
+    def scan_plain(self) -> yaml.tokens.ScalarToken:
+        if not self._missing():
+            return super().scan_plain()
+        start = self.get_mark()
+        self.forward(3)
+        self.allow_simple_key = False
+        return yaml.tokens.ScalarToken("???", True, start, self.get_mark())
+
+
+for _loader in (YamlLoader, MissingInFlowLoader):
+    _loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    _loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in _loader.yaml_implicit_resolvers.items()
+    }
+    _loader.add_constructor("tag:yaml.org,2002:int", _loader.construct_yaml_int)
+    for _tag in ("binary", "set", "omap", "pairs", "timestamp"):
+        _loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _loader.refuse_tag)
 YAML_LOADER = YamlLoader
 
 Recipe = dict[str, Any]
@@ -311,7 +343,12 @@ def _read_yaml(path: Path, limits: budget.Limits) -> Any:
 def parse_yaml(text: str, where: str) -> Any:
     """YAML text -> data, with composer's loader; a ``ConfigError`` at ``where:line:column``."""
     try:
-        return yaml.load(text, Loader=YAML_LOADER)
+        try:
+            return yaml.load(text, Loader=YAML_LOADER)
+        except yaml.YAMLError:
+            if "???" not in text:
+                raise
+            return yaml.load(text, Loader=MissingInFlowLoader)  # args: {c: ???}: YAML 1.2 reads it
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
