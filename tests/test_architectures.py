@@ -66,6 +66,15 @@ def test_mixtral_gives_mixtral_for_causal_lms_logits_within_1e_5():
     assert difference < 1e-5
 
 
+def test_llama_vars_reach_biases_head_dim_and_plain_multi_head_attention():
+    fields = {**R.SMALL["llama"], "attention_bias": True, "mlp_bias": True, "head_dim": 32, "num_key_value_heads": 4}
+    model, reference = loaded("llama", fields)
+    assert model.model.layers[1].self_attn.q_proj.weight.shape == (4 * 32, 64)
+    inputs = R.architecture_inputs("llama", fields)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs), R.architecture_output("llama", reference, inputs))
+
+
 def test_llama_ties_lm_head_as_tie_word_embeddings_says():
     fields = {**R.SMALL["llama"], "tie_word_embeddings": True}
     model, reference = loaded("llama", fields)
