@@ -7,7 +7,12 @@
 - ``gpt2_small`` built with a ``normal(0, 0.02)`` rule over the handwritten GPT built and initialized
   the same way (nanoGPT's ``_init_weights``), each in a fresh process, with peak memory over the
   parameter bytes, in float32 and with ``dtype: bfloat16``;
-- a 1,000-entry Graph recipe over a 1,000-item Sequential recipe.
+- a 1,000-entry Graph recipe over a 1,000-item Sequential recipe;
+- the section 7.12 recipes (``llama``, ``mixtral``, ``bert``, ``convnext``, ``seq2seq``) at bench
+  sizes (``BENCH_SIZES``) against their references (transformers' models with SDPA attention,
+  torchvision's ConvNeXt as ``tests/references.py`` writes it, ``nn.Transformer``): forward with
+  the reference's weights, and the build (``build_from_config(name, vars=...)``, initialization
+  included) over the reference's construction (its own initialization included).
 """
 
 from __future__ import annotations
@@ -141,11 +146,76 @@ def param_groups_rows(quick: bool) -> list[Result]:
     ]
 
 
+# Section 7.12 at sizes where the forward does real work: ~10-30 M parameters, 128 tokens or 64x64 images.
+BENCH_SIZES: dict[str, dict] = {
+    "llama": {"vocab_size": 8000, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
+              "num_attention_heads": 8, "num_key_value_heads": 2},
+    "mixtral": {"vocab_size": 8000, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                "num_attention_heads": 8, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "bert": {"vocab_size": 8000, "hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+             "intermediate_size": 2048, "max_position_embeddings": 512},
+    "convnext": {"dims": [64, 128, 256, 512], "depths": [2, 2, 4, 2], "num_classes": 1000},
+    "seq2seq": {"d_model": 256, "nhead": 8, "num_encoder_layers": 3, "num_decoder_layers": 3,
+                "dim_feedforward": 1024, "dropout": 0.0},
+}  # fmt: skip
+
+
+def _architecture_inputs(name: str, fields: dict) -> dict[str, torch.Tensor]:
+    from tests import references as R
+
+    inputs = R.architecture_inputs(name, fields, batch=1, length=128)
+    if name == "convnext":
+        inputs = {"x": torch.randn(1, 3, 64, 64)}
+    return inputs
+
+
+def architecture_rows(quick: bool) -> list[Result]:
+    """Section 7.12: each recipe's forward over its reference's (the reference's weights loaded,
+    outputs checked), with an A/A control; then its build over the reference's construction."""
+    from composer import build_from_config
+    from tests import references as R
+
+    rows = []
+    rounds = 7 if quick else 21
+    for name, fields in BENCH_SIZES.items():
+        torch.manual_seed(0)
+        reference, control = R.architecture(name, fields), R.architecture(name, fields)
+        built = build_from_config(name, vars=fields).eval()
+        built.load_state_dict(reference.state_dict())
+        control.load_state_dict(reference.state_dict())
+        inputs = _architecture_inputs(name, fields)
+        call = (lambda m, x=inputs: m(x["x"])) if name == "convnext" else (lambda m, x=inputs: m(**x))
+        with torch.no_grad():
+            got, want = call(built), R.architecture_output(name, reference, inputs)
+            got = got[0] if isinstance(got, tuple) else got
+            difference = (got - want).abs().max().item()
+            variants = {
+                "recipe": lambda m=built, c=call: c(m),
+                "reference": lambda m=reference, n=name, x=inputs: R.architecture_output(n, m, x),
+                "control": lambda m=control, n=name, x=inputs: R.architecture_output(n, m, x),
+            }
+            t = interleave(variants, rounds, collect=False)
+        noise = abs(t.ratio("control", "reference") - 1)
+        detail = (
+            f"max |difference| {difference:.1e}; A/A control {t.ratio('control', 'reference'):.3f}x; {t.describe()}"
+        )
+        rows.append(Result("8", f"forward {name}: recipe / reference", "<=", 1.05 + noise,
+                           t.ratio("recipe", "reference"), detail=detail))  # fmt: skip
+        builds = interleave(
+            {"recipe": lambda n=name, f=fields: build_from_config(n, vars=f),
+             "reference": lambda n=name, f=fields: R.architecture(n, f)},
+            3 if quick else 7,
+        )  # fmt: skip
+        rows.append(Result("8", f"{name} build + init / reference construction", "<=", 3.0,
+                           builds.ratio("recipe", "reference"), detail=builds.describe()))  # fmt: skip
+    return rows
+
+
 def run(quick: bool = False) -> list[Result]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a busy 2-core machine stalls multi-threaded small ops at random
     try:
-        rows = [*forward_rows(quick), *graph_rows(quick), *param_groups_rows(quick)]
+        rows = [*forward_rows(quick), *graph_rows(quick), *param_groups_rows(quick), *architecture_rows(quick)]
     finally:
         torch.set_num_threads(threads)
     return [*rows, *build_rows(quick)]

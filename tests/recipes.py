@@ -18,12 +18,13 @@ def model_recipe(name: str) -> Path:
 
 
 def example_batch(recipe: dict) -> list[torch.Tensor]:
-    """Random inputs of the shapes and dtypes a built recipe declares (token ids below 10)."""
+    """Random inputs of the shapes and dtypes a built recipe declares (integers 0 or 1: valid token
+    ids, BERT's token types and attention masks alike)."""
     _, specs = example_inputs(recipe)
     return [
         torch.rand(spec.shape, dtype=spec.dtype)
         if spec.dtype.is_floating_point
-        else torch.randint(0, 10, spec.shape, dtype=spec.dtype)
+        else torch.randint(0, 2, spec.shape, dtype=spec.dtype)
         for spec in specs
     ]
 

@@ -9,6 +9,12 @@ arguments where that is cheap, so tests can build small versions.
 - ``gpt2()``: nanoGPT's GPT with ``nn.Linear`` projections, GPT-2 small by default (124,439,808
   parameters counted once: ``lm_head.weight`` is ``transformer.wte.weight``).
 - ``UNet``, ``LSTMClassifier``, ``Siamese``: small networks of the shapes section 7.8 names.
+- ``convnext()``: torchvision's ConvNeXt (``convnext_tiny`` by default: 28,589,128 parameters),
+  stochastic depth left out (the identity in eval mode and at probability 0).
+- ``architecture(name, fields)``, ``architecture_inputs(name, fields)``: the references of section
+  7.12 (``transformers``' Llama, Mixtral and BERT, torchvision's ConvNeXt, ``nn.Transformer``) built
+  from their own config fields, as the recipes of the same name take them in ``vars``, and inputs
+  by the reference's argument names; ``SMALL``: small sizes for each, for fast tests.
 """
 
 from __future__ import annotations
@@ -323,6 +329,165 @@ class Siamese(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.head(torch.abs(self.encoder(a) - self.encoder(b)))
+
+
+# --- torchvision ConvNeXt ------------------------------------------------------------------------
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision.models.convnext.LayerNorm2d: a LayerNorm over channels of an NCHW tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Permute(nn.Module):
+    """torchvision.ops.misc.Permute."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.permute(x, self.dims)
+
+
+class CNBlock(nn.Module):
+    """torchvision.models.convnext.CNBlock: depthwise 7x7, channels-last LayerNorm, Linear MLP, layer scale."""
+
+    def __init__(self, dim: int, layer_scale: float = 1e-6) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True),
+            Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(in_features=dim, out_features=4 * dim, bias=True),
+            nn.GELU(),
+            nn.Linear(in_features=4 * dim, out_features=dim, bias=True),
+            Permute([0, 3, 1, 2]),
+        )
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        result = self.layer_scale * self.block(input)
+        result += input
+        return result
+
+
+class ConvNeXt(nn.Module):
+    """torchvision.models.convnext.ConvNeXt: a 4x4 patchify stem (conv + LayerNorm2d), stages of CNBlocks
+    with a LayerNorm2d + 2x2 stride-2 conv between them, then pool, LayerNorm2d, flatten, Linear."""
+
+    def __init__(
+        self, dims: tuple[int, ...] = (96, 192, 384, 768), depths: tuple[int, ...] = (3, 3, 9, 3),
+        num_classes: int = 1000, layer_scale: float = 1e-6,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(3, dims[0], kernel_size=4, stride=4, padding=0, bias=True), LayerNorm2d(dims[0], eps=1e-6)
+            )
+        ]
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            layers.append(nn.Sequential(*[CNBlock(dim, layer_scale) for _ in range(depth)]))
+            if i + 1 < len(dims):
+                layers.append(
+                    nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[i + 1], kernel_size=2, stride=2))
+                )
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
+        )
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def convnext(**kwargs) -> ConvNeXt:
+    return ConvNeXt(**kwargs)
+
+
+# --- section 7.12: references built from their own config fields --------------------------------
+
+SMALL: dict[str, dict] = {
+    "llama": {
+        "vocab_size": 100, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+    },
+    "mixtral": {
+        "vocab_size": 100, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
+    },
+    "bert": {
+        "vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 96, "max_position_embeddings": 32, "type_vocab_size": 2,
+    },
+    "convnext": {"dims": [8, 16, 32, 64], "depths": [1, 1, 2, 1], "num_classes": 10},
+    "seq2seq": {
+        "d_model": 32, "nhead": 4, "num_encoder_layers": 2, "num_decoder_layers": 2, "dim_feedforward": 64,
+        "dropout": 0.0,
+    },
+}  # fmt: skip
+TRANSFORMERS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+                "bert": ("BertConfig", "BertModel")}  # fmt: skip
+
+
+def architecture(name: str, fields: dict) -> nn.Module:
+    """The reference of recipe ``name`` built from ``fields`` (its config's own names), in eval mode;
+    transformers' models with SDPA attention."""
+    if name in TRANSFORMERS:
+        import transformers  # noqa: PLC0415 (seconds to import: only who needs it pays)
+
+        config, model = (getattr(transformers, n) for n in TRANSFORMERS[name])
+        return model(config(**fields, attn_implementation="sdpa")).eval()
+    if name == "convnext":
+        return ConvNeXt(tuple(fields["dims"]), tuple(fields["depths"]), fields.get("num_classes", 1000)).eval()
+    if name == "seq2seq":
+        return nn.Transformer(**fields, batch_first=True).eval()
+    raise KeyError(name)
+
+
+def architecture_inputs(name: str, fields: dict, batch: int = 2, length: int = 12) -> dict[str, torch.Tensor]:
+    """Inputs by the reference's argument names: token ids (BERT: with a padded second sequence
+    and two token types), images, or a source and a target sequence."""
+    g = torch.Generator().manual_seed(1)
+    if name in TRANSFORMERS:
+        ids = torch.randint(0, fields["vocab_size"], (batch, length), generator=g)
+        if name != "bert":
+            return {"input_ids": ids}
+        attention_mask = torch.ones_like(ids)
+        attention_mask[-1, length * 2 // 3 :] = 0
+        token_type_ids = torch.zeros_like(ids)
+        token_type_ids[:, length // 2 :] = 1
+        return {"input_ids": ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    if name == "convnext":
+        return {"x": torch.randn(batch, 3, 32, 32, generator=g)}
+    if name == "seq2seq":
+        d = fields["d_model"]
+        return {
+            "src": torch.randn(batch, length, d, generator=g),
+            "tgt": torch.randn(batch, length - 2, d, generator=g),
+        }
+    raise KeyError(name)
+
+
+def architecture_output(name: str, reference: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reference's first output (logits, last_hidden_state, ...); ``nn.Transformer`` is given
+    the causal target mask its documentation asks for, and the hint that it is causal."""
+    if name == "seq2seq":
+        causal = nn.Transformer.generate_square_subsequent_mask(inputs["tgt"].size(1))
+        return reference(inputs["src"], inputs["tgt"], tgt_mask=causal, tgt_is_causal=True)
+    out = reference(**inputs) if name != "convnext" else reference(inputs["x"])
+    return out if isinstance(out, torch.Tensor) else out[0]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -91,7 +91,7 @@ def test_every_recipe_round_trips_bit_for_bit(tmp_path, name):
     loaded = load_checkpoint(tmp_path / "m.safetensors")
     assert str(loaded) == str(model)
     model.eval(), loaded.eval()
-    assert torch.equal(loaded(*x), model(*x))
+    assert _same(loaded(*x), model(*x))
     assert loaded.state_dict().keys() == model.state_dict().keys()
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
@@ -436,7 +436,7 @@ def test_reloaded_outputs_equal_bit_for_bit_at_batch_sizes_1_to_3(tmp_path, name
         x = [
             torch.rand((batch, *spec.shape[1:]), dtype=spec.dtype)
             if spec.dtype.is_floating_point
-            else torch.randint(0, 10, (batch, *spec.shape[1:]), dtype=spec.dtype)
+            else torch.randint(0, 2, (batch, *spec.shape[1:]), dtype=spec.dtype)  # BERT's token types too
             for spec in specs
         ]
         with torch.no_grad():

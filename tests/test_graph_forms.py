@@ -73,7 +73,7 @@ def test_keyword_inputs_and_forward_constants_match_the_handwritten_call():
     model = build_from_config(_decoder_graph(forward={"tgt_is_causal": True}))
     assert list(model.state_dict()) == [f"dec.{k}" for k in nn.TransformerDecoderLayer(**{
         k: v for k, v in DECODER.items() if k != "type"}).state_dict()]  # fmt: skip
-    assert "tgt=a0, memory=a1, tgt_mask=a2, **_k0" in model.code
+    assert "tgt=y, memory=enc, tgt_mask=causal, **_k0" in model.code
     y, enc = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
     causal = nn.Transformer.generate_square_subsequent_mask(5)
     expected = model.dec(tgt=y, memory=enc, tgt_mask=causal, tgt_is_causal=True)
@@ -500,6 +500,6 @@ def test_a_keyword_that_is_no_identifier_is_passed_as_a_string_never_as_source()
     names = {"a b": "x", "x); import os; (": "y"}
     recipe = {"model": {"type": "Graph", "inputs": ["x", "y"], "nodes": {"k": {"type": "KeywordsBlock", "in": names}}}}
     model = build_from_config(recipe)
-    assert "**{'a b': a0}" in model.code and "import os" not in model.code.replace("'x); import os; ('", "")
+    assert "**{'a b': x}" in model.code and "import os" not in model.code.replace("'x); import os; ('", "")
     x, y = torch.randn(3), torch.randn(3)
     assert torch.equal(model(x, y), x * 1 + y * 2)

@@ -101,14 +101,25 @@ def test_transformer_block_graph_equals_handwritten_bit_for_bit():
 def test_forward_is_generated_code_with_no_loop_and_names_only_as_literals():
     graph = basic_block_graph(R.BasicBlock(4, 8, stride=2))
     code = graph.code
-    assert code.startswith("def forward(self, a0):")
+    assert code.startswith("def forward(self, x):")  # the input's name: graph(x=...) works
     assert "for " not in code and "while " not in code
     tree = ast.parse(code)
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    assert all(re.fullmatch(r"self|_m|_p|[avp]\d+|_[fk]\d+", n) for n in names), names
+    assert all(re.fullmatch(r"self|x|_m|_p|[avp]\d+|_[fk]\d+", n) for n in names), names
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert strings == {"conv1", "bn1", "relu", "conv2", "bn2", "downsample"}
     assert type(graph).__name__ == "Graph" and type(graph) is Graph
+
+
+def test_inputs_are_keyword_arguments_where_their_names_are_plain_identifiers():
+    spec = GraphSpec([OpEntry("s", op("sub"), inputs=["input_ids", "v0"])], inputs=["input_ids", "v0"])
+    graph = Graph(spec)
+    a, b = torch.randn(3), torch.randn(3)
+    assert torch.equal(graph(input_ids=a, a1=b), a - b)  # v0 could be a generated name: a1 instead
+    for name in ("class", "self", "_m", "in put"):
+        assert not Graph(GraphSpec([OpEntry("n", op("neg"))], inputs=[name])).code.startswith(
+            f"def forward(self, {name})"
+        )
 
 
 def test_hostile_names_stay_string_literals():

@@ -549,7 +549,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> N
         ({"model": {"type": "Identity"}, "shared": 1}, "shared: expected a mapping"),
         ({"model": {"type": "Identity"}, "blocks": 1}, "blocks: expected a mapping"),
         ({"model": {"type": "Identity"}, "tie": 1}, "tie: expected a mapping"),
-        ({"model": {"type": "Identity"}, "tie": {"0.weight": 0}}, "tie: expected a mapping"),
+        ({"model": {"type": "Identity"}, "tie": {"0.weight": 0}}, "tie.0.weight: expected a src parameter path"),
         ({"model": {"type": "Identity"}, "blocks": {"b": {"args": [[[]]], "body": {"type": "ReLU"}}}}, "blocks.b.args"),
         (
             {"model": {"type": "Graph", "nodes": {"a": {"type": "ReLU"}, "b": {"call": [None, 3]}}}},

@@ -116,7 +116,7 @@ def test_a_derived_op_is_torchs_function_itself_in_the_forward():
     """No wrapper where the inputs are the leading arguments: the forward calls torch.cos."""
     graph = build_from_config({"type": "Graph", "nodes": {"c": {"op": "cos"}, "t": {"op": "topk", "k": 2}}})
     assert [w.fn for w in graph._wiring.wires] == [torch.cos, torch.topk]
-    assert "_f0(a0)" in graph.code and "_f1(v0, **_k1)" in graph.code
+    assert "_f0(x)" in graph.code and "_f1(v0, **_k1)" in graph.code
 
 
 def test_dropout_follows_train_and_eval():

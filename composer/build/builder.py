@@ -64,7 +64,7 @@ from composer.recipe.grammar import (
     is_node,
 )
 from composer.recipe.plain import SCALARS
-from composer.recipe.read import Recipe, dtype_of
+from composer.recipe.read import Recipe, active_ties, dtype_of
 from composer.recipe.templates import (
     INDEX,
     Template,
@@ -824,7 +824,7 @@ def _chain(builder: Builder, steps: list, path: str) -> _Chain | None:
     return _Chain(tuple(chain)) if len(builder.problems) == before else None
 
 
-def _chain_slot(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> str:
+def _chain_slot(fn: Callable[..., Any] | TorchOp, kwargs: Mapping[str, Any]) -> str:
     """The argument a chain's previous result fills: the op's first tensor argument not given as
     a key; "" where that is its first (passed by position), and for torch's functions, whose
     first input fills exactly that (``op_callable``)."""
@@ -948,9 +948,7 @@ def construct(
         if real and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
             builder = Builder(recipe, allow, device, known_on_meta=False, dtype=dtype)
             model = builder.build_model(recipe["model"])
-    ties = recipe.get("tie") or {}
-    if not (isinstance(ties, Mapping) and all(isinstance(v, str) for v in ties.values())):
-        ties = {}  # top_level_problems reports it
+    ties = active_ties(recipe.get("tie"))
     if ties:
         tie_parameters(model, ties)
     builder.notes.ties = dict(ties)

@@ -136,7 +136,11 @@ def _common(types: Mapping[str, Any], inits: Mapping[str, Any]) -> dict[str, Any
                            "anyOf": [{"type": "array", "items": input_spec},
                                      {"type": "object", "additionalProperties": input_spec}]},
                 "tie": {"type": "object", "description": "dst: src parameter paths, one tensor",
-                        "additionalProperties": {"type": "string"}},
+                        "additionalProperties": {"anyOf": [{"type": "string"}, {
+                            "type": "object", "description": "a tie a var turns on or off",
+                            "properties": {"src": {"type": "string"}, "when": {"anyOf": [{"type": "boolean"},
+                                                                                           _ref("interpolation")]}},
+                            "required": ["src"], "additionalProperties": False}]}},
                 "dtype": _ref("dtype"),
                 "vars": {"type": "object", "description": "free values for ${vars.name} and $(vars.name * 2)"},
                 "optim": {

@@ -8,9 +8,11 @@ wiring, reporting every problem at once with its key path, and then writes its `
 Python source, as ``torch.fx``'s ``GraphModule`` does: straight-line code compiled once, so a
 forward pays no per-entry interpreter loop and ``torch.compile(fullgraph=True)`` sees plain calls.
 
-The generated source holds no user text except as ``repr``'d string literals: variables are
-generated names (``a0`` for inputs, ``p0`` for params, ``b0`` for buffers, ``v0`` for entries; an
-argument name that is no identifier goes as a ``repr``'d key), children are reached as
+The generated source holds no user text except as ``repr``'d string literals and the inputs' names
+as the forward's parameters (so ``model(input_ids=ids)`` works), each checked to be a plain
+identifier that no generated name can be: other variables are generated names (``a0`` for an input
+whose name is not such an identifier, ``p0`` for params, ``b0`` for buffers, ``v0`` for entries;
+an argument name that is no identifier goes as a ``repr``'d key), children are reached as
 ``self._modules['name']``, params as ``self._parameters['name']`` and buffers as
 ``self._buffers['name']`` at each call, so ``.to()``, ``copy.deepcopy``, ``load_state_dict`` and
 FSDP2's ``fully_shard`` (which swaps the parameter objects) keep working. The source is
@@ -427,9 +429,16 @@ def _keyword(argument: str, variable: str) -> str:
     return f"**{{{argument!r}: {variable}}}"
 
 
+def _plain(name: str) -> bool:
+    """An input name that can be the forward's parameter itself: an identifier, not a keyword, and
+    never one of the generated names (``self``, ``_m``, ``_f0``, ``a0``, ``p0``, ``b0``, ``v0``)."""
+    generated = name == "self" or name.startswith("_") or (name[:1] in "apbv" and name[1:].isdigit())
+    return name.isidentifier() and not keyword.iskeyword(name) and not generated
+
+
 def _source(wiring: _Wiring) -> tuple[str, dict[str, Any]]:
     """The forward's source and the globals it needs (the ops, their kwargs, forward constants)."""
-    var: dict[str, str] = {name: f"a{i}" for i, name in enumerate(wiring.inputs)}
+    var: dict[str, str] = {name: name if _plain(name) else f"a{i}" for i, name in enumerate(wiring.inputs)}
     args = "".join(f", {var[name]}" for name in wiring.inputs)
     lines = [f"def forward(self{args}):"]
     used = {n for w in wiring.wires for n in (*w.inputs, *(s for _, s in w.keywords))} | set(wiring.output)
@@ -638,12 +647,13 @@ RESERVED_NAMES: frozenset[str] = (
 
 class RepeatChain(nn.Sequential):
     """A Repeat's copies over several inputs: the first runs through the copies in turn, the others
-    go unchanged to every copy (RoPE tables, an encoder's memory, a mask). Children and
-    ``state_dict`` keys are a Sequential's (``0.weight``, ``1.weight``, ...)."""
+    go unchanged to every copy (RoPE tables, an encoder's memory, a mask), and so do the entry's
+    ``forward:`` constants (``tgt_is_causal: true``). Children and ``state_dict`` keys are a
+    Sequential's (``0.weight``, ``1.weight``, ...)."""
 
-    def forward(self, input: Any, *rest: Any) -> Any:  # noqa: A002  (nn.Sequential's name)
+    def forward(self, input: Any, *rest: Any, **constants: Any) -> Any:  # noqa: A002  (nn.Sequential's name)
         for module in self:
-            input = module(input, *rest)
+            input = module(input, *rest, **constants)
         return input
 
 

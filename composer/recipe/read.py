@@ -375,9 +375,7 @@ def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
     problems += _inputs_problems(recipe.get("inputs"))
     if recipe.get("input_shape") is not None and recipe.get("inputs") is not None:
         problems.append(("inputs", "give inputs or input_shape (its short form for one float input), not both"))
-    tie = recipe.get("tie")
-    if tie is not None and not (isinstance(tie, Mapping) and all(isinstance(v, str) for v in tie.values())):
-        problems.append(("tie", f"expected a mapping of dst: src parameter paths, got {tie!r}"))
+    problems += _tie_problems(recipe.get("tie"))
     if recipe.get("dtype") is not None:
         try:
             if not dtype_of(recipe["dtype"], "dtype").is_floating_point:  # the default dtype of every tensor made
@@ -391,6 +389,35 @@ def top_level_problems(recipe: Recipe) -> list[tuple[str, str]]:
     problems += parallel_problems(recipe.get("parallel"))
     problems += optim_problems(recipe.get("optim"))
     return problems
+
+
+def _tie_problems(raw: Any) -> list[tuple[str, str]]:
+    """``tie: {dst: src}``; an entry may also be ``{src: path, when: bool}``, so a var such as
+    transformers' ``tie_word_embeddings`` turns a tie on or off (``when: ${vars.tie_word_embeddings}``)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        return [("tie", f"expected a mapping of dst: src parameter paths, got {raw!r}")]
+    problems = []
+    for dst, src in raw.items():
+        if isinstance(src, str):
+            continue
+        if not isinstance(src, Mapping) or not isinstance(src.get("src"), str):
+            problems.append((f"tie.{dst}", f"expected a src parameter path or {{src: path, when: bool}}, got {src!r}"))
+            continue
+        problems += [(f"tie.{dst}.{k}", unknown("key", k, ("src", "when"))) for k in src if k not in ("src", "when")]
+        if not isinstance(src.get("when", True), bool):
+            problems.append((f"tie.{dst}.when", f"expected true or false, got {src['when']!r}"))
+    return problems
+
+
+def active_ties(raw: Any) -> dict[str, str]:
+    """The ties a recipe's ``tie`` applies, ``dst: src``: entries whose ``when`` is false left out;
+    empty when ``tie`` is malformed (``top_level_problems`` reports it)."""
+    if raw is None or _tie_problems(raw):
+        return {}
+    return {dst: src if isinstance(src, str) else src["src"] for dst, src in raw.items()
+            if isinstance(src, str) or src.get("when", True)}  # fmt: skip
 
 
 def _shard_problems(raw: Any) -> list[tuple[str, str]]:
