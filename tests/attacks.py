@@ -301,8 +301,8 @@ def _summary(recipe: dict) -> str:
 
 
 def _metadata_at_limit(tmp: Path) -> Path:
-    """A ``.metadata`` just under 8 MiB of one-byte opcodes: 8 million empty lists, each checked."""
-    return _directory_with(lambda folder: _rewrite_metadata(folder, b"\x80\x04(" + b"]" * 8_380_000 + b"l."))(tmp)
+    """A ``.metadata`` just under 1 MiB of one-byte opcodes: a million empty lists, each checked."""
+    return _directory_with(lambda folder: _rewrite_metadata(folder, b"\x80\x04(" + b"]" * 1_048_000 + b"l."))(tmp)
 
 
 AT_THE_LIMITS = [
@@ -311,7 +311,7 @@ AT_THE_LIMITS = [
     Attack("a recipe file of 1 MB (recipe_bytes)", _recipe_file_at_limit, _build, None),
     Attack("a header of 8 MB of {} (header_bytes)", _header_at_limit, _load, CheckpointError, "not a composer"),
     Attack("summary with an input of 2**25 elements (tensor_elements)", _input_at_limit, _summary, None),
-    Attack(".metadata of 8 MB of empty lists (header_bytes)", _metadata_at_limit, _load, CheckpointError, "not DCP"),
+    Attack(".metadata of 1 MB of empty lists (metadata_bytes)", _metadata_at_limit, _load, CheckpointError, "not DCP"),
 ]  # fmt: skip
 
 
@@ -471,7 +471,7 @@ FILE_ATTACKS = [
     Attack("composer.json of 60 MB: load", _directory_with(_large_info), _load, CheckpointError,
            "limit header_bytes="),
     Attack(".metadata of 60 MB: load", _directory_with(_large_metadata), _load, CheckpointError,
-           "limit header_bytes="),
+           "limit metadata_bytes="),
     Attack(".metadata nested 10^6 deep: load", _directory_with(_deep_metadata), _load, CheckpointError,
            "nests more than 100"),
     Attack("sparse 1 GiB checkpoint: inspect", lambda tmp: sparse_checkpoint(tmp / "big.safetensors"), _inspect,

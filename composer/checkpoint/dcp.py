@@ -53,7 +53,7 @@ from composer.build.builder import DEFAULT_TARGETS
 from composer.build.record import BuildRecord, finish, record_of
 from composer.build.shard import mesh_device, shard, swapping_params
 from composer.checkpoint import training
-from composer.checkpoint.common import check_keys, place, rebuild, version
+from composer.checkpoint.common import check_keys, json_depth, max_json_depth, place, rebuild, version
 from composer.checkpoint.pickled import PickleShape, check_depth
 from composer.errors import CheckpointError, ConfigError, printable
 from composer.files import FileProblem, TooLarge, open_regular, read_regular
@@ -63,7 +63,7 @@ FORMAT = "composer-dcp-checkpoint"
 FORMAT_VERSION = "1"
 INFO = "composer.json"
 _DCP_METADATA = ".metadata"
-_MAX_DEPTH = 100  # composer.json and .metadata: DCP's metadata nests < 10 deep, a recipe 100 (limits.depth)
+_MAX_DEPTH = 100  # of what .metadata's pickle builds: DCP's metadata nests fewer than 10 deep
 _CHUNK = 16 * 1024 * 1024
 
 
@@ -450,8 +450,8 @@ def rebuild_sharded_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.
 
 def read_info(path: Path, verify: bool) -> dict[str, Any]:
     """``composer.json``, its fields checked (and its CRC, with ``verify``): a regular file inside
-    the directory (no symbolic link, FIFO or device), within ``limits.header_bytes``, nesting at
-    most 100 deep beyond its recipe's own limit."""
+    the directory (no symbolic link, FIFO or device), within ``limits.header_bytes``, nesting no
+    deeper than a stored value may (``common.max_json_depth``)."""
     limit = budget.current().header_bytes
     try:
         # a FIFO or a device is refused, not read; a link may point anywhere: a checkpoint's files are its own
@@ -467,7 +467,7 @@ def read_info(path: Path, verify: bool) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read {INFO}: {e.strerror}") from None
     except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, a 5,000-digit number
         raise CheckpointError(f"{path}: {INFO} is not valid JSON: the checkpoint is corrupted") from None
-    if _json_depth(info) > budget.current().depth + _MAX_DEPTH:
+    if json_depth(info) > max_json_depth() + 2:  # the recipe or training state, in composer.json
         raise CheckpointError(f"{path}: {INFO} nests too deeply: the checkpoint is corrupted")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a composer checkpoint directory")
@@ -478,18 +478,6 @@ def read_info(path: Path, verify: bool) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {INFO} does not match its checksum: the checkpoint is corrupted")
     _check_fields(path, info)
     return info
-
-
-def _json_depth(value: Any) -> int:
-    """How deeply a parsed JSON value nests (without recursion: json parses 900 levels that
-    ``json.dumps`` then cannot write back)."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        value, depth = todo.pop()
-        if isinstance(value, (dict, list)):
-            deepest = max(deepest, depth)
-            todo += [(v, depth + 1) for v in (value.values() if isinstance(value, dict) else value)]
-    return deepest
 
 
 def _check_fields(path: Path, info: dict[str, Any]) -> None:
@@ -585,18 +573,19 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_dcp_metadata(path: Path, info: Mapping[str, Any], sizes: Mapping[str, int] | None = None) -> Metadata:
     """DCP's ``.metadata``, unpickled with only DCP's own classes: a regular file within
-    ``limits.header_bytes``, its opcodes checked first for how deeply they nest (``pickled``); each
+    ``limits.metadata_bytes`` (unpickled, a byte may cost 80; checked, a microsecond), its opcodes
+    checked first for how deeply they nest (``pickled``); each
     shard entry names a file ``composer.json`` lists, at a place inside it (``sizes``: each listed
     file's size, from ``_check_files``)."""
     sizes = _check_files(path, info) if sizes is None else sizes
-    limit = budget.current().header_bytes
+    limit = budget.current().metadata_bytes
     try:
         data = read_regular(Path(path) / _DCP_METADATA, limit, follow=False)
         check_depth(data, _MAX_DEPTH)
         metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     except TooLarge as e:
         what = f"its {e.size:,} bytes"
-        raise CheckpointError(f"{path}: {_DCP_METADATA}: {budget.exceeded('header_bytes', what, limit)}") from None
+        raise CheckpointError(f"{path}: {_DCP_METADATA}: {budget.exceeded('metadata_bytes', what, limit)}") from None
     except (FileProblem, PickleShape) as e:
         raise CheckpointError(f"{path}: {_DCP_METADATA}: {e}: refused") from None
     except OSError as e:

@@ -10,7 +10,7 @@ Memo entries and the stack hold value numbers, so a value fetched from the memo 
 container that grows after it was put inside another (only a recursive structure does that: a
 pickler writes each value whole before its parent takes it) is refused, as its parents' depths
 would no longer be known. The walk costs about a microsecond an opcode (DCP writes one every
-2 bytes): a file within ``limits.header_bytes`` is checked in seconds at most.
+2 bytes): a file within ``limits.metadata_bytes`` (1 MiB) is checked in about a second at most.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ def check_depth(data: bytes, max_depth: int) -> None:
     """Refuse ``data`` when a value it builds would nest more than ``max_depth`` containers deep.
 
     Raises:
-        PickleShape: too deep, recursive, or not a well-formed binary pickle (protocol 2 and up:
-            DCP writes no other; the text opcodes of protocols 0 and 1 are refused).
+        PickleShape: too deep, recursive, or not a well-formed pickle.
     """
     scan = _Scan(max_depth)
     handlers = {code: (scan.handler(name), name, size, prefix) for code, (name, size, prefix) in _OPCODES.items()}
@@ -51,7 +50,15 @@ def check_depth(data: bytes, max_depth: int) -> None:
         handler, name, size, prefix = spec
         i += 1
         arg = None
-        if prefix:  # a length, then that many bytes
+        if prefix < 0:  # protocols 0 and 1: text up to a newline (two lines: module and name)
+            stop = i
+            for _ in range(-prefix):
+                stop = data.find(b"\n", stop, end) + 1
+                if not stop:
+                    raise PickleShape(f"byte {i}: {name}'s argument has no end of line")
+            arg = _text_int(data[i : stop - 1], name) if name in _GET or name in _PUT else None
+            size = stop - i
+        elif prefix:  # a length, then that many bytes
             length = from_bytes(view[i : i + prefix], "little", signed=prefix == 4 and name in _SIGNED)
             size = prefix + length
             if length < 0:
@@ -74,10 +81,18 @@ def _opcode_table() -> dict[int, tuple[str, int, int]]:
     table = {}
     for op in pickletools.opcodes:
         n = 0 if op.arg is None else op.arg.n
-        if n == pickletools.UP_TO_NEWLINE:
-            continue  # protocol 0's text opcodes: refused
-        table[ord(op.code)] = (op.name, max(n, 0), prefixes.get(n, 0))
+        if n == pickletools.UP_TO_NEWLINE:  # a line, or two: GLOBAL's and INST's module and name
+            table[ord(op.code)] = (op.name, 0, -2 if op.name in ("GLOBAL", "INST") else -1)
+        else:
+            table[ord(op.code)] = (op.name, max(n, 0), prefixes.get(n, 0))
     return table
+
+
+def _text_int(text: bytes, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise PickleShape(f"{name}'s argument is not a number") from None
 
 
 _OPCODES = _opcode_table()
