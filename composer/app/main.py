@@ -591,7 +591,7 @@ def list_command(argv: Sequence[str]) -> int:
         import_plugins(_listed_plugins(plugin_words))
         load_entry_points()  # what a recipe can name includes what the installed plugins add
         dirs = [*([args.config_dir] if args.config_dir else []), CONF_DIR]
-        print(list_text(args.kind, args.name, conf_dir=dirs, ops=OPS))
+        print(printable(list_text(args.kind, args.name, conf_dir=dirs, ops=OPS)))
     except Exception as e:  # noqa: BLE001
         return fail(e)
     return 0
