@@ -15,8 +15,12 @@ limit                     default          what it bounds
 ``modules``               50,000           the modules one build makes; a Repeat (times nested
                                            Repeats) asking for more is refused before building
 ``header_bytes``          8 MiB            a checkpoint's header (its JSON index and metadata)
-``tensor_elements``       2**25            the elements of an example input made from a recipe's
-                                           ``input_shape``/``inputs`` (the model's weights are not)
+``tensor_elements``       2**25            the elements of the example inputs made from a recipe's
+                                           ``input_shape``/``inputs``, all inputs together (the
+                                           model's weights are not limited)
+``activation_bytes``      1 GiB            the memory a forward of example inputs holds at once
+                                           (its tensors alive together), measured by a pass on
+                                           ``meta`` before the real one
 ``seconds``               60               a forward pass of example inputs (lazy shapes, the summary,
                                            the CLI's smoke forward)
 ========================  ===============  ===========================================================
@@ -59,6 +63,7 @@ class Limits:
     modules: int = 50_000
     header_bytes: int = 8 << 20
     tensor_elements: int = 1 << 25
+    activation_bytes: int = 1 << 30
     seconds: float = 60.0
 
     def replace(self, values: Mapping[str, Any]) -> Limits:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _LazyNormBase
 from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.overrides import TorchFunctionMode
 
 from composer import limits as budget
 from composer.build.placement import device_of
@@ -54,18 +56,110 @@ def forward_zeros(
     (None) instead.
 
     The inputs come from a file's numbers, and the model's code may loop (a ``FixedHiddenMLP``
-    whose weights overflow to inf halves inf forever): each input holds at most
-    ``limits.tensor_elements`` elements (on a real device), and the pass stops after
-    ``limits.seconds``; either is a ``ConfigError`` naming the limit.
+    whose weights overflow to inf halves inf forever): the inputs together hold at most
+    ``limits.tensor_elements`` elements (on a real device), the pass stops after
+    ``limits.seconds``, and on a real device (lazy layers aside) a pass on ``meta`` first
+    (``check_on_meta``) refuses a forward that would hold more than ``limits.activation_bytes``
+    at once; each is a ``ConfigError`` naming the limit.
     """
     chosen = budget.current()
     device = torch.device(device or device_of(model))
     if device.type != "meta":
-        for spec in inputs:
-            elements = math.prod(spec.shape)
-            if elements > chosen.tensor_elements:
-                what = f"an input of shape {list(spec.shape)} ({elements:,} elements)"
-                raise ConfigError(budget.exceeded("tensor_elements", what, chosen.tensor_elements), key)
+        check_input_elements(inputs, key, chosen.tensor_elements)
+        if not has_lazy(model):
+            check_on_meta(model, inputs, key)
+    return _forward(model, inputs, device, key, shapes_only)
+
+
+def check_input_elements(inputs: Sequence[InputSpec], key: str, limit: int) -> None:
+    """The example inputs together within ``limit`` elements (20 inputs each at the limit: 2.5 GB)."""
+    sizes = [math.prod(spec.shape) for spec in inputs]
+    if sum(sizes) > limit:
+        shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
+        what = f"{'an input' if len(inputs) == 1 else 'the inputs'} of shape {shapes} ({sum(sizes):,} elements)"
+        raise ConfigError(budget.exceeded("tensor_elements", what, limit), key)
+
+
+def check_on_meta(model: nn.Module, inputs: Sequence[InputSpec], key: str = "input_shape", memory: bool = True) -> None:
+    """The forward of zeros run on ``meta``: its shapes checked, and the memory it would hold.
+
+    The model's parameters and buffers are swapped for ``meta`` tensors of their shapes for the
+    call (``torch.func.functional_call``: nothing copied, the model left as it was), so the pass
+    allocates nothing. A shape error is a ``ConfigError`` at ``key`` naming the module, as the
+    real forward's; a forward whose tensors alive at once (the inputs, and each result of a torch
+    function until it is freed) pass ``limits.activation_bytes`` is refused before it allocates:
+    ``cat`` doublings of a ``[1, 1]`` input ask for 2 GB, an outer product by ``matmul`` 1 GB.
+    Code that reads values, which ``meta`` tensors do not have, ends the check quietly (the real
+    forward runs it). Lazy layers have no shapes to swap: the caller skips them. ``memory``
+    False: the shapes only (a build, which runs no forward of its own).
+    """
+    meta = torch.device("meta")
+    state = {
+        name: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=meta)
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+    }
+    if not memory:
+        _forward(model, inputs, meta, key, shapes_only=True, state=state)
+        return
+    with _Memory(inputs, budget.current().activation_bytes) as counter:
+        _forward(model, inputs, meta, key, shapes_only=True, state=state, memory=counter)
+
+
+class _TooMuchMemory(BaseException):  # noqa: N818  (not an Exception: model code's `except Exception` must not swallow it)
+    """Raised inside a meta forward whose live tensors pass the budget."""
+
+
+class _Memory(TorchFunctionMode):
+    """The bytes a forward would hold at once: each tensor a torch function returns counts from
+    its creation until it is freed (a view counts nothing: its base holds the memory). On ``meta``
+    the tensors are free, and their lifetimes are those of the real run."""
+
+    def __init__(self, inputs: Sequence[InputSpec], limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.live = sum(
+            math.prod(s.shape) * torch.empty((), dtype=s.dtype, device="meta").element_size() for s in inputs
+        )
+        self.peak = self.live
+        self.counted: set[int] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in _tensors_in(out):
+            if t._base is None and id(t) not in self.counted and t.is_meta:
+                size = t.numel() * t.element_size()
+                self.counted.add(id(t))
+                self.live += size
+                weakref.finalize(t, self._free, id(t), size)
+        if self.live > self.limit:
+            self.peak = self.live
+            raise _TooMuchMemory
+        return out
+
+    def _free(self, ident: int, size: int) -> None:
+        self.counted.discard(ident)
+        self.live -= size
+
+
+def _tensors_in(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if isinstance(t, torch.Tensor)]
+    return []
+
+
+def _forward(
+    model: nn.Module,
+    inputs: Sequence[InputSpec],
+    device: torch.device,
+    key: str,
+    shapes_only: bool,
+    state: Mapping[str, torch.Tensor] | None = None,
+    memory: _Memory | None = None,
+) -> Any:
+    """The pass of ``forward_zeros`` (``state``: a ``functional_call`` with these tensors)."""
+    chosen = budget.current()
     paths = {id(m): p for p, m in model.named_modules()}
     running: list[tuple[str, nn.Module, Any]] = []
     given = {tuple(spec.shape) for spec in inputs}
@@ -87,13 +181,24 @@ def forward_zeros(
     shortcuts = _meta_shortcuts(model) if device.type == "meta" else []
     try:
         with torch.no_grad(), budget.deadline(chosen.seconds):
-            return model(*(torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs))
+            zeros = [torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs]
+            if state is None:
+                return model(*zeros)
+            torch.func.functional_call(model, dict(state), tuple(zeros))
+            return None
     except budget.DeadlineExceeded:
         where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         what = f"a forward pass of zeros (stopped{where})"
         raise ConfigError(budget.exceeded("seconds", what, chosen.seconds), key) from None
+    except _TooMuchMemory:
+        where = f" (in module '{running[-1][0] or '(model)'}')" if running else ""
+        shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
+        what = (
+            f"the memory a forward pass of zeros shaped {shapes} holds at once{where}, {memory.peak:,} bytes or more,"
+        )
+        raise ConfigError(budget.exceeded("activation_bytes", what, memory.limit), key) from None
     except Exception as e:  # torch raises many kinds; each means the inputs do not fit
-        if shapes_only and "cannot be called on meta tensors" in str(e):
+        if shapes_only and ("cannot be called on meta tensors" in str(e) or isinstance(e, NotImplementedError)):
             return None
         where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
