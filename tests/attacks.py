@@ -409,6 +409,8 @@ def _wrong_in_features(_tmp: Path) -> dict:
     }
 
 
+_REFUSED_MEMORY = _summary_refusing("activation_bytes")
+
 ATTACKS += [
     Attack("TransformerEncoder num_layers 1e7", _value(ENCODER_LAYERS), _build, ConfigError, "model.num_layers"),
     Attack("TransformerEncoder num_layers 1e7, meta", _value(ENCODER_LAYERS), _meta, ConfigError, "limit modules="),
@@ -421,8 +423,8 @@ ATTACKS += [
     Attack("Repeat x2000 of a 200,000-value kwarg", _repeated_kwarg, _meta, ConfigError, "limit nodes="),
     Attack("Graph of 32,000 unknown inputs", _bad_inputs_graph, _meta, ConfigError, "more problem"),
     Attack("Graph of 5,000 unknown calls", _bad_calls_graph, _meta, ConfigError, "more problem"),
-    Attack("cat doublings of a [1, 1] input: summary", _value(CAT_DOUBLINGS), _summary_refusing("activation_bytes"), None),
-    Attack("an outer product by matmul: summary", _value(OUTER_PRODUCT), _summary_refusing("activation_bytes"), None),
+    Attack("cat doublings of a [1, 1] input: summary", _value(CAT_DOUBLINGS), _REFUSED_MEMORY, None),
+    Attack("an outer product by matmul: summary", _value(OUTER_PRODUCT), _REFUSED_MEMORY, None),
     Attack("20 inputs at the element budget: summary", _value(MANY_INPUTS), _summary_refusing("tensor_elements"), None),
     Attack("Linear of the wrong in_features: build", _wrong_in_features, _build, ConfigError, "in_features"),
 ]  # fmt: skip

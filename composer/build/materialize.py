@@ -7,10 +7,11 @@ never get gradients; these functions do neither.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -84,25 +85,48 @@ def check_on_meta(model: nn.Module, inputs: Sequence[InputSpec], key: str = "inp
     """The forward of zeros run on ``meta``: its shapes checked, and the memory it would hold.
 
     The model's parameters and buffers are swapped for ``meta`` tensors of their shapes for the
-    call (``torch.func.functional_call``: nothing copied, the model left as it was), so the pass
-    allocates nothing. A shape error is a ``ConfigError`` at ``key`` naming the module, as the
-    real forward's; a forward whose tensors alive at once (the inputs, and each result of a torch
-    function until it is freed) pass ``limits.activation_bytes`` is refused before it allocates:
+    call (nothing copied; the same tensors put back after), so the pass allocates nothing. A
+    shape error is a ``ConfigError`` at ``key`` naming the module, as the real forward's; a
+    forward whose tensors alive at once (the inputs, and each result of a torch function until it
+    is freed) pass ``limits.activation_bytes`` is refused before it allocates:
     ``cat`` doublings of a ``[1, 1]`` input ask for 2 GB, an outer product by ``matmul`` 1 GB.
     Code that reads values, which ``meta`` tensors do not have, ends the check quietly (the real
     forward runs it). Lazy layers have no shapes to swap: the caller skips them. ``memory``
     False: the shapes only (a build, which runs no forward of its own).
     """
     meta = torch.device("meta")
-    state = {
-        name: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=meta)
-        for name, t in (*model.named_parameters(), *model.named_buffers())
-    }
-    if not memory:
-        _forward(model, inputs, meta, key, shapes_only=True, state=state)
-        return
-    with _Memory(inputs, budget.current().activation_bytes) as counter:
-        _forward(model, inputs, meta, key, shapes_only=True, state=state, memory=counter)
+    with _on_meta(model):
+        if not memory:
+            _forward(model, inputs, meta, key, shapes_only=True)
+            return
+        with _Memory(inputs, budget.current().activation_bytes) as counter:
+            _forward(model, inputs, meta, key, shapes_only=True, memory=counter)
+
+
+@contextlib.contextmanager
+def _on_meta(model: nn.Module) -> Iterator[None]:
+    """Each parameter and buffer swapped for a ``meta`` tensor of its shape inside (a tensor held by
+    several modules, one meta tensor), the very same objects put back after: nothing is copied,
+    and what holds the model's parameters (an optimizer) holds them still."""
+    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    made: dict[int, torch.Tensor] = {}
+    try:
+        for module in model.modules():
+            for slots in (module._parameters, module._buffers):
+                for name, old in slots.items():
+                    if old is None or old.is_meta:
+                        continue
+                    if id(old) not in made:
+                        empty = torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device="meta")
+                        made[id(old)] = (
+                            nn.Parameter(empty, old.requires_grad) if isinstance(old, nn.Parameter) else empty
+                        )
+                    swapped.append((slots, name, old))
+                    slots[name] = made[id(old)]
+        yield
+    finally:
+        for slots, name, old in swapped:
+            slots[name] = old
 
 
 class _TooMuchMemory(BaseException):  # noqa: N818  (not an Exception: model code's `except Exception` must not swallow it)
@@ -155,10 +179,9 @@ def _forward(
     device: torch.device,
     key: str,
     shapes_only: bool,
-    state: Mapping[str, torch.Tensor] | None = None,
     memory: _Memory | None = None,
 ) -> Any:
-    """The pass of ``forward_zeros`` (``state``: a ``functional_call`` with these tensors)."""
+    """The pass of ``forward_zeros`` (``memory``: the mode counting its live tensors, entered)."""
     chosen = budget.current()
     paths = {id(m): p for p, m in model.named_modules()}
     running: list[tuple[str, nn.Module, Any]] = []
@@ -181,11 +204,7 @@ def _forward(
     shortcuts = _meta_shortcuts(model) if device.type == "meta" else []
     try:
         with torch.no_grad(), budget.deadline(chosen.seconds):
-            zeros = [torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs]
-            if state is None:
-                return model(*zeros)
-            torch.func.functional_call(model, dict(state), tuple(zeros))
-            return None
+            return model(*(torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs))
     except budget.DeadlineExceeded:
         where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         what = f"a forward pass of zeros (stopped{where})"
