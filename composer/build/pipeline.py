@@ -19,7 +19,7 @@ from torch import nn
 
 from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS, BuildNotes, construct
-from composer.build.materialize import forward_zeros, has_lazy, require_shapes
+from composer.build.materialize import check_on_meta, forward_zeros, has_lazy, require_shapes
 from composer.build.record import BuildRecord, finish
 from composer.errors import ConfigError
 from composer.init.initializers import SEED_LIMIT
@@ -138,7 +138,9 @@ def _shape_and_initialize(
     Lazy layers learn their shapes from a forward pass, which must not read empty memory: the
     tensors that exist are filled first (each again later, from its same stream, if a rule wins).
     Without ``input_shape`` the lazy layers stay lazy, as in PyTorch: they materialize (with
-    their own reset) on the first forward.
+    their own reset) on the first forward. With it and no lazy layer, the shapes are checked by a
+    forward on ``meta`` (``check_on_meta``): a ``Linear`` of the wrong ``in_features`` is the
+    build's ``ConfigError``, as it is the command line's.
     """
     base = init.seed if init.seed is not None else int(torch.randint(SEED_LIMIT - 1, ()))
     real = device.type != "meta"
@@ -152,6 +154,8 @@ def _shape_and_initialize(
         with torch.random.fork_rng(devices=_cuda_devices(device)) if lazy else contextlib.nullcontext():
             forward_zeros(model, example[1], device, key=example[0], shapes_only=not real)
         lazy = has_lazy(model)
+    elif example is not None:  # a real build: its shapes checked on meta (no weight read, nothing allocated)
+        check_on_meta(model, example[1], key=example[0], memory=False)
     if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")
     plan = plan_init(model, init.rules, notes.inline_init, notes.ties)

@@ -81,15 +81,16 @@ class Registry(Generic[T]):
             return self.add(name.__name__, name)
         return lambda obj: self.add(name or obj.__name__, obj)
 
-    def lookup(self, name: str, key_path: str, also_valid: Iterable[str] = ()) -> T:
-        """The object registered as ``name``.
+    def lookup(self, name: str, key_path: str, also_valid: Iterable[str] = (), hint: bool = True) -> T:
+        """The object registered as ``name``; ``hint`` False: an error without the closest name.
 
         Raises:
             ConfigError: at ``key_path``, with the closest registered name (or one of ``also_valid``).
         """
         if name in self:
             return self._entries[name]
-        raise ConfigError(unknown(self.kind, name, [*self._entries, *also_valid], listed=False), key_path)
+        valid = [*self._entries, *also_valid] if hint else ()
+        raise ConfigError(unknown(self.kind, name, valid, listed=False, hint=hint), key_path)
 
     def origin(self, name: str) -> str | None:
         """The plugin module that registered ``name`` (None: composer, torch, or the user's own code)."""
