@@ -190,12 +190,24 @@ def allocate(model: nn.Module, device: torch.device | str) -> None:
     """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``. Ties
     survive (``to_empty`` breaks them)."""
 
-    def empty(_key: str, old: torch.Tensor, _persistent: bool) -> torch.Tensor | None:
-        # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
-        # references whose first call imports sympy
-        return torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device) if old.is_meta else None
-
-    _replace_tensors(model, empty)
+    # ``_replace_tensors`` without the state_dict keys it formats, which nothing here reads
+    placed: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for slots, is_parameter in ((module._parameters, True), (module._buffers, False)):
+            for name, old in slots.items():
+                if old is None:
+                    continue
+                new = placed.get(id(old))
+                if new is None:
+                    if not old.is_meta:
+                        continue
+                    # empty_strided, not empty_like: from a meta tensor, empty_like goes through
+                    # Python references whose first call imports sympy
+                    new = torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device)
+                    if is_parameter:
+                        new = nn.Parameter(new, requires_grad=old.requires_grad)
+                    placed[id(old)] = new
+                slots[name] = new
 
 
 def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -94,10 +94,29 @@ def takes_device(cls: type) -> bool:
         return False
 
 
+@functools.cache
+def makes_no_tensors(cls: type) -> bool:
+    """Whether ``cls`` is a torch.nn class that makes no tensor of its own: its signature is
+    known in full (not ``RNN``'s ``*args, **kwargs``) and takes no ``device``, which every torch.nn
+    layer that makes tensors takes (an activation, a dropout, a pooling, a container)."""
+    if not cls.__module__.startswith("torch.nn.") or takes_device(cls):
+        return False
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
+
+
 def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
     """``cls(*args, **kwargs)`` with its tensors on ``meta`` (a known layer: see the module)."""
     if takes_device(cls) and kwargs.get("device") is None:
         return cls(*args, **{**kwargs, "device": META})
+    if makes_no_tensors(cls):  # no torch.device mode to enter and leave (half a ReLU's cost)
+        module = cls(*args, **kwargs)
+        if not (isinstance(module, nn.Module) and (module._parameters or module._buffers)):
+            return module
+        # it made tensors of its own after all: made again, on meta
     with torch.device(META):
         return cls(*args, **kwargs)
 
