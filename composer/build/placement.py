@@ -56,12 +56,14 @@ def device_of(model: nn.Module) -> torch.device:
 
 META = torch.device("meta")
 
-# The fills that known layers' resets call, through ``torch.nn.init`` (which hands them to a mode
+# The fills that known layers' resets call (LayerNorm's ones_ and zeros_, MultiheadAttention's
+# xavier_uniform_ included), through ``torch.nn.init`` (which hands them to a mode
 # with ``handle_torch_function``) or as tensor methods. On ``meta`` each writes nothing, but
 # ``uniform_`` and ``normal_`` run a Python decomposition there (about 23 µs a call, half the cost
 # of constructing a small ``Linear`` on ``meta``).
 _FILLS = frozenset({
-    nn.init.uniform_, nn.init.normal_, nn.init.constant_, nn.init.kaiming_uniform_,
+    nn.init.uniform_, nn.init.normal_, nn.init.constant_, nn.init.kaiming_uniform_, nn.init.ones_, nn.init.zeros_,
+    nn.init.xavier_uniform_, nn.init.xavier_normal_, nn.init.trunc_normal_, nn.init.kaiming_normal_,
     torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.fill_, torch.Tensor.zero_,
 })  # fmt: skip
 
