@@ -19,7 +19,7 @@ from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from composer import limits as budget
-from composer.build.placement import device_of
+from composer.build.placement import device_of, each_module
 from composer.errors import ConfigError, first_line
 from composer.recipe.read import InputSpec
 
@@ -192,8 +192,10 @@ def allocate(model: nn.Module, device: torch.device | str) -> None:
 
     # ``_replace_tensors`` without the state_dict keys it formats, which nothing here reads
     placed: dict[int, torch.Tensor] = {}
-    for module in model.modules():
-        for slots, is_parameter in ((module._parameters, True), (module._buffers, False)):
+    for module in each_module(model):
+        for slots in (module._parameters, module._buffers):
+            if not slots:
+                continue
             for name, old in slots.items():
                 if old is None:
                     continue
@@ -204,7 +206,7 @@ def allocate(model: nn.Module, device: torch.device | str) -> None:
                     # empty_strided, not empty_like: from a meta tensor, empty_like goes through
                     # Python references whose first call imports sympy
                     new = torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device)
-                    if is_parameter:
+                    if slots is module._parameters:
                         new = nn.Parameter(new, requires_grad=old.requires_grad)
                     placed[id(old)] = new
                 slots[name] = new

@@ -47,6 +47,23 @@ def can_load_on_meta(model: nn.Module) -> bool:
     )
 
 
+def each_module(model: nn.Module) -> list[nn.Module]:
+    """``model.modules()``, in its order (pre-order, a shared module once), without the path
+    strings ``named_modules`` formats for each module, which these walks do not read."""
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        out.append(module)
+        if module._modules:
+            stack.extend(reversed([m for m in module._modules.values() if m is not None]))
+    return out
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where the model's first tensor lives (CPU for a model without any)."""
     return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
@@ -128,7 +145,7 @@ def refilled(model: nn.Module, writes_defaults: Callable[[type], bool]) -> bool:
     module holding a ``meta`` tensor has per-tensor defaults (``writes_defaults`` of its class) or
     a reset of its own."""
     known: dict[type, bool] = {}
-    for module in model.modules():
+    for module in each_module(model):
         if not (module._parameters or module._buffers):
             continue
         cls = type(module)
