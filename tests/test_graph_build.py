@@ -3,6 +3,9 @@ and every bad input as a ConfigError with its key path."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import yaml
@@ -317,3 +320,13 @@ def test_an_output_that_is_no_name_is_a_config_error(output, where):
         f"{where}: expected an entry name (or a list of them), got {output if where == 'model.output' else ['a']!r}"
         in str(e.value)
     )
+
+
+def test_a_built_graph_is_freed_with_its_model():
+    """Nothing composer caches keeps a nested Graph alive once its model is gone (a cache of each
+    graph's own forward once kept every one ever built, tensors and all)."""
+    model = build_from_config({"model": {"type": "Graph", "nodes": {"inner": residual(), "out": LINEAR}}})
+    inner = weakref.ref(model.inner)
+    del model
+    gc.collect()
+    assert inner() is None

@@ -403,15 +403,15 @@ def _arguments(builder: Builder, node: Mapping, path: str) -> tuple[list, dict]:
 def _sequential(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{type: Sequential, layers: [...]}`` or ``layers: {name: node}``: an ``nn.Sequential``."""
     _only_keys(builder, node, path, SEQUENTIAL)
-    layers = node.get("layers", [])
+    layers, where = node.get("layers", []), f"{path}.layers"
     if isinstance(layers, list):
-        children = [builder.build_item(n, f"{path}.layers", i) for i, n in enumerate(layers)]
+        children = [builder.build_item(n, where, i) for i, n in enumerate(layers)]
         if any(child is None for child in children):
             return None
         return nn.Sequential(*children)  # named 0, 1, ...: nothing to check
     elif isinstance(layers, Mapping):
         names = [str(k) for k in layers]
-        children = [builder.build_item(n, f"{path}.layers", str(k)) for k, n in layers.items()]
+        children = [builder.build_item(n, where, str(k)) for k, n in layers.items()]
     else:
         builder.fail(f"{path}.layers", f"expected a list or a mapping of nodes, got {describe(layers)}")
         return None

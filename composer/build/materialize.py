@@ -23,7 +23,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.overrides import TorchFunctionMode
 
 from composer import limits as budget
-from composer.build.placement import device_of
+from composer.build.placement import device_of, each_module
 from composer.errors import ConfigError, first_line
 from composer.recipe.read import InputSpec
 
@@ -411,12 +411,26 @@ def allocate(model: nn.Module, device: torch.device | str) -> None:
     """Give every ``meta`` parameter and buffer real, uninitialized storage on ``device``. Ties
     survive (``to_empty`` breaks them)."""
 
-    def empty(_key: str, old: torch.Tensor, _persistent: bool) -> torch.Tensor | None:
-        # empty_strided, not empty_like: from a meta tensor, empty_like goes through Python
-        # references whose first call imports sympy
-        return torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device) if old.is_meta else None
-
-    _replace_tensors(model, empty)
+    # ``_replace_tensors`` without the state_dict keys it formats, which nothing here reads
+    placed: dict[int, torch.Tensor] = {}
+    for module in each_module(model):
+        for slots in (module._parameters, module._buffers):
+            if not slots:
+                continue
+            for name, old in slots.items():
+                if old is None:
+                    continue
+                new = placed.get(id(old))
+                if new is None:
+                    if not old.is_meta:
+                        continue
+                    # empty_strided, not empty_like: from a meta tensor, empty_like goes through
+                    # Python references whose first call imports sympy
+                    new = torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device=device)
+                    if slots is module._parameters:
+                        new = nn.Parameter(new, requires_grad=old.requires_grad)
+                    placed[id(old)] = new
+                slots[name] = new
 
 
 def assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

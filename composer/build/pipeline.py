@@ -14,7 +14,6 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from composer import limits as budget
@@ -22,12 +21,13 @@ from composer.build.builder import DEFAULT_TARGETS, BuildNotes, construct
 from composer.build.materialize import check_on_meta, forward_zeros, has_lazy, require_shapes
 from composer.build.record import BuildRecord, finish
 from composer.errors import ConfigError
-from composer.init.initializers import SEED_LIMIT
+from composer.init.initializers import SEED_LIMIT, seed_forked
 from composer.init.rules import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.recipe.parallel import parse_parallel
 from composer.recipe.read import Recipe, example_inputs, read_recipe_and_stored, top_level_problems
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from torch.distributed.device_mesh import DeviceMesh
 
 
@@ -178,7 +178,12 @@ def seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
+    if not torch.cuda.is_available():  # the CPU generator alone (``seed_forked``)
+        with torch.random.fork_rng(devices=[]):
+            seed_forked(seed, [])
+            yield
+        return
     # devices=None also saves and restores every CUDA generator, which manual_seed reseeds
-    with torch.random.fork_rng(devices=None if torch.cuda.is_available() else []):
+    with torch.random.fork_rng(devices=None):
         torch.manual_seed(seed)
         yield

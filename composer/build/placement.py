@@ -47,6 +47,23 @@ def can_load_on_meta(model: nn.Module) -> bool:
     )
 
 
+def each_module(model: nn.Module) -> list[nn.Module]:
+    """``model.modules()``, in its order (pre-order, a shared module once), without the path
+    strings ``named_modules`` formats for each module, which these walks do not read."""
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        out.append(module)
+        if module._modules:
+            stack.extend(reversed([m for m in module._modules.values() if m is not None]))
+    return out
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where the model's first tensor lives (CPU for a model without any)."""
     return next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
@@ -56,12 +73,14 @@ def device_of(model: nn.Module) -> torch.device:
 
 META = torch.device("meta")
 
-# The fills that known layers' resets call, through ``torch.nn.init`` (which hands them to a mode
+# The fills that known layers' resets call (LayerNorm's ones_ and zeros_, MultiheadAttention's
+# xavier_uniform_ included), through ``torch.nn.init`` (which hands them to a mode
 # with ``handle_torch_function``) or as tensor methods. On ``meta`` each writes nothing, but
 # ``uniform_`` and ``normal_`` run a Python decomposition there (about 23 µs a call, half the cost
 # of constructing a small ``Linear`` on ``meta``).
 _FILLS = frozenset({
-    nn.init.uniform_, nn.init.normal_, nn.init.constant_, nn.init.kaiming_uniform_,
+    nn.init.uniform_, nn.init.normal_, nn.init.constant_, nn.init.kaiming_uniform_, nn.init.ones_, nn.init.zeros_,
+    nn.init.xavier_uniform_, nn.init.xavier_normal_, nn.init.trunc_normal_, nn.init.kaiming_normal_,
     torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.fill_, torch.Tensor.zero_,
 })  # fmt: skip
 
@@ -94,10 +113,29 @@ def takes_device(cls: type) -> bool:
         return False
 
 
+@functools.cache
+def makes_no_tensors(cls: type) -> bool:
+    """Whether ``cls`` is a torch.nn class that makes no tensor of its own: its signature is
+    known in full (not ``RNN``'s ``*args, **kwargs``) and takes no ``device``, which every torch.nn
+    layer that makes tensors takes (an activation, a dropout, a pooling, a container)."""
+    if not cls.__module__.startswith("torch.nn.") or takes_device(cls):
+        return False
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
+
+
 def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
     """``cls(*args, **kwargs)`` with its tensors on ``meta`` (a known layer: see the module)."""
     if takes_device(cls) and kwargs.get("device") is None:
         return cls(*args, **{**kwargs, "device": META})
+    if makes_no_tensors(cls):  # no torch.device mode to enter and leave (half a ReLU's cost)
+        module = cls(*args, **kwargs)
+        if not (isinstance(module, nn.Module) and (module._parameters or module._buffers)):
+            return module
+        # it made tensors of its own after all: made again, on meta
     with torch.device(META):
         return cls(*args, **kwargs)
 
@@ -107,7 +145,7 @@ def refilled(model: nn.Module, writes_defaults: Callable[[type], bool]) -> bool:
     module holding a ``meta`` tensor has per-tensor defaults (``writes_defaults`` of its class) or
     a reset of its own."""
     known: dict[type, bool] = {}
-    for module in model.modules():
+    for module in each_module(model):
         if not (module._parameters or module._buffers):
             continue
         cls = type(module)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,25 +73,50 @@ class Streams:
     def __init__(self, base: int) -> None:
         self.base = base
         self._generators: dict[torch.device, torch.Generator] = {}
+        # ``stream_seed``'s hash with the base already in: each path continues a copy of it
+        self._hash = hashlib.blake2b(f"{base}\0".encode(), digest_size=8)
 
     def at(self, path: str, device: torch.device) -> torch.Generator:
         """The generator of the tensor (or module) at ``path``, at the start of its stream."""
         gen = self._generators.get(device)
         if gen is None:
             gen = self._generators[device] = torch.Generator(device=device)
-        gen.manual_seed(stream_seed(self.base, path))
+        digest = self._hash.copy()
+        digest.update(path.encode())
+        gen.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)  # = stream_seed(base, path)
         return gen
+
+
+# Initializers that draw nothing: they need no stream, forked or not.
+_DRAW_NOTHING = frozenset({nn.init.constant_, nn.init.zeros_, nn.init.ones_, nn.init.eye_, nn.init.dirac_})
+
+
+def seed_forked(seed: int, devices: Sequence[torch.device]) -> None:
+    """Seed what ``torch.random.fork_rng(devices=devices)`` saves and restores: the CPU generator
+    and those of ``devices``. Not ``torch.manual_seed``, which also seeds every CUDA device that
+    fork does not restore, and on a machine whose CUDA is not initialized formats the stack to
+    queue that seed (half a millisecond a call)."""
+    torch.default_generator.manual_seed(seed)
+    for device in devices:
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            torch.cuda.default_generators[index].manual_seed(seed)
 
 
 def call_seeded(fn: Callable[..., Any], tensor: torch.Tensor, gen: torch.Generator, **kwargs: Any) -> None:
     """``fn(tensor, **kwargs)`` drawing from ``gen``: through its ``generator`` argument where it
-    has one, else from the global generators, forked and seeded alike."""
+    has one, else from the global generators, forked and seeded alike (not for a fill that draws
+    nothing)."""
+    if fn in _DRAW_NOTHING:
+        fn(tensor, **kwargs)
+        return
     sig = signature_of(fn)
     if sig is not None and "generator" in sig.keywords:
         fn(tensor, **kwargs, generator=gen)
         return
-    with torch.random.fork_rng(devices=[tensor.device] if tensor.device.type == "cuda" else []):
-        torch.manual_seed(gen.initial_seed())
+    devices = [tensor.device] if tensor.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        seed_forked(gen.initial_seed(), devices)
         fn(tensor, **kwargs)
 
 

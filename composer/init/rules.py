@@ -27,7 +27,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 from composer.errors import ConfigError, did_you_mean, unknown
 from composer.init.defaults import Fill, default_table, reset_method
-from composer.init.initializers import INITIALIZERS, SEED_LIMIT, Scheme, Streams, parse_scheme
+from composer.init.initializers import INITIALIZERS, SEED_LIMIT, Scheme, Streams, parse_scheme, seed_forked
 from composer.init.threads import run_split
 from composer.modules.registry import MODULES
 from composer.modules.signatures import describe, is_int
@@ -370,7 +370,7 @@ def _reset_whole(module: nn.Module, covered: set[int], seed: int) -> None:
     devices = [t.device for t in module.parameters() if t.device.type == "cuda"][:1]
     try:
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+            seed_forked(seed, devices)
             reset()
     finally:
         own.update(standins)

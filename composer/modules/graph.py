@@ -155,14 +155,16 @@ def _resolved_inputs(spec: GraphSpec) -> list[tuple[str, ...]]:
 def _arity(module: nn.Module) -> tuple[int, int | None] | None:
     """How many positional inputs ``module.forward`` takes (min, max or None), where readable;
     read once per class (a 1,000-entry graph has a few classes). A Repeat's copies take what its
-    first copy takes."""
+    first copy takes; a graph's own forward takes its inputs; another forward set on an instance
+    is read each time (cached, it would keep its module alive)."""
     if isinstance(module, (RepeatChain, RepeatParallel)) and len(module):
         return _arity(module[0])
-    if isinstance(module, Graph):
-        n = len(module.input_names)
-        return n, n
     own = module.__dict__.get("forward")
-    return arity(own, 0) if own is not None else arity(type(module).forward, 1)
+    if own is None:
+        return arity(type(module).forward, 1)
+    if isinstance(module, Graph):
+        return len(module.input_names), len(module.input_names)
+    return arity.__wrapped__(own, 0)
 
 
 def _forward_arguments(module: nn.Module) -> tuple[tuple[Argument, ...], bool, bool] | None:

@@ -19,6 +19,7 @@ is an error that says why (in a YAML flow mapping, a comma ends the value: quote
 from __future__ import annotations
 
 import ast
+import functools
 from typing import Any
 
 from composer.errors import ConfigError, did_you_mean
@@ -49,17 +50,27 @@ def resolve_expressions(recipe: dict[str, Any]) -> None:
         raise ConfigError(problems)
 
 
-def _walk(value: Any, path: str, env: dict[str, Any], problems: list[tuple[str, str]]) -> Any:
-    """``value`` with its expressions resolved: containers are changed in place and returned."""
+def _walk(value: Any, path: str | tuple, env: dict[str, Any], problems: list[tuple[str, str]]) -> Any:
+    """``value`` with its expressions resolved: containers are changed in place and returned.
+    ``path`` is a key path, (parent, key) or (parent, index, None), formatted only where an
+    expression is met."""
     if type(value) is str:
-        return _resolve(value, path, env, problems) if value.startswith("$(") else value
+        return _resolve(value, _path_text(path), env, problems) if value.startswith("$(") else value
     if isinstance(value, dict):
         for key, item in value.items():
-            value[key] = _walk(item, f"{path}.{key}", env, problems)
+            value[key] = _walk(item, (path, key), env, problems)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            value[i] = _walk(item, f"{path}[{i}]", env, problems)
+            value[i] = _walk(item, (path, i, None), env, problems)
     return value
+
+
+def _path_text(path: str | tuple) -> str:
+    if type(path) is str:
+        return path
+    if len(path) == 3:  # (parent, index, None): a list's item
+        return f"{_path_text(path[0])}[{path[1]}]"
+    return f"{_path_text(path[0])}.{path[1]}"
 
 
 def _resolve(text: str, path: str, env: dict[str, Any], problems: list[tuple[str, str]]) -> Any:
@@ -70,6 +81,8 @@ def _resolve(text: str, path: str, env: dict[str, Any], problems: list[tuple[str
         return text
     if len(inner) > MAX_EXPRESSION:
         problems.append((path, f"expression longer than {MAX_EXPRESSION} characters"))
+        return text
+    if _left_as_is(inner):
         return text
     try:
         tree = ast.parse(inner.strip(), mode="eval").body
@@ -93,6 +106,20 @@ def _resolve(text: str, path: str, env: dict[str, Any], problems: list[tuple[str
     except ConfigError as e:
         problems.append((path, f"{e.problems[0][1]} (in {text})"))
         return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _left_as_is(inner: str) -> bool:
+    """Whether ``$(inner)`` reads no var and names a template's argument or Repeat's ``i``: it
+    stays as it is, for them to evaluate. Cached: a template's expressions come back in every build
+    (parsed each time, they were a tenth of a small recipe's build)."""
+    try:
+        tree = ast.parse(inner.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False  # the full path reports it
+    names = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == VARS]
+    reads = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and _is_vars(n.value)]
+    return not names and not reads and _free_names(tree)
 
 
 class _Fill(ast.NodeTransformer):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from composer import limits as budget
 from composer.errors import ConfigError, did_you_mean, first_line, unknown
@@ -33,6 +32,7 @@ from composer.recipe.plain import plain_tree
 
 if TYPE_CHECKING:
     import torch
+    from omegaconf import DictConfig
 
 TOP_LEVEL_KEYS = (
     "model",
@@ -234,12 +234,8 @@ def _read(
     overrides: Mapping[str, Any] | None,
 ) -> tuple[Recipe, Recipe]:
     with budget.using(limits) as chosen:
-        if isinstance(cfg, DictConfig):
-            try:
-                data = OmegaConf.to_container(cfg, resolve=False)
-            except OmegaConfBaseException as e:
-                key = getattr(e, "full_key", "") or ""
-                raise ConfigError(f"cannot read the config: {first_line(getattr(e, 'msg', None) or e)}", key) from None
+        if is_dict_config(cfg):
+            data = _dict_config_data(cfg)
         elif isinstance(cfg, (str, os.PathLike)):
             data = _read_yaml(recipe_path(cfg), chosen)
         elif isinstance(cfg, Mapping):
@@ -260,6 +256,24 @@ def _read(
         wrapped = {"model": recipe}
         return wrapped, wrapped if stored is recipe else {"model": stored}
     return recipe, stored
+
+
+def is_dict_config(cfg: Any) -> bool:
+    """Whether ``cfg`` is an OmegaConf ``DictConfig``, without importing OmegaConf (a tenth of a
+    second) where nothing has: then nothing can have made one."""
+    omegaconf = sys.modules.get("omegaconf")
+    return omegaconf is not None and isinstance(cfg, omegaconf.DictConfig)
+
+
+def _dict_config_data(cfg: DictConfig) -> Any:
+    from omegaconf import OmegaConf  # noqa: PLC0415  (only for a DictConfig, which imported it)
+    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=False)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        raise ConfigError(f"cannot read the config: {first_line(getattr(e, 'msg', None) or e)}", key) from None
 
 
 PACKAGED = Path(__file__).resolve().parent.parent / "conf" / "model"  # the recipes shipped with composer

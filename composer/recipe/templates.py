@@ -259,14 +259,28 @@ def _bounded(value: int | float) -> int | float:
 
 # --- walking a body ------------------------------------------------------------------------------
 
-Visit = Callable[[_Ref, str, bool], Any]
+# A key path as ``_walk`` carries it: a string, or (parent, key) and (parent, key, None) for
+# ``parent.key`` written as it is: joined into a string only where a reference or a problem needs
+# it (most of a body holds none, and formatting every key's path was most of an expansion's cost).
+_Path = str | tuple
+
+
+Visit = Callable[[_Ref, _Path, bool], Any]
 
 
 def _is_repeat_of_use(node: Mapping[str, Any]) -> bool:
     return node.get(REPEAT.marker) == REPEAT.type_name and is_use(node.get("body"))
 
 
-def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], indexed: bool = False) -> Any:
+def _path_text(path: _Path) -> str:
+    if type(path) is str:
+        return path
+    if len(path) == 3:
+        return f"{_path_text(path[0])}.{path[1]}"
+    return child_path(_path_text(path[0]), path[1])
+
+
+def _walk(value: Any, path: _Path, visit: Visit, problems: list[tuple[str, str]], indexed: bool = False) -> Any:
     """A copy of ``value`` with every reference replaced by ``visit(ref, path, indexed)``.
 
     ``indexed`` is True inside the arguments of a ``use:`` node that is a Repeat body, where ``i``
@@ -279,21 +293,21 @@ def _walk(value: Any, path: str, visit: Visit, problems: list[tuple[str, str]], 
         try:
             ref = _parse_ref(value)
         except ConfigError as e:
-            problems.append((path, e.problems[0][1]))
+            problems.append((_path_text(path), e.problems[0][1]))
             return value
         return value if ref is None else visit(ref, path, indexed)
     if isinstance(value, Mapping):
         repeat = _is_repeat_of_use(value)
         out = {}
         for key, item in value.items():
-            sub = child_path(path, key)
+            sub = (path, key)
             if repeat and key == "body":
-                out[key] = {k: _walk(v, f"{sub}.{k}", visit, problems, k not in USE_KEYS) for k, v in item.items()}
+                out[key] = {k: _walk(v, (sub, k, None), visit, problems, k not in USE_KEYS) for k, v in item.items()}
             else:
                 out[key] = _walk(item, sub, visit, problems, indexed)
         return out
     if isinstance(value, (list, tuple)):
-        return [_walk(item, child_path(path, i), visit, problems, indexed) for i, item in enumerate(value)]
+        return [_walk(item, (path, i), visit, problems, indexed) for i, item in enumerate(value)]
     return value
 
 
@@ -340,13 +354,15 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
         problems.append((f"{key_path}.body", "missing: the node the template stands for"))
     used: dict[str, int] = {}
 
-    def visit(ref: _Ref, path: str, indexed: bool) -> Any:
+    def visit(ref: _Ref, path: _Path, indexed: bool) -> Any:
         names = ref.names - {INDEX} if indexed else ref.names
         for arg in names:
             if arg not in declared:
                 hint = did_you_mean(arg, declared)
                 known = ", ".join(declared) or "none"
-                problems.append((path, f"template {name!r} has no argument {arg!r}{hint}; arguments: {known}"))
+                problems.append(
+                    (_path_text(path), f"template {name!r} has no argument {arg!r}{hint}; arguments: {known}")
+                )
             used[arg] = used.get(arg, 0) + 1
         return ref.text
 
@@ -451,11 +467,11 @@ def expand(
             (key_path, f"template {template.name!r} needs argument{'s' if len(missing) > 1 else ''} {names}")
         )
 
-    def stray(ref: _Ref, path: str, indexed: bool) -> Any:
+    def stray(ref: _Ref, path: _Path, indexed: bool) -> Any:
         if not (indexed and ref.names <= {INDEX}):
             problems.append(
                 (
-                    path,
+                    _path_text(path),
                     f"{ref.text!r} refers to an argument outside any template body "
                     f"(only $i, the copy's index, may stay: in a Repeat body's use: arguments)",
                 )
@@ -470,7 +486,7 @@ def expand(
     if problems:
         raise ConfigError(problems)
 
-    def substitute(ref: _Ref, path: str, indexed: bool) -> Any:
+    def substitute(ref: _Ref, path: _Path, indexed: bool) -> Any:
         try:
             if indexed and INDEX in ref.names:
                 return _partial(ref, env)
@@ -478,7 +494,7 @@ def expand(
                 return _copy(env[next(iter(ref.names))])
             return evaluate(ref.tree, env)
         except ConfigError as e:
-            problems.append((key_path, f"{e.problems[0][1]} (in template {template.name!r} at {path})"))
+            problems.append((key_path, f"{e.problems[0][1]} (in template {template.name!r} at {_path_text(path)})"))
             return ref.text
 
     body = _walk(template.body, f"{template.key_path}.body", substitute, problems)
@@ -531,17 +547,20 @@ def substitute_index(use_node: Mapping[str, Any], i: int, key_path: str) -> dict
     """
     problems: list[tuple[str, str]] = []
 
-    def visit(ref: _Ref, path: str, indexed: bool) -> Any:
+    def visit(ref: _Ref, path: _Path, indexed: bool) -> Any:
         others = ref.names - {INDEX}
         if others:
             problems.append(
-                (path, f"{ref.text!r}: only i, the copy's index, is available here, not {', '.join(sorted(others))}")
+                (
+                    _path_text(path),
+                    f"{ref.text!r}: only i, the copy's index, is available here, not {', '.join(sorted(others))}",
+                )
             )
             return ref.text
         try:
             return i if ref.tree is None else evaluate(ref.tree, {INDEX: i})
         except ConfigError as e:
-            problems.append((path, f"{e.problems[0][1]} (for i = {i})"))
+            problems.append((_path_text(path), f"{e.problems[0][1]} (for i = {i})"))
             return ref.text
 
     out: dict[str, Any] = {}
