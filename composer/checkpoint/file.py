@@ -145,12 +145,7 @@ def read_metadata(path: str | os.PathLike, verify: bool = True, *, limits: budge
         CheckpointError: not a composer file, corrupted, or a header past ``limits.header_bytes``.
     """
     with budget.using(limits):
-        try:
-            fd = open_regular(path)
-        except FileProblem as e:
-            raise CheckpointError(f"{path}: {e}") from None
-        except OSError as e:
-            raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
+        fd = _open(path)
         try:
             header = _read_header(fd, Path(path), FORMAT)
             metadata = header["__metadata__"]
@@ -327,12 +322,7 @@ def read_tensors(
     Raises:
         CheckpointError: not a ``kind`` file, unreadable, corrupted, or a header past the budget.
     """
-    try:
-        fd = open_regular(path)
-    except FileProblem as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
+    fd = _open(path)
     try:
         metadata = _read_metadata(fd, Path(path), kind)
         try:
@@ -354,6 +344,17 @@ def read_tensors(
             raise CheckpointError(f"{path}: alias {alias!r} names a missing tensor {key!r}: the file is corrupted")
         tensors[alias] = tensors[key]
     return metadata, tensors
+
+
+def _open(path: str | os.PathLike) -> int:
+    """A descriptor of ``path``, a regular file (no FIFO or device); a ``CheckpointError`` naming
+    it otherwise."""
+    try:
+        return open_regular(path)
+    except FileProblem as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
