@@ -25,7 +25,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 from composer import limits as budget
 from composer.build.materialize import allocate
 from composer.build.placement import META, can_load_on_meta, free_meta_fills, on_meta, refilled, resets_itself
-from composer.errors import ConfigError, did_you_mean, first_line, has_control, unknown
+from composer.errors import PASSED_THROUGH, ConfigError, did_you_mean, first_line, has_control, unexpected, unknown
 from composer.init.defaults import writes_defaults
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
 from composer.modules.ops import OPS, make_op, op_problems
@@ -117,6 +117,10 @@ class Builder:
         self.max_modules = budget.current().modules
         self.built = 0
         self.scale = 1
+        # The key path of the deepest node being built: where an error nobody expected is reported.
+        self.at = "model"
+        # The first exception a constructor raised: the cause of the ConfigError that reports it.
+        self.cause: Exception | None = None
 
     def build_model(self, node: Any) -> nn.Module:
         """Build the model node and every shared module; raise all problems found at once."""
@@ -124,11 +128,17 @@ class Builder:
         asked, where = count_modules(nodes, self.templates, self.max_modules)
         if asked > self.max_modules:  # before building any (templates of templates: 10^9 modules)
             self.too_many(where or "model", "the number of modules the recipe asks for")
-        model = self.build(node, "model")
-        for name in self.shared_nodes:
-            self._shared_module(name)  # an unreferenced shared module is still checked
+        try:
+            model = self.build(node, "model")
+            for name in self.shared_nodes:
+                self._shared_module(name)  # an unreferenced shared module is still checked
+        except PASSED_THROUGH:
+            raise
+        except Exception as e:  # a bug of ours or of torch on a strange recipe: still a ConfigError, at its place
+            raise ConfigError([*self.problems, (self.at, unexpected(e))]) from e
         if self.problems:
-            raise ConfigError(list(dict.fromkeys(self.problems)))  # a template's problem once, not per use
+            # a template's problem once, not per use; a constructor's exception is the cause
+            raise ConfigError(list(dict.fromkeys(self.problems))) from self.cause
         return model
 
     def fail(self, path: str, message: str) -> None:
@@ -168,6 +178,8 @@ class Builder:
         del kwargs["type"]
         try:
             module = self._instantiate(cls, [], kwargs)
+        except MemoryError:
+            raise
         except Exception:
             return None  # the full path reports it, with its key path
         return module if isinstance(module, nn.Module) else None
@@ -176,11 +188,13 @@ class Builder:
         if not is_node(node):
             self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {describe(node)}")
             return None
+        outer, self.at = self.at, path  # not restored by an exception: it then names the deepest node
         form = form_of(node)
         handler = _conflict if form is TARGET and CALLED.marker in node else HANDLERS[form]
         module = handler(self, node, path)
         if module is not None and form is not REF:
             self._extras(node, module, path)
+        self.at = outer
         return module
 
     def _extras(self, node: Mapping, module: nn.Module, path: str) -> None:
@@ -233,8 +247,11 @@ class Builder:
             self.notes.may_be_lazy = True
         try:
             module = self._instantiate(cls, args, kwargs)
-        except Exception as e:  # the constructor's own complaint, given its place in the recipe
+        except MemoryError:  # the machine's limit, not the recipe's mistake
+            raise
+        except Exception as e:  # the constructor's own complaint (a user's too), given its place in the recipe
             self.fail(path, f"{label}(...) raised {type(e).__name__}: {e}")
+            self.cause = self.cause or e
             return None
         if not isinstance(module, nn.Module):
             self.fail(path, f"{label}(...) returned {type(module).__name__}, not an nn.Module")
