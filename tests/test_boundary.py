@@ -108,3 +108,18 @@ def test_inspect_prints_one_line_for_an_unexpected_error(tmp_path: Path, capsys:
     assert inspect_main([str(path), "--rebuild"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "RuntimeError: no signature" in err
+
+
+def test_an_invalid_template_is_reported_once_and_the_valid_ones_still_expand() -> None:
+    blocks = {
+        "bad": {"args": ["c"], "body": {"type": "Linear", "in_features": "$(c.real)", "out_features": "$c"}},
+        "ok": {"args": ["c"], "body": {"type": "Linear", "in_features": "$c", "out_features": "$c"}},
+    }
+    layers = [{"use": "bad", "c": 2}, {"use": "bad", "c": 3}, {"use": "ok", "c": 2, "d": 1}, {"use": "nope"}]
+    with pytest.raises(ConfigError) as info:
+        build_from_config({"blocks": blocks, "model": {"type": "Sequential", "layers": layers}})
+    paths = [path for path, _ in info.value.problems]
+    # the bad template at its own key, once; the valid one expanded (its unknown argument found);
+    # only a name that is no template is unknown
+    assert paths == ["blocks.bad.body.in_features", "model.layers[2].d", "model.layers[3].use"], paths
+    assert "unknown template 'nope'" in info.value.problems[-1][1]

@@ -52,7 +52,7 @@ from composer.recipe.grammar import (
 )
 from composer.recipe.plain import SCALARS
 from composer.recipe.read import Recipe, dtype_of
-from composer.recipe.templates import Template, expand, parse_templates, split_use, substitute_index
+from composer.recipe.templates import Template, expand, is_template, parse_templates, split_use, substitute_index
 from composer.recipe.walk import Visits, child_path
 
 DEFAULT_TARGETS = ("torch.nn.", "composer.modules.blocks.")
@@ -103,12 +103,11 @@ class Builder:
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
-        self.templates: dict[str, Template] = {}
-        try:
-            blocks = recipe.get("blocks")
-            self.templates = parse_templates(blocks if isinstance(blocks, Mapping) else None)
-        except ConfigError as e:
-            self.problems += e.problems
+        blocks = recipe.get("blocks")
+        blocks = blocks if isinstance(blocks, Mapping) else {}
+        self.templates: dict[str, Template] = parse_templates(blocks, problems=self.problems)
+        # templates reported as invalid: a use of one is not also an unknown template
+        self.invalid_templates = {name for name, entry in blocks.items() if is_template(entry)} - self.templates.keys()
         self._using: Visits[str, None] = Visits()  # templates being expanded: a cycle is an error
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
@@ -469,6 +468,8 @@ def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{use: template, <args>}``: an independent copy of a template's body, arguments filled in."""
     name, args, _extras = split_use(node)
     template = builder.templates.get(name) if isinstance(name, str) else None
+    if template is None and isinstance(name, str) and name in builder.invalid_templates:
+        return None  # its problems are reported at blocks.<name>
     if template is None:
         builder.fail(f"{path}.use", unknown("template", name, builder.templates))
         return None
