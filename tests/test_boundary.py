@@ -6,13 +6,17 @@ a ``CheckpointError``, at the key path (or file) reached, the original exception
 from __future__ import annotations
 
 import json
+import linecache
+import traceback
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from composer import CheckpointError, ConfigError, build_from_config, load_checkpoint, load_weights, register_module
 from composer.app.inspect import main as inspect_main
+from composer.modules import graph as graph_module
 from tests.attacks import write_checkpoint
 
 
@@ -123,3 +127,24 @@ def test_an_invalid_template_is_reported_once_and_the_valid_ones_still_expand() 
     # only a name that is no template is unknown
     assert paths == ["blocks.bad.body.in_features", "model.layers[2].d", "model.layers[3].use"], paths
     assert "unknown template 'nope'" in info.value.problems[-1][1]
+
+
+def _chain(n: int) -> dict:
+    """A Graph of ``n`` ReLUs in a chain: its generated forward has about ``n`` lines."""
+    return {"type": "Graph", "inputs": ["x"], "nodes": {f"r{i}": {"type": "ReLU"} for i in range(n)}}
+
+
+def test_generated_sources_are_bounded_and_recent_ones_stay_in_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(graph_module, "_SOURCE_CHARS_KEPT", 20_000)
+    models = [build_from_config({"model": _chain(n)}) for n in range(200, 230)]  # about 10 KB of source each
+
+    def generated() -> list[str]:
+        return [name for name in linecache.cache if name.startswith("<composer.Graph.forward")]
+
+    held = sum(len("".join(linecache.cache[name][2])) for name in generated())
+    assert 0 < held <= 20_000 + len(models[-1].code)
+    with pytest.raises(TypeError) as info:
+        models[-1]("not a tensor")  # the newest graph's line is in the traceback
+    assert "v0 = _m['r0'](a0)" in "".join(traceback.format_exception(info.value))
+    models[0](torch.zeros(2))  # an evicted source still runs: only its lines left linecache
+    assert linecache.getline(models[0].forward.__code__.co_filename, 3) == ""
