@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import linecache
 import traceback
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import composer
 from composer import CheckpointError, ConfigError, build_from_config, load_checkpoint, load_weights, register_module
 from composer.app.inspect import main as inspect_main
 from composer.modules import graph as graph_module
@@ -135,16 +137,30 @@ def _chain(n: int) -> dict:
 
 
 def test_generated_sources_are_bounded_and_recent_ones_stay_in_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(graph_module, "_SOURCE_CHARS_KEPT", 20_000)
-    models = [build_from_config({"model": _chain(n)}) for n in range(200, 230)]  # about 10 KB of source each
+    monkeypatch.setattr(graph_module, "_SOURCE_CHARS_KEPT", 8_000)
+    models = [build_from_config({"model": _chain(n)}) for n in range(100, 112)]  # about 3 KB of source each
 
     def generated() -> list[str]:
         return [name for name in linecache.cache if name.startswith("<composer.Graph.forward")]
 
     held = sum(len("".join(linecache.cache[name][2])) for name in generated())
-    assert 0 < held <= 20_000 + len(models[-1].code)
+    assert 0 < held <= 8_000 + len(models[-1].code)
     with pytest.raises(TypeError) as info:
         models[-1]("not a tensor")  # the newest graph's line is in the traceback
     assert "v0 = _m['r0'](a0)" in "".join(traceback.format_exception(info.value))
     models[0](torch.zeros(2))  # an evicted source still runs: only its lines left linecache
     assert linecache.getline(models[0].forward.__code__.co_filename, 3) == ""
+
+
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_a_constructor_warning_names_the_recipe_not_composer(device: str) -> None:
+    layer = {"type": "TransformerEncoderLayer", "d_model": 8, "nhead": 2}
+    recipe = {"model": {"type": "TransformerEncoder", "encoder_layer": layer, "num_layers": 2}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_from_config(recipe, device=device)
+    nested = [w for w in caught if "enable_nested_tensor" in str(w.message)]
+    assert nested, [str(w.message) for w in caught]  # torch's own warning, still shown
+    composer_dir = str(Path(composer.__file__).parent)
+    assert all(w.filename == "<recipe>" for w in nested)
+    assert not [w for w in caught if w.filename.startswith(composer_dir)]

@@ -24,7 +24,15 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 from composer import limits as budget
 from composer.build.materialize import allocate
-from composer.build.placement import META, can_load_on_meta, free_meta_fills, on_meta, refilled, resets_itself
+from composer.build.placement import (
+    META,
+    can_load_on_meta,
+    construct_from_recipe,
+    free_meta_fills,
+    on_meta,
+    refilled,
+    resets_itself,
+)
 from composer.errors import PASSED_THROUGH, ConfigError, did_you_mean, first_line, has_control, unexpected, unknown
 from composer.init.defaults import writes_defaults
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
@@ -273,9 +281,9 @@ class Builder:
         if where.type == "meta":
             return on_meta(cls, args, kwargs)
         if where.type == "cpu":
-            return cls(*args, **kwargs)
+            return construct_from_recipe(cls, args, kwargs)
         with torch.device(where):
-            return cls(*args, **kwargs)
+            return construct_from_recipe(cls, args, kwargs)
 
 
 def _leaf_key(node: Mapping) -> tuple:

@@ -94,12 +94,28 @@ def takes_device(cls: type) -> bool:
         return False
 
 
+def _recipe_call() -> Callable[..., Any]:
+    """``call(cls, args, kwargs)``: ``cls(*args, **kwargs)`` from a frame whose file is ``<recipe>``.
+
+    A constructor that warns about its arguments names its caller's line (``stacklevel=2``:
+    ``nn.TransformerEncoder``'s "enable_nested_tensor is True, but ..."); called from here, the
+    warning names the recipe that chose the arguments, not a line of composer. The warning itself
+    is left to the user's filters."""
+    source = "def call(cls, args, kwargs): return cls(*args, **kwargs)\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<recipe>", "exec"), namespace)  # noqa: S102  (a constant source: no input reaches it)
+    return namespace["call"]
+
+
+construct_from_recipe = _recipe_call()
+
+
 def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
     """``cls(*args, **kwargs)`` with its tensors on ``meta`` (a known layer: see the module)."""
     if takes_device(cls) and kwargs.get("device") is None:
-        return cls(*args, **{**kwargs, "device": META})
+        return construct_from_recipe(cls, args, {**kwargs, "device": META})
     with torch.device(META):
-        return cls(*args, **kwargs)
+        return construct_from_recipe(cls, args, kwargs)
 
 
 def refilled(model: nn.Module, writes_defaults: Callable[[type], bool]) -> bool:
