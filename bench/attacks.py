@@ -91,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--at-limits", action="store_true", help="measure instead the costliest inputs each default limit lets through"
     )
+    parser.add_argument(
+        "--files", action="store_true", help="measure instead the attacks on checkpoint directories and large files"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from tests import attacks  # noqa: PLC0415  (this tree's attacks, whatever composer is measured)
 
-    catalogue = "AT_THE_LIMITS" if args.at_limits else "ATTACKS"
+    catalogue = "AT_THE_LIMITS" if args.at_limits else "FILE_ATTACKS" if args.files else "ATTACKS"
     print(f"{'attack':58} {'seconds':>8} {'MB':>7}  outcome")
     for index, attack in enumerate(getattr(attacks, catalogue)):
         if args.k not in attack.name:

@@ -39,19 +39,25 @@ class TooLarge(FileProblem):
         self.size = size
 
 
-def open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> int:
-    """A read-only descriptor of ``path``, which must be a regular file (of at most ``max_bytes``).
+def open_regular(path: str | os.PathLike, max_bytes: int | None = None, *, follow: bool = True) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (of at most ``max_bytes``);
+    with ``follow=False``, not a symbolic link either (a file of a checkpoint directory is its own).
 
     Opening does not block (a FIFO with no writer opens at once, and is then refused).
 
     Raises:
-        FileProblem: not a regular file, or larger than ``max_bytes``.
+        FileProblem: not a regular file, a symbolic link (``follow=False``), or larger than ``max_bytes``.
         OSError: it cannot be opened (missing, no permission).
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except ValueError as e:  # a NUL byte in the path
         raise FileProblem(f"not a valid path ({e})") from None
+    except OSError as e:
+        if not follow and e.errno == errno.ELOOP:
+            raise FileProblem("a symbolic link: refused") from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -65,9 +71,9 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> int:
     return fd
 
 
-def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+def read_regular(path: str | os.PathLike, max_bytes: int, *, follow: bool = True) -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (see ``open_regular``)."""
-    fd = open_regular(path, max_bytes)
+    fd = open_regular(path, max_bytes, follow=follow)
     with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew since fstat

@@ -14,7 +14,11 @@ limit                     default          what it bounds
 ``depth``                 100              the nesting of a recipe's mappings and lists
 ``modules``               50,000           the modules one build makes; a Repeat (times nested
                                            Repeats) asking for more is refused before building
-``header_bytes``          8 MiB            a checkpoint's header (its JSON index and metadata)
+``header_bytes``          8 MiB            a checkpoint's header (its JSON index and metadata), and a
+                                           checkpoint directory's ``composer.json``
+``metadata_bytes``        1 MiB            a checkpoint directory's ``.metadata`` (DCP's pickled
+                                           index: about 4,700 tensor shards a MiB), checked opcode by
+                                           opcode before it is unpickled
 ``tensor_elements``       2**25            the elements of an example input made from a recipe's
                                            ``input_shape``/``inputs`` (the model's weights are not)
 ``seconds``               60               a forward pass of example inputs (lazy shapes, the summary,
@@ -58,6 +62,7 @@ class Limits:
     depth: int = 100
     modules: int = 50_000
     header_bytes: int = 8 << 20
+    metadata_bytes: int = 1 << 20
     tensor_elements: int = 1 << 25
     seconds: float = 60.0
 

@@ -300,10 +300,181 @@ def _summary(recipe: dict) -> str:
     return summary(_build(recipe))
 
 
+def _metadata_at_limit(tmp: Path) -> Path:
+    """A ``.metadata`` just under 1 MiB of one-byte opcodes: a million empty lists, each checked."""
+    return _directory_with(lambda folder: _rewrite_metadata(folder, b"\x80\x04(" + b"]" * 1_048_000 + b"l."))(tmp)
+
+
 AT_THE_LIMITS = [
     Attack("Repeat of 49,999 Identity, device=meta (modules)", _repeat_at_limit, _meta, None),
     Attack("480,000 values after a paste (nodes)", _nodes_at_limit, _meta, None),
     Attack("a recipe file of 1 MB (recipe_bytes)", _recipe_file_at_limit, _build, None),
     Attack("a header of 8 MB of {} (header_bytes)", _header_at_limit, _load, CheckpointError, "not a composer"),
     Attack("summary with an input of 2**25 elements (tensor_elements)", _input_at_limit, _summary, None),
+    Attack(".metadata of 1 MB of empty lists (metadata_bytes)", _metadata_at_limit, _load, CheckpointError, "not DCP"),
+]  # fmt: skip
+
+
+# --- checkpoint directories and large files (issue 23): each measured in a fresh process --------
+
+SMALL = {"model": {"type": "Linear", "in_features": 2, "out_features": 2}}
+
+
+def write_directory(folder: Path, recipe: dict = SMALL) -> Path:
+    """A well-formed checkpoint directory (valid checksums) of ``recipe``, saved by one process
+    with DCP as composer saves a sharded model."""
+    import warnings  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    import torch.distributed.checkpoint as dcp  # noqa: PLC0415
+
+    from composer.checkpoint.dcp import FORMAT, FORMAT_VERSION, _crc_info  # noqa: PLC0415
+
+    state = {k: v.detach() for k, v in _build(recipe).state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
+    files = {p.name: zlib.crc32(p.read_bytes()) for p in folder.iterdir()}
+    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "aliases": {}, "files": files, "recipe": recipe}
+    (folder / "composer.json").write_text(json.dumps({**info, "crc32": _crc_info(info)}))
+    return folder
+
+
+def _directory_with(change: Callable[[Path], None]) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        folder = write_directory(tmp / "ckpt")
+        change(folder)
+        return folder
+
+    return make
+
+
+def _replace_by_fifo(name: str) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        (folder / name).unlink()
+        os.mkfifo(folder / name)
+
+    return change
+
+
+def _shard_fifo(folder: Path) -> None:
+    _replace_by_fifo(next(p.name for p in folder.iterdir() if p.suffix == ".distcp"))(folder)
+
+
+def _info_links_to_dev_zero(folder: Path) -> None:
+    (folder / "composer.json").unlink()
+    (folder / "composer.json").symlink_to("/dev/zero")
+
+
+def _shard_links_out(folder: Path) -> None:
+    shard = next(p for p in folder.iterdir() if p.suffix == ".distcp")
+    outside = folder.parent / "elsewhere.distcp"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+
+
+def _large_info(folder: Path) -> None:
+    """composer.json of 60 MB: a recipe padded with one long list."""
+    info = json.loads((folder / "composer.json").read_text())
+    info["padding"] = [{}] * 20_000_000
+    (folder / "composer.json").write_text(json.dumps(info))
+
+
+def _rewrite_metadata(folder: Path, data: bytes) -> None:
+    """``.metadata`` replaced by ``data``, its checksum in composer.json updated to match."""
+    import zlib  # noqa: PLC0415
+
+    from composer.checkpoint.dcp import _crc_info  # noqa: PLC0415
+
+    (folder / ".metadata").write_bytes(data)
+    info = json.loads((folder / "composer.json").read_text())
+    info.pop("crc32")
+    info["files"][".metadata"] = zlib.crc32(data)
+    (folder / "composer.json").write_text(json.dumps({**info, "crc32": _crc_info(info)}))
+
+
+def _large_metadata(folder: Path) -> None:
+    """60 MB of ``.metadata``: a list of 20 million one-tuples (1.3 GB once unpickled)."""
+    _rewrite_metadata(folder, b"\x80\x04(" + b"K\x01\x85" * 20_000_000 + b"l.")
+
+
+def _deep_metadata(folder: Path) -> None:
+    """A 2 MB pickle: a dict keyed by a tuple nested 10^6 deep, which Python hashes recursively
+    in C (SIGSEGV) while it unpickles."""
+    n = 10**6
+    _rewrite_metadata(folder, b"\x80\x02}" + b"(" * n + b")" + b"t" * n + b"K\x01s.")
+
+
+def sparse_checkpoint(path: Path, features: int = 16384) -> Path:
+    """A valid checkpoint of a ``Linear(features, features)`` whose 1 GiB of weights is a hole
+    in a sparse file: its checksum is computed over zeros, nothing is written but the header."""
+    import xxhash  # noqa: PLC0415
+
+    from composer.checkpoint.file import FORMAT, FORMAT_VERSION  # noqa: PLC0415
+
+    recipe = {"model": {"type": "Linear", "in_features": features, "out_features": features}}
+    sizes = {"bias": [features], "weight": [features, features]}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "aliases": "{}", "init_schemes": "{}"}
+    metadata |= {"recipe": json.dumps(recipe), "allow_targets": "[]"}
+    digest = xxhash.xxh3_64(json.dumps(metadata, sort_keys=True).encode())
+    header: dict[str, Any] = {"__metadata__": {**metadata, "xxh3_64": ""}}
+    offset, zeros = 0, bytes(16 << 20)
+    for key in sorted(sizes):
+        nbytes = 4 * (features if key == "bias" else features * features)
+        header[key] = {"dtype": "F32", "shape": sizes[key], "data_offsets": [offset, offset + nbytes]}
+        digest.update(key.encode())
+        for at in range(0, nbytes, len(zeros)):
+            digest.update(zeros[: min(len(zeros), nbytes - at)])
+        offset += nbytes
+    header["__metadata__"]["xxh3_64"] = digest.hexdigest()
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(8 + len(text) + offset)
+    return path
+
+
+def _sparse_directory(tmp: Path) -> Path:
+    """A checkpoint directory whose shard file also holds a 1 GiB hole (its checksum recomputed)."""
+    import zlib  # noqa: PLC0415
+
+    from composer.checkpoint.dcp import _crc_info  # noqa: PLC0415
+
+    folder = write_directory(tmp / "ckpt")
+    shard = next(p for p in folder.iterdir() if p.suffix == ".distcp")
+    with open(shard, "r+b") as f:
+        f.truncate(1 << 30)
+    crc = 0
+    with open(shard, "rb") as f:
+        while piece := f.read(16 << 20):
+            crc = zlib.crc32(piece, crc)
+    info = json.loads((folder / "composer.json").read_text())
+    info.pop("crc32")
+    info["files"][shard.name] = crc
+    (folder / "composer.json").write_text(json.dumps({**info, "crc32": _crc_info(info)}))
+    return folder
+
+
+FILE_ATTACKS = [
+    Attack(".metadata is a FIFO: load", _directory_with(_replace_by_fifo(".metadata")), _load, CheckpointError,
+           "not a regular file"),
+    Attack("composer.json is a FIFO: load", _directory_with(_replace_by_fifo("composer.json")), _load,
+           CheckpointError, "not a regular file"),
+    Attack("a listed shard is a FIFO: load", _directory_with(_shard_fifo), _load, CheckpointError,
+           "not a regular file"),
+    Attack("a listed shard is a FIFO: inspect", _directory_with(_shard_fifo), _inspect, CheckpointError,
+           "not a regular file"),
+    Attack("composer.json links to /dev/zero: load", _directory_with(_info_links_to_dev_zero), _load,
+           CheckpointError, "symbolic link"),
+    Attack("a shard links out of the directory: load", _directory_with(_shard_links_out), _load, CheckpointError,
+           "symbolic link"),
+    Attack("composer.json of 60 MB: load", _directory_with(_large_info), _load, CheckpointError,
+           "limit header_bytes="),
+    Attack(".metadata of 60 MB: load", _directory_with(_large_metadata), _load, CheckpointError,
+           "limit metadata_bytes="),
+    Attack(".metadata nested 10^6 deep: load", _directory_with(_deep_metadata), _load, CheckpointError,
+           "nests more than 100"),
+    Attack("sparse 1 GiB checkpoint: inspect", lambda tmp: sparse_checkpoint(tmp / "big.safetensors"), _inspect,
+           None),
+    Attack("directory with a 1 GiB shard: inspect", _sparse_directory, _inspect, None),
 ]  # fmt: skip

@@ -12,16 +12,19 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import struct
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.distributed.checkpoint.metadata import Metadata
 
 from composer import (
     CheckpointError,
@@ -36,9 +39,12 @@ from composer import (
 )
 from composer.build.materialize import forward_zeros
 from composer.build.record import record_of
+from composer.checkpoint.common import json_depth
+from composer.checkpoint.dcp import _crc_info
+from composer.checkpoint.pickled import PickleShape, check_depth
 from composer.recipe.interpolation import resolve
 from composer.recipe.read import InputSpec
-from tests.attacks import ATTACKS, Attack, raw_header_file, write_checkpoint
+from tests.attacks import ATTACKS, Attack, _inspect, raw_header_file, write_checkpoint, write_directory
 from tests.attacks import guard as _guard
 from tests.recipes import model_recipe
 
@@ -626,3 +632,160 @@ def test_malformed_graph_and_repeat_fields_are_config_errors_with_their_key_path
         with pytest.raises(ConfigError) as e:
             build_from_config({"model": model}, device=device)
         assert e.value.path == where
+
+
+# --- checkpoint directories read like files are read (issue 23) --------------------------------
+
+
+def _deep(levels: int) -> dict:
+    node: dict = {"type": "Identity"}
+    for _ in range(levels):
+        node = {"type": "Sequential", "layers": [node]}
+    return node
+
+
+def _retamper(folder: Path, change) -> Path:
+    """``composer.json`` changed by ``change(info)``, its checksum made to match again."""
+    info = json.loads((folder / "composer.json").read_text())
+    info.pop("crc32")
+    change(info)
+    (folder / "composer.json").write_text(json.dumps({**info, "crc32": _crc_info(info)}))
+    return folder
+
+
+def _set(key: str, value) -> object:
+    return lambda info: info.__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _set("aliases", {"a": 5}),
+        _set("aliases", {"alias": "missing"}),
+        _set("aliases", []),
+        _set("files", {".metadata": "x"}),
+        _set("files", {"../x": 1}),
+        _set("files", {}),
+        _set("recipe", "model"),
+        _set("recipe", {"model": _deep(400)}),
+        _set("allow_targets", [1]),
+        _set("world_size", "two"),
+        _set("training", []),
+        _set("init_schemes", [1]),
+        _set("format_version", [[[]]]),
+        _set("padding", json.loads("[" * 900 + "]" * 900)),
+    ],
+    ids=lambda c: "",
+)
+@pytest.mark.parametrize("read", ["load", "inspect"])
+def test_malformed_composer_json_fields_are_checkpoint_errors(tmp_path: Path, change, read: str) -> None:
+    folder = _retamper(write_directory(tmp_path / "ckpt"), change)
+    with guard(), pytest.raises(CheckpointError):
+        if read == "load":
+            load_checkpoint(folder)
+        else:
+            _inspect(folder)
+
+
+def _metadata_with(folder: Path, change) -> Path:
+    """``.metadata`` unpickled, changed by ``change(metadata)`` and pickled again, checksums matching."""
+    metadata = pickle.loads((folder / ".metadata").read_bytes())
+    assert isinstance(metadata, Metadata)
+    change(metadata)
+    data = pickle.dumps(metadata)
+    (folder / ".metadata").write_bytes(data)
+    return _retamper(folder, lambda info: info["files"].__setitem__(".metadata", zlib.crc32(data)))
+
+
+def _each_storage(attribute: str, value) -> object:
+    def change(metadata) -> None:
+        for entry in metadata.storage_data.values():
+            setattr(entry, attribute, value)
+
+    return change
+
+
+def _each_tensor(change_entry) -> object:
+    return lambda metadata: [change_entry(e) for e in metadata.state_dict_metadata.values()]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (_each_storage("relative_path", "composer.json"), "does not list"),
+        (_each_storage("relative_path", ".metadata"), "loading failed|beyond the end"),
+        (_each_storage("relative_path", "../elsewhere"), "does not list"),
+        (_each_storage("relative_path", 5), "malformed"),
+        (_each_storage("offset", 10**12), "beyond the end"),
+        (_each_storage("length", -1), "beyond the end"),
+        (_each_tensor(lambda e: setattr(e, "size", "big")), "malformed"),
+        (_each_tensor(lambda e: setattr(e, "chunks", None)), "malformed"),
+        (_each_tensor(lambda e: setattr(e.properties, "dtype", "float32")), "malformed"),
+        (lambda m: setattr(m, "state_dict_metadata", []), "not DCP metadata"),
+        (lambda m: setattr(m, "storage_data", None), "not DCP metadata"),
+    ],
+    ids=lambda c: c if isinstance(c, str) else "",
+)
+def test_malformed_metadata_fields_are_checkpoint_errors(tmp_path: Path, change, match: str) -> None:
+    folder = _metadata_with(write_directory(tmp_path / "ckpt"), change)
+    for read in (load_checkpoint, _inspect):
+        with guard(), pytest.raises(CheckpointError, match=match):
+            read(folder)
+
+
+def test_a_directory_written_as_composer_writes_it_loads_and_inspects(tmp_path: Path, capsys) -> None:
+    folder = write_directory(tmp_path / "ckpt")
+    model = load_checkpoint(folder)
+    assert model.weight.shape == (2, 2)
+    assert _inspect(folder) == 0
+
+
+def test_the_pickle_check_passes_any_protocol_and_refuses_depth_recursion_and_bad_opcodes() -> None:
+    value = {"a": [(1, 2), {"b": (3,)}], "c": torch.Size([2, 3])}
+    for protocol in range(6):
+        check_depth(pickle.dumps(value, protocol=protocol), 10)
+    nested: object = ()
+    for _ in range(11):
+        nested = (nested,)
+    with pytest.raises(PickleShape, match="more than 10"):
+        check_depth(pickle.dumps(nested, protocol=4), 10)
+    with pytest.raises(PickleShape, match="opcode 0xff"):
+        check_depth(b"\x80\x04\xff.", 10)
+    cycle: list = []
+    cycle.append([cycle])
+    with pytest.raises(PickleShape, match="recursive"):
+        check_depth(pickle.dumps(cycle, protocol=4), 10)
+    for cut in (1, 5, 20):
+        with pytest.raises(PickleShape):
+            check_depth(pickle.dumps(value, protocol=4)[:-cut], 10)
+
+
+def test_a_stored_recipe_at_the_depth_limit_inspects_and_one_deeper_is_an_error(tmp_path: Path, capsys) -> None:
+    deepest = next(n for n in range(60, 0, -1) if _builds(_deep(n)))
+    assert json_depth({"model": _deep(deepest)}) > 90  # close to the limit of 100
+    path = write_checkpoint(tmp_path / "deep.safetensors", {"model": _deep(deepest)})
+    assert _inspect(path) == 0
+    path = write_checkpoint(tmp_path / "past.safetensors", {"model": _deep(deepest + 30)})
+    with guard(), pytest.raises(CheckpointError, match="limit depth="):
+        _inspect(path)
+    path = write_checkpoint(tmp_path / "deeper.safetensors", {"model": _deep(400)})
+    with guard(), pytest.raises(CheckpointError, match="'recipe' field is missing or malformed"):
+        _inspect(path)
+
+
+def _builds(recipe: dict) -> bool:
+    try:
+        build_from_config({"model": recipe}, device="meta")
+    except ConfigError:
+        return False
+    return True
+
+
+def test_a_directorys_metadata_is_read_within_metadata_bytes(tmp_path: Path, monkeypatch) -> None:
+    folder = write_directory(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="limit metadata_bytes=100 "):
+        load_checkpoint(folder, limits={"metadata_bytes": 100})
+    monkeypatch.setenv(limits.env_name("metadata_bytes"), "100")
+    with pytest.raises(CheckpointError, match="COMPOSER_MAX_METADATA_BYTES=N"):
+        load_checkpoint(folder)
+    assert load_checkpoint(folder, limits={"metadata_bytes": 1 << 20}).weight.shape == (2, 2)

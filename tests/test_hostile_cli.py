@@ -8,18 +8,21 @@ not depend on each other start together.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from bench.attacks import measure
 from composer import load_checkpoint
-from tests.attacks import ALIAS_BOMB, REPEAT_BILLION, write_checkpoint
+from tests.attacks import ALIAS_BOMB, FILE_ATTACKS, REPEAT_BILLION, write_checkpoint
 from tests.cli import TIMEOUT, command, run_together
 from tests.recipes import ROOT
 
@@ -305,3 +308,100 @@ print("old", tuple(load_checkpoint(sys.argv[1]).weight.shape), sorted(os.listdir
     assert lines and lines[0].startswith("OSError 28 |"), result.stdout + result.stderr
     assert "No space left on device" in lines[0] and "bytes free in" in lines[0]
     assert lines[1] == "old (2, 2) ['m.safetensors']"
+
+
+# --- checkpoint directories and large files (issue 23): each in a fresh process, time and memory capped
+
+
+@pytest.mark.parametrize("index", range(len(FILE_ATTACKS)), ids=[a.name for a in FILE_ATTACKS])
+def test_checkpoint_directory_and_large_file_attacks_end_fast_in_a_fresh_process(index: int) -> None:
+    """Each attack in its own process (``bench.attacks``), stopped after 60 s or at 4 GB of address
+    space: before, a FIFO hung load and inspect, a deep pickle killed the process (SIGSEGV), a
+    sparse file cost its size in memory."""
+    attack = FILE_ATTACKS[index]
+    result = measure(index, timeout=60, memory_gb=4, catalogue="FILE_ATTACKS")
+    expected = "ends (no error)" if attack.error is None else f"{attack.error.__name__}: "
+    assert result["outcome"].startswith(expected), result
+    assert attack.match in result["outcome"], result
+    assert result["seconds"] < 5 and result["mb"] < 200, result  # measured: under 0.5 s and 35 MB each
+
+
+# --- list and schema read a --config-dir as the app reads it (issue 23) ----------------------------
+
+
+def _capped(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess | None, float]:
+    """``python -m composer ARGS`` with 4 GB of address space and 60 s: (result or None if it
+    ran past them, seconds)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSER_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=cap
+        )
+    except subprocess.TimeoutExpired:
+        return None, time.perf_counter() - start
+    return done, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def hostile_conf(tmp_path_factory) -> Path:
+    """A --config-dir from elsewhere: escape sequences, a FIFO, a link to a secret, an alias bomb in
+    a template's arguments, a 20 MB file."""
+    root = tmp_path_factory.mktemp("conf")
+    model = root / "conf" / "model"
+    model.mkdir(parents=True)
+    (model / "escape.yaml").write_text(
+        "# \x1b]0;pwned\x07\x1b[2J a title\n# @package _global_\nmodel: {type: Identity}\n"
+        "blocks:\n  t\x1b[31m: {args: [c], body: {type: Identity}}\n"
+    )
+    os.mkfifo(model / "fifo.yaml")
+    (root / "secret.txt").write_text(f"# {SECRET}\nmodel: {{type: Identity}}\n")
+    (model / "link.yaml").symlink_to(root / "secret.txt")
+    bomb = "\n".join(f"      {line}" for line in ALIAS_BOMB.splitlines())
+    (model / "bomb.yaml").write_text(
+        "# @package _global_\nmodel: {type: Identity}\nblocks:\n  t:\n    args:\n"
+        f"{bomb}\n    body: {{type: Identity}}\n"
+    )
+    with open(model / "big.yaml", "w") as f:
+        f.write("# @package _global_\nmodel: {type: Identity}\nblocks:\n  pad:\n")
+        f.write("    - [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]\n" * 350_000)
+    return root
+
+
+LIST_RUNS = {
+    "overview": ["list"],
+    "recipes": ["list", "recipes"],
+    "templates": ["list", "templates"],
+    "escape": ["list", "recipes", "escape"],
+    "link": ["list", "recipes", "link"],
+    "fifo": ["list", "recipes", "fifo"],
+    "big": ["list", "recipes", "big"],
+    "bomb template": ["list", "templates", "t"],
+    "schema": ["schema"],
+}
+
+
+def test_list_and_schema_read_a_hostile_config_dir_as_the_app_does(hostile_conf: Path) -> None:
+    conf = str(hostile_conf / "conf")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {n: pool.submit(_capped, ["--config-dir", conf, *a], hostile_conf) for n, a in LIST_RUNS.items()}
+        results = {name: f.result() for name, f in futures.items()}
+    for name, (done, seconds) in results.items():
+        assert done is not None, f"{name}: still running after {seconds:.0f} s"
+        assert seconds < 30, f"{name}: {seconds:.1f} s"
+        assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout, name
+        assert SECRET not in done.stdout + done.stderr, name
+        assert "Traceback" not in done.stderr, f"{name}: {done.stderr}"
+    assert results["overview"][0].returncode == 0 and results["recipes"][0].returncode == 0
+    assert "\\x1b]0;pwned" in results["escape"][0].stdout  # shown, escaped
+    assert "\\x1b]0;pwned" in results["recipes"][0].stdout  # its description
+    assert "symbolic link out of its config folder" in results["link"][0].stderr
+    assert "not a regular file" in results["fifo"][0].stderr
+    assert "limit recipe_bytes=" in results["big"][0].stderr
+    assert "no template 't'" in results["bomb template"][0].stderr  # its file is over the nodes limit: not listed
+    assert results["schema"][0].returncode == 0 and results["schema"][0].stdout.startswith("{")

@@ -9,7 +9,8 @@ call what it names before our code runs. So the app's config folders are read by
 through Hydra's plugin registry; the app's search-path plugin (``main.UserConfigFirst``) names
 the folders with that scheme (``guarded``). Hydra's own classes stay as they are.
 
-- A file must be a regular file within ``limits.recipe_bytes`` (a FIFO blocks forever), UTF-8
+- A file must be a regular file within ``limits.recipe_bytes`` (a FIFO blocks forever), inside
+  its folder once links are followed (``recipe.read.read_config_file``: ``list`` reads the same way), UTF-8
   YAML read by composer's loader (duplicate keys refused), within ``limits.nodes`` and
   ``limits.depth`` once its aliases are expanded (a nine-level alias bomb is 10^9 nodes);
 - a file of the ``model`` or ``init`` group holds a recipe or a scheme only: it lands in its
@@ -36,13 +37,10 @@ from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from omegaconf import OmegaConf
 
-from composer import limits as budget
 from composer.errors import ConfigError
-from composer.files import FileProblem, TooLarge, read_regular
 from composer.recipe.interpolation import enabled_resolvers, resolver_calls
-from composer.recipe.plain import plain_tree
 from composer.recipe.read import TOP_LEVEL_KEYS as RECIPE_KEYS
-from composer.recipe.read import parse_yaml
+from composer.recipe.read import read_config_file
 
 RECIPE_GROUPS = ("model", "init")
 USER_PROVIDER = "composer-config-dir"  # the provider name of the --config-dir entry put first
@@ -68,10 +66,10 @@ class GuardedConfigSource(FileConfigSource):
     def load_config(self, config_path: str) -> ConfigResult:
         """A config file, read the way composer reads a recipe; a recipe file checked as one."""
         name = self._normalize_file_name(config_path)
-        full_path = os.path.realpath(os.path.join(self.path, name))
+        full_path = os.path.join(self.path, name)
         if not os.path.exists(full_path):
-            raise ConfigLoadError(f"Config not found : {full_path}")
-        data, header = _read(full_path)
+            raise ConfigLoadError(f"Config not found : {os.path.realpath(full_path)}")
+        data, header = _read(full_path, self.path)
         group = name.split("/", 1)[0] if "/" in name else ""
         if group in RECIPE_GROUPS:
             check_recipe_file(group, header.get("package"), data, full_path)
@@ -100,30 +98,10 @@ class GuardedConfigSource(FileConfigSource):
         return found if self._serves(config_path) else []
 
 
-def _read(full_path: str) -> tuple[Any, dict[str, str]]:
-    """A config file's plain tree and its header, within the budgets."""
-    limits = budget.current()
-    try:
-        raw = read_regular(full_path, limits.recipe_bytes)
-    except TooLarge as e:
-        raise ConfigError(budget.exceeded("recipe_bytes", f"the file ({e.size:,} bytes)"), full_path) from None
-    except FileProblem as e:
-        raise ConfigError(str(e), full_path) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x})", full_path) from None
-    header = ConfigSource._get_header_dict(text[:512])
-    try:
-        data, _ = plain_tree(parse_yaml(text, full_path), limits)
-    except ConfigError as e:
-        raise ConfigError([(_in_file(full_path, p), m) for p, m in e.problems]) from None
-    return data, header
-
-
-def _in_file(file: str, key: str) -> str:
-    """``FILE: key`` (the file alone for its top level), for a problem found in a config file."""
-    return file if key in ("", "(recipe)") or key.startswith(file) else f"{file}: {key}"
+def _read(full_path: str, folder: str) -> tuple[Any, dict[str, str]]:
+    """A config file's plain tree and its header, within the budgets (``read_config_file``)."""
+    data, text = read_config_file(full_path, folder)
+    return data, ConfigSource._get_header_dict(text[:512])
 
 
 def check_recipe_file(group: str, package: str | None, data: Any, where: str) -> None:

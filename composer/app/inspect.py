@@ -1,7 +1,10 @@
 """``python -m composer inspect CKPT [CKPT ...]``: what a checkpoint holds, without running it.
 
 Prints what the file stores: the recipe (YAML), the summary and the init report as they were when
-it was saved, after checking the file's checksum. A file that stores no summary (one saved from
+it was saved, reading the file's header only (a checkpoint of 1 GiB costs what its header does:
+its checksum, which covers the tensors too, is checked where they are read: by ``--rebuild`` and
+``load_checkpoint``; a directory's ``composer.json`` and ``.metadata`` are checked against their
+own checksums, its shards are not opened). A file that stores no summary (one saved from
 Python without ``summary=``) gets one from its recipe rebuilt on ``meta``, without output shapes:
 no weight is used and no forward runs. It runs no forward by default: a checkpoint is data
 from anywhere, and a model's forward may not end (a ``FixedHiddenMLP`` whose weights are inf loops
@@ -30,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Print the recipe, the summary and the init report stored in a composer checkpoint.",
     )
     parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="a composer checkpoint: a file or a directory")
-    parser.add_argument("--no-verify", action="store_true", help="skip the checksum of the tensor data")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the checksums (a directory's metadata; with --rebuild, the data)"
+    )
     parser.add_argument("--recipe", action="store_true", help="print only the stored recipe, as YAML ready to edit")
     parser.add_argument(
         "--rebuild",
@@ -65,18 +70,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _recipe_file(path: str, recipe: dict) -> str:
     """The stored recipe as a file to edit and build again (also as ``DIR/model/NAME.yaml``)."""
+    return f"# @package _global_\n# The recipe stored in {path}.\n" + _yaml(path, recipe)
+
+
+def _yaml(path: str, recipe: dict) -> str:
+    """A stored recipe as YAML, if it nests within ``limits.depth`` (the YAML dumper recurses:
+    a recipe 400 deep would stop it with a RecursionError)."""
     import yaml  # noqa: PLC0415
 
-    return (
-        f"# @package _global_\n# The recipe stored in {path}.\n"
-        + yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None).rstrip()
-    )
+    from composer import limits  # noqa: PLC0415
+    from composer.checkpoint.common import json_depth  # noqa: PLC0415
+    from composer.errors import CheckpointError  # noqa: PLC0415
+
+    depth = json_depth(recipe)
+    if depth > limits.current().depth + 1:  # the recipe's own mapping, then its values
+        raise CheckpointError(f"{path}: {limits.exceeded('depth', f'its recipe, {depth:,} deep,')}")
+    return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None).rstrip()
 
 
 def _describe_directory(path: str, verify: bool, recipe_only: bool, depth: int | None) -> str:
     """A sharded model's checkpoint directory: its model rebuilt on ``meta`` from its metadata
     (recipe, stored shapes, init report) without reading the shards."""
-    import yaml  # noqa: PLC0415
 
     from composer.build.record import record_of  # noqa: PLC0415
     from composer.checkpoint.api import rebuild_on_meta  # noqa: PLC0415
@@ -86,8 +100,7 @@ def _describe_directory(path: str, verify: bool, recipe_only: bool, depth: int |
     recipe = record_of(model).recipe
     if recipe_only:
         return _recipe_file(path, recipe)
-    text = yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None).rstrip()
-    return "\n".join([f"# {path}", "# recipe", text, "# summary", summary(model, depth=depth)])
+    return "\n".join([f"# {path}", "# recipe", _yaml(path, recipe), "# summary", summary(model, depth=depth)])
 
 
 def _summary_on_meta(path: str, depth: int | None) -> str | None:
@@ -109,15 +122,13 @@ def _describe(path: str, verify: bool, rebuild: bool, recipe_only: bool, depth: 
     """The stored recipe, summary and init report of one checkpoint, as text."""
     import json  # noqa: PLC0415
 
-    import yaml  # noqa: PLC0415
-
     from composer.checkpoint.api import load_checkpoint  # noqa: PLC0415
     from composer.checkpoint.common import json_field  # noqa: PLC0415
     from composer.checkpoint.file import read_metadata  # noqa: PLC0415
     from composer.describe.summarize import summary  # noqa: PLC0415
     from composer.errors import CheckpointError  # noqa: PLC0415
 
-    metadata = read_metadata(path, verify)
+    metadata = read_metadata(path, verify=False)  # the header only: --rebuild verifies what it loads
     if recipe_only:
         if "recipe" not in metadata:
             raise CheckpointError(f"{path}: holds weights only, no recipe")
@@ -125,7 +136,7 @@ def _describe(path: str, verify: bool, rebuild: bool, recipe_only: bool, depth: 
     lines = [f"# {path}"]
     if "recipe" in metadata:
         recipe = json_field(metadata, "recipe", dict, path)
-        lines += ["# recipe", yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None).rstrip()]
+        lines += ["# recipe", _yaml(path, recipe)]
     else:
         lines += ["# recipe", "(none: this file holds weights only)"]
     stored = metadata.get("summary")

@@ -537,7 +537,7 @@ def list_command(argv: Sequence[str]) -> int:
         from composer.modules.ops import OPS  # noqa: PLC0415
 
         dirs = [*([args.config_dir] if args.config_dir else []), CONF_DIR]
-        print(list_text(args.kind, args.name, conf_dir=dirs, ops=OPS))
+        print(printable(list_text(args.kind, args.name, conf_dir=dirs, ops=OPS)))
     except Exception as e:  # noqa: BLE001
         return fail(e)
     return 0

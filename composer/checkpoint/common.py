@@ -54,9 +54,27 @@ def json_field(
         value = json.loads(metadata[key] if default is None else metadata.get(key, default), object_pairs_hook=_unique)
     except (KeyError, TypeError, ValueError, RecursionError):  # ValueError: a 5,000-digit number too
         value = None
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or json_depth(value) > max_json_depth():
         raise CheckpointError(f"{path}: its {key!r} field is missing or malformed: the file is corrupted")
     return value
+
+
+def max_json_depth() -> int:
+    """How deeply a stored JSON value may nest: a recipe ``limits.depth``, a training state's
+    tree (``tree``) two levels a level of the user's value; so twice that, and a margin."""
+    return 2 * budget.current().depth + 8
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests, without recursion (JSON parses 900 levels that
+    ``json.dumps`` and the YAML dumper then cannot write back)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            todo += [(v, depth + 1) for v in (value.values() if isinstance(value, dict) else value)]
+    return deepest
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import uuid
 import warnings
 import zlib
@@ -36,25 +37,33 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    Metadata,
+    TensorProperties,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 
+from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS
 from composer.build.record import BuildRecord, finish, record_of
 from composer.build.shard import mesh_device, shard, swapping_params
 from composer.checkpoint import training
-from composer.checkpoint.common import check_keys, place, rebuild, version
-from composer.errors import CheckpointError, ConfigError
-from composer.files import FileProblem, TooLarge, read_regular
+from composer.checkpoint.common import check_keys, json_depth, max_json_depth, place, rebuild, version
+from composer.checkpoint.pickled import PickleShape, check_depth
+from composer.errors import CheckpointError, ConfigError, printable
+from composer.files import FileProblem, TooLarge, open_regular, read_regular
 from composer.recipe.parallel import parse_parallel
 
 FORMAT = "composer-dcp-checkpoint"
 FORMAT_VERSION = "1"
 INFO = "composer.json"
 _DCP_METADATA = ".metadata"
-_MAX_INFO = 256 * 1024 * 1024
+_MAX_DEPTH = 100  # of what .metadata's pickle builds: DCP's metadata nests fewer than 10 deep
 _CHUNK = 16 * 1024 * 1024
 
 
@@ -253,8 +262,13 @@ def _crc_info(info: Mapping[str, Any]) -> int:
 
 
 def _crc_file(path: Path) -> int:
+    """The CRC-32 of a regular file (never a FIFO, a device or a symbolic link: ``OSError``)."""
     crc = 0
-    with open(path, "rb") as f:
+    try:
+        fd = open_regular(path, follow=False)
+    except FileProblem as e:
+        raise OSError(errno.EINVAL, str(e), str(path)) from None
+    with os.fdopen(fd, "rb") as f:
         while chunk := f.read(_CHUNK):
             crc = zlib.crc32(chunk, crc)
     return crc
@@ -329,9 +343,10 @@ def load_sharded(
     """
     path = Path(path)
     info = read_info(path, verify)
+    sizes = _check_files(path, info)
     if verify:
         _verify_files(path, info, sharded=mesh is not None)
-    metadata = read_dcp_metadata(path, info)
+    metadata = read_dcp_metadata(path, info, sizes)
     if "recipe" not in info:
         raise CheckpointError(f"{path}: holds weights only, no recipe: build the model yourself and load it with DCP")
     allow = (*DEFAULT_TARGETS, *(allow_targets or ()))
@@ -412,14 +427,17 @@ def _load_training(
 
 def rebuild_sharded_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
     """The model a checkpoint directory describes, on ``meta`` with its record and no weights:
-    what ``python -m composer inspect DIR`` summarizes without reading the shards."""
+    what ``python -m composer inspect DIR`` summarizes reading ``composer.json`` and
+    ``.metadata`` only (``verify``: their checksums; the shards, which it does not read, are not
+    checked, nor opened)."""
     path = Path(path)
     info = read_info(path, verify)
+    sizes = _check_files(path, info)
     if verify:
-        _verify_files(path, info, sharded=False)
+        _verify_files(path, info, sharded=False, only=[_DCP_METADATA])
     if "recipe" not in info:
         raise CheckpointError(f"{path}: holds weights only, no recipe")
-    metadata = read_dcp_metadata(path, info)
+    metadata = read_dcp_metadata(path, info, sizes)
     _, _, model, frozen = rebuild(json.dumps(info["recipe"]), DEFAULT_TARGETS, torch.device("meta"), path)
     every = _stored_shapes(metadata, info["aliases"], path)
     stored = {k: v for k, v in every.items() if not training.is_training_key(k)}
@@ -431,36 +449,71 @@ def rebuild_sharded_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.
 
 
 def read_info(path: Path, verify: bool) -> dict[str, Any]:
-    """``composer.json``, its fields checked (and its CRC, with ``verify``)."""
-    file = Path(path) / INFO
-    if file.is_symlink():  # a link may point anywhere: a checkpoint's files are its own
-        raise CheckpointError(f"{path}: {INFO} is a symbolic link: refused")
+    """``composer.json``, its fields checked (and its CRC, with ``verify``): a regular file inside
+    the directory (no symbolic link, FIFO or device), within ``limits.header_bytes``, nesting no
+    deeper than a stored value may (``common.max_json_depth``)."""
+    limit = budget.current().header_bytes
     try:
-        info = json.loads(read_regular(file, _MAX_INFO))  # a FIFO or a device is refused, not read
-    except TooLarge:
-        raise CheckpointError(f"{path}: {INFO} is too large to be composer's") from None
+        # a FIFO or a device is refused, not read; a link may point anywhere: a checkpoint's files are its own
+        info = json.loads(read_regular(Path(path) / INFO, limit, follow=False))
+    except TooLarge as e:
+        what = f"its {e.size:,} bytes"
+        raise CheckpointError(f"{path}: {INFO}: {budget.exceeded('header_bytes', what, limit)}") from None
     except FileProblem as e:
         raise CheckpointError(f"{path}: {INFO}: {e}") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not a composer checkpoint directory (no {INFO})") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read {INFO}: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, a 5,000-digit number
         raise CheckpointError(f"{path}: {INFO} is not valid JSON: the checkpoint is corrupted") from None
+    if json_depth(info) > max_json_depth() + 2:  # the recipe or training state, in composer.json
+        raise CheckpointError(f"{path}: {INFO} nests too deeply: the checkpoint is corrupted")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a composer checkpoint directory")
     if info.get("format_version") != FORMAT_VERSION:
-        found = info.get("format_version")
+        found = printable(repr(info.get("format_version")))[:40]
         raise CheckpointError(f"{path}: format version {found} is not supported (this composer reads {FORMAT_VERSION})")
     if verify and info.get("crc32") != _crc_info(info):
         raise CheckpointError(f"{path}: {INFO} does not match its checksum: the checkpoint is corrupted")
-    kinds = {"aliases": dict, "files": dict, "recipe": dict, "allow_targets": list, "init_schemes": dict}
+    _check_fields(path, info)
+    return info
+
+
+def _check_fields(path: Path, info: dict[str, Any]) -> None:
+    """Each field composer reads has the type it writes: a crafted file is a ``CheckpointError``,
+    never a ``TypeError`` or ``AttributeError`` later."""
+    kinds = {
+        "aliases": dict, "files": dict, "recipe": dict, "allow_targets": list, "init_schemes": dict,
+        "world_size": int, training.FIELD: dict,
+    }  # fmt: skip
     for key, kind in kinds.items():
         if key in info and not isinstance(info[key], kind) or key in ("aliases", "files") and key not in info:
             raise CheckpointError(f"{path}: its {key!r} field is missing or malformed: the checkpoint is corrupted")
     if any(not _plain_name(name) or not isinstance(crc, int) for name, crc in info["files"].items()):
         raise CheckpointError(f"{path}: its file list is malformed: the checkpoint is corrupted")
-    return info
+    if any(not isinstance(k, str) or not isinstance(v, str) for k, v in info["aliases"].items()):
+        raise CheckpointError(f"{path}: its 'aliases' field is malformed: the checkpoint is corrupted")
+    if not all(isinstance(t, str) for t in info.get("allow_targets", [])):
+        raise CheckpointError(f"{path}: its 'allow_targets' field is malformed: the checkpoint is corrupted")
+
+
+def _check_files(path: Path, info: Mapping[str, Any]) -> dict[str, int]:
+    """Every file ``composer.json`` lists is a regular file in the directory (``lstat``: no
+    symbolic link, FIFO or device); returns each one's size. DCP opens them by name later."""
+    sizes = {}
+    for name in info["files"]:
+        try:
+            mode = os.lstat(path / name)
+        except OSError as e:
+            raise CheckpointError(f"{path / name}: cannot read: {e.strerror}: the checkpoint is incomplete") from None
+        if not stat.S_ISREG(mode.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode.st_mode) else "not a regular file"
+            raise CheckpointError(f"{path / name}: {kind}: refused (a checkpoint's files are its own regular files)")
+        sizes[name] = mode.st_size
+    if _DCP_METADATA not in sizes:
+        raise CheckpointError(f"{path}: its file list does not name {_DCP_METADATA}: the checkpoint is corrupted")
+    return sizes
 
 
 def _plain_name(name: Any) -> bool:
@@ -474,9 +527,10 @@ def _plain_name(name: Any) -> bool:
     )
 
 
-def _verify_files(path: Path, info: dict[str, Any], sharded: bool) -> None:
-    """Each file's CRC-32 against ``composer.json``; sharded, each rank checks a share of them."""
-    names = sorted(info["files"])
+def _verify_files(path: Path, info: dict[str, Any], sharded: bool, only: Collection[str] | None = None) -> None:
+    """Each file's CRC-32 against ``composer.json`` (or those of ``only``); sharded, each rank
+    checks a share of them."""
+    names = sorted(only if only is not None else info["files"])
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
     bad = []
     for name in names[rank::world]:
@@ -517,25 +571,81 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
 
 
-def read_dcp_metadata(path: Path, info: Mapping[str, Any]) -> Metadata:
-    """DCP's ``.metadata``, unpickled with only DCP's own classes, its shard files checked to be
-    the ones ``composer.json`` lists."""
+def read_dcp_metadata(path: Path, info: Mapping[str, Any], sizes: Mapping[str, int] | None = None) -> Metadata:
+    """DCP's ``.metadata``, unpickled with only DCP's own classes: a regular file within
+    ``limits.metadata_bytes`` (unpickled, a byte may cost 80; checked, a microsecond), its opcodes
+    checked first for how deeply they nest (``pickled``); each
+    shard entry names a file ``composer.json`` lists, at a place inside it (``sizes``: each listed
+    file's size, from ``_check_files``)."""
+    sizes = _check_files(path, info) if sizes is None else sizes
+    limit = budget.current().metadata_bytes
     try:
-        with open(Path(path) / _DCP_METADATA, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
+        data = read_regular(Path(path) / _DCP_METADATA, limit, follow=False)
+        check_depth(data, _MAX_DEPTH)
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+    except TooLarge as e:
+        what = f"its {e.size:,} bytes"
+        raise CheckpointError(f"{path}: {_DCP_METADATA}: {budget.exceeded('metadata_bytes', what, limit)}") from None
+    except (FileProblem, PickleShape) as e:
+        raise CheckpointError(f"{path}: {_DCP_METADATA}: {e}: refused") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read {_DCP_METADATA}: {e.strerror}") from None
     except Exception as e:  # a crafted or truncated pickle: whatever it raises, nothing it names ran
-        raise CheckpointError(f"{path}: {_DCP_METADATA} is not DCP metadata ({type(e).__name__}: {e})") from None
-    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
-        raise CheckpointError(f"{path}: {_DCP_METADATA} is not DCP metadata")
-    listed = set(info["files"])
-    stray = {getattr(s, "relative_path", None) for s in metadata.storage_data.values()} - listed
-    if stray:
-        raise CheckpointError(
-            f"{path}: {_DCP_METADATA} names files composer.json does not list: {sorted(map(str, stray))}"
-        )
+        why = printable(f"{type(e).__name__}: {e}", keep_newlines=False)[:200]
+        raise CheckpointError(f"{path}: {_DCP_METADATA} is not DCP metadata ({why})") from None
+    _check_metadata(path, metadata, sizes)
     return metadata
+
+
+def _check_metadata(path: Path, metadata: Any, sizes: Mapping[str, int]) -> None:
+    """What composer and DCP read of the metadata has DCP's types, and each stored range lies
+    inside a file ``composer.json`` lists: a crafted entry is a ``CheckpointError``."""
+    bad = f"{path}: {_DCP_METADATA} is not DCP metadata"
+    if not (
+        isinstance(metadata, Metadata)
+        and isinstance(metadata.storage_data, dict)
+        and isinstance(metadata.state_dict_metadata, dict)
+    ):
+        raise CheckpointError(bad)
+    for key, entry in metadata.state_dict_metadata.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{bad}: a key is not a string")
+        if isinstance(entry, TensorStorageMetadata) and not _tensor_entry(entry):
+            raise CheckpointError(f"{bad}: entry {printable(key)!r} is malformed")
+    for entry in metadata.storage_data.values():
+        name = getattr(entry, "relative_path", None)
+        if not isinstance(entry, _StorageInfo) or not isinstance(name, str):
+            raise CheckpointError(f"{bad}: a storage entry is malformed")
+        if name not in sizes:
+            listed = printable(repr(name))[:100]
+            raise CheckpointError(f"{path}: {_DCP_METADATA} names a file composer.json does not list: {listed}")
+        offset, length = entry.offset, entry.length
+        if not (_count(offset) and _count(length) and offset + length <= sizes[name]):
+            raise CheckpointError(
+                f"{path}: {_DCP_METADATA} names bytes beyond the end of {name}: the checkpoint is corrupted"
+            )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_entry(entry: TensorStorageMetadata) -> bool:
+    """A tensor's entry: its shape and dtype, and its chunks' offsets and sizes, as DCP writes them."""
+    shape = lambda v: isinstance(v, tuple) and all(_count(n) for n in v)  # noqa: E731
+    return (
+        shape(entry.size)
+        and isinstance(entry.properties, TensorProperties)
+        and isinstance(entry.properties.dtype, torch.dtype)
+        and isinstance(entry.chunks, list)
+        and all(
+            isinstance(c, ChunkStorageMetadata)
+            and shape(c.offsets)
+            and shape(c.sizes)
+            and len(c.offsets) == len(c.sizes) == len(entry.size)
+            for c in entry.chunks
+        )
+    )
 
 
 def _stored_shapes(metadata: Metadata, aliases: Mapping[str, str], path: Path) -> dict[str, torch.Tensor]:
@@ -544,7 +654,7 @@ def _stored_shapes(metadata: Metadata, aliases: Mapping[str, str], path: Path) -
     for key, entry in metadata.state_dict_metadata.items():
         if not isinstance(entry, TensorStorageMetadata):
             raise CheckpointError(f"{path}: entry {key!r} is not a tensor: composer checkpoints hold tensors only")
-        shapes[key] = torch.empty(entry.size, dtype=entry.properties.dtype, device="meta")
+        shapes[key] = torch.empty(torch.Size(entry.size), dtype=entry.properties.dtype, device="meta")
     for alias, key in aliases.items():
         if key not in shapes:
             raise CheckpointError(

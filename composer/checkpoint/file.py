@@ -21,7 +21,7 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
 FORMAT_VERSION = "3"  # 2: a CRC-32 covers the metadata too; 3: an xxh3-64 digest instead (BENCHMARKS.md)
 _ALIGN = 64
+_PIECE = 16 << 20  # bytes read at a time to verify a checksum without loading the tensors
 
 
 def save_single(
@@ -144,8 +145,50 @@ def read_metadata(path: str | os.PathLike, verify: bool = True, *, limits: budge
         CheckpointError: not a composer file, corrupted, or a header past ``limits.header_bytes``.
     """
     with budget.using(limits):
-        metadata, _ = read_tensors(path, FORMAT, "cpu", verify)
+        try:
+            fd = open_regular(path)
+        except FileProblem as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
+        try:
+            header = _read_header(fd, Path(path), FORMAT)
+            metadata = header["__metadata__"]
+            if verify:
+                field, digest = _CHECKSUMS[metadata["format_version"]]
+                if digest(_file_chunks(fd, header, field, Path(path))) != metadata.get(field):
+                    raise CheckpointError(f"{path}: its data does not match its checksum: the file is corrupted")
+        finally:
+            os.close(fd)
     return metadata
+
+
+def _file_chunks(fd: int, header: Mapping[str, Any], field: str, path: Path) -> Iterator[Any]:
+    """What the checksum covers (``_chunks``), read from the file in pieces of 16 MiB: the
+    metadata, then each key and its tensor's bytes, so a header is verified in bounded memory
+    without loading a tensor."""
+    start, size = 8 + struct.unpack("<Q", os.pread(fd, 8, 0))[0], os.fstat(fd).st_size
+    fields = {k: v for k, v in header["__metadata__"].items() if k != field}
+    view = memoryview(bytearray(_PIECE))
+    yield json.dumps(fields, sort_keys=True).encode()
+    for key in sorted(k for k in header if k != "__metadata__"):
+        entry = header[key]
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= size - start
+        ):
+            raise CheckpointError(f"{path}: the entry of {key!r} is malformed: the file is corrupted")
+        yield key.encode()
+        at, end = start + offsets[0], start + offsets[1]
+        while at < end:
+            got = os.preadv(fd, [view[: min(_PIECE, end - at)]], at)  # one buffer, reused: no page faults
+            if not got:
+                raise CheckpointError(f"{path}: truncated: the file is corrupted")
+            at += got
+            yield view[:got]
 
 
 def save_tensors(obj: Any, path: str | os.PathLike) -> None:
@@ -190,7 +233,7 @@ def _write(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor],
         **metadata,
     }
     field, digest = _CHECKSUMS[FORMAT_VERSION]
-    metadata[field] = "?" * len(digest({}, metadata))  # as wide as the digest that replaces it
+    metadata[field] = "?" * len(digest(_chunks({}, metadata, field)))  # as wide as the digest that replaces it
     unknown = sorted({str(t.dtype) for t in tensors.values() if t.dtype not in _DTYPE_NAMES})
     if unknown:
         raise CheckpointError(f"{path}: safetensors cannot store {', '.join(unknown)} tensors")
@@ -225,7 +268,7 @@ def _serialize(fd: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str,
     entry = f'"{field}":"{placeholder}"'.encode()
     digest_at = 8 + text.index(entry) + len(entry) - len(placeholder) - 1
     with os.fdopen(os.dup(fd), "wb", buffering=1 << 20) as f, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(digest, tensors, metadata)
+        pending = pool.submit(lambda: digest(_chunks(tensors, metadata, field)))
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
         for key in keys:
@@ -299,7 +342,7 @@ def read_tensors(
     finally:
         os.close(fd)
     field, digest = _CHECKSUMS[metadata["format_version"]]
-    if verify and digest(tensors, metadata) != metadata.get(field):
+    if verify and digest(_chunks(tensors, metadata, field)) != metadata.get(field):
         raise CheckpointError(f"{path}: its data does not match its checksum: the file is corrupted")
     if verify and torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
@@ -316,6 +359,11 @@ def read_tensors(
 def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
     """The header's metadata, read within ``limits.header_bytes`` (a 60 MB header of ``{}``
     would take 1.6 GB to parse)."""
+    return _read_header(fd, path, kind)["__metadata__"]
+
+
+def _read_header(fd: int, path: Path, kind: str) -> dict[str, Any]:
+    """The header (tensor entries and ``__metadata__``), its metadata checked (``_read_metadata``)."""
     limit = budget.current().header_bytes
     try:
         head = os.pread(fd, 8, 0)
@@ -343,7 +391,7 @@ def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:
     if metadata.get("format_version") not in _CHECKSUMS:
         found, readable = metadata.get("format_version"), ", ".join(_CHECKSUMS)
         raise CheckpointError(f"{path}: format version {found} is not supported (composer reads {readable})")
-    return metadata
+    return header
 
 
 def _chunks(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], field: str) -> Iterator[Any]:
@@ -358,24 +406,24 @@ def _chunks(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], fi
             yield data
 
 
-def _crc32(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+def _crc32(chunks: Iterable[Any]) -> str:
     """Format 2's checksum: CRC-32, in ten decimal digits."""
     crc = 0
-    for chunk in _chunks(tensors, metadata, "crc32"):
+    for chunk in chunks:
         crc = zlib.crc32(chunk, crc)
     return f"{crc:010d}"
 
 
-def _xxh3(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+def _xxh3(chunks: Iterable[Any]) -> str:
     """Format 3's checksum: xxh3-64, several times faster than CRC-32, in 16 hex digits."""
     state = xxhash.xxh3_64()
-    for chunk in _chunks(tensors, metadata, "xxh3_64"):
+    for chunk in chunks:
         state.update(chunk)
     return state.hexdigest()
 
 
-# format version -> (metadata field, checksum): every version this composer reads
-_CHECKSUMS: dict[str, tuple[str, Callable[[Mapping[str, torch.Tensor], Mapping[str, str]], str]]] = {
+# format version -> (metadata field, checksum of what ``_chunks`` yields): every version this composer reads
+_CHECKSUMS: dict[str, tuple[str, Callable[[Iterable[Any]], str]]] = {
     "2": ("crc32", _crc32),
     "3": ("xxh3_64", _xxh3),
 }

@@ -3,7 +3,9 @@
 What a recipe can name, read from the registries and the conf directories, so the answer is never
 out of date: a type's arguments and defaults come from its constructor's signature, an
 initializer's from its function's, a packaged recipe's one-line description from its first
-comment. Pure functions that return the text; the command line prints it.
+comment. Pure functions that return the text; the command line prints it, its control
+characters escaped. A conf directory may come from elsewhere: its files are read as the app reads
+them (``read_config_file``: regular files within the budgets, no link out of the directory).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from composer.modules.ops import OPS
 from composer.modules.registry import MODULES
 from composer.modules.signatures import EMPTY
 from composer.recipe import grammar as g
+from composer.recipe.read import read_config_file, read_config_text
 
 KINDS = ("types", "inits", "ops", "templates", "recipes")
 WIDTH = 100
@@ -233,7 +236,7 @@ def recipes_text(conf_dir: Any, name: str | None = None) -> str:
         known = [*groups["model"], *(f"init/{n}" for n in groups["init"])]
         raise ConfigError(f"no recipe {name!r}{did_you_mean(name, known)}", "list recipes")
     path = groups[candidates[0]][stem]
-    return f"# {path}\n{path.read_text().rstrip()}"
+    return f"# {path}\n{read_config_text(path, _folder_of(path)).rstrip()}"
 
 
 def _dirs(conf_dir: Any) -> list[Path]:
@@ -242,6 +245,11 @@ def _dirs(conf_dir: Any) -> list[Path]:
     if isinstance(conf_dir, (str, os.PathLike)):
         return [Path(conf_dir)]
     return [Path(d) for d in conf_dir]
+
+
+def _folder_of(path: Path) -> Path:
+    """The conf directory of ``DIR/group/name.yaml``: what the file must stay inside."""
+    return path.parent.parent
 
 
 def _recipe_files(dirs: list[Path], group: str) -> dict[str, Path]:
@@ -257,9 +265,9 @@ def _templates(dirs: list[Path]) -> list[tuple[str, str, Any]]:
     """``(name, source, body)`` of each ``blocks`` entry of the model recipes."""
     found = []
     for stem, path in _recipe_files(dirs, "model").items():
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError):
+        try:  # as the app reads it: within the budgets, no FIFO, no link out of its folder
+            data, _ = read_config_file(path, _folder_of(path))
+        except ConfigError:
             continue  # listing never fails on a file the build would report
         blocks = data.get("blocks") if isinstance(data, Mapping) else None
         if isinstance(blocks, Mapping):
@@ -282,8 +290,8 @@ def _template_args(body: Any) -> str:
 def _description(path: Path) -> str:
     """The first comment line of a file that is not a Hydra directive."""
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
+        lines = read_config_text(path, _folder_of(path)).splitlines()
+    except ConfigError:
         return ""
     for line in lines:
         text = line.strip()

@@ -308,6 +308,57 @@ def _read_yaml(path: Path, limits: budget.Limits) -> Any:
     return parse_yaml(text, str(path))
 
 
+def read_config_text(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> str:
+    """A config file's text, read the guarded way: a regular file (no FIFO, device or directory)
+    within ``limits.recipe_bytes``, UTF-8, and, with ``folder``, inside that folder once symbolic
+    links are followed (a ``--config-dir`` from elsewhere must not show ``~/.aws/credentials``).
+
+    Raises:
+        ConfigError: any of these, naming the file.
+    """
+    limits = budget.current()
+    if folder is not None and not _inside(path, folder):
+        raise ConfigError(f"a symbolic link out of its config folder {folder}: refused", str(path))
+    try:
+        raw = read_regular(path, limits.recipe_bytes)
+    except TooLarge as e:
+        raise ConfigError(budget.exceeded("recipe_bytes", f"the file ({e.size:,} bytes)"), str(path)) from None
+    except FileProblem as e:
+        raise ConfigError(str(e), str(path)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", str(path)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x})", str(path)) from None
+
+
+def read_config_file(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> tuple[Any, str]:
+    """``(data, text)`` of a config file (``read_config_text``): its YAML read by composer's loader
+    as a plain tree within ``limits.nodes`` and ``limits.depth`` (aliases counted expanded).
+
+    Raises:
+        ConfigError: as ``read_config_text``, or YAML or a budget, naming the file (and the key).
+    """
+    text = read_config_text(path, folder)
+    where = str(path)
+    try:
+        data, _ = plain_tree(parse_yaml(text, where), budget.current())
+    except ConfigError as e:
+        raise ConfigError([(_in_file(where, p), m) for p, m in e.problems]) from None
+    return data, text
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, root]) == root
+
+
+def _in_file(file: str, key: str) -> str:
+    """``FILE: key`` (the file alone for its top level), for a problem found in a config file."""
+    return file if key in ("", "(recipe)") or key.startswith(file) else f"{file}: {key}"
+
+
 def parse_yaml(text: str, where: str) -> Any:
     """YAML text -> data, with composer's loader; a ``ConfigError`` at ``where:line:column``."""
     try:
