@@ -19,8 +19,12 @@ limit                     default          what it bounds
 ``metadata_bytes``        1 MiB            a checkpoint directory's ``.metadata`` (DCP's pickled
                                            index: about 4,700 tensor shards a MiB), checked opcode by
                                            opcode before it is unpickled
-``tensor_elements``       2**25            the elements of an example input made from a recipe's
-                                           ``input_shape``/``inputs`` (the model's weights are not)
+``tensor_elements``       2**25            the elements of the example inputs made from a recipe's
+                                           ``input_shape``/``inputs``, all inputs together (the
+                                           model's weights are not limited)
+``activation_bytes``      1 GiB            the memory a forward of example inputs holds at once
+                                           (its tensors alive together), measured by a pass on
+                                           ``meta`` before the real one
 ``seconds``               60               a forward pass of example inputs (lazy shapes, the summary,
                                            the CLI's smoke forward)
 ========================  ===============  ===========================================================
@@ -64,6 +68,7 @@ class Limits:
     header_bytes: int = 8 << 20
     metadata_bytes: int = 1 << 20
     tensor_elements: int = 1 << 25
+    activation_bytes: int = 1 << 30
     seconds: float = 60.0
 
     def replace(self, values: Mapping[str, Any]) -> Limits:

@@ -478,3 +478,124 @@ FILE_ATTACKS = [
            None),
     Attack("directory with a 1 GiB shard: inspect", _sparse_directory, _inspect, None),
 ]  # fmt: skip
+
+
+# --- work past the input's size (issue 23): constructors' layer counts, template copies, error
+# hints, activations -------------------------------------------------------------------------------
+
+ENCODER_LAYERS = {
+    "model": {
+        "type": "TransformerEncoder",
+        "encoder_layer": {"type": "TransformerEncoderLayer", "d_model": 4, "nhead": 1, "dim_feedforward": 4},
+        "num_layers": 10_000_000,
+    }
+}
+RNN_LAYERS = {"model": {"type": "RNN", "input_size": 4, "hidden_size": 4, "num_layers": 100_000_000}}
+LSTM_LAYERS = {"model": {"type": "LSTM", "input_size": 4, "hidden_size": 4, "num_layers": 100_000_000}}
+TRANSFORMER_LAYERS = {
+    "model": {"type": "Transformer", "d_model": 4, "nhead": 1, "dim_feedforward": 4, "num_decoder_layers": 10_000_000}
+}
+
+
+def _doubling_templates(_tmp: Path) -> dict:
+    """40 templates each passing ``[$x, $x]`` to the next: 2**40 values from 40 lines."""
+    blocks: dict[str, Any] = {"t0": {"args": ["x"], "body": {"type": "Identity", "unused": "$x"}}}
+    for i in range(1, 41):
+        blocks[f"t{i}"] = {"args": ["x"], "body": {"use": f"t{i - 1}", "x": ["$x", "$x"]}}
+    return {"model": {"use": "t40", "x": 0}, "blocks": blocks}
+
+
+def _pasted_argument(_tmp: Path) -> dict:
+    """A 100,000-value argument pasted into 4,000 copies: 4 * 10^8 values copied."""
+    body = {"type": "Identity", "unused": "$x"}
+    blocks = {"t": {"args": ["x"], "body": {"type": "Sequential", "layers": [body] * 4000}}}
+    return {"model": {"use": "t", "x": list(range(100_000))}, "blocks": blocks}
+
+
+def _repeated_kwarg(_tmp: Path) -> dict:
+    """A Repeat of 2,000 copies of a module whose kwarg holds 200,000 values: each copy walks them."""
+    body = {"type": "Identity", "unused": list(range(200_000))}
+    return {"model": {"type": "Repeat", "times": 2000, "body": body}}
+
+
+def _bad_inputs_graph(_tmp: Path) -> dict:
+    """A Graph whose 32,000 entries each read an input that does not exist (a 1 MB recipe)."""
+    nodes = {f"n{i}": {"op": "add", "in": [f"m{i}", "x"]} for i in range(32_000)}
+    return {"model": {"type": "Graph", "inputs": ["x"], "nodes": nodes}}
+
+
+def _bad_calls_graph(_tmp: Path) -> dict:
+    """5,000 ``call:`` entries naming modules that do not exist."""
+    nodes: dict[str, Any] = {f"m{i}": {"type": "Identity", "in": "x"} for i in range(5000)}
+    nodes.update({f"c{i}": {"call": f"z{i}", "in": "x"} for i in range(5000)})
+    return {"model": {"type": "Graph", "inputs": ["x"], "nodes": nodes}}
+
+
+def _doubling_graph(doublings: int) -> dict:
+    nodes: dict[str, Any] = {}
+    last = "x"
+    for i in range(doublings):
+        nodes[f"d{i}"] = {"op": "cat", "in": [last, last], "dim": 1}
+        last = f"d{i}"
+    return {"type": "Graph", "inputs": ["x"], "nodes": nodes}
+
+
+CAT_DOUBLINGS = {"model": _doubling_graph(29), "input_shape": [1, 1]}  # 2**29 floats: 2 GB
+OUTER_PRODUCT = {
+    "model": {
+        "type": "Graph",
+        "inputs": ["x", "y"],
+        "nodes": {"p": {"op": "matmul", "in": ["x", "y"]}},
+    },
+    "inputs": [{"shape": [16384, 1]}, {"shape": [1, 16384]}],
+}  # 2**28 floats: 1 GB from two inputs of 16,384
+MANY_INPUTS = {
+    "model": {
+        "type": "Graph",
+        "inputs": [f"x{i}" for i in range(20)],
+        "nodes": {"o": {"op": "add", "in": ["x0", "x1"]}},
+    },
+    "inputs": [{"shape": [1, 1 << 25]} for _ in range(20)],
+}  # each input at the element budget: 2.5 GB in all
+
+
+def _summary_refusing(limit: str) -> Callable[[dict], str]:
+    """The summary of a model built from ``recipe``, which must say the forward was refused by ``limit``."""
+
+    def run(recipe: dict) -> str:
+        from composer import summary  # noqa: PLC0415
+
+        text = summary(_build(recipe))
+        if f"limit {limit}=" not in text:
+            raise AssertionError(f"the summary does not say the forward was refused by {limit}:\n{text}")
+        return text
+
+    return run
+
+
+def _wrong_in_features(_tmp: Path) -> dict:
+    return {
+        "model": {"type": "Sequential", "layers": [{"type": "Linear", "in_features": 8, "out_features": 4}]},
+        "input_shape": [2, 5],
+    }
+
+
+_REFUSED_MEMORY = _summary_refusing("activation_bytes")
+
+ATTACKS += [
+    Attack("TransformerEncoder num_layers 1e7", _value(ENCODER_LAYERS), _build, ConfigError, "model.num_layers"),
+    Attack("TransformerEncoder num_layers 1e7, meta", _value(ENCODER_LAYERS), _meta, ConfigError, "limit modules="),
+    Attack("RNN num_layers 1e8, device=meta", _value(RNN_LAYERS), _meta, ConfigError, "model.num_layers"),
+    Attack("LSTM num_layers 1e8", _value(LSTM_LAYERS), _build, ConfigError, "limit modules="),
+    Attack("Transformer num_decoder_layers 1e7", _value(TRANSFORMER_LAYERS), _meta, ConfigError, "num_decoder_layers"),
+    Attack("checkpoint of RNN num_layers 1e8: load", _checkpoint_of(RNN_LAYERS), _load, CheckpointError, "modules="),
+    Attack("templates doubling [$x, $x] 40 times", _doubling_templates, _meta, ConfigError, "limit nodes="),
+    Attack("a 100,000-value argument pasted 4,000 times", _pasted_argument, _meta, ConfigError, "limit nodes="),
+    Attack("Repeat x2000 of a 200,000-value kwarg", _repeated_kwarg, _meta, ConfigError, "limit nodes="),
+    Attack("Graph of 32,000 unknown inputs", _bad_inputs_graph, _meta, ConfigError, "more problem"),
+    Attack("Graph of 5,000 unknown calls", _bad_calls_graph, _meta, ConfigError, "more problem"),
+    Attack("cat doublings of a [1, 1] input: summary", _value(CAT_DOUBLINGS), _REFUSED_MEMORY, None),
+    Attack("an outer product by matmul: summary", _value(OUTER_PRODUCT), _REFUSED_MEMORY, None),
+    Attack("20 inputs at the element budget: summary", _value(MANY_INPUTS), _summary_refusing("tensor_elements"), None),
+    Attack("Linear of the wrong in_features: build", _wrong_in_features, _build, ConfigError, "in_features"),
+]  # fmt: skip

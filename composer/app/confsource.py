@@ -15,7 +15,8 @@ the folders with that scheme (``guarded``). Hydra's own classes stay as they are
   ``limits.depth`` once its aliases are expanded (a nine-level alias bomb is 10^9 nodes);
 - a file of the ``model`` or ``init`` group holds a recipe or a scheme only: it lands in its
   group's package or in ``_global_`` (no ``# @package hydra...``); in ``_global_`` its top-level
-  keys are recipe keys or app settings; no ``hydra`` or ``defaults`` key anywhere at its top;
+  keys are recipe keys or app settings other than ``probe`` (its batch is the runner's to choose);
+  no ``hydra`` or ``defaults`` key anywhere at its top;
   no interpolation resolver that is not enabled (``COMPOSER_RESOLVERS``);
 - the user's ``--config-dir``, which ``UserConfigFirst`` puts before the packaged configs so that
   its recipes shadow ours, is searched there for ``model/`` and ``init/`` only: its other files
@@ -46,7 +47,11 @@ RECIPE_GROUPS = ("model", "init")
 USER_PROVIDER = "composer-config-dir"  # the provider name of the --config-dir entry put first
 SCHEME = "composer-file"
 APP_KEYS = ("seed", "check", "probe", "save", "summary")  # the app's own settings: not part of the recipe
-CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)  # what a ``_global_`` recipe file may set
+CONFIG_KEYS = (*RECIPE_KEYS, *APP_KEYS)  # the keys of the composed config
+# The settings a recipe file may not set: ``probe.batch`` sizes the probe's forward (a model file
+# asking for a batch of 10^6 made the app allocate gigabytes); it belongs to whoever runs the app.
+RUNNER_KEYS = ("probe",)
+FILE_KEYS = tuple(key for key in CONFIG_KEYS if key not in RUNNER_KEYS)  # what a ``_global_`` recipe file may set
 _FORBIDDEN = ("hydra", "defaults")
 
 
@@ -122,8 +127,11 @@ def check_recipe_file(group: str, package: str | None, data: Any, where: str) ->
             if key in _FORBIDDEN:
                 hint = "Hydra settings belong on the command line or in your own primary config"
                 problems.append((f"{where}: {key}", f"{a_file} holds a recipe only, no {key!r} key ({hint})"))
-            elif package == "_global_" and key not in CONFIG_KEYS:
-                valid = ", ".join(CONFIG_KEYS)
+            elif package == "_global_" and key in RUNNER_KEYS:
+                why = f"{a_file} cannot set {key!r}: it is the command line's setting (probe.batch=N, probe=false)"
+                problems.append((f"{where}: {key}", why))
+            elif package == "_global_" and key not in FILE_KEYS:
+                valid = ", ".join(FILE_KEYS)
                 problems.append((f"{where}: {key}", f"not a recipe key or an app setting; valid: {valid}"))
     enabled = enabled_resolvers(None)
     for key, text in _strings(data, ""):

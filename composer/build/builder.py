@@ -33,9 +33,20 @@ from composer.build.placement import (
     refilled,
     resets_itself,
 )
-from composer.errors import PASSED_THROUGH, ConfigError, did_you_mean, first_line, has_control, unexpected, unknown
+from composer.errors import (
+    PASSED_THROUGH,
+    ConfigError,
+    did_you_mean,
+    first_line,
+    has_control,
+    listing,
+    shown,
+    unexpected,
+    unknown,
+)
 from composer.init.defaults import writes_defaults
 from composer.modules.graph import CallEntry, Graph, GraphSpec, ModuleEntry, OpEntry
+from composer.modules.inner import inner_copies, is_container
 from composer.modules.ops import OPS, make_op, op_problems
 from composer.modules.registry import MODULES, resolve_target
 from composer.modules.signatures import describe, is_int, signature_of
@@ -124,6 +135,9 @@ class Builder:
         self.max_modules = budget.current().modules
         self.built = 0
         self.scale = 1
+        # The nodes budget, on work: values walked (each copy's arguments) and copied (template pastes).
+        self.max_values = budget.current().nodes
+        self.walked = 0
         # The key path of the deepest node being built: where an error nobody expected is reported.
         self.at = "model"
         # The first exception a constructor raised: the cause of the ConfigError that reports it.
@@ -155,6 +169,17 @@ class Builder:
         """Stop the walk: the recipe asks for more modules than ``limits.modules``."""
         raise ConfigError(budget.exceeded("modules", what, self.max_modules), path)
 
+    def spend(self, values: int, path: str) -> None:
+        """Count values walked or copied; past ``limits.nodes``, stop the walk at ``path``.
+
+        The recipe itself is within the budget (``recipe/plain.py``); each Repeat copy walks its
+        arguments again and each template paste copies its argument: a Repeat of 2,000 copies of a
+        200,000-value argument walks 4 * 10**8."""
+        self.walked += values
+        if self.walked > self.max_values:
+            what = "the number of values the build walks and copies (each copy's arguments, each template paste)"
+            raise ConfigError(budget.exceeded("nodes", what, self.max_values), path)
+
     def build(self, node: Any, path: str) -> nn.Module | None:
         """The module for ``node`` at key ``path``, or None after recording what is wrong."""
         self.built += 1
@@ -173,10 +198,24 @@ class Builder:
             module = self._build(node, child_path(parent, index))
         return module
 
+    def charge_inner(self, cls: type, kwargs: Mapping[str, Any], path: str) -> None:
+        """Count what a torch container makes inside its constructor (``num_layers`` copies of a
+        built ``encoder_layer``, an RNN's parameters), before it runs: the values a template
+        computed, which the tree's count could not see."""
+        for copies in inner_copies(cls, kwargs):
+            layer = kwargs.get(copies.of) if copies.of else None
+            each = sum(1 for _ in layer.modules()) if isinstance(layer, nn.Module) else copies.each
+            self.built += copies.count * each
+            if self.built > self.max_modules:
+                self.too_many(f"{path}.{copies.key}", f"{copies.count:,} copies made by {cls.__name__}")
+
     def _from_checked(self, node: Any) -> nn.Module | None:
         """A leaf node of a shape already checked, built directly; None to take the full path."""
         if type(node) is not dict or type(node.get("type")) is not str:
             return None
+        if self.walked + len(node) > self.max_values:
+            return None  # the full path spends it, with the key path
+        self.walked += len(node)
         shape = _leaf_key(node)
         cls = self._checked.get(shape)
         if cls is None:
@@ -192,6 +231,8 @@ class Builder:
         return module if isinstance(module, nn.Module) else None
 
     def _build(self, node: Any, path: str) -> nn.Module | None:
+        if isinstance(node, Mapping):
+            self.spend(len(node), path)
         if not is_node(node):
             self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {describe(node)}")
             return None
@@ -234,8 +275,10 @@ class Builder:
         if is_node(value):
             return self.build(value, path)
         if isinstance(value, list):
+            self.spend(len(value), path)
             return [self.value(v, child_path(path, i)) for i, v in enumerate(value)]
         if isinstance(value, Mapping):
+            self.spend(len(value), path)
             return {k: self.value(v, child_path(path, k)) for k, v in value.items()}
         return value
 
@@ -245,6 +288,7 @@ class Builder:
             "type" in node
             and not (node.keys() & _RESERVED - {"type"})
             and all(type(v) in SCALARS for v in node.values())
+            and not is_container(cls)  # its num_layers is counted at each build
         ):
             self._checked[_leaf_key(node)] = cls
 
@@ -304,9 +348,11 @@ def _ref(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
             builder.fail(f"{path}.{key}", "a ref node has no other keys: configure the module in shared")
     name = node[REF.marker]
     if not isinstance(name, str) or name not in builder.shared_nodes:
-        shared = ", ".join(builder.shared_nodes) or "none"
+        if not shown(builder.problems):
+            builder.fail(f"{path}.ref", f"no shared module {name!r}")
+            return None
         hint = did_you_mean(str(name), builder.shared_nodes)
-        builder.fail(f"{path}.ref", f"no shared module {name!r}{hint}; shared: {shared}")
+        builder.fail(f"{path}.ref", f"no shared module {name!r}{hint}; shared: {listing(builder.shared_nodes)}")
         return None
     return builder._shared_module(name)
 
@@ -323,9 +369,11 @@ def _call(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
     sig = signature_of(cls)
     if sig is not None:
-        builder.problems += sig.problems(label, args, kwargs, path, optional=(deferred,) if deferred else ())
+        optional = (deferred,) if deferred else ()
+        builder.problems += sig.problems(label, args, kwargs, path, optional, hint=shown(builder.problems))
     if len(builder.problems) > before:
         return None
+    builder.charge_inner(cls, kwargs, path)
     module = builder.instantiate(label, lazy[0] if deferred else cls, args, kwargs, path)
     if module is not None and not args:
         builder.remember_checked(node, lazy[0] if deferred else cls)
@@ -336,7 +384,8 @@ def _class_of(builder: Builder, node: Mapping, path: str) -> tuple[str, type] | 
     """The node's label and class: a registered ``type`` or an allowed ``_target_``."""
     try:
         if "type" in node:
-            return node["type"], MODULES.lookup(node["type"], f"{path}.type", also_valid=TYPE_FORMS)
+            hint = shown(builder.problems)  # past the problems a message shows: no closest name to compute
+            return node["type"], MODULES.lookup(node["type"], f"{path}.type", TYPE_FORMS, hint=hint)
         return node["_target_"], resolve_target(node["_target_"], builder.allow_targets, f"{path}._target_")
     except ConfigError as e:
         builder.problems += e.problems
@@ -479,13 +528,13 @@ def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     if template is None and isinstance(name, str) and name in builder.invalid_templates:
         return None  # its problems are reported at blocks.<name>
     if template is None:
-        builder.fail(f"{path}.use", unknown("template", name, builder.templates))
+        builder.fail(f"{path}.use", unknown("template", name, builder.templates, hint=shown(builder.problems)))
         return None
     if name in builder._using:
         builder.fail(f"{path}.use", f"templates use each other in a cycle: {builder._using.cycle(name)}")
         return None
     try:
-        body = expand(template, args, path)
+        body = expand(template, args, path, spend=lambda n: builder.spend(n, path))
     except ConfigError as e:
         builder.problems += e.problems
         return None

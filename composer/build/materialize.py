@@ -7,9 +7,11 @@ never get gradients; these functions do neither.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _LazyNormBase
 from torch.nn.modules.conv import _LazyConvXdMixin
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.overrides import TorchFunctionMode
 
 from composer import limits as budget
 from composer.build.placement import device_of
@@ -54,18 +57,132 @@ def forward_zeros(
     (None) instead.
 
     The inputs come from a file's numbers, and the model's code may loop (a ``FixedHiddenMLP``
-    whose weights overflow to inf halves inf forever): each input holds at most
-    ``limits.tensor_elements`` elements (on a real device), and the pass stops after
-    ``limits.seconds``; either is a ``ConfigError`` naming the limit.
+    whose weights overflow to inf halves inf forever): the inputs together hold at most
+    ``limits.tensor_elements`` elements (on a real device), the pass stops after
+    ``limits.seconds``, and on a real device (lazy layers aside) a pass on ``meta`` first
+    (``check_on_meta``) refuses a forward that would hold more than ``limits.activation_bytes``
+    at once; each is a ``ConfigError`` naming the limit.
     """
     chosen = budget.current()
     device = torch.device(device or device_of(model))
     if device.type != "meta":
-        for spec in inputs:
-            elements = math.prod(spec.shape)
-            if elements > chosen.tensor_elements:
-                what = f"an input of shape {list(spec.shape)} ({elements:,} elements)"
-                raise ConfigError(budget.exceeded("tensor_elements", what, chosen.tensor_elements), key)
+        check_input_elements(inputs, key, chosen.tensor_elements)
+        if not has_lazy(model):
+            check_on_meta(model, inputs, key)
+    return _forward(model, inputs, device, key, shapes_only)
+
+
+def check_input_elements(inputs: Sequence[InputSpec], key: str, limit: int) -> None:
+    """The example inputs together within ``limit`` elements (20 inputs each at the limit: 2.5 GB)."""
+    sizes = [math.prod(spec.shape) for spec in inputs]
+    if sum(sizes) > limit:
+        shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
+        what = f"{'an input' if len(inputs) == 1 else 'the inputs'} of shape {shapes} ({sum(sizes):,} elements)"
+        raise ConfigError(budget.exceeded("tensor_elements", what, limit), key)
+
+
+def check_on_meta(model: nn.Module, inputs: Sequence[InputSpec], key: str = "input_shape", memory: bool = True) -> None:
+    """The forward of zeros run on ``meta``: its shapes checked, and the memory it would hold.
+
+    The model's parameters and buffers are swapped for ``meta`` tensors of their shapes for the
+    call (nothing copied; the same tensors put back after), so the pass allocates nothing. A
+    shape error is a ``ConfigError`` at ``key`` naming the module, as the real forward's; a
+    forward whose tensors alive at once (the inputs, and each result of a torch function until it
+    is freed) pass ``limits.activation_bytes`` is refused before it allocates:
+    ``cat`` doublings of a ``[1, 1]`` input ask for 2 GB, an outer product by ``matmul`` 1 GB.
+    Code that reads values, which ``meta`` tensors do not have, ends the check quietly (the real
+    forward runs it). Lazy layers have no shapes to swap: the caller skips them. ``memory``
+    False: the shapes only (a build, which runs no forward of its own).
+    """
+    meta = torch.device("meta")
+    with _on_meta(model):
+        if not memory:
+            _forward(model, inputs, meta, key, shapes_only=True)
+            return
+        with _Memory(inputs, budget.current().activation_bytes) as counter:
+            _forward(model, inputs, meta, key, shapes_only=True, memory=counter)
+
+
+@contextlib.contextmanager
+def _on_meta(model: nn.Module) -> Iterator[None]:
+    """Each parameter and buffer swapped for a ``meta`` tensor of its shape inside (a tensor held by
+    several modules, one meta tensor), the very same objects put back after: nothing is copied,
+    and what holds the model's parameters (an optimizer) holds them still."""
+    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    made: dict[int, torch.Tensor] = {}
+    try:
+        for module in model.modules():
+            for slots in (module._parameters, module._buffers):
+                for name, old in slots.items():
+                    if old is None or old.is_meta:
+                        continue
+                    if id(old) not in made:
+                        empty = torch.empty_strided(old.size(), old.stride(), dtype=old.dtype, device="meta")
+                        made[id(old)] = (
+                            nn.Parameter(empty, old.requires_grad) if isinstance(old, nn.Parameter) else empty
+                        )
+                    swapped.append((slots, name, old))
+                    slots[name] = made[id(old)]
+        yield
+    finally:
+        for slots, name, old in swapped:
+            slots[name] = old
+
+
+class _TooMuchMemory(BaseException):  # noqa: N818  (not an Exception: model code's `except Exception` must not swallow it)
+    """Raised inside a meta forward whose live tensors pass the budget."""
+
+
+class _Memory(TorchFunctionMode):
+    """The bytes a forward would hold at once: each tensor a torch function returns counts from
+    its creation until it is freed (a view counts nothing: its base holds the memory). On ``meta``
+    the tensors are free, and their lifetimes are those of the real run."""
+
+    def __init__(self, inputs: Sequence[InputSpec], limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.live = sum(
+            math.prod(s.shape) * torch.empty((), dtype=s.dtype, device="meta").element_size() for s in inputs
+        )
+        self.peak = self.live
+        self.counted: set[int] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in _tensors_in(out):
+            if t._base is None and id(t) not in self.counted and t.is_meta:
+                size = t.numel() * t.element_size()
+                self.counted.add(id(t))
+                self.live += size
+                weakref.finalize(t, self._free, id(t), size)
+        if self.live > self.limit:
+            self.peak = self.live
+            raise _TooMuchMemory
+        return out
+
+    def _free(self, ident: int, size: int) -> None:
+        self.counted.discard(ident)
+        self.live -= size
+
+
+def _tensors_in(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for t in out if isinstance(t, torch.Tensor)]
+    return []
+
+
+def _forward(
+    model: nn.Module,
+    inputs: Sequence[InputSpec],
+    device: torch.device,
+    key: str,
+    shapes_only: bool,
+    memory: _Memory | None = None,
+) -> Any:
+    """The pass of ``forward_zeros`` (``memory``: the mode counting its live tensors, entered)."""
+    chosen = budget.current()
     paths = {id(m): p for p, m in model.named_modules()}
     running: list[tuple[str, nn.Module, Any]] = []
     given = {tuple(spec.shape) for spec in inputs}
@@ -92,8 +209,15 @@ def forward_zeros(
         where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         what = f"a forward pass of zeros (stopped{where})"
         raise ConfigError(budget.exceeded("seconds", what, chosen.seconds), key) from None
+    except _TooMuchMemory:
+        where = f" (in module '{running[-1][0] or '(model)'}')" if running else ""
+        shapes = ", ".join(str(list(spec.shape)) for spec in inputs)
+        what = (
+            f"the memory a forward pass of zeros shaped {shapes} holds at once{where}, {memory.peak:,} bytes or more,"
+        )
+        raise ConfigError(budget.exceeded("activation_bytes", what, memory.limit), key) from None
     except Exception as e:  # torch raises many kinds; each means the inputs do not fit
-        if shapes_only and "cannot be called on meta tensors" in str(e):
+        if shapes_only and ("cannot be called on meta tensors" in str(e) or isinstance(e, NotImplementedError)):
             return None
         where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         shapes = ", ".join(str(list(spec.shape)) for spec in inputs)

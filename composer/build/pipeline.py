@@ -19,7 +19,7 @@ from torch import nn
 
 from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS, BuildNotes, construct
-from composer.build.materialize import forward_zeros, has_lazy, require_shapes
+from composer.build.materialize import check_on_meta, forward_zeros, has_lazy, require_shapes
 from composer.build.record import BuildRecord, finish
 from composer.errors import PASSED_THROUGH, ConfigError, unexpected
 from composer.init.initializers import SEED_LIMIT
@@ -152,7 +152,9 @@ def _shape_and_initialize(
     Lazy layers learn their shapes from a forward pass, which must not read empty memory: the
     tensors that exist are filled first (each again later, from its same stream, if a rule wins).
     Without ``input_shape`` the lazy layers stay lazy, as in PyTorch: they materialize (with
-    their own reset) on the first forward.
+    their own reset) on the first forward. With it and no lazy layer, the shapes are checked by a
+    forward on ``meta`` (``check_on_meta``): a ``Linear`` of the wrong ``in_features`` is the
+    build's ``ConfigError``, as it is the command line's.
     """
     base = init.seed if init.seed is not None else int(torch.randint(SEED_LIMIT - 1, ()))
     real = device.type != "meta"
@@ -160,13 +162,16 @@ def _shape_and_initialize(
     if lazy and real:
         initialize(model, Plan(), base, notes.ties)
     example = example_inputs(recipe)
-    if example is not None and (lazy or not real):
-        reached[0] = example[0]  # on meta: the shape check a real run makes
+    if example is not None:
+        reached[0] = example[0]
+    if example is not None and (lazy or not real):  # on meta: the shape check a real run makes
         # lazy layers materialize with their own resets, which draw from the global generators:
         # the values come from the streams below, and the caller's RNG state stays as it was
         with torch.random.fork_rng(devices=_cuda_devices(device)) if lazy else contextlib.nullcontext():
             forward_zeros(model, example[1], device, key=example[0], shapes_only=not real)
         lazy = has_lazy(model)
+    elif example is not None:  # a real build: its shapes checked on meta (no weight read, nothing allocated)
+        check_on_meta(model, example[1], key=example[0], memory=False)
     if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")
     reached[0] = "init"

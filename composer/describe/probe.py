@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from composer import limits as budget
+from composer.build.materialize import check_input_elements, check_on_meta, has_lazy
 from composer.describe.summarize import shape_of
 from composer.recipe.read import InputSpec, example_inputs
 
@@ -71,6 +73,7 @@ def probe(
         raise ValueError("the recipe has no input_shape or inputs: there is nothing to probe with")
     specs = example[1]
     own = specs[0].shape[0] if specs else 1
+    _within_budgets(model, specs, own, example[0])
     with _Session(model) as session:
         run = session.forward(_batch_of(model, specs, own, seed), count=True, shapes=shapes)
         per_example = run.macs / max(own, 1)
@@ -80,6 +83,7 @@ def probe(
         capped = wanted < batch
         if not (wanted == own or (capped and wanted <= own)):
             del run
+            _within_budgets(model, specs, wanted, "probe.batch")
             if per_example * wanted < SMALL_MACS:
                 session.single_thread()  # small matmuls: a thread pool's wake-ups cost more (100x on a busy machine)
             run = session.forward(_batch_of(model, specs, wanted, seed))
@@ -94,6 +98,16 @@ def probe(
             "layers": run.layers,
             "params": session.grads(),
         }
+
+
+def _within_budgets(model: nn.Module, specs: Sequence[InputSpec], batch: int, key: str) -> None:
+    """A batch's inputs within ``limits.tensor_elements`` together, and its forward (on ``meta``
+    first: ``check_on_meta``) within ``limits.activation_bytes``, before any is made: a batch
+    of 10^6 examples would allocate gigabytes. (Backward's saved tensors are not counted.)"""
+    batched = [replace(spec, shape=(batch, *spec.shape[1:])) for spec in specs]
+    check_input_elements(batched, key, budget.current().tensor_elements)
+    if not has_lazy(model):
+        check_on_meta(model, batched, key)
 
 
 def _batch_of(model: nn.Module, specs: Sequence[InputSpec], batch: int, seed: int) -> list[torch.Tensor]:

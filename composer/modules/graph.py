@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from composer.errors import ConfigError, did_you_mean, has_control
+from composer.errors import ConfigError, did_you_mean, has_control, listing, shown
 from composer.modules.signatures import arity
 
 # --- the spec ------------------------------------------------------------------------------------
@@ -215,8 +215,11 @@ class _WiringCheck:
                 continue
             where = f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{j}]"
             later = " is defined later or is this entry" if name in entry_names else ""
+            if not shown(self.problems):  # counted only: no hint to compute
+                self.problems.append((where, f"unknown input {name!r}{later}"))
+                continue
             hint = did_you_mean(str(name), self.available)
-            known = ", ".join(self.available) or "none"
+            known = listing(self.available)
             self.problems.append((where, f"unknown input {name!r}{later}{hint}; known here: {known}"))
         why = self._form_problem(entry, names, path)
         if why is not None:
@@ -230,8 +233,10 @@ class _WiringCheck:
         """What is wrong with a call's target, a module, its inputs' count or an op's function."""
         if isinstance(entry, CallEntry):
             if not isinstance(entry.target, str) or entry.target not in self.modules:
+                if not shown(self.problems):
+                    return f"{path}.call", f"no earlier module entry {entry.target!r}"
                 hint = did_you_mean(str(entry.target), self.modules)
-                before = ", ".join(self.modules) or "none"
+                before = listing(self.modules)
                 message = f"no earlier module entry {entry.target!r}{hint}; module entries before it: {before}"
                 return f"{path}.call", message
             why = _arity_problem(f"call of {entry.target!r}", self.modules[entry.target], len(names))
@@ -258,10 +263,11 @@ class _WiringCheck:
                 self.problems.append((where, f"expected an entry name (or a list of them), got {name!r}"))
             elif name in self.available:
                 self.used.add(name)
+            elif spec.output is not None and not shown(self.problems):
+                self.problems.append((where, f"unknown output {name!r}"))
             elif spec.output is not None:
                 hint = did_you_mean(str(name), self.available)
-                known = ", ".join(self.available) or "none"
-                self.problems.append((where, f"unknown output {name!r}{hint}; known: {known}"))
+                self.problems.append((where, f"unknown output {name!r}{hint}; known: {listing(self.available)}"))
 
     def unused(self, spec: GraphSpec) -> None:
         for entry in spec.entries:

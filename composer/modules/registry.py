@@ -71,8 +71,8 @@ class Registry(Generic[T]):
             return self.add(name.__name__, name)
         return lambda obj: self.add(name or obj.__name__, obj)
 
-    def lookup(self, name: str, key_path: str, also_valid: Iterable[str] = ()) -> T:
-        """The object registered as ``name``.
+    def lookup(self, name: str, key_path: str, also_valid: Iterable[str] = (), hint: bool = True) -> T:
+        """The object registered as ``name``; ``hint`` False: an error without the closest name.
 
         Raises:
             ConfigError: at ``key_path``, with the closest registered name (or one of ``also_valid``).
@@ -80,7 +80,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ConfigError(unknown(self.kind, name, [*self._entries, *also_valid], listed=False), key_path) from None
+            valid = [*self._entries, *also_valid] if hint else ()
+            raise ConfigError(unknown(self.kind, name, valid, listed=False, hint=hint), key_path) from None
 
     @contextlib.contextmanager
     def scope(self, entries: Mapping[str, T] | None = None) -> Iterator[Registry[T]]:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from composer.errors import did_you_mean
+from composer.errors import did_you_mean, listing, shown
 
 EMPTY = inspect.Parameter.empty
 _P = inspect.Parameter
@@ -180,17 +180,28 @@ class Signature:
     simple_types: Mapping[str, type]  # annotated int/float/bool/str arguments
 
     def problems(
-        self, label: str, args: Sequence, kwargs: Mapping[str, Any], path: str, optional: Sequence[str] = ()
+        self,
+        label: str,
+        args: Sequence,
+        kwargs: Mapping[str, Any],
+        path: str,
+        optional: Sequence[str] = (),
+        hint: bool = True,
     ) -> list[tuple[str, str]]:
         """Unknown, missing and mistyped arguments of ``label(*args, **kwargs)`` at key ``path``;
-        ``optional`` names required arguments the caller supplies itself (a lazy layer's size)."""
-        problems = []
+        ``optional`` names required arguments the caller supplies itself (a lazy layer's size);
+        ``hint`` False (problems past those a message shows): no closest names computed."""
+        problems: list[tuple[str, str]] = []
         if not self.var_keyword:
             for key in kwargs:
-                if key not in self.keywords:
-                    valid = ", ".join(sorted(self.keywords)) or "none"
-                    hint = did_you_mean(str(key), self.keywords)
-                    problems.append((f"{path}.{key}", f"{label} takes no argument {key!r}{hint}; valid: {valid}"))
+                if key in self.keywords:
+                    continue
+                if not (hint and shown(problems)):
+                    problems.append((f"{path}.{key}", f"{label} takes no argument {key!r}"))
+                else:
+                    close = did_you_mean(str(key), self.keywords)
+                    valid = listing(sorted(self.keywords), most=len(self.keywords))  # a signature: all of it
+                    problems.append((f"{path}.{key}", f"{label} takes no argument {key!r}{close}; valid: {valid}"))
         if len(args) > len(self.positional) and not self.var_positional:
             problems.append(
                 (

@@ -4,8 +4,10 @@ Templates that use templates ten times each make 10^9 modules from a dozen lines
 refused only when its counter passes ``limits.modules`` has spent seconds getting there. The count
 here walks the tree once: a node counts one, a Repeat its body ``times`` over, a ``use:`` node its
 template's body (counted once per template) with each argument counted where the body pastes it
-(``$name``). Values the recipe computes (a ``times: $n``) count as one. It can only under-count
-what arguments and expressions decide, which the builder's own counter then bounds.
+(``$name``), and a container torch fills inside its constructor (``num_layers`` of a
+``TransformerEncoder`` or an ``RNN``: ``composer.modules.inner``) its copies. Values the recipe
+computes (a ``times: $n``) count as one. It can only under-count what arguments and expressions
+decide, which the builder's own counter then bounds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from composer.modules.inner import NAMES, inner_copies
 from composer.recipe.grammar import REPEAT, USE, arguments_of, is_node
 from composer.recipe.plain import SCALARS
 from composer.recipe.templates import Template
@@ -49,7 +52,10 @@ class _Counter:
             for item in value.values():
                 if type(item) not in SCALARS:
                     break
-            else:  # a leaf: one module or none, nothing below it to count or remember
+            else:  # a leaf: one module or none, nothing below it to remember
+                cls = _container(value)
+                if cls is not None:
+                    return 1 + self._inner(cls, value, where)
                 return 1 if is_node(value) else 0
         elif kind in SCALARS or not isinstance(value, (Mapping, list)):
             return 0
@@ -84,6 +90,19 @@ class _Counter:
                 total += self.count(item, (*where, key))
                 if total > self.stop:
                     break
+        cls = _container(value)
+        if cls is not None:
+            total += self._inner(cls, value, where)
+        return total
+
+    def _inner(self, cls: type, node: Mapping, where: tuple) -> int:
+        """The modules (and RNN parameters) torch's container makes inside its constructor."""
+        total = 0
+        for copies in inner_copies(cls, node):
+            each = copies.each if copies.of is None else max(self.count(node.get(copies.of), (*where, copies.of)), 1)
+            total += copies.count * each
+            if total > self.stop and not self.where:
+                self.where = (*where, copies.key)
         return total
 
     def _use(self, node: Mapping, where: tuple) -> int:
@@ -105,6 +124,15 @@ class _Counter:
         template = self.templates[name]
         where = tuple(template.key_path.split(".")) + ("body",)
         return self.costs.finish(name, (self.count(template.body, where), _arg_uses(template.body, {})))
+
+
+def _container(node: Mapping) -> type | None:
+    """The torch container class a node names (``type: RNN``, ``_target_: torch.nn.LSTM``), if any."""
+    for key in ("type", "_target_"):
+        name = node.get(key)
+        if type(name) is str and name in NAMES:
+            return NAMES[name]
+    return None
 
 
 def _arg_uses(value: Any, uses: dict[str, int]) -> dict[str, int]:

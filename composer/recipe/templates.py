@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import functools
 import keyword
 import math
@@ -70,12 +71,16 @@ class Template:
         args: argument name -> default; ``REQUIRED`` for one without.
         body: the node, with its ``$`` references (as in the recipe).
         key_path: where it is defined (``blocks.basic``), for errors.
+        uses: argument name -> how many references of the body paste it (what one ``expand`` copies).
+        size: the values of the body (what one ``expand`` walks).
     """
 
     name: str
     args: Mapping[str, Any]
     body: Any
     key_path: str
+    uses: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    size: int = 0
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -318,7 +323,7 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
             invalid.add(arg)
     if "body" not in entry:
         problems.append((f"{key_path}.body", "missing: the node the template stands for"))
-    used: set[str] = set()
+    used: dict[str, int] = {}
 
     def visit(ref: _Ref, path: str, indexed: bool) -> Any:
         names = ref.names - {INDEX} if indexed else ref.names
@@ -327,7 +332,7 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
                 hint = did_you_mean(arg, declared)
                 known = ", ".join(declared) or "none"
                 problems.append((path, f"template {name!r} has no argument {arg!r}{hint}; arguments: {known}"))
-        used.update(names)
+            used[arg] = used.get(arg, 0) + 1
         return ref.text
 
     malformed: list[tuple[str, str]] = []
@@ -342,7 +347,8 @@ def parse_template(name: str, entry: Mapping[str, Any], key_path: str = "") -> T
             )
     if problems:
         raise ConfigError(problems)
-    return Template(name, args, _copy(entry["body"]), key_path)
+    body = _copy(entry["body"])
+    return Template(name, args, body, key_path, used, size_of(body))
 
 
 def _declared_args(raw: Any, path: str, problems: list[tuple[str, str]]) -> dict[Any, Any]:
@@ -386,13 +392,32 @@ def parse_templates(
 # --- expansion -----------------------------------------------------------------------------------
 
 
-def expand(template: Template, given_args: Mapping[str, Any], key_path: str) -> Any:
+def size_of(value: Any, stop: int | None = None) -> int:
+    """The values in ``value`` (each mapping, list and scalar counts one), counted until past ``stop``."""
+    total, pending = 0, [value]
+    while pending and (stop is None or total <= stop):
+        item = pending.pop()
+        total += 1
+        if isinstance(item, Mapping):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return total
+
+
+def expand(
+    template: Template, given_args: Mapping[str, Any], key_path: str, spend: Callable[[int], None] | None = None
+) -> Any:
     """An independent copy of the template's body with its arguments substituted.
 
     Args:
         template: from ``parse_template``.
         given_args: the ``use:`` node's arguments (``split_use(node)[1]``).
         key_path: the ``use:`` node's path, for errors.
+        spend: told, before any copy is made, how many values the expansion walks and copies (the
+            body, the arguments, each argument once per paste): a caller's budget, which raises
+            when it runs out. Templates that each pass ``[$x, $x]`` to the next make 2**40 values
+            from 40 lines; a 100,000-value argument pasted 4,000 times, 4 * 10**8.
 
     Raises:
         ConfigError: an unknown argument (with the closest name), a missing required one, a given
@@ -428,11 +453,13 @@ def expand(template: Template, given_args: Mapping[str, Any], key_path: str) -> 
             )
         return ref.text
 
+    env = {**template.args, **given_args}
+    if spend is not None:
+        _spend_on(template, given_args, env, spend)
     for arg, value in given_args.items():
         _walk(value, f"{key_path}.{arg}", stray, problems)
     if problems:
         raise ConfigError(problems)
-    env = {**template.args, **given_args}
 
     def substitute(ref: _Ref, path: str, indexed: bool) -> Any:
         try:
@@ -449,6 +476,17 @@ def expand(template: Template, given_args: Mapping[str, Any], key_path: str) -> 
     if problems:
         raise ConfigError(problems)
     return body
+
+
+def _spend_on(
+    template: Template, given_args: Mapping[str, Any], env: Mapping[str, Any], spend: Callable[[int], None]
+) -> None:
+    """Tell ``spend`` what ``expand`` walks (the body, the given arguments) and copies (an
+    argument per paste), before it does; each call may raise, so no size is counted past it."""
+    spend(template.size + sum(size_of(given_args[arg]) for arg in given_args if arg in template.args))
+    for arg, uses in template.uses.items():
+        if arg in env:
+            spend(uses * size_of(env[arg]))
 
 
 def _partial(ref: _Ref, env: Mapping[str, Any]) -> str:
