@@ -717,3 +717,32 @@ FILE_ATTACKS += [
     Attack("list: a 20 MB model file", _conf_dir(_twenty_mb_model), _list, None),
     Attack("schema: a hostile --config-dir", _conf_dir(_fifo_model), _schema, None),
 ]  # fmt: skip
+
+
+def _sharded_model_and_php_folder(tmp: Path) -> tuple[Any, Path]:
+    """A one-rank process group (this process is the bench's own), a model sharded over it, and
+    a PHP project's folder, which holds a ``composer.json`` of its own."""
+    import torch.distributed as dist  # noqa: PLC0415
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp / 'store'}", rank=0, world_size=1)
+    model = _build(SMALL, mesh=init_device_mesh("cpu", (1,)))
+    php = tmp / "php"
+    php.mkdir()
+    (php / "composer.json").write_text('{"name": "acme/site", "require": {"php": ">=8.1"}}')
+    (php / "index.php").write_text("<?php echo 1;")
+    return model, php
+
+
+def _save_over(argument: tuple[Any, Path]) -> None:
+    from composer import save_checkpoint  # noqa: PLC0415
+
+    model, path = argument
+    save_checkpoint(model, path)
+
+
+# In a fresh process only (it starts a process group): ``python -m bench.attacks --files``.
+FILE_ATTACKS += [
+    Attack("sharded save over a folder with its own composer.json", _sharded_model_and_php_folder, _save_over,
+           CheckpointError, "not a composer checkpoint directory"),
+]  # fmt: skip
