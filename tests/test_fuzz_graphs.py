@@ -22,18 +22,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch.distributed.checkpoint as dcp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from composer import CheckpointError, ConfigError, build_from_config, load_checkpoint
+from composer import CheckpointError, ConfigError, load_checkpoint
 from composer.app.inspect import main as inspect_main
-from composer.checkpoint.dcp import _DCP_METADATA, INFO, _canonical, _crc_info, _crcs, _info, _write_info
+from composer.checkpoint.dcp import _DCP_METADATA, INFO, _crc_info
+from tests.attacks import write_directory
 from tests.test_fuzz import JUNK, LIMITS, SMALL_INTS, builds_or_config_error, deadline, fuzz_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
@@ -188,22 +187,10 @@ DIR_RECIPE = {
 }
 
 
-def write_checkpoint_directory(folder: Path) -> Path:
-    """A real checkpoint directory, as one rank saves it (DCP without a process group writes one
-    shard), with composer's ``composer.json``: what ``load_checkpoint`` loads."""
-    model = build_from_config(DIR_RECIPE)
-    state, aliases = _canonical(model)
-    with warnings.catch_warnings():  # DCP notes that no process group is initialized: one rank
-        warnings.simplefilter("ignore")
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(folder))
-    shards = sorted(p.name for p in folder.iterdir() if p.suffix == ".distcp")
-    _write_info(folder, _info(model, aliases, _crcs(folder, [*shards, _DCP_METADATA]), 1))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def real_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint_directory(tmp_path_factory.mktemp("dir") / "ckpt")
+    """A real checkpoint directory (``.metadata``, one shard, ``composer.json``), as one rank saves it."""
+    return write_directory(tmp_path_factory.mktemp("dir") / "ckpt", DIR_RECIPE)
 
 
 FILES = st.sampled_from([INFO, _DCP_METADATA, "__0_0.distcp", "__1_0.distcp", "notes.txt"])
