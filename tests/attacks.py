@@ -20,13 +20,17 @@ from typing import Any
 from composer import CheckpointError, ConfigError
 
 
+class StillRunning(BaseException):  # noqa: N818  (not an Exception: composer's last resort must not turn it into a ConfigError)
+    """A guarded call ran past its seconds."""
+
+
 @contextlib.contextmanager
 def guard(seconds: float) -> Iterator[None]:
     """Fail, rather than hang, when the code inside runs past ``seconds`` (main thread): a test's
     own stop for an attack or a fuzzed example that a regression lets loop."""
 
     def stop(_signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
+        raise StillRunning(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, stop)
     signal.setitimer(signal.ITIMER_REAL, seconds)
