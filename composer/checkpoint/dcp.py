@@ -452,10 +452,11 @@ def read_info(path: Path, verify: bool) -> dict[str, Any]:
     """``composer.json``, its fields checked (and its CRC, with ``verify``): a regular file inside
     the directory (no symbolic link, FIFO or device), within ``limits.header_bytes``, nesting no
     deeper than a stored value may (``common.max_json_depth``)."""
-    limit = budget.current().header_bytes
+    limit, file = budget.current().header_bytes, Path(path) / INFO
+    if file.is_symlink():  # a link may point anywhere: a checkpoint's files are its own
+        raise CheckpointError(f"{path}: {INFO} is a symbolic link: refused")
     try:
-        # a FIFO or a device is refused, not read; a link may point anywhere: a checkpoint's files are its own
-        info = json.loads(read_regular(Path(path) / INFO, limit, follow=False))
+        info = json.loads(read_regular(file, limit, follow=False))  # a FIFO or a device is refused, not read
     except TooLarge as e:
         what = f"its {e.size:,} bytes"
         raise CheckpointError(f"{path}: {INFO}: {budget.exceeded('header_bytes', what, limit)}") from None
