@@ -522,8 +522,8 @@ def _repeated_kwarg(_tmp: Path) -> dict:
 
 
 def _bad_inputs_graph(_tmp: Path) -> dict:
-    """A Graph whose 32,000 entries each read an input that does not exist (a 1 MB recipe)."""
-    nodes = {f"n{i}": {"op": "add", "in": [f"m{i}", "x"]} for i in range(32_000)}
+    """A Graph whose 16,000 entries each read an input that does not exist (0.5 MB of recipe)."""
+    nodes = {f"n{i}": {"op": "add", "in": [f"m{i}", "x"]} for i in range(16_000)}
     return {"model": {"type": "Graph", "inputs": ["x"], "nodes": nodes}}
 
 
@@ -595,7 +595,7 @@ ATTACKS += [
     Attack("templates doubling [$x, $x] 40 times", _doubling_templates, _meta, ConfigError, "limit nodes="),
     Attack("a 100,000-value argument pasted 4,000 times", _pasted_argument, _meta, ConfigError, "limit nodes="),
     Attack("Repeat x2000 of a 200,000-value kwarg", _repeated_kwarg, _meta, ConfigError, "limit nodes="),
-    Attack("Graph of 32,000 unknown inputs", _bad_inputs_graph, _meta, ConfigError, "more problem"),
+    Attack("Graph of 16,000 unknown inputs", _bad_inputs_graph, _meta, ConfigError, "more problem"),
     Attack("Graph of 5,000 unknown calls", _bad_calls_graph, _meta, ConfigError, "more problem"),
     Attack("cat doublings of a [1, 1] input: summary", _value(CAT_DOUBLINGS), _REFUSED_MEMORY, None),
     Attack("an outer product by matmul: summary", _value(OUTER_PRODUCT), _REFUSED_MEMORY, None),

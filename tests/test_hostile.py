@@ -43,7 +43,7 @@ from composer.checkpoint.common import json_depth
 from composer.checkpoint.dcp import _crc_info
 from composer.checkpoint.pickled import PickleShape, check_depth
 from composer.recipe.interpolation import resolve
-from composer.recipe.read import InputSpec
+from composer.recipe.read import InputSpec, example_inputs
 from tests.attacks import ATTACKS, Attack, _inspect, raw_header_file, write_checkpoint, write_directory
 from tests.attacks import guard as _guard
 from tests.recipes import model_recipe
@@ -789,3 +789,175 @@ def test_a_directorys_metadata_is_read_within_metadata_bytes(tmp_path: Path, mon
     with pytest.raises(CheckpointError, match="COMPOSER_MAX_METADATA_BYTES=N"):
         load_checkpoint(folder)
     assert load_checkpoint(folder, limits={"metadata_bytes": 1 << 20}).weight.shape == (2, 2)
+
+
+# --- budgets on work done (issue 23): what a constructor, a paste, a hint, a forward costs -------
+
+ENCODER_LAYER = {"type": "TransformerEncoderLayer", "d_model": 4, "nhead": 1, "dim_feedforward": 4}
+
+
+@pytest.mark.parametrize(
+    ("model", "where"),
+    [
+        ({"type": "TransformerEncoder", "encoder_layer": ENCODER_LAYER, "num_layers": 10**7}, "model.num_layers"),
+        ({"type": "TransformerDecoder", "decoder_layer": {**ENCODER_LAYER, "type": "TransformerDecoderLayer"},
+          "num_layers": 10**7}, "model.num_layers"),
+        ({"type": "Transformer", "d_model": 4, "nhead": 1, "num_encoder_layers": 10**7}, "model.num_encoder_layers"),
+        ({"type": "RNN", "input_size": 4, "hidden_size": 4, "num_layers": 10**8}, "model.num_layers"),
+        ({"type": "GRU", "input_size": 4, "hidden_size": 4, "num_layers": 10**8}, "model.num_layers"),
+        ({"_target_": "torch.nn.LSTM", "input_size": 4, "hidden_size": 4, "num_layers": 10**8}, "model.num_layers"),
+        ({"type": "Sequential", "layers": [{"type": "LSTM", "input_size": 4, "hidden_size": 4, "num_layers": 10**8}]},
+         "model.layers[0].num_layers"),
+    ],
+)  # fmt: skip
+def test_layer_counts_inside_constructors_count_against_the_module_budget(model: dict, where: str) -> None:
+    for device in ("meta", "cpu"):
+        with guard(10), pytest.raises(ConfigError, match="limit modules=") as e:
+            build_from_config({"model": model}, device=device)
+        assert e.value.path == where
+
+
+def test_a_layer_count_a_template_computes_is_counted_before_the_constructor_runs() -> None:
+    """The tree's count sees ``$n`` as one; the builder counts the value, before ``LSTM`` runs."""
+    body = {"type": "LSTM", "input_size": 4, "hidden_size": 4, "num_layers": "$n", "bidirectional": True}
+    recipe = {"model": {"use": "rnn", "n": 10**8}, "blocks": {"rnn": {"args": ["n"], "body": body}}}
+    with guard(10), pytest.raises(ConfigError, match="limit modules=") as e:
+        build_from_config(recipe, device="meta")
+    assert e.value.path == "blocks.rnn.body.num_layers"
+
+
+def test_a_stack_counts_the_modules_of_its_layer_each_copy() -> None:
+    """A TransformerEncoderLayer is 10 modules: 11 copies pass a budget of 100, 9 fit it."""
+    recipe = {"type": "TransformerEncoder", "encoder_layer": ENCODER_LAYER, "num_layers": 11}
+    with pytest.raises(ConfigError, match="limit modules=100"):
+        build_from_config(recipe, device="meta", limits={"modules": 100})
+    model = build_from_config({**recipe, "num_layers": 9}, device="meta", limits={"modules": 100})
+    assert len(model.layers) == 9
+
+
+def test_an_lstm_of_a_few_layers_builds_within_the_defaults() -> None:
+    model = build_from_config(
+        {"type": "LSTM", "input_size": 4, "hidden_size": 4, "num_layers": 3, "bidirectional": True}
+    )
+    assert len(list(model.parameters())) == 3 * 2 * 4
+
+
+PASTE = {"type": "Identity", "unused": "$x"}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "where"),
+    [
+        (  # a Repeat walks its body's arguments once per copy
+            {"model": {"type": "Repeat", "times": 50, "body": {"type": "Identity", "unused": list(range(100))}}},
+            "model.body.unused",
+        ),
+        (  # each paste of an argument is a copy
+            {
+                "model": {"use": "t", "x": list(range(100))},
+                "blocks": {"t": {"args": ["x"], "body": {"type": "Sequential", "layers": [PASTE] * 50}}},
+            },
+            "model",
+        ),
+    ],
+)  # fmt: skip
+def test_values_walked_and_copied_count_against_the_nodes_budget(recipe: dict, where: str) -> None:
+    with pytest.raises(ConfigError, match="values the build walks and copies .* limit nodes=2,000") as e:
+        build_from_config(recipe, device="meta", limits={"nodes": 2000})
+    assert e.value.path == where
+    build_from_config(recipe, device="meta", limits={"nodes": 20_000})
+
+
+def test_templates_that_double_their_argument_stop_at_the_nodes_budget() -> None:
+    from tests.attacks import _doubling_templates  # noqa: PLC0415
+
+    with guard(10), pytest.raises(ConfigError, match="limit nodes=") as e:
+        build_from_config(_doubling_templates(Path()), device="meta")
+    assert e.value.path.startswith("blocks.t")
+
+
+def test_problems_past_those_shown_are_counted_without_hints_and_names_are_listed_up_to_twenty() -> None:
+    nodes = {f"n{i}": {"op": "add", "in": [f"m{i}", "x"]} for i in range(80)}
+    with pytest.raises(ConfigError) as e:
+        build_from_config({"type": "Graph", "inputs": ["x"], "nodes": nodes}, device="meta")
+    messages = dict(e.value.problems)
+    assert "known here: x, n0, n1" in messages["model.nodes.n3.in[0]"]
+    assert (
+        "known here: x, n0" in messages["model.nodes.n49.in[0]"] and "(+30 more)" in messages["model.nodes.n49.in[0]"]
+    )
+    assert messages["model.nodes.n60.in[0]"] == "unknown input 'm60'"  # past the 50 shown: no hint
+    assert str(e.value).splitlines()[-1].startswith("... and ")
+
+
+def test_a_close_name_is_still_found_among_thousands() -> None:
+    shared = {f"block{i}": {"type": "Identity"} for i in range(3000)}
+    recipe = {"model": {"type": "Sequential", "layers": [{"ref": "blok12"}]}, "shared": shared}
+    with pytest.raises(ConfigError, match=r"did you mean 'block12'\?\); shared: block0, .* \(\+2980 more\)"):
+        build_from_config(recipe, device="meta")
+
+
+def test_the_example_inputs_are_budgeted_together() -> None:
+    model = build_from_config({"type": "Graph", "inputs": ["x", "y"], "nodes": {"o": {"op": "add", "in": ["x", "y"]}}})
+    specs = [InputSpec((1, 600), torch.float32), InputSpec((1, 600), torch.float32)]
+    with limits.using(tensor_elements=1000), pytest.raises(ConfigError, match="the inputs of shape .*1,200 elements"):
+        forward_zeros(model, specs)
+    with limits.using(tensor_elements=1200):
+        forward_zeros(model, specs)
+
+
+def test_a_forward_that_would_hold_too_much_is_refused_on_meta_before_it_allocates() -> None:
+    from tests.attacks import CAT_DOUBLINGS, OUTER_PRODUCT  # noqa: PLC0415
+
+    for recipe in (CAT_DOUBLINGS, OUTER_PRODUCT):
+        model = build_from_config(recipe)
+        with guard(10), peak_memory() as peak, pytest.raises(ConfigError, match="limit activation_bytes=") as e:
+            forward_zeros(model, example_inputs(recipe)[1], key="input_shape")
+        assert peak[0] < MEGABYTES
+        assert "in module '(model)'" in str(e.value)
+    # what is freed on the way does not count: ten doublings of 2**20 floats, each freed by the next
+    chain = {"model": {"type": "Sequential", "layers": [{"type": "ReLU"}] * 10}, "input_shape": [1, 1 << 20]}
+    with limits.using(activation_bytes=3 * 4 << 20):
+        forward_zeros(build_from_config(chain), example_inputs(chain)[1])
+
+
+def test_build_from_config_checks_the_shapes_of_its_example_inputs() -> None:
+    """issue 20: a Python build with a wrong in_features used to succeed silently."""
+    layers = [
+        {"type": "Linear", "in_features": 5, "out_features": 8},
+        {"type": "Linear", "in_features": 7, "out_features": 2},
+    ]
+    recipe = {"model": {"type": "Sequential", "layers": layers}, "input_shape": [2, 5]}
+    with pytest.raises(
+        ConfigError, match=r"shaped \[2, 5\] failed in module '1': .*input \[2, 8\], in_features=7"
+    ) as e:
+        build_from_config(recipe)
+    assert e.value.path == "input_shape"
+    layers[1]["in_features"] = 8
+    model = build_from_config(recipe)
+    assert all(not p.is_meta for p in model.parameters())  # the check put the real tensors back
+    lazy = {"model": {"type": "Sequential", "layers": [{"type": "Linear", "out_features": 3}]}, "input_shape": [2, 5]}
+    assert build_from_config(lazy)[0].in_features == 5  # lazy shapes are still inferred
+
+
+def test_a_model_file_cannot_set_the_probe() -> None:
+    from composer.app.confsource import check_recipe_file  # noqa: PLC0415
+
+    data = {"model": {"type": "Identity"}, "input_shape": [1, 4], "probe": {"batch": 10**6}}
+    with pytest.raises(ConfigError, match="cannot set 'probe'"):
+        check_recipe_file("model", "_global_", data, "evil.yaml")
+    check_recipe_file("model", "_global_", {k: v for k, v in data.items() if k != "probe"}, "evil.yaml")
+
+
+@pytest.mark.slow
+def test_each_attack_on_work_ends_in_a_capped_subprocess() -> None:
+    """The attacks of issue 23 in fresh processes capped at 20 s and 3 GB (``bench.attacks``): each
+    used to run past 20 s or take gigabytes."""
+    from bench.attacks import measure  # noqa: PLC0415
+    from tests.attacks import ATTACKS as ALL  # noqa: PLC0415
+
+    first = next(i for i, a in enumerate(ALL) if a.name.startswith("TransformerEncoder num_layers"))
+    for index in range(first, len(ALL)):
+        result = measure(index, timeout=20, memory_gb=3)
+        assert "seconds" in result and result["seconds"] < 3 * SECONDS, (ALL[index].name, result)
+        assert result["mb"] < MEGABYTES, (ALL[index].name, result)
+        assert not result["outcome"].startswith(("RAW", "HANGS", "DIES")), (ALL[index].name, result)

@@ -225,9 +225,9 @@ def test_an_input_one_dimension_short_says_input_shape_includes_the_batch():
         "(input_shape includes the batch dimension: Conv2d takes 4 dims, [batch, channels, size, size], "
         "and [2, 28, 28] has 3, e.g. [2, 1, 28, 28])" in str(e.value)
     )
-    # without lazy layers the build checks the shapes on meta: the same error, the same hint
-    with pytest.raises(ConfigError, match="input_shape includes the batch dimension"):
-        build_from_config(recipe)
+    # without lazy layers the build passes; the summary says why it has no output shapes
+    text = summary(build_from_config(recipe))
+    assert "input_shape includes the batch dimension" in text
     ok = {**recipe, "input_shape": [2, 1, 28, 28]}
     assert "batch dimension" not in summary(build_from_config(ok))
 

@@ -8,6 +8,7 @@ never get gradients; these functions do neither.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import re
 import weakref
@@ -90,17 +91,17 @@ def check_on_meta(model: nn.Module, inputs: Sequence[InputSpec], key: str = "inp
     forward whose tensors alive at once (the inputs, and each result of a torch function until it
     is freed) pass ``limits.activation_bytes`` is refused before it allocates:
     ``cat`` doublings of a ``[1, 1]`` input ask for 2 GB, an outer product by ``matmul`` 1 GB.
-    Code that reads values, which ``meta`` tensors do not have, ends the check quietly (the real
-    forward runs it). Lazy layers have no shapes to swap: the caller skips them. ``memory``
+    The pass computes shapes with composer's own rules (``_ShapePass``: torch's meta kernels
+    import seconds of sympy and torch._dynamo), so it ends quietly, unchecked past that point,
+    at the first operation without one (a convolution, an embedding), as it does at code that
+    reads values, which ``meta`` tensors do not have: the real forward checks the rest. Lazy
+    layers have no shapes to swap: the caller skips them. ``memory``
     False: the shapes only (a build, which runs no forward of its own).
     """
+    limit = budget.current().activation_bytes if memory else None
     meta = torch.device("meta")
     with _on_meta(model):
-        if not memory:
-            _forward(model, inputs, meta, key, shapes_only=True)
-            return
-        with _Memory(inputs, budget.current().activation_bytes) as counter:
-            _forward(model, inputs, meta, key, shapes_only=True, memory=counter)
+        _forward(model, inputs, meta, key, shapes_only=True, memory=_ShapePass(inputs, limit))
 
 
 @contextlib.contextmanager
@@ -133,44 +134,138 @@ class _TooMuchMemory(BaseException):  # noqa: N818  (not an Exception: model cod
     """Raised inside a meta forward whose live tensors pass the budget."""
 
 
-class _Memory(TorchFunctionMode):
-    """The bytes a forward would hold at once: each tensor a torch function returns counts from
-    its creation until it is freed (a view counts nothing: its base holds the memory). On ``meta``
-    the tensors are free, and their lifetimes are those of the real run."""
+class _Unchecked(BaseException):  # noqa: N818
+    """Raised inside a meta forward at a torch function the shape pass has no rule for."""
 
-    def __init__(self, inputs: Sequence[InputSpec], limit: int) -> None:
+
+class _ShapePass(TorchFunctionMode):
+    """A forward on ``meta`` that computes shapes itself: torch's meta kernels of most operations
+    (``add``, ``relu``, ``conv2d``...) are Python code whose first call imports sympy and
+    torch._dynamo (seconds), which a build or a summary must not pay. So each torch function
+    runs here only if it is a view or a read of a tensor's attributes, or has a rule below
+    (elementwise operations broadcast, ``cat``, ``matmul``; ``Linear`` and ``LayerNorm`` have
+    theirs in ``_META_RULES``); any other ends the pass, unchecked (``_Unchecked``).
+
+    With ``limit``, it also counts the bytes the forward would hold at once: each tensor a
+    function returns counts from its creation until it is freed (a view counts nothing), and
+    past ``limit`` the pass stops (``_TooMuchMemory``)."""
+
+    def __init__(self, inputs: Sequence[InputSpec], limit: int | None) -> None:
         super().__init__()
         self.limit = limit
-        self.live = sum(
-            math.prod(s.shape) * torch.empty((), dtype=s.dtype, device="meta").element_size() for s in inputs
-        )
+        self.live = sum(math.prod(s.shape) * s.dtype.itemsize for s in inputs)
         self.peak = self.live
         self.counted: set[int] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in _tensors_in(out):
-            if t._base is None and id(t) not in self.counted and t.is_meta:
-                size = t.numel() * t.element_size()
-                self.counted.add(id(t))
-                self.live += size
-                weakref.finalize(t, self._free, id(t), size)
-        if self.live > self.limit:
-            self.peak = self.live
-            raise _TooMuchMemory
+        kwargs = kwargs or {}
+        rule = _SHAPE_RULES.get(func)
+        if rule is not None:
+            out = rule(*args, **kwargs)
+        elif func in _VIEWS or getattr(func, "__name__", "") == "__get__":
+            return func(*args, **kwargs)  # a view, a shape, a dtype: no memory, no meta kernel
+        else:
+            raise _Unchecked
+        if self.limit is not None:
+            self._count(out)
         return out
+
+    def _count(self, out: torch.Tensor) -> None:
+        if id(out) not in self.counted:
+            size = out.numel() * out.element_size()
+            self.counted.add(id(out))
+            self.live += size
+            weakref.finalize(out, self._free, id(out), size)
+        self.peak = max(self.peak, self.live)
+        if self.limit is not None and self.live > self.limit:
+            raise _TooMuchMemory
 
     def _free(self, ident: int, size: int) -> None:
         self.counted.discard(ident)
         self.live -= size
 
 
-def _tensors_in(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for t in out if isinstance(t, torch.Tensor)]
-    return []
+def _broadcast(*shapes: Sequence[int]) -> list[int]:
+    """NumPy's broadcasting of shapes, in Python (``torch.broadcast_shapes`` imports sympy)."""
+    out: list[int] = []
+    for sizes in itertools.zip_longest(*(reversed(s) for s in shapes), fillvalue=1):
+        wanted = {n for n in sizes if n != 1}
+        if len(wanted) > 1:
+            raise RuntimeError(f"shapes {', '.join(str(list(s)) for s in shapes)} do not broadcast")
+        out.append(wanted.pop() if wanted else 1)
+    return out[::-1]
+
+
+def _elementwise(input: Any, other: Any = None, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+    tensors = [t for t in (input, other) if isinstance(t, torch.Tensor)]
+    return tensors[0].new_empty(_broadcast(*(t.shape for t in tensors)))
+
+
+def _cat(tensors: Sequence[torch.Tensor], dim: int = 0, **_kwargs: Any) -> torch.Tensor:
+    first = list(tensors[0].shape)
+    axis = dim % len(first)
+    for t in tensors[1:]:
+        if t.dim() != len(first) or any(
+            a != b for i, (a, b) in enumerate(zip(first, t.shape, strict=True)) if i != axis
+        ):
+            raise RuntimeError(f"cat: shapes {[list(t.shape) for t in tensors]} differ outside dimension {dim}")
+    first[axis] = sum(t.shape[axis] for t in tensors)
+    return tensors[0].new_empty(first)
+
+
+def _matmul(input: torch.Tensor, other: torch.Tensor, **_kwargs: Any) -> torch.Tensor:
+    a, b = list(input.shape), list(other.shape)
+    if not a or not b:
+        raise RuntimeError("matmul: both arguments need at least one dimension")
+    inner_a = a[-1]
+    inner_b = b[0] if len(b) == 1 else b[-2]
+    if inner_a != inner_b:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied: {a} and {b}")
+    rows = a[-2:-1] if len(a) > 1 else []
+    cols = b[-1:] if len(b) > 1 else []
+    batch = _broadcast(a[:-2], b[:-2]) if len(a) > 2 or len(b) > 2 else []
+    return input.new_empty([*batch, *rows, *cols])
+
+
+def _same(input: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+    return input.new_empty(input.shape)
+
+
+_T = torch.Tensor
+_F = nn.functional
+_SHAPE_RULES: dict[Any, Callable[..., torch.Tensor]] = {
+    **dict.fromkeys((torch.add, torch.sub, torch.mul, torch.div, _T.add, _T.sub, _T.mul, _T.div), _elementwise),
+    **dict.fromkeys((_T.__add__, _T.__radd__, _T.__sub__, _T.__rsub__, _T.__mul__, _T.__rmul__), _elementwise),
+    **dict.fromkeys((_T.__truediv__,), _elementwise),
+    **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), _cat),
+    **dict.fromkeys((torch.matmul, _T.matmul, _T.__matmul__), _matmul),
+    **dict.fromkeys((torch.relu, _F.relu, _F.gelu, _F.silu, torch.tanh, torch.sigmoid, _T.relu, _T.tanh), _same),
+    **dict.fromkeys((_T.sigmoid, _F.dropout, _F.softmax, torch.softmax, _T.softmax, _T.clone), _same),
+}
+_VIEWS = frozenset(
+    (
+        _T.view,
+        _T.reshape,
+        torch.reshape,
+        _T.flatten,
+        torch.flatten,
+        _T.transpose,
+        torch.transpose,
+        _T.permute,
+        torch.permute,
+        _T.unsqueeze,
+        torch.unsqueeze,
+        _T.squeeze,
+        torch.squeeze,
+        _T.__getitem__,
+        _T.size,
+        _T.dim,
+        _T.new_empty,
+        _T.numel,
+        _T.element_size,
+        torch.zeros,
+    )
+)  # fmt: skip  (torch.zeros: the example inputs, counted from the start)
 
 
 def _forward(
@@ -179,7 +274,7 @@ def _forward(
     device: torch.device,
     key: str,
     shapes_only: bool,
-    memory: _Memory | None = None,
+    memory: _ShapePass | None = None,
 ) -> Any:
     """The pass of ``forward_zeros`` (``memory``: the mode counting its live tensors, entered)."""
     chosen = budget.current()
@@ -203,12 +298,14 @@ def _forward(
     model.eval()
     shortcuts = _meta_shortcuts(model) if device.type == "meta" else []
     try:
-        with torch.no_grad(), budget.deadline(chosen.seconds):
+        with torch.no_grad(), budget.deadline(chosen.seconds), memory or contextlib.nullcontext():
             return model(*(torch.zeros(spec.shape, dtype=spec.dtype, device=device) for spec in inputs))
     except budget.DeadlineExceeded:
         where = f" in module '{running[-1][0] or '(model)'}'" if running else ""
         what = f"a forward pass of zeros (stopped{where})"
         raise ConfigError(budget.exceeded("seconds", what, chosen.seconds), key) from None
+    except _Unchecked:
+        return None  # an operation the shape pass has no rule for: the real forward checks the rest
     except _TooMuchMemory:
         where = f" (in module '{running[-1][0] or '(model)'}')" if running else ""
         shapes = ", ".join(str(list(spec.shape)) for spec in inputs)

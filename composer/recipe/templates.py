@@ -483,7 +483,8 @@ def _spend_on(
 ) -> None:
     """Tell ``spend`` what ``expand`` walks (the body, the given arguments) and copies (an
     argument per paste), before it does; each call may raise, so no size is counted past it."""
-    spend(template.size + sum(size_of(given_args[arg]) for arg in given_args if arg in template.args))
+    given = sum(size_of(given_args[arg]) for arg in given_args if arg in template.args)
+    spend(template.size + 2 * given)  # the given arguments are walked twice: sized, then checked for $ references
     for arg, uses in template.uses.items():
         if arg in env:
             spend(uses * size_of(env[arg]))
