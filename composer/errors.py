@@ -125,3 +125,14 @@ def printable(text: object, keep_newlines: bool = True) -> str:
 
 def _escaped(c: str) -> str:
     return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+# What a last-resort boundary lets through unchanged: composer's own errors (already one line
+# with a key path), and what the user or the machine asked for (Ctrl-C, sys.exit, out of memory:
+# KeyboardInterrupt and SystemExit are not Exceptions; a budget's DeadlineExceeded neither).
+PASSED_THROUGH: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, MemoryError)
+
+
+def unexpected(e: BaseException) -> str:
+    """``TypeError: <its first line>``: the message a boundary gives an error it did not expect."""
+    return f"{type(e).__name__}: {first_line(e) or '(no message)'}"

@@ -20,13 +20,17 @@ from typing import Any
 from composer import CheckpointError, ConfigError
 
 
+class StillRunning(BaseException):  # noqa: N818  (not an Exception: composer's last resort must not turn it into a ConfigError)
+    """A guarded call ran past its seconds."""
+
+
 @contextlib.contextmanager
 def guard(seconds: float) -> Iterator[None]:
     """Fail, rather than hang, when the code inside runs past ``seconds`` (main thread): a test's
     own stop for an attack or a fuzzed example that a regression lets loop."""
 
     def stop(_signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
+        raise StillRunning(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, stop)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -597,4 +601,151 @@ ATTACKS += [
     Attack("an outer product by matmul: summary", _value(OUTER_PRODUCT), _REFUSED_MEMORY, None),
     Attack("20 inputs at the element budget: summary", _value(MANY_INPUTS), _summary_refusing("tensor_elements"), None),
     Attack("Linear of the wrong in_features: build", _wrong_in_features, _build, ConfigError, "in_features"),
+]  # fmt: skip
+
+
+# --- the rest of issue 23's findings, as data (the fixes are in the budgets and the builder) ----------
+
+
+def _graph(**keys: Any) -> dict:
+    return {"model": {"type": "Graph", "inputs": ["x"], "nodes": {"a": {"type": "ReLU"}}, **keys}}
+
+
+def _unary_minus(_tmp: Path) -> dict:
+    """A template expression of 5,000 nested unary minuses: Python's parser recurses on each."""
+    body = {"type": "Linear", "in_features": "$(" + "-" * 5000 + "c)", "out_features": 2}
+    return {"blocks": {"t": {"args": ["c"], "body": body}}, "model": {"use": "t", "c": 2}}
+
+
+def _nested_400(tmp: Path) -> Path:
+    """A checkpoint whose stored recipe nests 400 lists deep (valid checksum)."""
+    value: Any = 1
+    for _ in range(400):
+        value = [value]
+    return write_checkpoint(tmp / "deep.safetensors", {"model": {"type": "Identity", "unused": value}})
+
+
+WIDE_NAME_DIGITS = {"model": {**WIDE_NAMES, "names": "{i:>" + "9" * 5000 + "}"}}
+LINEAR = {"type": "Linear", "in_features": 2, "out_features": 2}
+
+ATTACKS += [
+    Attack("Graph output [[a]]", _value(_graph(output=[["a"]])), _build, ConfigError, "model.output"),
+    Attack("Graph output {a: 1}", _value(_graph(output={"a": 1})), _build, ConfigError, "model.output"),
+    Attack("Graph params [1, 2]", _value(_graph(params=[1, 2])), _build, ConfigError, "model.params"),
+    Attack("Graph param shape [1e5, 1e5, 1e5]", _value(_graph(params={"w": {"shape": [10**5] * 3}})), _build,
+           ConfigError, "model"),
+    Attack("Graph param shape [2**62, 4]", _value(_graph(params={"w": {"shape": [2**62, 4]}})), _build,
+           ConfigError, "model.params.w.shape"),
+    Attack("dtype int64", _value({"model": LINEAR, "dtype": "int64"}), _build, ConfigError, "dtype"),
+    Attack("dtype bool", _value({"model": LINEAR, "dtype": "bool"}), _build, ConfigError, "dtype"),
+    Attack("5,000 nested unary minus", _unary_minus, _build, ConfigError, "blocks.t.body.in_features"),
+    Attack("Repeat names of a 5,000-digit width", _value(WIDE_NAME_DIGITS), _build, ConfigError, "model.names"),
+    Attack("checkpoint recipe nested 400 deep: inspect", _nested_400, _inspect, CheckpointError, "recipe"),
+    Attack("checkpoint recipe nested 400 deep: load", _nested_400, _load, CheckpointError, "recipe"),
+]  # fmt: skip
+
+
+def _list(folder: Path) -> int:
+    """``python -m composer list templates --config-dir folder`` (and ``list recipes``), in process."""
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from composer.app.main import list_command  # noqa: PLC0415
+
+    for kind in ("templates", "recipes"):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = list_command(["list", kind, "--config-dir", str(folder)])
+        if status:
+            raise ConfigError(err.getvalue().strip())
+        if "\x1b" in out.getvalue():
+            raise AssertionError("an escape byte reached the terminal")
+    return status
+
+
+def _schema(folder: Path) -> int:
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    from composer.app.main import schema_command  # noqa: PLC0415
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return schema_command(["schema", "--config-dir", str(folder)])
+
+
+def _conf_dir(change: Callable[[Path], None]) -> Callable[[Path], Path]:
+    """A ``--config-dir`` whose ``model/`` holds what ``change`` puts there."""
+
+    def make(tmp: Path) -> Path:
+        (tmp / "conf" / "model").mkdir(parents=True)
+        change(tmp / "conf" / "model")
+        return tmp / "conf"
+
+    return make
+
+
+def _escapes(model: Path) -> None:
+    text = (
+        'blocks:\n  "t\\e[2J":\n    args: ["c\\e]0;x\\a"]\n'
+        "    body: {type: Linear, in_features: $c, out_features: 2}\nmodel: {type: ReLU}\n"
+    )
+    (model / "esc.yaml").write_text(text)
+
+
+def _fifo_model(model: Path) -> None:
+    os.mkfifo(model / "pipe.yaml")
+
+
+def _linked_model(model: Path) -> None:
+    (model / "passwd.yaml").symlink_to("/etc/passwd")
+
+
+def _alias_bomb_args(model: Path) -> None:
+    lines = "\n".join(f"  {line}" for line in ALIAS_BOMB.splitlines())
+    text = f"vars:\n{lines}\nblocks:\n  t:\n    args: *i\n    body: {{type: ReLU}}\nmodel: {{type: ReLU}}\n"
+    (model / "bomb.yaml").write_text(text)
+
+
+def _twenty_mb_model(model: Path) -> None:
+    (model / "big.yaml").write_text("model: {type: ReLU}\nvars:\n  x: [" + "1, " * 7_000_000 + "1]\n")
+
+
+# ``list`` passes over a model file it cannot read within the budgets (listed by name only, or
+# not at all): each of these ends at once, with no error and no escape byte in its output.
+FILE_ATTACKS += [
+    Attack("list: escape bytes in a template's names", _conf_dir(_escapes), _list, None),
+    Attack("list: a FIFO as a model file", _conf_dir(_fifo_model), _list, None),
+    Attack("list: a model file linked out of the folder", _conf_dir(_linked_model), _list, None),
+    Attack("list: an alias bomb as a template's args", _conf_dir(_alias_bomb_args), _list, None),
+    Attack("list: a 20 MB model file", _conf_dir(_twenty_mb_model), _list, None),
+    Attack("schema: a hostile --config-dir", _conf_dir(_fifo_model), _schema, None),
+]  # fmt: skip
+
+
+def _sharded_model_and_php_folder(tmp: Path) -> tuple[Any, Path]:
+    """A one-rank process group (this process is the bench's own), a model sharded over it, and
+    a PHP project's folder, which holds a ``composer.json`` of its own."""
+    import torch.distributed as dist  # noqa: PLC0415
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp / 'store'}", rank=0, world_size=1)
+    model = _build(SMALL, mesh=init_device_mesh("cpu", (1,)))
+    php = tmp / "php"
+    php.mkdir()
+    (php / "composer.json").write_text('{"name": "acme/site", "require": {"php": ">=8.1"}}')
+    (php / "index.php").write_text("<?php echo 1;")
+    return model, php
+
+
+def _save_over(argument: tuple[Any, Path]) -> None:
+    from composer import save_checkpoint  # noqa: PLC0415
+
+    model, path = argument
+    save_checkpoint(model, path)
+
+
+# In a fresh process only (it starts a process group): ``python -m bench.attacks --files``.
+FILE_ATTACKS += [
+    Attack("sharded save over a folder with its own composer.json", _sharded_model_and_php_folder, _save_over,
+           CheckpointError, "not a composer checkpoint directory"),
 ]  # fmt: skip

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from composer.errors import CheckpointError, ConfigError, printable  # noqa: PLC0415  (torch: after --help)
+    from composer.errors import CheckpointError, ConfigError, printable, unexpected  # noqa: PLC0415  (torch: after --help)
 
     status = 0
     for path in args.checkpoints:
@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
                 text = _describe_directory(path, verify=not args.no_verify, recipe_only=args.recipe, depth=args.depth)
             else:
                 text = _describe(path, not args.no_verify, args.rebuild, args.recipe, args.depth)
-        except (CheckpointError, ConfigError) as e:
-            line = "; ".join(e.lines()) if isinstance(e, ConfigError) else str(e)
+        except Exception as e:  # noqa: BLE001  (one line per file, whatever a crafted file provokes)
+            if isinstance(e, ConfigError):
+                line = "; ".join(e.lines())
+            else:
+                line = str(e) if isinstance(e, CheckpointError) else f"{path}: {unexpected(e)}"
             print(f"error: {printable(line, keep_newlines=False)}", file=sys.stderr)
             status = 1
             continue

@@ -24,8 +24,26 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 from composer import limits as budget
 from composer.build.materialize import allocate
-from composer.build.placement import META, can_load_on_meta, free_meta_fills, on_meta, refilled, resets_itself
-from composer.errors import ConfigError, did_you_mean, first_line, has_control, listing, shown, unknown
+from composer.build.placement import (
+    META,
+    can_load_on_meta,
+    construct_from_recipe,
+    free_meta_fills,
+    on_meta,
+    refilled,
+    resets_itself,
+)
+from composer.errors import (
+    PASSED_THROUGH,
+    ConfigError,
+    did_you_mean,
+    first_line,
+    has_control,
+    listing,
+    shown,
+    unexpected,
+    unknown,
+)
 from composer.init.defaults import writes_defaults
 from composer.init.initializers import Scheme, parse_scheme
 from composer.modules.graph import (
@@ -72,6 +90,7 @@ from composer.recipe.templates import (
     evaluate,
     expand,
     index_expression,
+    is_template,
     parse_templates,
     split_use,
     substitute_index,
@@ -128,12 +147,11 @@ class Builder:
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
-        self.templates: dict[str, Template] = {}
-        try:
-            blocks = recipe.get("blocks")
-            self.templates = parse_templates(blocks if isinstance(blocks, Mapping) else None)
-        except ConfigError as e:
-            self.problems += e.problems
+        blocks = recipe.get("blocks")
+        blocks = blocks if isinstance(blocks, Mapping) else {}
+        self.templates: dict[str, Template] = parse_templates(blocks, problems=self.problems)
+        # templates reported as invalid: a use of one is not also an unknown template
+        self.invalid_templates = {name for name, entry in blocks.items() if is_template(entry)} - self.templates.keys()
         self._using: Visits[str, None] = Visits()  # templates being expanded: a cycle is an error
         # Leaf nodes of a shape already checked: (type, keys, value types) -> the class to call.
         # The 1,000 identical blocks of a deep recipe are then checked once, not 1,000 times.
@@ -145,6 +163,10 @@ class Builder:
         # The nodes budget, on work: values walked (each copy's arguments) and copied (template pastes).
         self.max_values = budget.current().nodes
         self.walked = 0
+        # The key path of the deepest node being built: where an error nobody expected is reported.
+        self.at = "model"
+        # The first exception a constructor raised: the cause of the ConfigError that reports it.
+        self.cause: Exception | None = None
 
     def build_model(self, node: Any) -> nn.Module:
         """Build the model node and every shared module; raise all problems found at once."""
@@ -152,11 +174,17 @@ class Builder:
         asked, where = count_modules(nodes, self.templates, self.max_modules)
         if asked > self.max_modules:  # before building any (templates of templates: 10^9 modules)
             self.too_many(where or "model", "the number of modules the recipe asks for")
-        model = self.build(node, "model")
-        for name in self.shared_nodes:
-            self._shared_module(name)  # an unreferenced shared module is still checked
+        try:
+            model = self.build(node, "model")
+            for name in self.shared_nodes:
+                self._shared_module(name)  # an unreferenced shared module is still checked
+        except PASSED_THROUGH:
+            raise
+        except Exception as e:  # a bug of ours or of torch on a strange recipe: still a ConfigError, at its place
+            raise ConfigError([*self.problems, (self.at, unexpected(e))]) from e
         if self.problems:
-            raise ConfigError(list(dict.fromkeys(self.problems)))  # a template's problem once, not per use
+            # a template's problem once, not per use; a constructor's exception is the cause
+            raise ConfigError(list(dict.fromkeys(self.problems))) from self.cause
         return model
 
     def fail(self, path: str, message: str) -> None:
@@ -221,6 +249,8 @@ class Builder:
         del kwargs["type"]
         try:
             module = self._instantiate(cls, [], kwargs)
+        except MemoryError:
+            raise
         except Exception:
             return None  # the full path reports it, with its key path
         return module if isinstance(module, nn.Module) else None
@@ -231,11 +261,13 @@ class Builder:
         if not is_node(node):
             self.fail(path, f"expected a node (a mapping with 'type', 'ref' or '_target_'), got {describe(node)}")
             return None
+        outer, self.at = self.at, path  # not restored by an exception: it then names the deepest node
         form = form_of(node)
         handler = _conflict if form is TARGET and CALLED.marker in node else HANDLERS[form]
         module = handler(self, node, path)
         if module is not None and form is not REF:
             self._extras(node, module, path)
+        self.at = outer
         return module
 
     def _extras(self, node: Mapping, module: nn.Module, path: str) -> None:
@@ -291,8 +323,11 @@ class Builder:
             self.notes.may_be_lazy = True
         try:
             module = self._instantiate(cls, args, kwargs)
-        except Exception as e:  # the constructor's own complaint, given its place in the recipe
+        except MemoryError:  # the machine's limit, not the recipe's mistake
+            raise
+        except Exception as e:  # the constructor's own complaint (a user's too), given its place in the recipe
             self.fail(path, f"{label}(...) raised {type(e).__name__}: {e}")
+            self.cause = self.cause or e
             return None
         if not isinstance(module, nn.Module):
             self.fail(path, f"{label}(...) returned {type(module).__name__}, not an nn.Module")
@@ -315,9 +350,9 @@ class Builder:
         if where.type == "meta":
             return on_meta(cls, args, kwargs)
         if where.type == "cpu":
-            return cls(*args, **kwargs)
+            return construct_from_recipe(cls, args, kwargs)
         with torch.device(where):
-            return cls(*args, **kwargs)
+            return construct_from_recipe(cls, args, kwargs)
 
 
 def _leaf_key(node: Mapping) -> tuple:
@@ -553,6 +588,8 @@ def _use(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
     """``{use: template, <args>}``: an independent copy of a template's body, arguments filled in."""
     name, args, _extras = split_use(node)
     template = builder.templates.get(name) if isinstance(name, str) else None
+    if template is None and isinstance(name, str) and name in builder.invalid_templates:
+        return None  # its problems are reported at blocks.<name>
     if template is None:
         builder.fail(f"{path}.use", unknown("template", name, builder.templates, hint=shown(builder.problems)))
         return None

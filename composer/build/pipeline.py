@@ -20,7 +20,7 @@ from composer import limits as budget
 from composer.build.builder import DEFAULT_TARGETS, BuildNotes, construct
 from composer.build.materialize import check_on_meta, forward_zeros, has_lazy, require_shapes
 from composer.build.record import BuildRecord, finish
-from composer.errors import ConfigError
+from composer.errors import PASSED_THROUGH, ConfigError, unexpected
 from composer.init.initializers import SEED_LIMIT, seed_forked
 from composer.init.rules import InitConfig, Plan, check_plan, initialize, parse_init, plan_init
 from composer.recipe.parallel import parse_parallel
@@ -77,10 +77,19 @@ def build_from_config(
     Raises:
         ConfigError: every problem of the recipe at once, each with its key path; a budget
             exceeded, naming the limit and how to raise it; an unknown recipe name or var, with
-            the closest one.
+            the closest one. Any other exception raised on the way (a constructor's, a registered
+            block's, torch's, a bug of ours) is a ConfigError too, at the key path reached (the
+            deepest node being built, or the section being applied), the exception as its
+            ``__cause__``; ``MemoryError``, ``KeyboardInterrupt`` and ``SystemExit`` pass through.
     """
-    with budget.using(limits):
-        return _build(cfg, allow_targets, torch.device(device), dtype, mesh, resolvers, vars)
+    reached = [""]  # the section being applied, for an error nobody expected (the builder names its node)
+    try:
+        with budget.using(limits):
+            return _build(cfg, allow_targets, torch.device(device), dtype, mesh, resolvers, vars, reached)
+    except PASSED_THROUGH:
+        raise
+    except Exception as e:  # the last resort: one ConfigError, with the original as its cause
+        raise ConfigError(unexpected(e), reached[0]) from e
 
 
 def _build(
@@ -91,6 +100,7 @@ def _build(
     mesh: DeviceMesh | None,
     resolvers: Collection[str] | str | None,
     overrides: Mapping[str, Any] | None,
+    reached: list[str],
 ) -> nn.Module:
     recipe, stored = read_recipe_and_stored(cfg, resolvers=resolvers, vars=overrides)
     if dtype is not None:
@@ -105,19 +115,23 @@ def _build(
         init, early = InitConfig(), [*early, *e.problems]
     if mesh is not None:  # built on meta, then sharded and filled by composer.build.shard
         if device.type not in ("cpu", mesh.device_type):
-            raise ValueError(f"a sharded build puts its shards on the mesh's device ({mesh.device_type}), not {device}")
+            raise ConfigError(
+                f"a sharded build puts its shards on the mesh's device ({mesh.device_type}), not {device}", "device"
+            )
         device = torch.device("meta")
     with seeded(init.seed):
+        reached[0] = "model"
         try:
             model, notes = construct(recipe, allow, device, "init")
         except ConfigError as e:
-            raise ConfigError([*early, *e.problems]) from None
+            raise ConfigError([*early, *e.problems]) from e.__cause__
         if early:
             raise ConfigError(early)
-        plan = _shape_and_initialize(model, notes, recipe, init, device)
+        plan = _shape_and_initialize(model, notes, recipe, init, device, reached)
     report = plan.report(model)
     layout = None
     if mesh is not None:
+        reached[0] = "shard"
         from composer.build.shard import shard_and_initialize  # noqa: PLC0415  (torch.distributed: only to shard)
 
         parallel = parse_parallel(recipe.get("parallel"))
@@ -130,7 +144,7 @@ def _build(
 
 
 def _shape_and_initialize(
-    model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device
+    model: nn.Module, notes: BuildNotes, recipe: Recipe, init: InitConfig, device: torch.device, reached: list[str]
 ) -> Plan:
     """Lazy shapes, the plan of rules and inline specs, then filling every tensor (on ``meta``:
     only the check that each scheme fits its shape).
@@ -148,6 +162,8 @@ def _shape_and_initialize(
     if lazy and real:
         initialize(model, Plan(), base, notes.ties)
     example = example_inputs(recipe)
+    if example is not None:
+        reached[0] = example[0]
     if example is not None and (lazy or not real):  # on meta: the shape check a real run makes
         # lazy layers materialize with their own resets, which draw from the global generators:
         # the values come from the streams below, and the caller's RNG state stays as it was
@@ -158,6 +174,7 @@ def _shape_and_initialize(
         check_on_meta(model, example[1], key=example[0], memory=False)
     if lazy and (init.rules or notes.inline_init):
         require_shapes(model, "initialization")
+    reached[0] = "init"
     plan = plan_init(model, init.rules, notes.inline_init, notes.ties)
     if real:
         initialize(model, plan, base, notes.ties)

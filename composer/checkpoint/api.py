@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from composer import limits as budget
-from composer.checkpoint.common import is_sharded
+from composer.checkpoint.common import is_sharded, last_resort
 from composer.checkpoint.file import load_single, rebuild_single_on_meta, save_single
 from composer.errors import CheckpointError
 
@@ -115,8 +115,26 @@ def load_checkpoint(
         CheckpointError: not a checkpoint, corrupted, weights only, a budget exceeded, a recipe
             that cannot be rebuilt (an unregistered type: import the module that registers it
             first); with ``optimizer``: no training state stored, or an optimizer of another
-            type or with other groups (the message says which).
+            type or with other groups (the message says which). Any other exception raised on the
+            way (by a crafted file, a registered block's constructor, torch, a bug of ours) is a
+            CheckpointError naming the path, the exception as its ``__cause__`` (a ConfigError
+            stays one; ``MemoryError``, ``KeyboardInterrupt`` and ``SystemExit`` pass through).
     """
+    with last_resort(path):
+        return _load(path, map_location, verify, optimizer, state, allow_targets, mesh, limits, resolvers)
+
+
+def _load(
+    path: str | os.PathLike,
+    map_location: str | torch.device,
+    verify: bool,
+    optimizer: torch.optim.Optimizer | None,
+    state: MutableMapping[str, Any] | None,
+    allow_targets: Sequence[str] | None,
+    mesh: DeviceMesh | None,
+    limits: budget.LimitsArg,
+    resolvers: Collection[str] | None,
+) -> nn.Module:
     with budget.using(limits):
         if Path(path).is_dir():
             from composer.checkpoint.dcp import load_sharded  # noqa: PLC0415  (torch.distributed.checkpoint: only for directories)
@@ -146,8 +164,9 @@ def rebuild_on_meta(path: str | os.PathLike, verify: bool = True) -> nn.Module:
     Raises:
         CheckpointError: as ``load_checkpoint``.
     """
-    if Path(path).is_dir():
-        from composer.checkpoint.dcp import rebuild_sharded_on_meta  # noqa: PLC0415
+    with last_resort(path):
+        if Path(path).is_dir():
+            from composer.checkpoint.dcp import rebuild_sharded_on_meta  # noqa: PLC0415
 
-        return rebuild_sharded_on_meta(path, verify)
-    return rebuild_single_on_meta(path, verify)
+            return rebuild_sharded_on_meta(path, verify)
+        return rebuild_single_on_meta(path, verify)

@@ -8,10 +8,11 @@ from either.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 from composer import limits as budget
 from composer.build.builder import construct
 from composer.build.materialize import assign
-from composer.errors import CheckpointError, ConfigError
+from composer.errors import PASSED_THROUGH, CheckpointError, ConfigError, unexpected
 from composer.recipe.read import Recipe, read_recipe_and_stored, top_level_problems
 
 
@@ -155,3 +156,15 @@ def place(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         assign(model, state)
     else:
         model.load_state_dict(state, strict=True)
+
+
+@contextlib.contextmanager
+def last_resort(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an exception nobody expected into a ``CheckpointError`` naming ``path``, the original as
+    its cause: a crafted file must not reach the caller as a raw ``KeyError`` or ``struct.error``."""
+    try:
+        yield
+    except PASSED_THROUGH:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: {unexpected(e)}") from e

@@ -25,7 +25,7 @@ from torch import nn
 from composer import limits as budget
 from composer.build.placement import device_of
 from composer.checkpoint import training
-from composer.checkpoint.common import check_keys
+from composer.checkpoint.common import check_keys, last_resort
 from composer.checkpoint.file import FORMAT, read_tensors
 from composer.errors import CheckpointError
 from composer.files import FileProblem, fd_path, open_regular
@@ -62,16 +62,20 @@ def load_weights(
         CheckpointError: unreadable or corrupted, two keys renamed to one, a transpose glob that
             matches no 2-D tensor, or keys that do not fit: missing, unexpected (both only when
             ``strict``) and mis-shaped ones, all listed in one message; a file none of whose keys
-            is the model's names the closest keys on both sides.
+            is the model's names the closest keys on both sides. Any other exception raised on
+            the way (by a crafted file, torch, a bug of ours) is a CheckpointError naming the path,
+            the exception as its ``__cause__`` (``MemoryError``, ``KeyboardInterrupt`` and
+            ``SystemExit`` pass through).
     """
-    with budget.using(limits):
-        found = read_weights(path)
-    state = _renamed(found, rename or {}, path)
-    _transposed(state, transpose or (), path)
-    _check_overlap(model, found, state, path)
-    check_keys(model, state, path, names_only=not strict)
-    device = device_of(model)
-    model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+    with last_resort(path):
+        with budget.using(limits):
+            found = read_weights(path)
+        state = _renamed(found, rename or {}, path)
+        _transposed(state, transpose or (), path)
+        _check_overlap(model, found, state, path)
+        check_keys(model, state, path, names_only=not strict)
+        device = device_of(model)
+        model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -16,8 +16,8 @@ an argument name that is no identifier goes as a ``repr``'d key), children are r
 ``self._modules['name']``, params as ``self._parameters['name']`` and buffers as
 ``self._buffers['name']`` at each call, so ``.to()``, ``copy.deepcopy``, ``load_state_dict`` and
 FSDP2's ``fully_shard`` (which swaps the parameter objects) keep working. The source is
-registered in ``linecache``, so a traceback through a graph
-shows the generated line, and ``graph.code`` returns it.
+registered in ``linecache`` (the last 1,024 sources, 4 MiB at most), so a traceback through a
+recent graph shows the generated line; ``graph.code`` returns it.
 
 ``RepeatChain`` and ``RepeatParallel`` are a Repeat's copies in a Graph: over several inputs (the
 first threaded through, the others to every copy), or side by side.
@@ -26,10 +26,10 @@ first threaded through, the others to every copy), or side by side.
 from __future__ import annotations
 
 import builtins
-import functools
 import hashlib
 import keyword
 import linecache
+import threading
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -484,14 +484,34 @@ def _source(wiring: _Wiring) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines) + "\n", env
 
 
-@functools.lru_cache(maxsize=1024)
+# The sources compiled last, with their code objects and linecache entries: at most this many, and
+# this many characters of source in all (the newest is kept whatever its size). A process that
+# builds graph after graph (a sweep, a fuzzer, a server) holds these, not every source it ever made.
+_SOURCES_KEPT = 1024
+_SOURCE_CHARS_KEPT = 4 * 1024 * 1024
+_code: dict[str, tuple[types.CodeType, str, tuple]] = {}  # source -> (code, filename, linecache entry), oldest first
+_code_lock = threading.Lock()
+
+
 def _compiled(source: str) -> types.CodeType:
     """The code object of ``forward`` for this source, compiled once however many graphs share it
-    (a 12-block transformer compiles its block's forward once), and registered in ``linecache``."""
-    filename = f"<composer.Graph.forward {hashlib.sha1(source.encode()).hexdigest()[:12]}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module_code = compile(source, filename, "exec")
-    return next(c for c in module_code.co_consts if isinstance(c, types.CodeType))
+    (a 12-block transformer compiles its block's forward once), and registered in ``linecache``
+    while it is kept here, so a traceback through a recent graph shows its generated lines."""
+    with _code_lock:
+        kept = _code.pop(source, None)
+        if kept is None:
+            filename = f"<composer.Graph.forward {hashlib.sha1(source.encode()).hexdigest()[:12]}>"
+            module_code = compile(source, filename, "exec")
+            code = next(c for c in module_code.co_consts if isinstance(c, types.CodeType))
+            kept = (code, filename, (len(source), None, source.splitlines(True), filename))
+        _code[source] = kept  # the newest last
+        linecache.cache[kept[1]] = kept[2]  # again if linecache.clearcache() dropped it
+        total = sum(map(len, _code))
+        while len(_code) > 1 and (len(_code) > _SOURCES_KEPT or total > _SOURCE_CHARS_KEPT):
+            oldest = next(iter(_code))
+            total -= len(oldest)
+            linecache.cache.pop(_code.pop(oldest)[1], None)
+        return kept[0]
 
 
 # --- the module ----------------------------------------------------------------------------------

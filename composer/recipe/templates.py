@@ -399,18 +399,24 @@ def _declared_args(raw: Any, path: str, problems: list[tuple[str, str]]) -> dict
     return {}
 
 
-def parse_templates(blocks: Mapping[str, Any] | None, key_path: str = "blocks") -> dict[str, Template]:
-    """Every template of a recipe's ``blocks`` (the entries with ``args``), all problems at once."""
+def parse_templates(
+    blocks: Mapping[str, Any] | None, key_path: str = "blocks", problems: list[tuple[str, str]] | None = None
+) -> dict[str, Template]:
+    """Every template of a recipe's ``blocks`` (the entries with ``args``), all problems at once:
+    raised, or with ``problems``, appended there and the valid templates returned (the builder
+    then expands those, and reports a broken one once, not again as unknown at each use)."""
     templates: dict[str, Template] = {}
-    problems: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] = []
     for name, entry in (blocks or {}).items():
         if is_template(entry):
             try:
                 templates[name] = parse_template(name, entry, f"{key_path}.{name}")
             except ConfigError as e:
-                problems += e.problems
-    if problems:
-        raise ConfigError(problems)
+                found += e.problems
+    if found and problems is None:
+        raise ConfigError(found)
+    if problems is not None:
+        problems += found
     return templates
 
 
