@@ -22,7 +22,7 @@ def rows(text: str) -> dict[str, list[str]]:
 def test_overview_names_every_kind():
     text = list_text(conf_dir=conf)
     assert [line.split()[0] for line in text.splitlines()[1:]] == list(KINDS)
-    assert f"{len(MODELS)} model recipes, 6 init schemes" in text and "25 templates in the recipes" in text
+    assert f"{len(MODELS)} model recipes, 6 init schemes" in text and "28 templates in the recipes" in text
 
 
 def test_types_lists_torch_nn_forms_and_blocks_by_origin():
