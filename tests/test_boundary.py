@@ -147,7 +147,7 @@ def test_generated_sources_are_bounded_and_recent_ones_stay_in_tracebacks(monkey
     assert 0 < held <= 8_000 + len(models[-1].code)
     with pytest.raises(TypeError) as info:
         models[-1]("not a tensor")  # the newest graph's line is in the traceback
-    assert "v0 = _m['r0'](a0)" in "".join(traceback.format_exception(info.value))
+    assert "v0 = _m['r0'](x)" in "".join(traceback.format_exception(info.value))
     models[0](torch.zeros(2))  # an evicted source still runs: only its lines left linecache
     assert linecache.getline(models[0].forward.__code__.co_filename, 3) == ""
 
