@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, pathlib, resource, sys, tempfile, time
+limit = int(float(sys.argv[3]) * 2**30)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # the cap, set here: no preexec_fn (below)
 from tests import attacks
 from composer import CheckpointError, ConfigError, build_from_config
 build_from_config({"type": "Linear", "in_features": 2, "out_features": 2})  # imports paid first
@@ -65,14 +66,12 @@ def measure(index: int, timeout: float, memory_gb: float, catalogue: str = "ATTA
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
 
-    def cap() -> None:
-        limit = int(memory_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+    # The child caps its own address space: a ``preexec_fn`` runs Python in a child forked from a
+    # process that may have threads (a test's pool, torch's), where it can deadlock before exec.
     try:
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(index), catalogue],
-            capture_output=True, text=True, timeout=timeout, env=env, preexec_fn=cap, cwd=tempfile.gettempdir(),
+            [sys.executable, "-c", CHILD, str(index), catalogue, str(memory_gb)],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=tempfile.gettempdir(),
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return {"outcome": f"HANGS: still running after {timeout:g} s", "seconds": timeout}

@@ -494,7 +494,7 @@ def test_probe_settings(quick):
 
 def test_help_lists_the_groups_and_the_subcommands(quick):
     text = ok(quick["help"]).stdout
-    assert "model: centered, chimera, deep_mlp" in text
+    assert "model: bert, centered, chimera, convnext, deep_mlp" in text
     assert "nncompose list [types|inits|ops|templates|recipes] [NAME]" in text
     assert 'eval "$(nncompose -sc install=bash)"' in text
     assert "save=false (no\ncheckpoint), summary.depth=N (print the summary's first N levels)" in text

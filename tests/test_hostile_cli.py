@@ -8,7 +8,6 @@ not depend on each other start together.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -329,19 +328,30 @@ def test_checkpoint_directory_and_large_file_attacks_end_fast_in_a_fresh_process
 # --- list and schema read a --config-dir as the app reads it (issue 23) ----------------------------
 
 
+# ``python -m composer`` that caps its own address space first: the runs go in threads, and a
+# ``preexec_fn`` in a child forked from a threaded process may crash it before it starts (the
+# subprocess module warns of it; seen here as segmentation faults).
+_CAPPED_COMPOSER = (
+    "import resource, runpy; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+    "runpy.run_module('composer', run_name='__main__', alter_sys=True)"
+)
+
+
 def _capped(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess | None, float]:
     """``python -m composer ARGS`` with 4 GB of address space and 60 s: (result or None if it
     ran past them, seconds)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSER_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=60, preexec_fn=cap
+            [sys.executable, "-c", _CAPPED_COMPOSER, *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except subprocess.TimeoutExpired:
         return None, time.perf_counter() - start

@@ -68,9 +68,17 @@ def forward_zeros(
     device = torch.device(device or device_of(model))
     if device.type != "meta":
         check_input_elements(inputs, key, chosen.tensor_elements)
-        if not has_lazy(model):
+        if not has_lazy(model) and _plain_tensors(model):
             check_on_meta(model, inputs, key)
     return _forward(model, inputs, device, key, shapes_only)
+
+
+def _plain_tensors(model: nn.Module) -> bool:
+    """Whether every parameter and buffer is a plain tensor that ``check_on_meta`` may swap. A
+    sharded model's are ``DTensor``s that FSDP2 gathers in its forward hooks: swapped for ``meta``
+    tensors they would leave its state half set up, so the real forward alone checks that model."""
+    plain = (torch.Tensor, nn.Parameter)
+    return all(type(t) in plain for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def check_input_elements(inputs: Sequence[InputSpec], key: str, limit: int) -> None:
