@@ -276,16 +276,19 @@ def test_yaml_with_mutated_bytes_raises_only_config_errors(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 def test_recipes_from_the_grammar_raise_only_config_errors_10000() -> None:
     check_recipes(slow=True)
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 def test_recipes_built_on_the_cpu_raise_only_config_errors_10000() -> None:
     check_cpu_recipes(slow=True)
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 def test_yaml_with_mutated_bytes_raises_only_config_errors_10000(tmp_path: Path) -> None:
     check_yaml_text(slow=True, tmp=tmp_path)
 
@@ -423,11 +426,13 @@ def test_checkpoint_fields_mutated_raise_only_checkpoint_errors(real_files, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 def test_checkpoint_bytes_mutated_raise_only_checkpoint_errors_10000(real_files, tmp_path: Path) -> None:
     check_byte_mutations(slow=True, files=real_files, tmp=tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 def test_checkpoint_fields_mutated_raise_only_checkpoint_errors_10000(real_files, tmp_path: Path) -> None:
     check_field_mutations(slow=True, files=real_files, tmp=tmp_path)
 
