@@ -24,6 +24,7 @@ from composer import limits as budget
 from composer.build.builder import construct
 from composer.build.materialize import assign
 from composer.errors import PASSED_THROUGH, CheckpointError, ConfigError, unexpected
+from composer.files import FileProblem, open_regular
 from composer.recipe.read import Recipe, read_recipe_and_stored, top_level_problems
 
 
@@ -168,3 +169,14 @@ def last_resort(path: str | os.PathLike) -> Iterator[None]:
         raise
     except Exception as e:
         raise CheckpointError(f"{path}: {unexpected(e)}") from e
+
+
+def open_checked(path: str | os.PathLike) -> int:
+    """A descriptor of ``path``, a regular file (a FIFO would block a plain ``open`` forever, a
+    device would never end); a ``CheckpointError`` naming it otherwise."""
+    try:
+        return open_regular(path)
+    except FileProblem as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None

@@ -38,10 +38,10 @@ from composer.build.materialize import require_shapes
 from composer.build.placement import holds_meta
 from composer.build.record import BuildRecord, finish, record_of
 from composer.checkpoint import training
-from composer.checkpoint.common import check_keys, json_field, place, rebuild, version
+from composer.checkpoint.common import check_keys, json_field, open_checked, place, rebuild, version
 from composer.checkpoint.tree import flatten, unflatten
 from composer.errors import CheckpointError
-from composer.files import FileProblem, fd_path, open_regular, replacing
+from composer.files import fd_path, replacing
 
 FORMAT = "composer-checkpoint"
 TENSORS_FORMAT = "composer-tensors"
@@ -145,7 +145,7 @@ def read_metadata(path: str | os.PathLike, verify: bool = True, *, limits: budge
         CheckpointError: not a composer file, corrupted, or a header past ``limits.header_bytes``.
     """
     with budget.using(limits):
-        fd = _open(path)
+        fd = open_checked(path)
         try:
             header = _read_header(fd, Path(path), FORMAT)
             metadata = header["__metadata__"]
@@ -322,7 +322,7 @@ def read_tensors(
     Raises:
         CheckpointError: not a ``kind`` file, unreadable, corrupted, or a header past the budget.
     """
-    fd = _open(path)
+    fd = open_checked(path)
     try:
         metadata = _read_metadata(fd, Path(path), kind)
         try:
@@ -344,17 +344,6 @@ def read_tensors(
             raise CheckpointError(f"{path}: alias {alias!r} names a missing tensor {key!r}: the file is corrupted")
         tensors[alias] = tensors[key]
     return metadata, tensors
-
-
-def _open(path: str | os.PathLike) -> int:
-    """A descriptor of ``path``, a regular file (no FIFO or device); a ``CheckpointError`` naming
-    it otherwise."""
-    try:
-        return open_regular(path)
-    except FileProblem as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def _read_metadata(fd: int, path: Path, kind: str) -> dict[str, str]:

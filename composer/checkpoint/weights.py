@@ -25,10 +25,10 @@ from torch import nn
 from composer import limits as budget
 from composer.build.placement import device_of
 from composer.checkpoint import training
-from composer.checkpoint.common import check_keys, last_resort
+from composer.checkpoint.common import check_keys, last_resort, open_checked
 from composer.checkpoint.file import FORMAT, read_tensors
 from composer.errors import CheckpointError
-from composer.files import FileProblem, fd_path, open_regular
+from composer.files import fd_path
 
 INDEX = "model.safetensors.index.json"
 _MAX_INDEX = 64 * 1024 * 1024
@@ -97,19 +97,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _read_torch(path)
 
 
-def _open(path: Path) -> int:
-    """A descriptor of ``path``, a regular file (a FIFO would block a plain ``open`` forever)."""
-    try:
-        return open_regular(path)
-    except FileProblem as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
-
-
 def _is_safetensors(path: Path) -> bool:
     """A safetensors header: an 8-byte length, then a JSON object."""
-    fd = _open(path)
+    fd = open_checked(path)
     try:
         head = os.pread(fd, 9, 0)
     except OSError as e:
@@ -120,7 +110,7 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    fd = _open(path)
+    fd = open_checked(path)
     try:
         name = fd_path(fd, path)
         with safe_open(name, framework="pt") as f:
@@ -162,7 +152,7 @@ def _read_index(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     """A ``torch.save`` file of a dict of tensors, read with ``weights_only=True``."""
-    fd = _open(path)
+    fd = open_checked(path)
     try:
         loaded = torch.load(fd_path(fd, path), map_location="cpu", weights_only=True)
     except Exception as e:  # a crafted or foreign file: whatever it raises, weights_only ran nothing
