@@ -737,17 +737,27 @@ def _empty(builder: Builder, shape: Any, path: str) -> torch.Tensor | None:
         return None
 
 
+def _keys_and_flag(
+    builder: Builder, spec: Mapping, keys: tuple[str, ...], flag: str, default: bool, path: str
+) -> bool | None:
+    """A param's or buffer's spec: each key outside ``keys`` reported, and its boolean ``flag``
+    (``frozen``, ``persistent``; ``default`` when absent), None (reported) when it is not a bool."""
+    for key in spec:
+        if key not in keys:
+            builder.fail(f"{path}.{key}", unknown("key", key, keys))
+    value = spec.get(flag, default)
+    if not isinstance(value, bool):
+        builder.fail(f"{path}.{flag}", f"expected true or false, got {describe(value)}")
+        return None
+    return value
+
+
 def _graph_param(builder: Builder, name: str, spec: Any, path: str) -> nn.Parameter | None:
     """``{shape: [...], init: spec, frozen: bool}``: a parameter of the graph (default init: zeros)."""
     if not isinstance(spec, Mapping) or not isinstance(spec.get("shape"), list):
         builder.fail(path, f"expected {{shape: [...], init: ..., frozen: ...}}, got {describe(spec)}")
         return None
-    for key in spec:
-        if key not in _PARAM_KEYS:
-            builder.fail(f"{path}.{key}", unknown("key", key, _PARAM_KEYS))
-    frozen = spec.get("frozen", False)
-    if not isinstance(frozen, bool):
-        builder.fail(f"{path}.frozen", f"expected true or false, got {describe(frozen)}")
+    frozen = _keys_and_flag(builder, spec, _PARAM_KEYS, "frozen", False, path)
     tensor = _empty(builder, spec["shape"], f"{path}.shape")
     return None if tensor is None else nn.Parameter(tensor, requires_grad=not frozen)
 
@@ -762,12 +772,8 @@ def _graph_buffer(builder: Builder, spec: Any, path: str) -> Buffer | None:
         )
         builder.fail(path, why)
         return None
-    for key in spec:
-        if key not in _BUFFER_KEYS:
-            builder.fail(f"{path}.{key}", unknown("key", key, _BUFFER_KEYS))
-    persistent = spec.get("persistent", True)
-    if not isinstance(persistent, bool):
-        builder.fail(f"{path}.persistent", f"expected true or false, got {describe(persistent)}")
+    persistent = _keys_and_flag(builder, spec, _BUFFER_KEYS, "persistent", True, path)
+    if persistent is None:
         return None
     if "value" in spec:
         if "init" in spec:
