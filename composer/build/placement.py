@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from composer.init.defaults import reset_method
+from composer.modules.signatures import arguments
 
 KNOWN_RESETS = ("torch.nn.", "composer.")
 
@@ -107,24 +107,19 @@ def free_meta_fills() -> contextlib.AbstractContextManager:
 def takes_device(cls: type) -> bool:
     """Whether ``cls(...)`` takes a ``device`` keyword (torch.nn's layers make every tensor there):
     then it is built on ``meta`` by that keyword, without ``torch.device``'s mode around it."""
-    try:
-        return "device" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
+    read = arguments(cls)
+    return read is not None and read.get("device") is not None
 
 
 @functools.cache
 def makes_no_tensors(cls: type) -> bool:
-    """Whether ``cls`` is a torch.nn class that makes no tensor of its own: its signature is
-    known in full (not ``RNN``'s ``*args, **kwargs``) and takes no ``device``, which every torch.nn
-    layer that makes tensors takes (an activation, a dropout, a pooling, a container)."""
+    """Whether ``cls`` is a torch.nn class that makes no tensor of its own: its arguments are known
+    in full (``signatures.arguments``, the one reading of them) and hold no ``device``, which every
+    torch.nn layer that makes tensors takes (an activation, a dropout, a pooling, a container)."""
     if not cls.__module__.startswith("torch.nn.") or takes_device(cls):
         return False
-    try:
-        parameters = inspect.signature(cls).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
+    read = arguments(cls)
+    return read is not None and not (read.var_positional or read.var_keyword)
 
 
 def _recipe_call() -> Callable[..., Any]:
