@@ -10,6 +10,7 @@ collected along the walk, each with its key path, and raised together at the end
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import string
 from collections import OrderedDict
@@ -27,11 +28,10 @@ from composer.build.materialize import allocate
 from composer.build.placement import (
     META,
     can_load_on_meta,
-    construct_from_recipe,
-    free_meta_fills,
-    on_meta,
+    on_device,
     refilled,
     resets_itself,
+    unfilled,
 )
 from composer.errors import (
     PASSED_THROUGH,
@@ -44,7 +44,7 @@ from composer.errors import (
     unexpected,
     unknown,
 )
-from composer.init.defaults import writes_defaults
+from composer.init.defaults import writes_defaults, written_reset
 from composer.init.initializers import Scheme, parse_scheme
 from composer.modules.graph import (
     Buffer,
@@ -129,7 +129,7 @@ class Builder:
         allow_targets: Sequence[str] = DEFAULT_TARGETS,
         device: torch.device = META,
         known_on_meta: bool = True,
-        lazy_on_device: bool = True,
+        initializes: bool = True,
         dtype: torch.dtype | None = None,
     ) -> None:
         shared = recipe.get("shared")  # not a mapping: top_level_problems reports it
@@ -142,8 +142,12 @@ class Builder:
         self.known_device = META if known_on_meta else device
         # a lazy layer of a build materializes on ``device`` (its first forward); a load's takes
         # the file's tensors on meta, as known layers do
-        self.lazy_device = device if lazy_on_device else self.known_device
-        self._where: dict[type, torch.device] = {}  # each class's device, as _instantiate chooses it
+        self.lazy_device = device if initializes else self.known_device
+        # a build that initializes fills each tensor of a layer whose reset is written per tensor
+        # from those tables (``defaults.written_reset``): the layer is made on ``device`` without
+        # its reset, the memory left as it is (``placement.unfilled``), nothing to allocate later
+        self.unfilled_device = device if initializes and known_on_meta else None
+        self._how: dict[type, Callable[[type, Sequence, dict], Any]] = {}  # each class's construction
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
@@ -340,19 +344,20 @@ class Builder:
         own fills: its constructor may compute from data (on ``meta`` that fails, or imports
         seconds of torch's meta kernels) or make a constant its reset leaves alone. A build's lazy
         layer is made on ``device`` too: its first forward materializes it there."""
-        where = self._where.get(cls)
-        if where is None:
-            if resets_itself(cls):
-                where = self.lazy_device if issubclass(cls, LazyModuleMixin) else self.known_device
-            else:
-                where = self.device
-            self._where[cls] = where
-        if where.type == "meta":
-            return on_meta(cls, args, kwargs)
-        if where.type == "cpu":
-            return construct_from_recipe(cls, args, kwargs)
-        with torch.device(where):
-            return construct_from_recipe(cls, args, kwargs)
+        how = self._how.get(cls)
+        if how is None:
+            how = self._how[cls] = self._construction(cls)
+        return how(cls, args, kwargs)
+
+    def _construction(self, cls: type) -> Callable[[type, Sequence, dict], Any]:
+        """How ``_instantiate`` makes ``cls``: unfilled, on ``meta``, or on a device as written."""
+        if not resets_itself(cls):
+            return functools.partial(on_device, device=self.device)
+        if issubclass(cls, LazyModuleMixin):
+            return functools.partial(on_device, device=self.lazy_device)
+        if self.unfilled_device is not None and written_reset(cls) is not None:
+            return functools.partial(unfilled, device=self.unfilled_device)
+        return functools.partial(on_device, device=self.known_device)
 
 
 def _leaf_key(node: Mapping) -> tuple:
@@ -1023,9 +1028,8 @@ def construct(
     if dtype is not None and not dtype.is_floating_point:
         dtype = None  # top_level_problems reports it; the tree is still walked for its own problems
     with default_dtype(dtype):
-        builder = Builder(recipe, allow, device, lazy_on_device=purpose == "init", dtype=dtype)
-        with free_meta_fills():
-            model = builder.build_model(recipe["model"])
+        builder = Builder(recipe, allow, device, initializes=purpose == "init", dtype=dtype)
+        model = builder.build_model(recipe["model"])
         real = device.type != "meta"
         if real and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
             builder = Builder(recipe, allow, device, known_on_meta=False, dtype=dtype)

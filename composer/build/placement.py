@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from composer.init.defaults import reset_method
+from composer.init.defaults import reset_method, written_reset
 from composer.modules.signatures import arguments
 
 KNOWN_RESETS = ("torch.nn.", "composer.")
@@ -122,33 +122,95 @@ def makes_no_tensors(cls: type) -> bool:
     return read is not None and not (read.var_positional or read.var_keyword)
 
 
-def _recipe_call() -> Callable[..., Any]:
-    """``call(cls, args, kwargs)``: ``cls(*args, **kwargs)`` from a frame whose file is ``<recipe>``.
+def _recipe_calls() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``call(cls, args, kwargs)``, ``cls(*args, **kwargs)``, and ``call_without(cls, reset, args,
+    kwargs)``, the same construction with the module's method ``reset`` left out (``_without_reset``),
+    both from a frame whose file is ``<recipe>``.
 
     A constructor that warns about its arguments names its caller's line (``stacklevel=2``:
     ``nn.TransformerEncoder``'s "enable_nested_tensor is True, but ..."); called from here, the
     warning names the recipe that chose the arguments, not a line of composer. The warning itself
     is left to the user's filters."""
-    source = "def call(cls, args, kwargs): return cls(*args, **kwargs)\n"
-    namespace: dict[str, Any] = {}
+    source = (
+        "def call(cls, args, kwargs): return cls(*args, **kwargs)\n"
+        "def call_without(cls, reset, args, kwargs):\n"
+        "    module = cls.__new__(cls)\n"
+        "    module.__dict__[reset] = _nothing\n"
+        "    module.__init__(*args, **kwargs)\n"
+        "    del module.__dict__[reset]\n"
+        "    return module\n"
+    )
+    namespace: dict[str, Any] = {"_nothing": lambda: None}
     exec(compile(source, "<recipe>", "exec"), namespace)  # noqa: S102  (a constant source: no input reaches it)
-    return namespace["call"]
+    return namespace["call"], namespace["call_without"]
 
 
-construct_from_recipe = _recipe_call()
+construct_from_recipe, _without_reset = _recipe_calls()
+
+# Whether a class whose reset is left out made modules of its own when last constructed
+# (MultiheadAttention's out_proj, Transformer's layers): their resets still run, on ``meta``.
+_MAKES_CHILDREN: dict[type, bool] = {}
+
+
+def on_device(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
+    """``cls(*args, **kwargs)`` with its tensors on ``device``: on ``meta`` a known layer's
+    (``on_meta``), elsewhere as its constructor fills them."""
+    if device.type == "meta":
+        return on_meta(cls, args, kwargs)
+    if device.type == "cpu":
+        return construct_from_recipe(cls, args, kwargs)
+    with torch.device(device):
+        return construct_from_recipe(cls, args, kwargs)
 
 
 def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
-    """``cls(*args, **kwargs)`` with its tensors on ``meta`` (a known layer: see the module)."""
-    if takes_device(cls) and kwargs.get("device") is None:
-        return construct_from_recipe(cls, args, {**kwargs, "device": META})
+    """``cls(*args, **kwargs)`` with its tensors on ``meta`` (a known layer: see the module).
+
+    Where its reset is written per tensor (``defaults.written_reset``), it is left out, as in
+    ``unfilled``: on ``meta`` it would write nothing, and it is most of a small layer's
+    construction. The fills of resets that do run (a class not in those tables, modules a
+    constructor makes) return at once (``free_meta_fills``); a leaf layer whose reset is left out
+    is built without that mode, whose dispatch costs a few microseconds on every torch call."""
     if makes_no_tensors(cls):  # no torch.device mode to enter and leave (half a ReLU's cost)
         module = construct_from_recipe(cls, args, kwargs)
         if not (isinstance(module, nn.Module) and (module._parameters or module._buffers)):
             return module
         # it made tensors of its own after all: made again, on meta
-    with torch.device(META):
-        return construct_from_recipe(cls, args, kwargs)
+    reset = _skippable_reset(cls)
+    if reset is not None and not _MAKES_CHILDREN.get(cls, True):
+        return _made(cls, args, kwargs, META, reset)
+    with free_meta_fills():
+        module = _made(cls, args, kwargs, META, reset)
+    if reset is not None:
+        _MAKES_CHILDREN[cls] = bool(module._modules)
+    return module
+
+
+def unfilled(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
+    """``cls(*args, **kwargs)`` on ``device`` without its reset, where that reset is written per
+    tensor (``defaults.written_reset``), for a build whose initialization fills each tensor from
+    those tables: the tensors hold whatever their memory held until then, as after ``to_empty``.
+    Other classes are made as ``on_device`` makes them."""
+    reset = _skippable_reset(cls)
+    if reset is None or device.type == "meta":
+        return on_device(cls, args, kwargs, device)
+    return _made(cls, args, kwargs, device, reset)
+
+
+def _skippable_reset(cls: type) -> str | None:
+    """The name of ``cls``'s reset, where a construction may leave it out; a class whose
+    metaclass constructs it otherwise than ``__new__`` and ``__init__`` is made as written."""
+    return written_reset(cls) if type(cls) is type else None
+
+
+def _made(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.device, reset: str | None) -> nn.Module:
+    """``cls(*args, **kwargs)`` on ``device`` (its ``device`` keyword where it takes one, else
+    ``torch.device``'s mode), the method ``reset`` left out where given."""
+    if takes_device(cls) and kwargs.get("device") is None:
+        kwargs = {**kwargs, "device": device}
+        return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
+    with torch.device(device):
+        return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
 
 
 def refilled(model: nn.Module, writes_defaults: Callable[[type], bool]) -> bool:

@@ -160,6 +160,17 @@ def writes_defaults(cls: type) -> bool:
 
 
 @functools.cache
+def written_reset(cls: type) -> str | None:
+    """The name of ``cls``'s reset where it is written here per tensor, else None.
+
+    Such a reset only fills its module's tensors (each table above says with what), so a
+    construction whose tensors are filled afterwards from these tables may leave it out."""
+    if _maker(cls) is None:
+        return None
+    return "reset_parameters" if getattr(cls, "reset_parameters", None) is not None else "_reset_parameters"
+
+
+@functools.cache
 def _maker(cls: type) -> Callable[[nn.Module], Table] | None:
     reset = getattr(cls, "reset_parameters", None) or getattr(cls, "_reset_parameters", None)
     return TABLES.get(reset)

@@ -222,7 +222,7 @@ class _Resolver:
         except OmegaConfBaseException as e:
             message = f"cannot resolve interpolation: {first_line(getattr(e, 'msg', None) or e)}"
             raise ConfigError(message, key_path(path)) from None
-        tree, _ = plain_tree(value, self.limits, key_path(path))
+        tree, *_ = plain_tree(value, self.limits, key_path(path))
         return tree
 
     def stored(self, value: Any, path: Path) -> Any:

@@ -30,8 +30,10 @@ SCALARS = frozenset({str, int, float, bool, type(None)})  # the types of a recip
 _MAX_PROBLEMS = 20
 
 
-def plain_tree(value: Any, limits: Limits, where: str = "") -> tuple[Any, bool]:
-    """``(copy, interpolates)``: the plain copy of ``value`` and whether a string in it holds ``${``.
+def plain_tree(value: Any, limits: Limits, where: str = "") -> tuple[Any, bool, bool]:
+    """``(copy, interpolates, computes)``: the plain copy of ``value``, whether a string in it
+    holds ``${`` (an interpolation), and whether one starts with ``$(`` (an expression): each
+    is resolved only where there is one.
 
     Raises:
         ConfigError: a budget exceeded (at once), or every problem of keys and values found.
@@ -40,7 +42,7 @@ def plain_tree(value: Any, limits: Limits, where: str = "") -> tuple[Any, bool]:
     tree = walk.copy(value, where, 0)
     if walk.problems:
         raise ConfigError(walk.problems)
-    return tree, walk.interpolates
+    return tree, walk.interpolates, walk.computes
 
 
 class _Walk:
@@ -51,6 +53,7 @@ class _Walk:
         self.max_depth = limits.depth
         self.nodes = 0
         self.interpolates = False
+        self.computes = False
         self.problems: list[tuple[str, str]] = []
         # id of a container copied -> (its copy, its expanded size, its height); open: being copied
         self.visits: Visits[int, tuple[Any, int, int]] = Visits()
@@ -71,6 +74,8 @@ class _Walk:
         if kind is str:
             if "${" in value:
                 self.interpolates = True
+            if value.startswith("$("):
+                self.computes = True
         elif kind is int and value.bit_length() > MAX_INT_BITS:
             where = parent if key is None else child_path(parent, key)
             self.fail(where, f"an integer of {value.bit_length()} bits is too large (at most 2**{MAX_INT_BITS})")
@@ -101,7 +106,7 @@ class _Walk:
                 kind = type(v)
                 if kind in SCALARS:
                     self.nodes += 1
-                    if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
+                    if kind is str and _marked(v) or kind is int and v.bit_length() > MAX_INT_BITS:
                         v = self.scalar(v, path, name)
                     copy[name] = v
                 elif kind is dict and (leaf := self.leaf(v, path, name, depth)) is not None:
@@ -116,7 +121,7 @@ class _Walk:
                 kind = type(v)
                 if kind in SCALARS:
                     self.nodes += 1
-                    if kind is str and "${" in v or kind is int and v.bit_length() > MAX_INT_BITS:
+                    if kind is str and _marked(v) or kind is int and v.bit_length() > MAX_INT_BITS:
                         v = self.scalar(v, path, i)
                     copy.append(v)
                 elif kind is dict and (leaf := self.leaf(v, path, i, depth)) is not None:
@@ -178,15 +183,20 @@ class _Walk:
 
 
 def _plain_leaf(value: dict) -> dict | None:
-    """A copy of a mapping of string keys to plain values with nothing to check (no ``${``, no huge
-    integer); None for any other, which takes the full walk."""
+    """A copy of a mapping of string keys to plain values with nothing to check or note (no ``${``,
+    no ``$(``, no huge integer); None for any other, which takes the full walk."""
     for k, v in value.items():
         kind = type(v)
-        if type(k) is not str or kind not in SCALARS or kind is str and "${" in v:
+        if type(k) is not str or kind not in SCALARS or kind is str and _marked(v):
             return None
         if kind is int and v.bit_length() > MAX_INT_BITS:
             return None
     return dict(value)
+
+
+def _marked(text: str) -> bool:
+    """Whether a string holds an interpolation (``${``) or is an expression (``$(``)."""
+    return "${" in text or text.startswith("$(")
 
 
 def _dtype_name(value: Any) -> str | None:

@@ -222,8 +222,9 @@ def read_recipe_and_stored(
 ) -> tuple[Recipe, Recipe]:
     """``(recipe, stored)``: the recipe to build, and the one to write into files, in which what
     enabled resolvers read stays unresolved (``interpolation.resolve``); most often the same object."""
-    recipe, stored = _read(cfg, limits, resolvers, vars)
-    resolve_expressions(recipe)
+    recipe, stored, computes = _read(cfg, limits, resolvers, vars)
+    if computes:
+        resolve_expressions(recipe)
     return recipe, stored
 
 
@@ -232,7 +233,9 @@ def _read(
     limits: budget.LimitsArg,
     resolvers: Collection[str] | str | None,
     overrides: Mapping[str, Any] | None,
-) -> tuple[Recipe, Recipe]:
+) -> tuple[Recipe, Recipe, bool]:
+    """``(recipe, stored, computes)``: ``read_recipe_and_stored``'s pair, and whether the recipe
+    may hold a ``$(...)`` expression (a string of the file, or one an interpolation made)."""
     with budget.using(limits) as chosen:
         if is_dict_config(cfg):
             data = _dict_config_data(cfg)
@@ -246,16 +249,17 @@ def _read(
             raise ConfigError(f"a recipe is a mapping, not {type(data).__name__}")
         if overrides is not None:
             data = with_vars(data, overrides)
-        recipe, interpolates = plain_tree(data, chosen)
+        recipe, interpolates, computes = plain_tree(data, chosen)
         stored = recipe
-        if interpolates:
+        if interpolates:  # what an interpolation gives may be an expression
             recipe, stored = resolve(recipe, chosen, enabled_resolvers(resolvers))
+            computes = True
     if not isinstance(recipe, dict):
         raise ConfigError(f"a recipe is a mapping, not {type(recipe).__name__}")
     if is_node(recipe):
         wrapped = {"model": recipe}
-        return wrapped, wrapped if stored is recipe else {"model": stored}
-    return recipe, stored
+        return wrapped, wrapped if stored is recipe else {"model": stored}, computes
+    return recipe, stored, computes
 
 
 def is_dict_config(cfg: Any) -> bool:
@@ -389,7 +393,7 @@ def read_config_file(path: str | os.PathLike, folder: str | os.PathLike | None =
     text = read_config_text(path, folder)
     where = str(path)
     try:
-        data, _ = plain_tree(parse_yaml(text, where), budget.current())
+        data, *_ = plain_tree(parse_yaml(text, where), budget.current())
     except ConfigError as e:
         raise ConfigError([(_in_file(where, p), m) for p, m in e.problems]) from None
     return data, text
