@@ -10,7 +10,6 @@ collected along the walk, each with its key path, and raised together at the end
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 import string
 from collections import OrderedDict
@@ -27,11 +26,12 @@ from composer import limits as budget
 from composer.build.materialize import allocate
 from composer.build.placement import (
     META,
+    Make,
     can_load_on_meta,
-    on_device,
+    maker,
+    makes_no_tensors,
     refilled,
     resets_itself,
-    unfilled,
 )
 from composer.errors import (
     PASSED_THROUGH,
@@ -118,6 +118,9 @@ class BuildNotes:
     ties: dict[str, str] = field(default_factory=dict)  # dst parameter path -> src, once applied
     # False when every class built is known to make no lazy layer: no walk needed to look for one
     may_be_lazy: bool = False
+    # False when the walk made nothing on ``meta`` (every known layer unfilled on the device, say):
+    # nothing to allocate, no walk needed to look for it
+    on_meta: bool = False
 
 
 class Builder:
@@ -145,9 +148,9 @@ class Builder:
         self.lazy_device = device if initializes else self.known_device
         # a build that initializes fills each tensor of a layer whose reset is written per tensor
         # from those tables (``defaults.written_reset``): the layer is made on ``device`` without
-        # its reset, the memory left as it is (``placement.unfilled``), nothing to allocate later
+        # its reset, the memory left as it is (``placement.maker``), nothing to allocate later
         self.unfilled_device = device if initializes and known_on_meta else None
-        self._how: dict[type, Callable[[type, Sequence, dict], Any]] = {}  # each class's construction
+        self._makers: dict[type, Make] = {}  # each class's construction, chosen once
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
@@ -344,20 +347,27 @@ class Builder:
         own fills: its constructor may compute from data (on ``meta`` that fails, or imports
         seconds of torch's meta kernels) or make a constant its reset leaves alone. A build's lazy
         layer is made on ``device`` too: its first forward materializes it there."""
-        how = self._how.get(cls)
-        if how is None:
-            how = self._how[cls] = self._construction(cls)
-        return how(cls, args, kwargs)
+        make = self._makers.get(cls)
+        if make is None:
+            make = self._makers[cls] = self._maker(cls)
+        return make(args, kwargs)
 
-    def _construction(self, cls: type) -> Callable[[type, Sequence, dict], Any]:
-        """How ``_instantiate`` makes ``cls``: unfilled, on ``meta``, or on a device as written."""
-        if not resets_itself(cls):
-            return functools.partial(on_device, device=self.device)
-        if issubclass(cls, LazyModuleMixin):
-            return functools.partial(on_device, device=self.lazy_device)
+    def _maker(self, cls: type) -> Make:
+        """How ``_instantiate`` makes ``cls``: unfilled, on ``meta``, or on a device as written.
+        A class that makes no tensor (an activation) is made as written: there is nothing to place."""
         if self.unfilled_device is not None and written_reset(cls) is not None:
-            return functools.partial(unfilled, device=self.unfilled_device)
-        return functools.partial(on_device, device=self.known_device)
+            return maker(cls, self.unfilled_device, unfilled=True)
+        if not resets_itself(cls) or makes_no_tensors(cls):
+            device = self.device
+        else:
+            device = self.lazy_device if issubclass(cls, LazyModuleMixin) else self.known_device
+        return maker(cls, self.on(device))
+
+    def on(self, device: torch.device) -> torch.device:
+        """``device``, noted where it is ``meta`` (``BuildNotes.on_meta``)."""
+        if device.type == "meta":
+            self.notes.on_meta = True
+        return device
 
 
 def _leaf_key(node: Mapping) -> tuple:
@@ -736,7 +746,7 @@ def _empty(builder: Builder, shape: Any, path: str) -> torch.Tensor | None:
         builder.fail(path, f"expected a list of positive integers, got {describe(shape)}")
         return None
     try:
-        return torch.empty(shape, device=builder.known_device)
+        return torch.empty(shape, device=builder.on(builder.known_device))
     except (RuntimeError, OverflowError) as e:  # more elements than a tensor can count
         builder.fail(path, f"cannot make a tensor of shape {shape}: {first_line(e)}")
         return None
@@ -878,7 +888,7 @@ def _computed_buffer(builder: Builder, value: Any, path: str, persistent: bool) 
         return None
     dtype = builder.dtype if builder.dtype is not None and result.is_floating_point() else result.dtype
     if builder.known_device.type == "meta":  # filled where it gets storage (initialization, a reset)
-        return Buffer(torch.empty(result.shape, dtype=dtype, device=META), persistent, _Computed(compute))
+        return Buffer(torch.empty(result.shape, dtype=dtype, device=builder.on(META)), persistent, _Computed(compute))
     return Buffer(result.to(dtype), persistent, _Computed(compute))  # dtype rules, as for every floating buffer
 
 
@@ -1031,13 +1041,15 @@ def construct(
         builder = Builder(recipe, allow, device, initializes=purpose == "init", dtype=dtype)
         model = builder.build_model(recipe["model"])
         real = device.type != "meta"
-        if real and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
+        on_meta = real and builder.notes.on_meta
+        if on_meta and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
             builder = Builder(recipe, allow, device, known_on_meta=False, dtype=dtype)
             model = builder.build_model(recipe["model"])
+            on_meta = builder.notes.on_meta
     ties = active_ties(recipe.get("tie"))
     if ties:
         tie_parameters(model, ties)
     builder.notes.ties = dict(ties)
-    if purpose == "init" and real:
+    if purpose == "init" and on_meta:
         allocate(model, device)
     return model, builder.notes

@@ -152,25 +152,35 @@ construct_from_recipe, _without_reset = _recipe_calls()
 _MAKES_CHILDREN: dict[type, bool] = {}
 
 
-def on_device(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
-    """``cls(*args, **kwargs)`` with its tensors on ``device``: on ``meta`` a known layer's
-    (``on_meta``), elsewhere as its constructor fills them."""
+Make = Callable[[Sequence, dict], Any]
+
+
+def maker(cls: type, device: torch.device, *, unfilled: bool = False) -> Make:
+    """``make(args, kwargs)``: ``cls(*args, **kwargs)`` with its tensors on ``device``, the way
+    to do it chosen once per class (a build makes a thousand of one class).
+
+    On ``meta``: ``on_meta``. Elsewhere as the constructor fills them; with ``unfilled``, a class
+    whose reset is written per tensor (``defaults.written_reset``) is made without it, for a build
+    whose initialization fills each tensor from those tables: the tensors hold whatever their
+    memory held until then, as after ``to_empty``, and nothing is allocated twice."""
     if device.type == "meta":
-        return on_meta(cls, args, kwargs)
-    if device.type == "cpu":
-        return construct_from_recipe(cls, args, kwargs)
-    with torch.device(device):
-        return construct_from_recipe(cls, args, kwargs)
+        return functools.partial(on_meta, cls)
+    reset = _skippable_reset(cls) if unfilled else None
+    if reset is not None and takes_device(cls):
+        return lambda args, kwargs: _without_reset(cls, reset, args, _on(device, kwargs))
+    if reset is not None or device.type != "cpu":
+        return functools.partial(_made, cls, device=device, reset=reset)
+    return functools.partial(construct_from_recipe, cls)
 
 
 def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
     """``cls(*args, **kwargs)`` with its tensors on ``meta`` (a known layer: see the module).
 
-    Where its reset is written per tensor (``defaults.written_reset``), it is left out, as in
-    ``unfilled``: on ``meta`` it would write nothing, and it is most of a small layer's
-    construction. The fills of resets that do run (a class not in those tables, modules a
-    constructor makes) return at once (``free_meta_fills``); a leaf layer whose reset is left out
-    is built without that mode, whose dispatch costs a few microseconds on every torch call."""
+    Where its reset is written per tensor (``defaults.written_reset``), it is left out: on
+    ``meta`` it would write nothing, and it is most of a small layer's construction. The fills of
+    resets that do run (a class not in those tables, modules a constructor makes) return at once
+    (``free_meta_fills``); a leaf layer whose reset is left out is built without that mode, whose
+    dispatch costs a few microseconds on every torch call."""
     if makes_no_tensors(cls):  # no torch.device mode to enter and leave (half a ReLU's cost)
         module = construct_from_recipe(cls, args, kwargs)
         if not (isinstance(module, nn.Module) and (module._parameters or module._buffers)):
@@ -186,28 +196,22 @@ def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
     return module
 
 
-def unfilled(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
-    """``cls(*args, **kwargs)`` on ``device`` without its reset, where that reset is written per
-    tensor (``defaults.written_reset``), for a build whose initialization fills each tensor from
-    those tables: the tensors hold whatever their memory held until then, as after ``to_empty``.
-    Other classes are made as ``on_device`` makes them."""
-    reset = _skippable_reset(cls)
-    if reset is None or device.type == "meta":
-        return on_device(cls, args, kwargs, device)
-    return _made(cls, args, kwargs, device, reset)
-
-
 def _skippable_reset(cls: type) -> str | None:
     """The name of ``cls``'s reset, where a construction may leave it out; a class whose
     metaclass constructs it otherwise than ``__new__`` and ``__init__`` is made as written."""
     return written_reset(cls) if type(cls) is type else None
 
 
+def _on(device: torch.device, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keywords with ``device``, unless the recipe chose one."""
+    return {**kwargs, "device": device} if kwargs.get("device") is None else kwargs
+
+
 def _made(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.device, reset: str | None) -> nn.Module:
     """``cls(*args, **kwargs)`` on ``device`` (its ``device`` keyword where it takes one, else
     ``torch.device``'s mode), the method ``reset`` left out where given."""
-    if takes_device(cls) and kwargs.get("device") is None:
-        kwargs = {**kwargs, "device": device}
+    if takes_device(cls):
+        kwargs = _on(device, kwargs)
         return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
     with torch.device(device):
         return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
