@@ -255,7 +255,7 @@ class Builder:
         kwargs = dict(node)
         del kwargs["type"]
         try:
-            module = self._instantiate(cls, [], kwargs)
+            module = self._instantiate(cls, (), kwargs)
         except MemoryError:
             raise
         except Exception:
@@ -324,7 +324,7 @@ class Builder:
         ):
             self._checked[_leaf_key(node)] = cls
 
-    def instantiate(self, label: str, cls: type, args: list, kwargs: dict, path: str) -> nn.Module | None:
+    def instantiate(self, label: str, cls: type, args: Sequence, kwargs: dict, path: str) -> nn.Module | None:
         """``cls(*args, **kwargs)``, its failure or a non-module result recorded at ``path``."""
         if not resets_itself(cls) or issubclass(cls, LazyModuleMixin):
             self.notes.may_be_lazy = True
@@ -341,7 +341,7 @@ class Builder:
             return None
         return module
 
-    def _instantiate(self, cls: type, args: list, kwargs: dict) -> Any:
+    def _instantiate(self, cls: type, args: Sequence, kwargs: dict) -> Any:
         """``cls(*args, **kwargs)`` where the walk builds: a known layer on ``meta`` (its tensors
         are allocated and filled afterwards), and a user's block for real on ``device``, with its
         own fills: its constructor may compute from data (on ``meta`` that fails, or imports
@@ -371,7 +371,9 @@ class Builder:
 
 
 def _leaf_key(node: Mapping) -> tuple:
-    return node["type"], tuple(node), tuple(map(type, node.values()))
+    """A leaf node's shape, one flat tuple (one is made for every node): its type, its keys, then
+    the types of its values."""
+    return (node["type"], *node, *map(type, node.values()))
 
 
 # --- node forms -------------------------------------------------------------------------------

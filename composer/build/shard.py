@@ -42,7 +42,7 @@ from composer.build.tensor_parallel import tp_plan
 from composer.errors import ConfigError, did_you_mean
 from composer.init.defaults import reset_method
 from composer.init.initializers import SEED_LIMIT
-from composer.init.rules import Plan, TensorFills, canonical_paths, first_paths
+from composer.init.rules import NamedModules, Plan, TensorFills, canonical_paths, first_paths
 from composer.modules.graph import Graph
 from composer.modules.registry import MODULES
 from composer.recipe.parallel import Parallel
@@ -375,8 +375,10 @@ def _first_tensors(model: nn.Module, fills: TensorFills) -> dict[str, torch.Tens
     """Each parameter and buffer once, by the path it is known by: its first path, a tied
     parameter's ``src`` (``init.rules.first_paths``; read again here, since sharding replaces
     the parameter objects)."""
-    modules = list(model.named_modules(remove_duplicate=False))
-    tensors = {id(t): t for _, m in modules for t in [*m._parameters.values(), *m._buffers.values()] if t is not None}
+    modules = NamedModules(model)
+    tensors = {
+        id(t): t for m in modules.modules for t in [*m._parameters.values(), *m._buffers.values()] if t is not None
+    }
     return {path: tensors[key] for key, path in first_paths(modules, canonical_paths(model, fills.ties)).items()}
 
 

@@ -59,9 +59,14 @@ _KAIMING_A5 = math.sqrt(3.0) * math.sqrt(2.0 / (1 + 5.0))  # kaiming_uniform_(a=
 def _linear(m: nn.Linear | _ConvNd) -> Table:
     """Linear and every convolution: Kaiming-uniform weight (a = sqrt(5)), bias U(±1/sqrt(fan_in)).
     The weight's bound is computed here, as ``kaiming_uniform_`` computes it, and drawn directly."""
-    fan_in = _fan_in(m._parameters["weight"])
+    return _linear_table(_fan_in(m._parameters["weight"]), m._parameters.get("bias") is not None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _linear_table(fan_in: int, bias: bool) -> Table:
+    """One table per fan-in (a model of a thousand equal layers reads one): read, never changed."""
     table: Table = {"weight": _uniform(_KAIMING_A5 / math.sqrt(fan_in) if fan_in > 0 else 0)}
-    if m._parameters.get("bias") is not None:
+    if bias:
         table["bias"] = _uniform(1 / math.sqrt(fan_in) if fan_in > 0 else 0)
     return table
 
@@ -148,8 +153,9 @@ TABLES: dict[Callable, Callable[[nn.Module], Table]] = {
 
 
 def default_table(module: nn.Module) -> Table | None:
-    """The per-tensor defaults of ``module``'s class; None where its reset is not written per
-    tensor (a user's block, a subclass with its own reset): it then resets as a whole."""
+    """The per-tensor defaults of ``module``'s class (to read, not change: equal layers may share
+    one); None where its reset is not written per tensor (a user's block, a subclass with its own
+    reset): it then resets as a whole."""
     make = _maker(type(module))
     return make(module) if make is not None else None
 

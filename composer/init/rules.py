@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +120,22 @@ def _layer_classes(layers: Any, path: str, problems: list[tuple[str, str]]) -> t
 # --- the plan: which scheme wins for which parameter --------------------------------------------
 
 
+class NamedModules:
+    """``model.named_modules(remove_duplicate=False)`` (a shared module at each of its paths),
+    kept as two lists: a pair per module would stay alive through planning and filling, and a
+    model of 20,000 modules pays the collector a full pass more for them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.paths: list[str] = []
+        self.modules: list[nn.Module] = []
+        for path, module in model.named_modules(remove_duplicate=False):
+            self.paths.append(path)
+            self.modules.append(module)
+
+    def __iter__(self) -> Iterator[tuple[str, nn.Module]]:
+        return zip(self.paths, self.modules, strict=True)
+
+
 @dataclass
 class Plan:
     """The winning scheme for each parameter a rule or inline spec covers.
@@ -131,7 +147,7 @@ class Plan:
     entries: dict[int, tuple[nn.Module, str, str, Scheme]] = field(default_factory=dict)
     # the model's named_modules (duplicates kept) and each tensor's path, as planned: ``initialize``
     # right after reuses them instead of walking the model again
-    layout: tuple[list[tuple[str, nn.Module]], dict[int, str]] | None = None
+    layout: tuple[NamedModules, dict[int, str]] | None = None
 
     def current(self) -> Iterator[tuple[nn.Parameter, str, Scheme]]:
         """(parameter as it is now, its path, its scheme) for each covered parameter."""
@@ -157,7 +173,7 @@ def plan_init(
     set by the scheme that wins for ``src``: a rule may reach ``dst`` only together with ``src``
     (then with the same spec), and an inline spec on ``dst`` is an error."""
     problems: list[tuple[str, str]] = []
-    entries = list(model.named_modules(remove_duplicate=False))
+    entries = NamedModules(model)
     paths = first_paths(entries, canonical_paths(model, ties))
     plan = Plan(layout=(entries, paths))
     tie_sites = {dst: (_site(model, dst), _site(model, src)) for dst, src in (ties or {}).items()}
@@ -186,7 +202,7 @@ def plan_init(
             if dst_site in reached and src_site not in reached:
                 problems.append((rule.path, f"reaches {dst}, tied to {ties[dst]}, without it: a rule that sets a "
                                  "tied parameter reaches its src too (the src's scheme sets it)"))  # fmt: skip
-    in_model = {id(m) for _, m in entries}
+    in_model = set(map(id, entries.modules))
     dst_sites = {dst_site: dst for dst, (dst_site, _) in tie_sites.items()}
     for module, path, spec in inline:
         for key in spec:
@@ -210,11 +226,11 @@ def _site(model: nn.Module, path: str) -> tuple[int, str]:
     return id(model.get_submodule(owner)), leaf
 
 
-def _selected(rule: Rule, entries: list[tuple[str, nn.Module]], problems: list[tuple[str, str]]) -> list[nn.Module]:
+def _selected(rule: Rule, entries: NamedModules, problems: list[tuple[str, str]]) -> list[nn.Module]:
     """The modules a rule reaches: matched by path with everything below, then kept by class."""
     selected = _select(entries, rule.match)
     if not selected:
-        hint = did_you_mean(rule.match, [p for p, _ in entries if p])
+        hint = did_you_mean(rule.match, [p for p in entries.paths if p])
         problems.append((f"{rule.path}.match", f"{rule.match!r} matches no module{hint}"))
         return []
     if rule.layers:
@@ -240,7 +256,7 @@ def _cover_inline(module: nn.Module, path: str, spec: Mapping, cover: Any, probl
             ))  # fmt: skip
 
 
-def _select(entries: list[tuple[str, nn.Module]], pattern: str) -> list[nn.Module]:
+def _select(entries: NamedModules, pattern: str) -> list[nn.Module]:
     """Modules whose path matches, with everything below them; a shared module once."""
     hit_paths: set[str] = set()
     chosen: dict[int, nn.Module] = {}
@@ -254,7 +270,7 @@ def _select(entries: list[tuple[str, nn.Module]], pattern: str) -> list[nn.Modul
 # --- filling --------------------------------------------------------------------------------------
 
 
-def first_paths(modules: list[tuple[str, nn.Module]], canonical: Mapping[int, str] | None = None) -> dict[int, str]:
+def first_paths(modules: NamedModules, canonical: Mapping[int, str] | None = None) -> dict[int, str]:
     """Each parameter's and buffer's first path (a tied or shared tensor has several), from
     ``named_modules(remove_duplicate=False)``: the order ``named_parameters`` follows; a tied
     parameter's ``canonical`` path wins. Lazy tensors that wait for their shapes are left out:
@@ -286,61 +302,88 @@ def initialize(model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, 
     if plan.layout is not None:
         modules, paths = plan.layout
     else:
-        modules = list(model.named_modules(remove_duplicate=False))
+        modules = NamedModules(model)
         paths = first_paths(modules, canonical_paths(model, ties))
     covered = {id(p) for p, _, scheme in plan.current() if not scheme.is_default}
-    defaults, whole = _defaults(modules, paths)
-    jobs: list[tuple[torch.Tensor, str, Fill]] = [
-        (tensor, paths[key], fill) for key, (tensor, fill) in defaults.items() if key not in covered
-    ]
-    serial: list[tuple[torch.Tensor, str, Fill]] = []
+    fills, whole = _defaults(modules, paths, skip=covered)
+    serial = Fills()
     for param, where, scheme in plan.current():
         if not scheme.is_default:
-            job = (param, paths[id(param)], functools.partial(_scheme_fill, scheme, where))
-            (jobs if scheme.any_thread else serial).append(job)
+            fill = functools.partial(_scheme_fill, scheme, where)
+            (fills if scheme.any_thread else serial).put(param, paths[id(param)], fill)
+    jobs = range(len(fills))
     with torch.no_grad():
         for path, module in whole:
             _reset_whole(module, covered, streams.at(path, torch.device("cpu")).initial_seed())
-        _fill(serial, streams)
-    if all(t.device.type == "cpu" for t, _, _ in jobs):
+        serial.run(range(len(serial)), streams)
+    if all(t.device.type == "cpu" for t in fills.tensors):
         run_split(
             jobs,
-            lambda job: job[0].numel(),
-            functools.partial(_fill_in_thread, base_seed),
-            lambda all_jobs: _fill(all_jobs, streams),
+            lambda i: fills.tensors[i].numel(),
+            functools.partial(_fill_in_thread, fills, base_seed),
+            lambda all_jobs: fills.run(all_jobs, streams),
         )
     else:
-        _fill(jobs, streams)
+        fills.run(jobs, streams)
+
+
+class Fills:
+    """Tensors to fill, each with its path (which names its stream) and its fill, kept as three
+    lists: a tuple per tensor would stay alive through filling (see ``NamedModules``). A job is
+    an index into them."""
+
+    def __init__(self) -> None:
+        self.tensors: list[torch.Tensor] = []
+        self.paths: list[str] = []
+        self.fills: list[Fill] = []
+        self._index: dict[int, int] = {}  # id of a tensor -> its index
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def put(self, tensor: torch.Tensor, path: str, fill: Fill) -> None:
+        """Fill ``tensor`` (first at ``path``) with ``fill``, over the fill it had."""
+        i = self._index.get(id(tensor))
+        if i is not None:
+            self.fills[i] = fill
+            return
+        self._index[id(tensor)] = len(self.tensors)
+        self.tensors.append(tensor)
+        self.paths.append(path)
+        self.fills.append(fill)
+
+    def run(self, jobs: Iterable[int], streams: Streams, aliases: bool = False) -> None:
+        """Each job's fill, from its tensor's stream (through a detached alias with ``aliases``)."""
+        with torch.no_grad():
+            for i in jobs:
+                tensor = self.tensors[i]
+                self.fills[i](tensor.detach() if aliases else tensor, streams.at(self.paths[i], tensor.device))
 
 
 def _scheme_fill(scheme: Scheme, where: str, tensor: torch.Tensor, gen: torch.Generator) -> None:
     scheme.fill(tensor, gen, where)
 
 
-def _fill(jobs: Sequence[tuple[torch.Tensor, str, Fill]], streams: Streams, aliases: bool = False) -> None:
-    with torch.no_grad():
-        for tensor, path, fill in jobs:
-            fill(tensor.detach() if aliases else tensor, streams.at(path, tensor.device))
-
-
-def _fill_in_thread(base_seed: int, jobs: Sequence[tuple[torch.Tensor, str, Fill]]) -> None:
-    """``_fill`` with the thread's own generators (``no_grad`` is per thread too), through detached
-    aliases: measured here, in-place fills of ``Parameter``s in two threads do not overlap, those
-    of their detached aliases (same storage) do."""
-    _fill(jobs, Streams(base_seed), aliases=True)
+def _fill_in_thread(fills: Fills, base_seed: int, jobs: Sequence[int]) -> None:
+    """``fills.run`` with the thread's own generators (``no_grad`` is per thread too), through
+    detached aliases: measured here, in-place fills of ``Parameter``s in two threads do not
+    overlap, those of their detached aliases (same storage) do."""
+    fills.run(jobs, Streams(base_seed), aliases=True)
 
 
 def _defaults(
-    modules: list[tuple[str, nn.Module]], paths: dict[int, str]
-) -> tuple[dict[int, tuple[torch.Tensor, Fill]], list[tuple[str, nn.Module]]]:
+    modules: NamedModules, paths: dict[int, str], skip: Collection[int] = ()
+) -> tuple[Fills, list[tuple[str, nn.Module]]]:
     """Each tensor's default fill, from the module at its first path or an ancestor's override
-    (descendants first, so a parent's reset wins, as it does in torch); and the modules that
-    reset as a whole, with their first paths."""
-    fills: dict[int, tuple[torch.Tensor, Fill]] = {}
+    (descendants first, so a parent's reset wins, as it does in torch), but those of the tensors
+    whose ids are in ``skip`` (a scheme fills them); and the modules that reset as a whole, with
+    their first paths."""
+    fills = Fills()
     whole: list[tuple[str, nn.Module]] = []
     seen: set[int] = set()
-    first = [(p, m) for p, m in modules if id(m) not in seen and not seen.add(id(m))]
-    for path, module in reversed(first):  # pre-order reversed: every module after all below it
+    first = [i for i, m in enumerate(modules.modules) if id(m) not in seen and not seen.add(id(m))]
+    for i in reversed(first):  # pre-order reversed: every module after all below it
+        path, module = modules.paths[i], modules.modules[i]
         if not module._parameters and not module._buffers and not module._modules:
             continue  # an activation, a dropout: nothing to fill
         table = default_table(module)
@@ -352,8 +395,9 @@ def _defaults(
         for relative, fill in table.items():
             tensor = _tensor_at(module, relative)
             # a tensor held at several paths takes the default of the path it is known by
-            if id(tensor) in paths and ("." in relative or paths[id(tensor)] == prefix + relative):
-                fills[id(tensor)] = (tensor, fill)
+            known = paths.get(id(tensor))
+            if known is not None and ("." in relative or known == prefix + relative) and id(tensor) not in skip:
+                fills.put(tensor, known, fill)
     return fills, whole
 
 
@@ -380,7 +424,7 @@ def _tensor_at(module: nn.Module, relative: str) -> torch.Tensor | None:
     owner_path, _, name = relative.rpartition(".")
     owner = module.get_submodule(owner_path) if owner_path else module
     tensor = owner._parameters.get(name)
-    return tensor if tensor is not None else owner._buffers.get(name)
+    return tensor if tensor is not None or not owner._buffers else owner._buffers.get(name)
 
 
 # --- one tensor at a time (a sharded build: ``composer.build.shard``) ---------------------------------
@@ -399,11 +443,11 @@ class TensorFills:
     def __init__(self, model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, str] | None = None) -> None:
         self.streams = Streams(base_seed)
         self.ties = dict(ties or {})
-        modules = list(model.named_modules(remove_duplicate=False))
+        modules = NamedModules(model)
         self.paths = first_paths(modules, canonical_paths(model, ties))
         self.schemes = {self.paths[id(p)]: (w, s) for p, w, s in plan.current() if not s.is_default}
         defaults, self.whole = _defaults(modules, self.paths)
-        self.defaults = {self.paths[key]: fill for key, (_, fill) in defaults.items()}
+        self.defaults = dict(zip(defaults.paths, defaults.fills, strict=True))
         self._covered = {  # a whole module's own parameters a scheme covers, by name
             path: {n for n, p in m._parameters.items() if p is not None and self.paths.get(id(p)) in self.schemes}
             for path, m in self.whole
