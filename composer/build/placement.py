@@ -1,15 +1,20 @@
-"""Where a build makes its tensors: on ``meta``, to be allocated and filled once afterwards, or
-for real, as constructors fill them.
+"""Where a build makes its tensors, and whether their constructors fill them.
 
 The one home of those choices; the builder, the pipeline and checkpoint loading ask it.
 
-Known layers (torch.nn's classes and composer's own, whose resets refill every tensor) are
-constructed on ``meta``, as torchtune and torchtitan build: no memory, no random draws. A build
-then gives every tensor real storage (``materialize.allocate``, ties kept) and initialization
-fills each once, from its own stream; a load takes every tensor from the file. A user's block is
+A known layer (torch.nn's classes and composer's own) is never filled twice. Where its reset is
+written per tensor (``init.defaults``), a build that initializes makes it on the build's device
+without calling that reset (``maker(..., unfilled=True)``): its tensors hold what their memory
+held, as after torchtitan's ``to_empty``, until initialization fills each once from its own
+stream. Other known layers, and every known layer of a load, are constructed on ``meta``, as
+torchtune and torchtitan build: no memory, no random draws; a build then gives each tensor real
+storage (``materialize.allocate``, ties kept), a load takes it from the file. A user's block is
 built for real, as written: its constructor may compute from data, or make a constant its reset
-leaves alone. Nothing of torch is replaced: the one hook is a ``TorchFunctionMode``
-(``free_meta_fills``), torch's own scoped, per-thread mechanism.
+leaves alone.
+
+Nothing of torch is replaced. The reset is left out for one construction only, by an attribute
+of that instance (``_without_reset``); the fills of resets that run on ``meta`` return at once
+through a ``TorchFunctionMode`` (``free_meta_fills``), torch's own scoped, per-thread mechanism.
 """
 
 from __future__ import annotations
@@ -166,11 +171,18 @@ def maker(cls: type, device: torch.device, *, unfilled: bool = False) -> Make:
     if device.type == "meta":
         return functools.partial(on_meta, cls)
     reset = _skippable_reset(cls) if unfilled else None
-    if reset is not None and takes_device(cls):
+    if reset is None and device.type == "cpu":
+        return functools.partial(construct_from_recipe, cls)
+    if reset is None:  # as written, torch.device's mode choosing the device of what it makes
+        return functools.partial(_in, device, cls)
+    if takes_device(cls):
         return lambda args, kwargs: _without_reset(cls, reset, args, _on(device, kwargs))
-    if reset is not None or device.type != "cpu":
-        return functools.partial(_made, cls, device=device, reset=reset)
-    return functools.partial(construct_from_recipe, cls)
+    return functools.partial(_made, cls, device=device, reset=reset)
+
+
+def _in(device: torch.device, cls: type, args: Sequence, kwargs: dict[str, Any]) -> Any:
+    with torch.device(device):
+        return construct_from_recipe(cls, args, kwargs)
 
 
 def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
