@@ -276,13 +276,21 @@ def first_paths(modules: NamedModules, canonical: Mapping[int, str] | None = Non
     parameter's ``canonical`` path wins. Lazy tensors that wait for their shapes are left out:
     nothing can fill them yet."""
     paths: dict[int, str] = dict(canonical or {})
-    for slots in ("_parameters", "_buffers"):
-        for path, module in modules:
-            prefix = f"{path}." if path else ""
-            for name, t in getattr(module, slots).items():
-                if t is not None and id(t) not in paths and not isinstance(t, UninitializedTensorMixin):
-                    paths[id(t)] = prefix + name
+    holding_buffers: list[int] = []  # most modules hold none: the second pass visits only those that do
+    for i, (path, module) in enumerate(modules):
+        _name_tensors(module._parameters, f"{path}." if path else "", paths)
+        if module._buffers:
+            holding_buffers.append(i)
+    for i in holding_buffers:
+        path = modules.paths[i]
+        _name_tensors(modules.modules[i]._buffers, f"{path}." if path else "", paths)
     return paths
+
+
+def _name_tensors(slots: Mapping[str, torch.Tensor | None], prefix: str, paths: dict[int, str]) -> None:
+    for name, t in slots.items():
+        if t is not None and id(t) not in paths and not isinstance(t, UninitializedTensorMixin):
+            paths[id(t)] = prefix + name
 
 
 def check_plan(plan: Plan) -> None:

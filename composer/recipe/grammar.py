@@ -224,7 +224,9 @@ RESERVED = frozenset(
 
 def is_node(value: Any) -> bool:
     """A node is a mapping with a marker key: ``type``, ``ref``, ``_target_``, ``use`` or ``op``."""
-    return (type(value) is dict or isinstance(value, Mapping)) and any(key in value for key in NODE_MARKERS)
+    if type(value) is not dict and not isinstance(value, Mapping):
+        return False
+    return "type" in value or any(key in value for key in NODE_MARKERS)  # most nodes: the first test
 
 
 def form_of(node: Mapping, entry: bool = False) -> Form | None:

@@ -59,7 +59,10 @@ class _RecipeRules:
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
-                key = self.construct_object(key_node, deep=True)
+                if key_node.tag == "tag:yaml.org,2002:str":  # most keys: the text is the key
+                    key = key_node.value
+                else:
+                    key = self.construct_object(key_node, deep=True)
                 try:
                     first = seen.setdefault(key, key_node)
                 except TypeError:
