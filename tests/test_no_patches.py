@@ -165,6 +165,35 @@ def test_known_layers_are_made_on_meta_and_come_out_tied_and_allocated():
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
 
 
+def test_known_layers_are_made_without_their_resets_and_keep_no_trace_of_it():
+    """A layer whose reset ``init.defaults`` writes per tensor is made on the build's device with
+    that reset left out, for that one instance (an attribute of the instance, removed at once):
+    every tensor is then written once, from its stream, and the layer is torch's own class."""
+    recipe = {
+        "model": {"type": "Sequential", "layers": [
+            {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 8, "padding_idx": 0},
+            {"type": "BatchNorm1d", "num_features": 8},
+            {"type": "MultiheadAttention", "embed_dim": 8, "num_heads": 2},
+            {"type": "Linear", "in_features": 8, "out_features": 8},
+        ]},
+        "init": {"seed": 5},
+    }  # fmt: skip
+    model = build_from_config(recipe)
+    assert [type(m) for m in model] == [nn.Embedding, nn.BatchNorm1d, nn.MultiheadAttention, nn.Linear]
+    assert not any({"reset_parameters", "_reset_parameters"} & vars(m).keys() for m in model.modules())
+    assert torch.equal(model[0].weight[0], torch.zeros(8)) and model[0].weight[1:].abs().sum() > 0
+    assert torch.equal(model[1].running_var, torch.ones(8)) and model[1].num_batches_tracked.item() == 0
+    assert torch.equal(model[2].in_proj_bias, torch.zeros(24)) and torch.equal(model[2].out_proj.bias, torch.zeros(8))
+    bound = 1 / 8**0.5
+    assert model[3].bias.abs().max() <= bound and model[3].bias.abs().max() > 0
+    again = build_from_config(recipe)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    torch.manual_seed(0)
+    model[3].reset_parameters()  # torch's own reset, as always, outside a build
+    torch.manual_seed(0)
+    assert torch.equal(model[3].weight, nn.Linear(8, 8).weight)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ["file://{dir}", "{dir}"])
 def test_hydra_searchpath_folders_are_read_the_guarded_way(tmp_path, entry):
