@@ -134,7 +134,10 @@ def _entry_path(key_path: str, name: str) -> str:
 
 def _keywords(entry: Entry) -> dict[str, str]:
     """An entry's inputs given by argument name (``in:`` a mapping)."""
-    return dict(entry.inputs) if isinstance(entry.inputs, Mapping) else {}
+    inputs = entry.inputs
+    if inputs is None or type(inputs) is list:  # most entries: no ABC check
+        return {}
+    return dict(inputs) if isinstance(inputs, Mapping) else {}
 
 
 def _resolved_inputs(spec: GraphSpec) -> list[tuple[str, ...]]:
@@ -143,10 +146,10 @@ def _resolved_inputs(spec: GraphSpec) -> list[tuple[str, ...]]:
     resolved = []
     previous: tuple[str, ...] = tuple(spec.inputs[:1])
     for entry in spec.entries:
-        if isinstance(entry.inputs, Mapping):
-            names: tuple[str, ...] = ()
+        if entry.inputs is None:
+            names: tuple[str, ...] = previous
         else:
-            names = previous if entry.inputs is None else tuple(entry.inputs)
+            names = () if isinstance(entry.inputs, Mapping) else tuple(entry.inputs)
         resolved.append(names)
         previous = (entry.name,)
     return resolved
@@ -187,8 +190,10 @@ def _keyword_problems(
     take, one given twice, and a required argument given no way."""
     constants = getattr(entry, "forward", {}) or {}
     keywords = _keywords(entry)
+    if not (keywords or constants):
+        return []
     read = None if module is None else _forward_arguments(module)
-    if read is None or not (keywords or constants):
+    if read is None:
         return []
     named, _var_positional, var_keyword = read
     by_name = {a.name: a for a in named if not a.positional_only}
@@ -308,16 +313,15 @@ class _WiringCheck:
             why = f"expected a non-empty list of names or argument: name, got {entry.inputs!r}"
             self.problems.append((f"{path}.in", why))
             names = ()
-        keywords = _keywords(entry)
-        wired = [(f"{path}.in.{key}", name) for key, name in keywords.items()]
-        wired += [
-            (f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{j}]", name)
-            for j, name in enumerate(names)
-        ]
-        for where, name in wired:
+        wired: list[tuple[str | int, str]] = [*_keywords(entry).items(), *enumerate(names)]  # (argument, name)
+        for argument, name in wired:
             if name in self.available:
                 self.used.add(name)
                 continue
+            if isinstance(argument, str):
+                where = f"{path}.in.{argument}"
+            else:
+                where = f"{path}.in" if entry.inputs is None or len(names) == 1 else f"{path}.in[{argument}]"
             later = " is defined later or is this entry" if name in entry_names else ""
             if not shown(self.problems):  # counted only: no hint to compute
                 self.problems.append((where, f"unknown input {name!r}{later}"))
