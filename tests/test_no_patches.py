@@ -194,6 +194,75 @@ def test_known_layers_are_made_without_their_resets_and_keep_no_trace_of_it():
     assert torch.equal(model[3].weight, nn.Linear(8, 8).weight)
 
 
+class _SnapLinear(nn.Linear):
+    """A user's subclass that keeps a copy of its weight as its constructor made it."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("start", self.weight.detach().clone())
+
+
+class _Anchored(nn.Module):
+    """A user's block that keeps a copy of the weight of the layer it is given."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("anchor", layer.weight.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+_LINEAR = {"type": "Linear", "in_features": 16, "out_features": 16}
+
+
+@pytest.mark.parametrize(
+    "recipe, copy",
+    [
+        ({"model": {"type": "SnapLinear", "in_features": 16, "out_features": 16}}, "start"),
+        ({"model": {"type": "Anchored", "layer": _LINEAR}}, "anchor"),
+        ({"model": {"type": "Sequential", "layers": [{"ref": "lin"}, {"type": "Anchored", "layer": {"ref": "lin"}}]},
+          "shared": {"lin": _LINEAR}}, "1.anchor"),
+    ],
+    ids=["subclass", "argument", "shared"],
+)  # fmt: skip
+def test_a_users_block_never_reads_a_layer_left_unfilled(recipe, copy):
+    """Layers are left unfilled only where nothing of the user's reads them: a user's subclass is
+    built as written, and the arguments and shared modules a user's block may be given are made
+    as a load makes them (on meta; the block then built for real where it keeps a copy)."""
+    with registry_scope():
+        register_module("SnapLinear")(_SnapLinear)
+        register_module("Anchored")(_Anchored)
+        models = [build_from_config({**recipe, "init": {"seed": 3}}) for _ in range(2)]
+    copies = [m.get_buffer(copy) for m in models]
+    assert torch.equal(copies[0], copies[1])  # uninitialized memory would differ, or be zeros
+    assert 0 < copies[0].abs().max() <= 1 / 16**0.5
+
+
+def test_a_build_draws_one_seed_from_the_callers_generator():
+    """Without ``init.seed`` a build draws its base seed from the global generator, and nothing
+    else: MultiheadAttention's out_proj (made in its constructor) is made on meta, not reset."""
+    recipe = {"model": {"type": "Sequential", "layers": [
+        {"type": "MultiheadAttention", "embed_dim": 8, "num_heads": 2},
+        {"type": "Transformer", "d_model": 8, "nhead": 2, "num_encoder_layers": 1, "num_decoder_layers": 1,
+         "dim_feedforward": 8, "batch_first": True},
+        {"type": "Linear", "in_features": 8, "out_features": 8},
+    ]}}  # fmt: skip
+    torch.manual_seed(0)
+    build_from_config(recipe)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.randint(2**63 - 1, ())
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_a_node_that_names_its_device_is_made_there_on_a_real_build():
+    model = build_from_config({"model": {"type": "Linear", "in_features": 4, "out_features": 4, "device": "meta"}})
+    assert not model.weight.is_meta  # a known layer on meta, allocated as any other
+    assert model.weight.abs().max() <= 0.5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ["file://{dir}", "{dir}"])
 def test_hydra_searchpath_folders_are_read_the_guarded_way(tmp_path, entry):

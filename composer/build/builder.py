@@ -28,6 +28,7 @@ from composer.build.placement import (
     META,
     Make,
     can_load_on_meta,
+    leaves_unfilled,
     maker,
     makes_no_tensors,
     refilled,
@@ -44,7 +45,7 @@ from composer.errors import (
     unexpected,
     unknown,
 )
-from composer.init.defaults import writes_defaults, written_reset
+from composer.init.defaults import writes_defaults
 from composer.init.initializers import Scheme, parse_scheme
 from composer.modules.graph import (
     Buffer,
@@ -151,6 +152,7 @@ class Builder:
         # its reset, the memory left as it is (``placement.maker``), nothing to allocate later
         self.unfilled_device = device if initializes and known_on_meta else None
         self._makers: dict[type, Make] = {}  # each class's construction, chosen once
+        self._filled_makers: dict[type, Make] = {}  # the same where no layer is left unfilled
         self.notes = BuildNotes()
         self.problems: list[tuple[str, str]] = []
         self._shared: Visits[str, nn.Module | None] = Visits()  # shared.name -> its one module
@@ -298,7 +300,8 @@ class Builder:
             self.fail(f"shared.{name}", f"shared module refers to itself: {self._shared.cycle(name)}")
             return None
         self._shared.enter(name)
-        return self._shared.finish(name, self.build(self.shared_nodes[name], f"shared.{name}"))
+        with self.filled():  # a user's block may be given it
+            return self._shared.finish(name, self.build(self.shared_nodes[name], f"shared.{name}"))
 
     def value(self, value: Any, path: str) -> Any:
         """An argument: nodes become modules, lists and mappings are walked, the rest passes."""
@@ -342,20 +345,39 @@ class Builder:
         return module
 
     def _instantiate(self, cls: type, args: Sequence, kwargs: dict) -> Any:
-        """``cls(*args, **kwargs)`` where the walk builds: a known layer on ``meta`` (its tensors
-        are allocated and filled afterwards), and a user's block for real on ``device``, with its
-        own fills: its constructor may compute from data (on ``meta`` that fails, or imports
-        seconds of torch's meta kernels) or make a constant its reset leaves alone. A build's lazy
-        layer is made on ``device`` too: its first forward materializes it there."""
+        """``cls(*args, **kwargs)`` where the walk builds (``placement``): a known layer unfilled
+        on ``device`` or on ``meta`` (its tensors are filled, or allocated and filled, afterwards),
+        and a user's block for real on ``device``, with its own fills: its constructor may compute
+        from data (on ``meta`` that fails, or imports seconds of torch's meta kernels) or make a
+        constant its reset leaves alone. A build's lazy layer is made on ``device`` too: its first
+        forward materializes it there. A node that gives its own ``device`` is made as written there."""
+        if "device" in kwargs:
+            return self._maker(cls, unfilled=False)(args, kwargs)
         make = self._makers.get(cls)
         if make is None:
-            make = self._makers[cls] = self._maker(cls)
+            make = self._makers[cls] = self._maker(cls, unfilled=self.unfilled_device is not None)
         return make(args, kwargs)
 
-    def _maker(self, cls: type) -> Make:
+    @contextlib.contextmanager
+    def filled(self) -> Iterator[None]:
+        """Inside, no layer is left unfilled: a user's block may read the tensors of the modules it
+        is given (``weight_norm`` does), so its arguments and the shared modules are built as
+        loads are, known layers on ``meta``; where one of its own tensors is then left unwritten,
+        ``construct`` builds everything for real (``placement.refilled``)."""
+        if self.unfilled_device is None:
+            yield
+            return
+        saved = self.unfilled_device, self._makers
+        self.unfilled_device, self._makers = None, self._filled_makers
+        try:
+            yield
+        finally:
+            self.unfilled_device, self._makers = saved
+
+    def _maker(self, cls: type, unfilled: bool) -> Make:
         """How ``_instantiate`` makes ``cls``: unfilled, on ``meta``, or on a device as written.
         A class that makes no tensor (an activation) is made as written: there is nothing to place."""
-        if self.unfilled_device is not None and written_reset(cls) is not None:
+        if unfilled and leaves_unfilled(cls):
             return maker(cls, self.unfilled_device, unfilled=True)
         if not resets_itself(cls) or makes_no_tensors(cls):
             device = self.device
@@ -406,7 +428,11 @@ def _call(builder: Builder, node: Mapping, path: str) -> nn.Module | None:
         return None
     label, cls = found
     before = len(builder.problems)
-    args, kwargs = _arguments(builder, node, path)
+    if resets_itself(cls):
+        args, kwargs = _arguments(builder, node, path)
+    else:
+        with builder.filled():  # a user's block: it may read its arguments' tensors
+            args, kwargs = _arguments(builder, node, path)
     lazy = LAZY.get(cls)
     deferred = lazy[1] if lazy and not args and lazy[1] not in kwargs else None
     sig = signature_of(cls)
@@ -1030,11 +1056,13 @@ def construct(
 ) -> tuple[nn.Module, BuildNotes]:
     """The module tree alone, on ``device``, ties applied: no shapes, no rules.
 
-    Known layers are constructed on ``meta`` and user blocks for real (``placement``). ``init``:
-    every ``meta`` tensor is then allocated on ``device`` (ties kept), empty, to be filled once by
+    ``init``: known layers whose defaults are written per tensor are made unfilled on ``device``,
+    the other known layers on ``meta``, user blocks for real (``placement``); every ``meta``
+    tensor is then allocated on ``device`` (ties kept), empty, to be filled once by
     initialization; where some tensor would stay unwritten (a known module with neither per-tensor
-    defaults nor a reset), everything is built for real instead. ``load``: left on ``meta`` where
-    the file can fill every tensor, else built for real with the fills constructors make.
+    defaults nor a reset), everything is built for real instead. ``load``: known layers on
+    ``meta``, left there where the file can fill every tensor, else built for real with the fills
+    constructors make.
     """
     dtype = dtype_of(recipe["dtype"], "dtype") if recipe.get("dtype") is not None else None
     if dtype is not None and not dtype.is_floating_point:
@@ -1045,6 +1073,7 @@ def construct(
         real = device.type != "meta"
         on_meta = real and builder.notes.on_meta
         if on_meta and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
+            model = None  # its layers made unfilled hold memory: not kept through the second walk
             builder = Builder(recipe, allow, device, known_on_meta=False, dtype=dtype)
             model = builder.build_model(recipe["model"])
             on_meta = builder.notes.on_meta

@@ -2,18 +2,19 @@
 
 The one home of those choices; the builder, the pipeline and checkpoint loading ask it.
 
-A known layer (torch.nn's classes and composer's own) is never filled twice. Where its reset is
-written per tensor (``init.defaults``), a build that initializes makes it on the build's device
-without calling that reset (``maker(..., unfilled=True)``): its tensors hold what their memory
+A build that initializes makes a torch.nn layer whose reset composer writes per tensor
+(``init.defaults``: ``Linear``, convolutions, norms, embeddings, recurrent layers) on the build's
+device without that reset (``maker(..., unfilled=True)``): its tensors hold what their memory
 held, as after torchtitan's ``to_empty``, until initialization fills each once from its own
-stream. Other known layers, and every known layer of a load, are constructed on ``meta``, as
-torchtune and torchtitan build: no memory, no random draws; a build then gives each tensor real
-storage (``materialize.allocate``, ties kept), a load takes it from the file. A user's block is
-built for real, as written: its constructor may compute from data, or make a constant its reset
-leaves alone.
+stream. Other known layers (torch.nn's and composer's own), and every known layer of a load or of
+the arguments of a user's block, are constructed on ``meta``, as torchtune and torchtitan build:
+no memory, no random draws; a build then gives each tensor real storage
+(``materialize.allocate``, ties kept), a load takes it from the file. A user's block is built for
+real, as written: its constructor may compute from data, or make a constant its reset leaves
+alone.
 
-Nothing of torch is replaced. The reset is left out for one construction only, by an attribute
-of that instance (``_without_reset``); the fills of resets that run on ``meta`` return at once
+Nothing of torch is replaced. A reset is left out for one construction only, by an attribute of
+that instance (``_without_reset``); the fills of resets that run on ``meta`` return at once
 through a ``TorchFunctionMode`` (``free_meta_fills``), torch's own scoped, per-thread mechanism.
 """
 
@@ -111,7 +112,7 @@ def free_meta_fills() -> contextlib.AbstractContextManager:
 @functools.cache
 def takes_device(cls: type) -> bool:
     """Whether ``cls(...)`` takes a ``device`` keyword (torch.nn's layers make every tensor there):
-    then it is built on ``meta`` by that keyword, without ``torch.device``'s mode around it."""
+    then it is placed by that keyword, without ``torch.device``'s mode around it."""
     read = arguments(cls)
     return read is not None and read.get("device") is not None
 
@@ -152,12 +153,19 @@ def _recipe_calls() -> tuple[Callable[..., Any], Callable[..., Any]]:
 
 construct_from_recipe, _without_reset = _recipe_calls()
 
-# Whether a class whose reset is left out made modules of its own when last constructed
-# (MultiheadAttention's out_proj, Transformer's layers): their resets still run, on ``meta``.
-_MAKES_CHILDREN: dict[type, bool] = {}
-
+# Known layers whose constructors make modules of their own (MultiheadAttention's out_proj,
+# Transformer's layers), whose resets run right there: made on ``meta``, where those fills are
+# skipped, never unfilled on a device, where they would draw from the caller's generator.
+MAKES_MODULES = (nn.MultiheadAttention, nn.Transformer)
 
 Make = Callable[[Sequence, dict], Any]
+
+
+def leaves_unfilled(cls: type) -> bool:
+    """Whether ``maker(..., unfilled=True)`` makes ``cls`` without its reset: a known layer (never
+    a user's subclass, whose constructor may read its tensors) whose reset ``init.defaults`` writes
+    per tensor, made by plain ``__new__`` and ``__init__``, that makes no module of its own."""
+    return resets_itself(cls) and _skippable_reset(cls) is not None and not issubclass(cls, MAKES_MODULES)
 
 
 def maker(cls: type, device: torch.device, *, unfilled: bool = False) -> Make:
@@ -165,19 +173,16 @@ def maker(cls: type, device: torch.device, *, unfilled: bool = False) -> Make:
     to do it chosen once per class (a build makes a thousand of one class).
 
     On ``meta``: ``on_meta``. Elsewhere as the constructor fills them; with ``unfilled``, a class
-    whose reset is written per tensor (``defaults.written_reset``) is made without it, for a build
-    whose initialization fills each tensor from those tables: the tensors hold whatever their
-    memory held until then, as after ``to_empty``, and nothing is allocated twice."""
+    that ``leaves_unfilled`` is made without its reset, for a build whose initialization fills each
+    tensor from ``init.defaults``' tables: the tensors hold whatever their memory held until then,
+    as after ``to_empty``, and nothing is allocated twice."""
     if device.type == "meta":
         return functools.partial(on_meta, cls)
-    reset = _skippable_reset(cls) if unfilled else None
-    if reset is None and device.type == "cpu":
+    if unfilled and leaves_unfilled(cls):
+        return functools.partial(_made, cls, device=device, reset=_skippable_reset(cls))
+    if device.type == "cpu":
         return functools.partial(construct_from_recipe, cls)
-    if reset is None:  # as written, torch.device's mode choosing the device of what it makes
-        return functools.partial(_in, device, cls)
-    if takes_device(cls):
-        return lambda args, kwargs: _without_reset(cls, reset, args, _on(device, kwargs))
-    return functools.partial(_made, cls, device=device, reset=reset)
+    return functools.partial(_in, device, cls)  # as written, torch.device's mode placing its tensors
 
 
 def _in(device: torch.device, cls: type, args: Sequence, kwargs: dict[str, Any]) -> Any:
@@ -190,40 +195,34 @@ def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
 
     Where its reset is written per tensor (``defaults.written_reset``), it is left out: on
     ``meta`` it would write nothing, and it is most of a small layer's construction. The fills of
-    resets that do run (a class not in those tables, modules a constructor makes) return at once
-    (``free_meta_fills``); a leaf layer whose reset is left out is built without that mode, whose
-    dispatch costs a few microseconds on every torch call."""
+    resets that do run (a class not in those tables, the modules a constructor makes) return at
+    once (``free_meta_fills``); a layer whose reset is left out and that makes no module is built
+    without that mode, whose dispatch costs a few microseconds on every torch call."""
     if makes_no_tensors(cls):  # no torch.device mode to enter and leave (half a ReLU's cost)
         module = construct_from_recipe(cls, args, kwargs)
         if not (isinstance(module, nn.Module) and (module._parameters or module._buffers)):
             return module
         # it made tensors of its own after all: made again, on meta
     reset = _skippable_reset(cls)
-    if reset is not None and not _MAKES_CHILDREN.get(cls, True):
+    if reset is not None and not issubclass(cls, MAKES_MODULES):
         return _made(cls, args, kwargs, META, reset)
     with free_meta_fills():
-        module = _made(cls, args, kwargs, META, reset)
-    if reset is not None:
-        _MAKES_CHILDREN[cls] = bool(module._modules)
-    return module
+        return _made(cls, args, kwargs, META, reset)
 
 
 def _skippable_reset(cls: type) -> str | None:
-    """The name of ``cls``'s reset, where a construction may leave it out; a class whose
-    metaclass constructs it otherwise than ``__new__`` and ``__init__`` is made as written."""
-    return written_reset(cls) if type(cls) is type else None
-
-
-def _on(device: torch.device, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The keywords with ``device``, unless the recipe chose one."""
-    return {**kwargs, "device": device} if kwargs.get("device") is None else kwargs
+    """The name of ``cls``'s reset, where a construction may leave it out: written per tensor, and
+    ``cls`` made by plain ``__new__`` and ``__init__`` (no metaclass, no ``__new__`` of its own)."""
+    if type(cls) is not type or cls.__new__ is not object.__new__:
+        return None
+    return written_reset(cls)
 
 
 def _made(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.device, reset: str | None) -> nn.Module:
-    """``cls(*args, **kwargs)`` on ``device`` (its ``device`` keyword where it takes one, else
-    ``torch.device``'s mode), the method ``reset`` left out where given."""
-    if takes_device(cls):
-        kwargs = _on(device, kwargs)
+    """``cls(*args, **kwargs)`` on ``device`` (its ``device`` keyword where it takes one and the
+    recipe gives none, else ``torch.device``'s mode), the method ``reset`` left out where given."""
+    if takes_device(cls) and kwargs.get("device") is None:
+        kwargs = {**kwargs, "device": device}
         return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
     with torch.device(device):
         return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
