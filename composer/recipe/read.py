@@ -50,32 +50,40 @@ TOP_LEVEL_KEYS = (
 )
 
 
+_STR = "tag:yaml.org,2002:str"  # a plain string's tag: its text is the key
+
+
+def _distinct_strings(node: yaml.MappingNode) -> bool:
+    """Whether a mapping's keys are all strings, none twice (most mappings): nothing to check."""
+    return len({key.value for key, _ in node.value if key.tag == _STR}) == len(node.value)
+
+
 class _RecipeRules:
     """What composer's loaders read differently from PyYAML's safe loader (see ``YamlLoader``)."""
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                if key_node.tag == "tag:yaml.org,2002:str":  # most keys: the text is the key
-                    key = key_node.value
-                else:
-                    key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:
-                    continue  # an unhashable key: PyYAML reports it
-                if first is not key_node:
-                    line = first.start_mark.line + 1
-                    raise yaml.constructor.ConstructorError(
-                        "while reading a mapping",
-                        node.start_mark,
-                        f"key {key!r} given twice (first on line {line})",
-                        key_node.start_mark,
-                    )
+        if isinstance(node, yaml.MappingNode) and not _distinct_strings(node):
+            self._refuse_duplicates(node)
         return super().construct_mapping(node, deep=deep)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value if key_node.tag == _STR else self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: PyYAML reports it
+            if first is not key_node:
+                line = first.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} given twice (first on line {line})",
+                    key_node.start_mark,
+                )
 
     def construct_yaml_int(self, node: yaml.Node) -> int:
         try:
