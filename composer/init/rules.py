@@ -324,7 +324,7 @@ def initialize(model: nn.Module, plan: Plan, base_seed: int, ties: Mapping[str, 
         for path, module in whole:
             _reset_whole(module, covered, streams.at(path, torch.device("cpu")).initial_seed())
         serial.run(range(len(serial)), streams)
-    if all(t.device.type == "cpu" for t in fills.tensors):
+    if all(t.is_cpu for t in fills.tensors):
         run_split(
             jobs,
             lambda i: fills.tensors[i].numel(),
