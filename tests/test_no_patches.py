@@ -224,8 +224,9 @@ _LINEAR = {"type": "Linear", "in_features": 16, "out_features": 16}
         ({"model": {"type": "Anchored", "layer": _LINEAR}}, "anchor"),
         ({"model": {"type": "Sequential", "layers": [{"ref": "lin"}, {"type": "Anchored", "layer": {"ref": "lin"}}]},
           "shared": {"lin": _LINEAR}}, "1.anchor"),
+        ({"model": {"type": "Anchored", "layer": {**_LINEAR, "device": "cpu"}}}, "anchor"),
     ],
-    ids=["subclass", "argument", "shared"],
+    ids=["subclass", "argument", "shared", "own device"],
 )  # fmt: skip
 def test_a_users_block_never_reads_a_layer_left_unfilled(recipe, copy):
     """Layers are left unfilled only where nothing of the user's reads them: a user's subclass is
@@ -257,10 +258,36 @@ def test_a_build_draws_one_seed_from_the_callers_generator():
     assert torch.equal(after, torch.rand(3))
 
 
-def test_a_node_that_names_its_device_is_made_there_on_a_real_build():
-    model = build_from_config({"model": {"type": "Linear", "in_features": 4, "out_features": 4, "device": "meta"}})
-    assert not model.weight.is_meta  # a known layer on meta, allocated as any other
-    assert model.weight.abs().max() <= 0.5
+class _Placed(nn.Module):
+    """A user's block that makes its tensor where it is told and resets it itself."""
+
+    def __init__(self, n: int, device: str | None = None) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(n, n, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.w.uniform_(-0.1, 0.1)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"type": "Linear", "in_features": 4, "out_features": 4, "device": "meta"},
+        {"type": "Placed", "n": 4, "device": "meta"},
+        {"type": "Sequential", "layers": [{**_LINEAR, "device": "meta"}, {"type": "Anchored", "layer": _LINEAR}]},
+    ],
+    ids=["known", "users", "then built for real"],
+)  # fmt: skip
+def test_a_node_that_puts_its_tensors_on_meta_is_allocated_on_a_real_build(model):
+    with registry_scope():
+        register_module("Placed")(_Placed)
+        register_module("Anchored")(_Anchored)
+        built = build_from_config({"model": model, "init": {"seed": 1}})
+    tensors = [*built.parameters(), *built.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    assert all(0 < t.abs().max() <= 0.5 for t in tensors)
 
 
 @pytest.mark.slow

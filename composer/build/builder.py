@@ -119,9 +119,10 @@ class BuildNotes:
     ties: dict[str, str] = field(default_factory=dict)  # dst parameter path -> src, once applied
     # False when every class built is known to make no lazy layer: no walk needed to look for one
     may_be_lazy: bool = False
-    # False when the walk made nothing on ``meta`` (every known layer unfilled on the device, say):
-    # nothing to allocate, no walk needed to look for it
-    on_meta: bool = False
+    # False when nothing the walk made can be on ``meta``: every known layer unfilled on the device
+    # or made without tensors, no user's block, no node placed by its own ``device``. Then nothing
+    # is to be allocated, and no walk looks for it
+    may_hold_meta: bool = False
 
 
 class Builder:
@@ -350,8 +351,10 @@ class Builder:
         and a user's block for real on ``device``, with its own fills: its constructor may compute
         from data (on ``meta`` that fails, or imports seconds of torch's meta kernels) or make a
         constant its reset leaves alone. A build's lazy layer is made on ``device`` too: its first
-        forward materializes it there. A node that gives its own ``device`` is made as written there."""
+        forward materializes it there. A node that gives its own ``device`` is made as written there
+        (meta included: then allocated as any other)."""
         if "device" in kwargs:
+            self.notes.may_hold_meta = True
             return self._maker(cls, unfilled=False)(args, kwargs)
         make = self._makers.get(cls)
         if make is None:
@@ -379,16 +382,19 @@ class Builder:
         A class that makes no tensor (an activation) is made as written: there is nothing to place."""
         if unfilled and leaves_unfilled(cls):
             return maker(cls, self.unfilled_device, unfilled=True)
-        if not resets_itself(cls) or makes_no_tensors(cls):
+        if not resets_itself(cls):
+            self.notes.may_hold_meta = True  # a user's block makes its tensors where it chooses
+            device = self.device
+        elif makes_no_tensors(cls):
             device = self.device
         else:
             device = self.lazy_device if issubclass(cls, LazyModuleMixin) else self.known_device
         return maker(cls, self.on(device))
 
     def on(self, device: torch.device) -> torch.device:
-        """``device``, noted where it is ``meta`` (``BuildNotes.on_meta``)."""
+        """``device``, noted where it is ``meta`` (``BuildNotes.may_hold_meta``)."""
         if device.type == "meta":
-            self.notes.on_meta = True
+            self.notes.may_hold_meta = True
         return device
 
 
@@ -1071,12 +1077,12 @@ def construct(
         builder = Builder(recipe, allow, device, initializes=purpose == "init", dtype=dtype)
         model = builder.build_model(recipe["model"])
         real = device.type != "meta"
-        on_meta = real and builder.notes.on_meta
+        on_meta = real and builder.notes.may_hold_meta
         if on_meta and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
             model = None  # its layers made unfilled hold memory: not kept through the second walk
             builder = Builder(recipe, allow, device, known_on_meta=False, dtype=dtype)
             model = builder.build_model(recipe["model"])
-            on_meta = builder.notes.on_meta
+            on_meta = builder.notes.may_hold_meta
     ties = active_ties(recipe.get("tie"))
     if ties:
         tie_parameters(model, ties)

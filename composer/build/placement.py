@@ -203,7 +203,7 @@ def on_meta(cls: type, args: Sequence, kwargs: dict[str, Any]) -> nn.Module:
         if not (isinstance(module, nn.Module) and (module._parameters or module._buffers)):
             return module
         # it made tensors of its own after all: made again, on meta
-    reset = _skippable_reset(cls)
+    reset = _skippable_reset(cls) if kwargs.get("device") is None else None  # a node's own device: as written
     if reset is not None and not issubclass(cls, MAKES_MODULES):
         return _made(cls, args, kwargs, META, reset)
     with free_meta_fills():
