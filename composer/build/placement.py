@@ -14,7 +14,7 @@ real, as written: its constructor may compute from data, or make a constant its 
 alone.
 
 Nothing of torch is replaced. A reset is left out for one construction only, by an attribute of
-that instance (``_without_reset``); the fills of resets that run on ``meta`` return at once
+that instance (``construct_from_recipe``); the fills of resets that run on ``meta`` return at once
 through a ``TorchFunctionMode`` (``free_meta_fills``), torch's own scoped, per-thread mechanism.
 """
 
@@ -128,18 +128,19 @@ def makes_no_tensors(cls: type) -> bool:
     return read is not None and not (read.var_positional or read.var_keyword)
 
 
-def _recipe_calls() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``call(cls, args, kwargs)``, ``cls(*args, **kwargs)``, and ``call_without(cls, reset, args,
-    kwargs)``, the same construction with the module's method ``reset`` left out (``_without_reset``),
-    both from a frame whose file is ``<recipe>``.
+def _recipe_call() -> Callable[..., Any]:
+    """``call(cls, args, kwargs, reset=None)``: ``cls(*args, **kwargs)`` from a frame whose file
+    is ``<recipe>``; with ``reset``, the module's method of that name is left out of its
+    construction, by an attribute of that one instance, removed once ``__init__`` returns.
 
     A constructor that warns about its arguments names its caller's line (``stacklevel=2``:
     ``nn.TransformerEncoder``'s "enable_nested_tensor is True, but ..."); called from here, the
     warning names the recipe that chose the arguments, not a line of composer. The warning itself
     is left to the user's filters."""
     source = (
-        "def call(cls, args, kwargs): return cls(*args, **kwargs)\n"
-        "def call_without(cls, reset, args, kwargs):\n"
+        "def call(cls, args, kwargs, reset=None):\n"
+        "    if reset is None:\n"
+        "        return cls(*args, **kwargs)\n"
         "    module = cls.__new__(cls)\n"
         "    module.__dict__[reset] = _nothing\n"
         "    module.__init__(*args, **kwargs)\n"
@@ -148,10 +149,10 @@ def _recipe_calls() -> tuple[Callable[..., Any], Callable[..., Any]]:
     )
     namespace: dict[str, Any] = {"_nothing": lambda: None}
     exec(compile(source, "<recipe>", "exec"), namespace)  # noqa: S102  (a constant source: no input reaches it)
-    return namespace["call"], namespace["call_without"]
+    return namespace["call"]
 
 
-construct_from_recipe, _without_reset = _recipe_calls()
+construct_from_recipe = _recipe_call()
 
 # Known layers whose constructors make modules of their own (MultiheadAttention's out_proj,
 # Transformer's layers), whose resets run right there: made on ``meta``, where those fills are
@@ -222,10 +223,9 @@ def _made(cls: type, args: Sequence, kwargs: dict[str, Any], device: torch.devic
     """``cls(*args, **kwargs)`` on ``device`` (its ``device`` keyword where it takes one and the
     recipe gives none, else ``torch.device``'s mode), the method ``reset`` left out where given."""
     if takes_device(cls) and kwargs.get("device") is None:
-        kwargs = {**kwargs, "device": device}
-        return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
+        return construct_from_recipe(cls, args, {**kwargs, "device": device}, reset)
     with torch.device(device):
-        return construct_from_recipe(cls, args, kwargs) if reset is None else _without_reset(cls, reset, args, kwargs)
+        return construct_from_recipe(cls, args, kwargs, reset)
 
 
 def refilled(model: nn.Module, writes_defaults: Callable[[type], bool]) -> bool:
