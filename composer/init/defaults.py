@@ -32,7 +32,16 @@ Table = dict[str, Fill]
 
 def reset_method(module: nn.Module) -> Callable[[], None] | None:
     """The module's own reset of its tensors (``MultiheadAttention`` names it ``_reset_parameters``)."""
-    return getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+    name = _reset_name(module)
+    return getattr(module, name) if name is not None else None
+
+
+def _reset_name(obj: object) -> str | None:
+    """The name of a module's (or a module class's) reset, where it has one."""
+    for name in ("reset_parameters", "_reset_parameters"):
+        if getattr(obj, name, None) is not None:
+            return name
+    return None
 
 
 def _zeros(t: torch.Tensor, _g: torch.Generator) -> None:
@@ -171,12 +180,10 @@ def written_reset(cls: type) -> str | None:
 
     Such a reset only fills its module's tensors (each table above says with what), so a
     construction whose tensors are filled afterwards from these tables may leave it out."""
-    if _maker(cls) is None:
-        return None
-    return "reset_parameters" if getattr(cls, "reset_parameters", None) is not None else "_reset_parameters"
+    return _reset_name(cls) if _maker(cls) is not None else None
 
 
 @functools.cache
 def _maker(cls: type) -> Callable[[nn.Module], Table] | None:
-    reset = getattr(cls, "reset_parameters", None) or getattr(cls, "_reset_parameters", None)
-    return TABLES.get(reset)
+    name = _reset_name(cls)
+    return TABLES.get(getattr(cls, name)) if name is not None else None
