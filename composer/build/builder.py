@@ -1077,16 +1077,16 @@ def construct(
         builder = Builder(recipe, allow, device, initializes=purpose == "init", dtype=dtype)
         model = builder.build_model(recipe["model"])
         real = device.type != "meta"
-        on_meta = real and builder.notes.may_hold_meta
-        if on_meta and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
+        may_hold_meta = real and builder.notes.may_hold_meta
+        if may_hold_meta and not (can_load_on_meta(model) if purpose == "load" else refilled(model, writes_defaults)):
             model = None  # its layers made unfilled hold memory: not kept through the second walk
             builder = Builder(recipe, allow, device, known_on_meta=False, dtype=dtype)
             model = builder.build_model(recipe["model"])
-            on_meta = builder.notes.may_hold_meta
+            may_hold_meta = builder.notes.may_hold_meta
     ties = active_ties(recipe.get("tie"))
     if ties:
         tie_parameters(model, ties)
     builder.notes.ties = dict(ties)
-    if purpose == "init" and on_meta:
+    if purpose == "init" and may_hold_meta:
         allocate(model, device)
     return model, builder.notes
